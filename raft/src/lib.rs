@@ -1,0 +1,1 @@
+//! Shoal's control plane: the Raft state machine and storage, the cluster model and the scheduler.
