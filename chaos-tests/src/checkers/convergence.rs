@@ -1,0 +1,129 @@
+//! After the faults stop, the cluster converges within `convergence_ms_max`: every live node
+//! names the same leader in the same term, every live node is `ready`, and desired state equals
+//! actual state.
+
+use super::Verdict;
+use crate::history::{ClusterSnapshot, History};
+
+/// Whether one snapshot shows a converged cluster.
+pub fn converged(snapshot: &ClusterSnapshot) -> bool {
+    let mut agreed: Option<(u64, &str)> = None;
+    for (_, answer) in &snapshot.leaders {
+        let Some((term, Some(leader))) = answer else {
+            return false;
+        };
+        match agreed {
+            None => agreed = Some((*term, leader.as_str())),
+            Some(a) if a == (*term, leader.as_str()) => {}
+            Some(_) => return false,
+        }
+    }
+    agreed.is_some()
+        && !snapshot.node_states.is_empty()
+        && snapshot
+            .node_states
+            .iter()
+            .all(|(_, state)| state == "ready")
+        && snapshot.desired_equals_actual
+}
+
+/// Checks the snapshots taken after the last fault.
+pub fn check(history: &History, convergence_ms_max: u64) -> Verdict {
+    let statement = "After the faults stop, the cluster converges within the stated time: one \
+                     leader, every live node ready, desired state equal to actual.";
+    let faults_end_ms = history.faults_end_ms().unwrap_or(0);
+    let after: Vec<&ClusterSnapshot> = history
+        .snapshots
+        .iter()
+        .filter(|s| s.at_ms >= faults_end_ms)
+        .collect();
+    let first = after.iter().find(|s| converged(s));
+    let mut violations = Vec::new();
+    let mut measured = None;
+    match first {
+        Some(s) => {
+            let took_ms = s.at_ms - faults_end_ms;
+            measured = Some(format!("converged {took_ms} ms after the last fault ended"));
+            if took_ms > convergence_ms_max {
+                violations.push(format!(
+                    "converged only after {took_ms} ms (limit {convergence_ms_max} ms)"
+                ));
+            }
+        }
+        None if !after.is_empty() => violations.push(format!(
+            "never converged in {} snapshots after the last fault (limit {convergence_ms_max} ms)",
+            after.len()
+        )),
+        None => {}
+    }
+    let verdict = Verdict::new("convergence", statement, after.len(), violations);
+    match measured {
+        Some(m) => verdict.with_measured(m),
+        None => verdict,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::FaultRecord;
+    use crate::nemesis::FaultMode;
+
+    fn snapshot(at_ms: u64, leaders: &[Option<(u64, &str)>], ready: bool) -> ClusterSnapshot {
+        ClusterSnapshot {
+            at_ms,
+            leaders: leaders
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (i, l.map(|(t, n)| (t, Some(n.to_string())))))
+                .collect(),
+            node_states: vec![("a".into(), if ready { "ready" } else { "down" }.into())],
+            desired_equals_actual: true,
+        }
+    }
+    fn history(snapshots: Vec<ClusterSnapshot>) -> History {
+        History {
+            snapshots,
+            faults: vec![FaultRecord {
+                seq: 0,
+                mode: FaultMode::KillLeader,
+                targets: vec![0],
+                start_ms: Some(0),
+                end_ms: Some(1000),
+                error: None,
+                expectation: None,
+            }],
+            ..History::default()
+        }
+    }
+
+    #[test]
+    fn converging_in_time_passes_and_reports_the_time() {
+        let h = history(vec![
+            snapshot(500, &[Some((2, "a")), Some((3, "b"))], true), // during faults: ignored
+            snapshot(1200, &[Some((3, "b")), None], true),
+            snapshot(1900, &[Some((3, "b")), Some((3, "b"))], true),
+        ]);
+        let verdict = check(&h, 2000);
+        assert!(verdict.ok, "{verdict:?}");
+        assert_eq!(
+            verdict.measured.as_deref(),
+            Some("converged 900 ms after the last fault ended")
+        );
+    }
+
+    #[test]
+    fn split_leaders_or_down_nodes_never_converge() {
+        let h = history(vec![
+            snapshot(1200, &[Some((3, "a")), Some((3, "b"))], true),
+            snapshot(1300, &[Some((3, "a")), Some((3, "a"))], false),
+        ]);
+        assert!(!check(&h, 60_000).ok);
+    }
+
+    #[test]
+    fn converging_too_late_is_a_violation() {
+        let h = history(vec![snapshot(9000, &[Some((3, "b"))], true)]);
+        assert!(!check(&h, 2000).ok);
+    }
+}

@@ -1,0 +1,302 @@
+//! The nemesis schedule: which faults hit the cluster and when, picked from a seed.
+//!
+//! The same seed and configuration always give the same schedule, so a failing seed replays.
+//! Targets that depend on the cluster at the time (the leader, a follower) are chosen when the
+//! fault fires, from the fault's own `target_pick` number, so that replay stays deterministic
+//! given the same cluster behaviour.
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// A kind of fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultMode {
+    /// `kill -9` the leader, restart it after the fault's duration.
+    KillLeader,
+    /// `kill -9` a follower (a server that is not the leader), restart it later.
+    KillFollower,
+    /// `kill -9` a worker-only node, restart it later.
+    KillWorker,
+    /// SIGSTOP the leader for longer than the election timeout, then SIGCONT.
+    PauseLeader,
+    /// Cut the leader off with a minority of the servers.
+    PartitionLeaderMinority,
+    /// Split the nodes into a majority and a minority at random.
+    PartitionMajorityMinority,
+    /// Two halves that only talk through one bridge node.
+    PartitionBridge,
+    /// Packets from one node to another are dropped, the reverse direction passes.
+    PartitionOneWay,
+    /// Restart a node with its wall clock set back.
+    ClockSkewRestart,
+    /// Corrupt a stopped server's Raft data: it must refuse to start.
+    CorruptRaftData,
+    /// Remove a node from the cluster, then start it again with its old data: it must not get
+    /// back in.
+    RemovedNodeReturns,
+    /// Fill the disk under a node's data dir.
+    DiskFull,
+}
+
+impl FaultMode {
+    /// Every fault mode, in a fixed order.
+    pub const ALL: [FaultMode; 12] = [
+        FaultMode::KillLeader,
+        FaultMode::KillFollower,
+        FaultMode::KillWorker,
+        FaultMode::PauseLeader,
+        FaultMode::PartitionLeaderMinority,
+        FaultMode::PartitionMajorityMinority,
+        FaultMode::PartitionBridge,
+        FaultMode::PartitionOneWay,
+        FaultMode::ClockSkewRestart,
+        FaultMode::CorruptRaftData,
+        FaultMode::RemovedNodeReturns,
+        FaultMode::DiskFull,
+    ];
+}
+
+/// What the schedule is generated from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NemesisConfig {
+    /// The modes the run must cover; each is scheduled at least once.
+    pub modes: Vec<FaultMode>,
+    /// How many leader kills at least (for failover percentiles); 0 if `KillLeader` is not in
+    /// `modes`.
+    pub leader_kills_min: u32,
+    /// Faults start no earlier than this (the cluster forms and the workload warms up first).
+    pub warmup_ms: u64,
+    /// Faults end no later than this; the rest of the run is for convergence.
+    pub faults_end_ms_max: u64,
+    /// Shortest fault.
+    pub fault_ms_min: u64,
+    /// Longest fault.
+    pub fault_ms_max: u64,
+    /// Shortest quiet gap after a fault (the cluster recovers before the next).
+    pub heal_ms_min: u64,
+    /// Longest quiet gap after a fault.
+    pub heal_ms_max: u64,
+    /// Upper bound on the number of faults in one schedule.
+    pub faults_max: u32,
+}
+
+/// One fault in the schedule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledFault {
+    /// Position in the schedule.
+    pub seq: u64,
+    /// The mode.
+    pub mode: FaultMode,
+    /// When it starts, ms since the run started.
+    pub start_ms: u64,
+    /// How long it lasts before it is healed.
+    pub duration_ms: u64,
+    /// A random number the driver uses to choose targets among the candidates at fire time.
+    pub target_pick: u64,
+}
+
+/// Why a schedule cannot be generated.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    /// The time window cannot hold every mandatory fault.
+    #[error("the fault window ({window_ms} ms) cannot hold the {n_mandatory} mandatory faults")]
+    WindowTooShort {
+        /// The window between warmup and the end of faults.
+        window_ms: u64,
+        /// How many faults had to fit.
+        n_mandatory: usize,
+    },
+    /// The configuration is inconsistent.
+    #[error("invalid nemesis configuration: {0}")]
+    Invalid(&'static str),
+}
+
+/// A seeded fault schedule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    /// The seed it came from.
+    pub seed: u64,
+    /// The faults, in start order, never overlapping.
+    pub faults: Vec<ScheduledFault>,
+}
+
+impl Schedule {
+    /// Generates the schedule for `seed`: every configured mode at least once (and at least
+    /// `leader_kills_min` leader kills), in a seeded order, then random extra faults while the
+    /// window has room. Faults never overlap: each is followed by a quiet gap.
+    pub fn generate(seed: u64, config: &NemesisConfig) -> Result<Schedule, ScheduleError> {
+        if config.fault_ms_min > config.fault_ms_max || config.heal_ms_min > config.heal_ms_max {
+            return Err(ScheduleError::Invalid("a minimum exceeds its maximum"));
+        }
+        if config.modes.is_empty() {
+            return Ok(Schedule {
+                seed,
+                faults: Vec::new(),
+            });
+        }
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut mandatory: Vec<FaultMode> = config.modes.clone();
+        if config.modes.contains(&FaultMode::KillLeader) {
+            let extra = config.leader_kills_min.saturating_sub(1);
+            mandatory.extend(std::iter::repeat_n(FaultMode::KillLeader, extra as usize));
+        }
+        if mandatory.len() > config.faults_max as usize {
+            return Err(ScheduleError::Invalid(
+                "faults_max is below the number of mandatory faults",
+            ));
+        }
+        mandatory.shuffle(&mut rng);
+
+        let window_ms = config.faults_end_ms_max.saturating_sub(config.warmup_ms);
+        let mut faults = Vec::new();
+        let mut t_ms = config.warmup_ms;
+        let next = |mode: FaultMode, t_ms: &mut u64, rng: &mut StdRng| -> Option<ScheduledFault> {
+            let duration_ms = rng.gen_range(config.fault_ms_min..=config.fault_ms_max);
+            let heal_ms = rng.gen_range(config.heal_ms_min..=config.heal_ms_max);
+            let target_pick = rng.gen::<u64>();
+            let start_ms = *t_ms;
+            let end_ms = start_ms + duration_ms;
+            if end_ms > config.faults_end_ms_max {
+                return None;
+            }
+            *t_ms = end_ms + heal_ms;
+            Some(ScheduledFault {
+                seq: 0,
+                mode,
+                start_ms,
+                duration_ms,
+                target_pick,
+            })
+        };
+        for mode in &mandatory {
+            match next(*mode, &mut t_ms, &mut rng) {
+                Some(fault) => faults.push(fault),
+                None => {
+                    return Err(ScheduleError::WindowTooShort {
+                        window_ms,
+                        n_mandatory: mandatory.len(),
+                    })
+                }
+            }
+        }
+        while faults.len() < config.faults_max as usize {
+            let mode = config.modes[rng.gen_range(0..config.modes.len())];
+            match next(mode, &mut t_ms, &mut rng) {
+                Some(fault) => faults.push(fault),
+                None => break,
+            }
+        }
+        for (seq, fault) in faults.iter_mut().enumerate() {
+            fault.seq = seq as u64;
+        }
+        Ok(Schedule { seed, faults })
+    }
+
+    /// How many faults of `mode` are scheduled.
+    pub fn count(&self, mode: FaultMode) -> usize {
+        self.faults.iter().filter(|f| f.mode == mode).count()
+    }
+
+    /// The distinct modes scheduled.
+    pub fn modes(&self) -> Vec<FaultMode> {
+        let mut modes: Vec<FaultMode> = self.faults.iter().map(|f| f.mode).collect();
+        modes.sort();
+        modes.dedup();
+        modes
+    }
+}
+
+/// Picks one of `candidates` with a fault's `target_pick` (None when there are none).
+pub fn pick<T: Copy>(candidates: &[T], target_pick: u64) -> Option<T> {
+    if candidates.is_empty() {
+        return None;
+    }
+    let idx = (target_pick % candidates.len() as u64) as usize;
+    candidates.get(idx).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config(modes: Vec<FaultMode>, leader_kills_min: u32, end_ms: u64) -> NemesisConfig {
+        NemesisConfig {
+            modes,
+            leader_kills_min,
+            warmup_ms: 5_000,
+            faults_end_ms_max: end_ms,
+            fault_ms_min: 1_000,
+            fault_ms_max: 4_000,
+            heal_ms_min: 1_000,
+            heal_ms_max: 3_000,
+            faults_max: 500,
+        }
+    }
+
+    #[test]
+    fn same_seed_gives_same_schedule_and_different_seeds_differ() {
+        let cfg = config(FaultMode::ALL.to_vec(), 20, 600_000);
+        let a = Schedule::generate(7, &cfg).unwrap();
+        let b = Schedule::generate(7, &cfg).unwrap();
+        let c = Schedule::generate(8, &cfg).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a.faults, c.faults);
+    }
+
+    #[test]
+    fn too_short_window_is_refused_not_silently_truncated() {
+        let cfg = config(FaultMode::ALL.to_vec(), 20, 20_000);
+        assert!(matches!(
+            Schedule::generate(1, &cfg),
+            Err(ScheduleError::WindowTooShort { .. })
+        ));
+    }
+
+    #[test]
+    fn pick_is_stable_and_handles_empty_candidates() {
+        assert_eq!(pick::<usize>(&[], 5), None);
+        assert_eq!(pick(&[10, 11, 12], 4), Some(11));
+    }
+
+    proptest! {
+        #[test]
+        fn schedule_covers_every_mode_never_overlaps_and_stays_in_window(
+            seed in any::<u64>(),
+            mode_mask in 1u16..(1 << 12),
+            leader_kills_min in 0u32..25,
+        ) {
+            let modes: Vec<FaultMode> = FaultMode::ALL
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mode_mask & (1 << i) != 0)
+                .map(|(_, m)| *m)
+                .collect();
+            let cfg = config(modes.clone(), leader_kills_min, 1_000_000);
+            let schedule = Schedule::generate(seed, &cfg).unwrap();
+            prop_assert_eq!(&schedule, &Schedule::generate(seed, &cfg).unwrap());
+            for mode in &modes {
+                prop_assert!(schedule.count(*mode) >= 1, "mode {:?} not scheduled", mode);
+            }
+            for mode in schedule.modes() {
+                prop_assert!(modes.contains(&mode));
+            }
+            if modes.contains(&FaultMode::KillLeader) {
+                prop_assert!(schedule.count(FaultMode::KillLeader) >= leader_kills_min as usize);
+            }
+            let mut end_prev = 0;
+            for (i, fault) in schedule.faults.iter().enumerate() {
+                prop_assert_eq!(fault.seq, i as u64);
+                prop_assert!(fault.start_ms >= cfg.warmup_ms);
+                let gap_ms = if i == 0 { 0 } else { cfg.heal_ms_min };
+                prop_assert!(fault.start_ms >= end_prev + gap_ms);
+                prop_assert!(fault.start_ms + fault.duration_ms <= cfg.faults_end_ms_max);
+                prop_assert!((cfg.fault_ms_min..=cfg.fault_ms_max).contains(&fault.duration_ms));
+                end_prev = fault.start_ms + fault.duration_ms;
+            }
+        }
+    }
+}
