@@ -1,0 +1,670 @@
+//! The WireGuard data plane shared by both modes: one UDP socket, one boringtun `Tunn` per
+//! peer, and a sink for decrypted packets (the userspace IP stack for quinn, or a TUN device).
+//!
+//! Threads (all stop within `STOP_POLL_MS` of `stop()`):
+//! - `mesh-udp-rx`: reads the UDP socket, routes each datagram to its peer's tunnel (by the
+//!   sender's static key for handshake initiations, by our session index otherwise), hands join
+//!   packets to the join server, decrypts, checks the inner source address against the peer's
+//!   mesh address, and delivers.
+//! - `mesh-timers`: drives `Tunn::update_timers` (rekeys, keepalives, handshake retries).
+//! - `mesh-tun-rx` (tun mode): reads the TUN device and encrypts to the peer owning the
+//!   destination address.
+//!
+//! Outbound packets from quinn (userspace mode) are encrypted on the caller's thread.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use boringtun::device::tun::TunSocket;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use bytes::Bytes;
+use futures::task::AtomicWaker;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+
+use crate::identity::{Identity, NodePublicKey};
+use crate::ip_packet::{self, Ipv4Packet};
+use crate::join_wire;
+use crate::peer_table::{PeerChange, PeerSpec, PeerTable, PeerTableError};
+
+/// How often blocked threads wake to check for shutdown.
+pub(crate) const STOP_POLL_MS: u16 = 100;
+/// Period of `update_timers` (WireGuard's timers have a 1 s granularity at most).
+const TIMER_TICK_MS: u64 = 100;
+/// Largest datagram handled (plus room for WireGuard's overhead).
+const BUF_BYTES: usize = 65_536 + 256;
+/// Handshakes per second before boringtun answers with cookies (as boringtun's device).
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// Decrypted QUIC datagrams waiting for quinn (userspace mode); more are dropped like a full
+/// socket buffer would.
+pub(crate) const INBOX_PACKETS_MAX: usize = 4096;
+/// Join requests waiting for the join server; more are dropped.
+pub(crate) const JOIN_QUEUE_MAX: usize = 64;
+/// Socket buffer size asked for (the kernel may cap it).
+const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+thread_local! {
+    static SEND_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; BUF_BYTES]);
+}
+
+/// Counters of what the data plane did, for metrics and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MeshStats {
+    /// Datagrams read from the UDP socket.
+    pub datagrams_received: u64,
+    /// Datagrams dropped because they parse as neither WireGuard nor join packets.
+    pub datagrams_malformed: u64,
+    /// Datagrams dropped because no configured peer matches (unknown or removed peer).
+    pub datagrams_unknown_peer: u64,
+    /// Datagrams that failed WireGuard verification (bad MAC, replayed counter, ...).
+    pub datagrams_rejected: u64,
+    /// Decrypted packets dropped because their source is not the peer's mesh address.
+    pub packets_not_allowed: u64,
+    /// Packets delivered to the TUN device or to quinn.
+    pub packets_delivered: u64,
+    /// Outbound packets with no peer for their destination.
+    pub packets_no_route: u64,
+    /// Join packets received.
+    pub join_packets_received: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    datagrams_received: AtomicU64,
+    datagrams_malformed: AtomicU64,
+    datagrams_unknown_peer: AtomicU64,
+    datagrams_rejected: AtomicU64,
+    packets_not_allowed: AtomicU64,
+    packets_delivered: AtomicU64,
+    packets_no_route: AtomicU64,
+    join_packets_received: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A live peer: its tunnel and current endpoint.
+pub(crate) struct LivePeer {
+    pub(crate) public_key: NodePublicKey,
+    pub(crate) mesh_addr: Ipv4Addr,
+    tunn: Mutex<Tunn>,
+    endpoint: Mutex<Option<SocketAddr>>,
+}
+
+/// A snapshot of one peer for `wg show` (UAPI).
+pub(crate) struct PeerStatus {
+    pub(crate) public_key: NodePublicKey,
+    pub(crate) mesh_addr: Ipv4Addr,
+    pub(crate) endpoint: Option<SocketAddr>,
+    pub(crate) since_last_handshake: Option<Duration>,
+    pub(crate) tx_bytes: usize,
+    pub(crate) rx_bytes: usize,
+    pub(crate) persistent_keepalive_s: Option<u16>,
+}
+
+#[derive(Default)]
+struct Peers {
+    table: PeerTable,
+    by_index: HashMap<u32, Arc<LivePeer>>,
+    by_addr: HashMap<Ipv4Addr, Arc<LivePeer>>,
+    by_key: HashMap<NodePublicKey, Arc<LivePeer>>,
+}
+
+/// Decrypted QUIC datagrams for quinn (userspace mode).
+pub(crate) struct UserspaceInbox {
+    queue: Mutex<VecDeque<(SocketAddrV4, Bytes)>>,
+    waker: AtomicWaker,
+    pub(crate) quic_port: u16,
+}
+
+impl UserspaceInbox {
+    pub(crate) fn new(quic_port: u16) -> Self {
+        Self {
+            queue: Mutex::new(VecDeque::new()),
+            waker: AtomicWaker::new(),
+            quic_port,
+        }
+    }
+
+    fn push(&self, from: SocketAddrV4, payload: Bytes) -> bool {
+        {
+            let mut queue = self.queue.lock();
+            if queue.len() >= INBOX_PACKETS_MAX {
+                return false;
+            }
+            queue.push_back((from, payload));
+        }
+        self.waker.wake();
+        true
+    }
+
+    /// Fills as many `(buf, meta)` pairs as there are queued datagrams.
+    pub(crate) fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+        dst_ip: Ipv4Addr,
+    ) -> Poll<io::Result<usize>> {
+        for attempt in 0..2 {
+            {
+                let mut queue = self.queue.lock();
+                let mut filled = 0;
+                while filled < bufs.len().min(meta.len()) {
+                    let Some((from, payload)) = queue.pop_front() else {
+                        break;
+                    };
+                    let len = payload.len().min(bufs[filled].len());
+                    bufs[filled][..len].copy_from_slice(&payload[..len]);
+                    // RecvMeta is non-exhaustive: it can only be built from its default.
+                    #[allow(clippy::field_reassign_with_default)]
+                    let m = {
+                        let mut m = quinn::udp::RecvMeta::default();
+                        m.addr = SocketAddr::V4(from);
+                        m.len = len;
+                        m.stride = len;
+                        m.dst_ip = Some(IpAddr::V4(dst_ip));
+                        m
+                    };
+                    meta[filled] = m;
+                    filled += 1;
+                }
+                if filled > 0 {
+                    return Poll::Ready(Ok(filled));
+                }
+            }
+            if attempt == 0 {
+                // Register, then look again: a push between the check and the registration
+                // would otherwise be missed.
+                self.waker.register(cx.waker());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// Join requests handed from the receive thread to the join server.
+pub(crate) type JoinQueue = tokio::sync::mpsc::Receiver<(Vec<u8>, SocketAddr)>;
+
+/// Where decrypted packets go.
+pub(crate) enum Sink {
+    Userspace(Arc<UserspaceInbox>),
+    Tun(Arc<TunSocket>),
+}
+
+/// See the module doc.
+pub(crate) struct Engine {
+    identity: Identity,
+    own_public: boringtun::x25519::PublicKey,
+    pub(crate) mesh_addr: Ipv4Addr,
+    socket: RwLock<Option<UdpSocket>>,
+    pub(crate) local_addr: SocketAddr,
+    peers: RwLock<Peers>,
+    rate_limiter: Arc<RateLimiter>,
+    pub(crate) sink: Sink,
+    join_tx: tokio::sync::mpsc::Sender<(Vec<u8>, SocketAddr)>,
+    counters: Counters,
+    stop: AtomicBool,
+    persistent_keepalive_s: Option<u16>,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("public_key", &self.identity.public_key())
+            .field("mesh_addr", &self.mesh_addr)
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Binds the WireGuard UDP socket (non-blocking, large buffers).
+pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Dual-stack when bound to [::], so IPv4 peers reach us too.
+        let _ = socket.set_only_v6(false);
+    }
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+fn wait_fd(fd: std::os::fd::BorrowedFd<'_>, flags: PollFlags, timeout_ms: u16) -> bool {
+    let mut fds = [PollFd::new(fd, flags)];
+    matches!(nix::poll::poll(&mut fds, PollTimeout::from(timeout_ms)), Ok(n) if n > 0)
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        identity: Identity,
+        mesh_addr: Ipv4Addr,
+        socket: UdpSocket,
+        sink: Sink,
+        persistent_keepalive_s: Option<u16>,
+    ) -> io::Result<(Arc<Self>, JoinQueue)> {
+        let local_addr = socket.local_addr()?;
+        let own_public = boringtun::x25519::PublicKey::from(identity.public_key().0);
+        let (join_tx, join_rx) = tokio::sync::mpsc::channel(JOIN_QUEUE_MAX);
+        let engine = Arc::new(Self {
+            rate_limiter: Arc::new(RateLimiter::new(&own_public, HANDSHAKE_RATE_LIMIT)),
+            identity,
+            own_public,
+            mesh_addr,
+            socket: RwLock::new(Some(socket)),
+            local_addr,
+            peers: RwLock::new(Peers::default()),
+            sink,
+            join_tx,
+            counters: Counters::default(),
+            stop: AtomicBool::new(false),
+            persistent_keepalive_s,
+        });
+        Ok((engine, join_rx))
+    }
+
+    /// Starts the driver threads.
+    pub(crate) fn spawn_threads(self: &Arc<Self>) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
+        let mut threads = Vec::new();
+        let engine = Arc::clone(self);
+        threads.push(
+            std::thread::Builder::new()
+                .name("mesh-udp-rx".into())
+                .spawn(move || engine.udp_rx_loop())?,
+        );
+        let engine = Arc::clone(self);
+        threads.push(
+            std::thread::Builder::new()
+                .name("mesh-timers".into())
+                .spawn(move || engine.timer_loop())?,
+        );
+        if let Sink::Tun(tun) = &self.sink {
+            let engine = Arc::clone(self);
+            let tun = Arc::clone(tun);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("mesh-tun-rx".into())
+                    .spawn(move || engine.tun_rx_loop(&tun))?,
+            );
+        }
+        Ok(threads)
+    }
+
+    /// Asks the threads to stop and closes the UDP socket (frees the port at once).
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.socket.write().take();
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn public_key(&self) -> NodePublicKey {
+        self.identity.public_key()
+    }
+
+    pub(crate) fn private_base64(&self) -> String {
+        self.identity.private_base64()
+    }
+
+    pub(crate) fn stats(&self) -> MeshStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MeshStats {
+            datagrams_received: get(&c.datagrams_received),
+            datagrams_malformed: get(&c.datagrams_malformed),
+            datagrams_unknown_peer: get(&c.datagrams_unknown_peer),
+            datagrams_rejected: get(&c.datagrams_rejected),
+            packets_not_allowed: get(&c.packets_not_allowed),
+            packets_delivered: get(&c.packets_delivered),
+            packets_no_route: get(&c.packets_no_route),
+            join_packets_received: get(&c.join_packets_received),
+        }
+    }
+
+    /// The peer owning a mesh address, if any.
+    pub(crate) fn peer_by_addr(&self, addr: Ipv4Addr) -> Option<Arc<LivePeer>> {
+        self.peers.read().by_addr.get(&addr).cloned()
+    }
+
+    /// Makes the peer set equal to `specs`; returns what changed.
+    pub(crate) fn set_peers(&self, specs: &[PeerSpec]) -> Result<Vec<PeerChange>, PeerTableError> {
+        let mut new_peers = Vec::new();
+        let changes = {
+            let mut peers = self.peers.write();
+            let changes = peers
+                .table
+                .apply(self.public_key(), self.mesh_addr, specs)?;
+            for change in &changes {
+                match change {
+                    PeerChange::Added(entry) => {
+                        let tunn = Tunn::new(
+                            self.identity.secret().clone(),
+                            entry.spec.public_key.to_x25519(),
+                            None,
+                            self.persistent_keepalive_s,
+                            entry.index,
+                            Some(Arc::clone(&self.rate_limiter)),
+                        );
+                        let live = Arc::new(LivePeer {
+                            public_key: entry.spec.public_key,
+                            mesh_addr: entry.spec.mesh_addr,
+                            tunn: Mutex::new(tunn),
+                            endpoint: Mutex::new(entry.spec.endpoint),
+                        });
+                        peers.by_index.insert(entry.index, Arc::clone(&live));
+                        peers
+                            .by_addr
+                            .insert(entry.spec.mesh_addr, Arc::clone(&live));
+                        peers
+                            .by_key
+                            .insert(entry.spec.public_key, Arc::clone(&live));
+                        new_peers.push(live);
+                    }
+                    PeerChange::Removed(entry) => {
+                        peers.by_index.remove(&entry.index);
+                        peers.by_addr.remove(&entry.spec.mesh_addr);
+                        peers.by_key.remove(&entry.spec.public_key);
+                    }
+                    PeerChange::EndpointChanged {
+                        public_key,
+                        endpoint,
+                        ..
+                    } => {
+                        if let Some(live) = peers.by_key.get(public_key) {
+                            *live.endpoint.lock() = *endpoint;
+                        }
+                    }
+                }
+                tracing::info!(change = ?change, "mesh peer change");
+            }
+            changes
+        };
+        // Handshake with new peers right away: after a restart this replaces the sessions the
+        // others still hold for our previous incarnation, instead of waiting for their timers.
+        for live in new_peers {
+            self.initiate_handshake(&live);
+        }
+        Ok(changes)
+    }
+
+    fn initiate_handshake(&self, live: &LivePeer) {
+        let Some(endpoint) = *live.endpoint.lock() else {
+            return;
+        };
+        SEND_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let mut tunn = live.tunn.lock();
+            if let TunnResult::WriteToNetwork(packet) =
+                tunn.format_handshake_initiation(&mut buf, false)
+            {
+                self.send_raw(packet, endpoint);
+            }
+        });
+    }
+
+    /// Snapshot of the peers for UAPI.
+    pub(crate) fn peer_statuses(&self) -> Vec<PeerStatus> {
+        let peers: Vec<Arc<LivePeer>> = self.peers.read().by_key.values().cloned().collect();
+        peers
+            .iter()
+            .map(|p| {
+                let (since, tx_bytes, rx_bytes, _, _) = p.tunn.lock().stats();
+                PeerStatus {
+                    public_key: p.public_key,
+                    mesh_addr: p.mesh_addr,
+                    endpoint: *p.endpoint.lock(),
+                    since_last_handshake: since,
+                    tx_bytes,
+                    rx_bytes,
+                    persistent_keepalive_s: self.persistent_keepalive_s,
+                }
+            })
+            .collect()
+    }
+
+    /// Sends a UDP datagram on the WireGuard socket. On a full send buffer it waits briefly
+    /// once, then drops (as a full NIC queue would): every protocol above retransmits.
+    pub(crate) fn send_raw(&self, datagram: &[u8], to: SocketAddr) {
+        let guard = self.socket.read();
+        let Some(socket) = guard.as_ref() else {
+            return;
+        };
+        match socket.send_to(datagram, to) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if wait_fd(socket.as_fd(), PollFlags::POLLOUT, 5) {
+                    let _ = socket.send_to(datagram, to);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, to = %to, "mesh send failed"),
+        }
+    }
+
+    /// Encrypts an IPv4 packet to the peer owning `dst` and sends it.
+    pub(crate) fn send_ip(&self, packet: &[u8], dst: Ipv4Addr) {
+        let Some(peer) = self.peer_by_addr(dst) else {
+            bump(&self.counters.packets_no_route);
+            return;
+        };
+        if packet.len() + 64 > BUF_BYTES {
+            return;
+        }
+        SEND_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let result = peer.tunn.lock().encapsulate(packet, &mut buf);
+            if let TunnResult::WriteToNetwork(datagram) = result {
+                if let Some(endpoint) = *peer.endpoint.lock() {
+                    self.send_raw(datagram, endpoint);
+                }
+            }
+        });
+    }
+
+    fn udp_rx_loop(self: Arc<Self>) {
+        let mut datagram = vec![0u8; BUF_BYTES];
+        let mut out = vec![0u8; BUF_BYTES];
+        let mut reply = Vec::with_capacity(2048);
+        while !self.stopped() {
+            let received = {
+                let guard = self.socket.read();
+                let Some(socket) = guard.as_ref() else { break };
+                match socket.recv_from(&mut datagram) {
+                    Ok(r) => Some(r),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        wait_fd(socket.as_fd(), PollFlags::POLLIN, STOP_POLL_MS);
+                        None
+                    }
+                    Err(e) => {
+                        // E.g. ECONNREFUSED from an earlier send to a closed port: not fatal.
+                        tracing::trace!(error = %e, "mesh recv error");
+                        None
+                    }
+                }
+            };
+            if let Some((len, from)) = received {
+                self.handle_datagram(&datagram[..len], from, &mut out, &mut reply);
+            }
+        }
+        tracing::debug!("mesh-udp-rx stopped");
+    }
+
+    /// Handles one datagram from the network. Never panics on any input.
+    pub(crate) fn handle_datagram(
+        &self,
+        datagram: &[u8],
+        from: SocketAddr,
+        out: &mut [u8],
+        reply: &mut Vec<u8>,
+    ) {
+        bump(&self.counters.datagrams_received);
+        if join_wire::is_join_packet(datagram) {
+            bump(&self.counters.join_packets_received);
+            if datagram[3] == join_wire::KIND_REQUEST
+                && datagram.len() <= join_wire::JOIN_PACKET_BYTES_MAX
+            {
+                // Full queue: drop; the joiner retries.
+                let _ = self.join_tx.try_send((datagram.to_vec(), from));
+            }
+            return;
+        }
+        let peer = match Tunn::parse_incoming_packet(datagram) {
+            Err(_) => {
+                bump(&self.counters.datagrams_malformed);
+                return;
+            }
+            Ok(Packet::HandshakeInit(init)) => {
+                match parse_handshake_anon(self.identity.secret(), &self.own_public, &init) {
+                    Ok(half) => self
+                        .peers
+                        .read()
+                        .by_key
+                        .get(&NodePublicKey(half.peer_static_public))
+                        .cloned(),
+                    Err(_) => None,
+                }
+            }
+            Ok(Packet::HandshakeResponse(p)) => self.peer_by_index(p.receiver_idx),
+            Ok(Packet::PacketCookieReply(p)) => self.peer_by_index(p.receiver_idx),
+            Ok(Packet::PacketData(p)) => self.peer_by_index(p.receiver_idx),
+        };
+        let Some(peer) = peer else {
+            bump(&self.counters.datagrams_unknown_peer);
+            return;
+        };
+        let mut tunn = peer.tunn.lock();
+        match tunn.decapsulate(Some(from.ip()), datagram, out) {
+            TunnResult::WriteToNetwork(packet) => {
+                self.send_raw(packet, from);
+                // Flush packets queued while the handshake was in progress.
+                while let TunnResult::WriteToNetwork(packet) = tunn.decapsulate(None, &[], out) {
+                    self.send_raw(packet, from);
+                }
+                drop(tunn);
+                self.roam(&peer, from);
+            }
+            TunnResult::WriteToTunnelV4(packet, src) => {
+                drop(tunn);
+                self.roam(&peer, from);
+                if src != peer.mesh_addr {
+                    bump(&self.counters.packets_not_allowed);
+                    return;
+                }
+                self.deliver(packet, reply);
+            }
+            TunnResult::WriteToTunnelV6(..) => {
+                bump(&self.counters.packets_not_allowed);
+            }
+            TunnResult::Done => {
+                drop(tunn);
+                self.roam(&peer, from);
+            }
+            TunnResult::Err(e) => {
+                tracing::trace!(error = ?e, from = %from, "wireguard rejected a datagram");
+                bump(&self.counters.datagrams_rejected);
+            }
+        }
+    }
+
+    fn peer_by_index(&self, receiver_idx: u32) -> Option<Arc<LivePeer>> {
+        self.peers
+            .read()
+            .by_index
+            .get(&(receiver_idx >> 8))
+            .cloned()
+    }
+
+    /// WireGuard roaming: an authenticated packet tells us where the peer is now.
+    fn roam(&self, peer: &LivePeer, from: SocketAddr) {
+        let mut endpoint = peer.endpoint.lock();
+        if *endpoint != Some(from) {
+            tracing::debug!(peer = %peer.public_key, endpoint = %from, "peer endpoint learned");
+            *endpoint = Some(from);
+        }
+    }
+
+    fn deliver(&self, packet: &[u8], reply: &mut Vec<u8>) {
+        match &self.sink {
+            Sink::Tun(tun) => {
+                tun.write4(packet);
+                bump(&self.counters.packets_delivered);
+            }
+            Sink::Userspace(inbox) => match ip_packet::parse_ipv4(packet) {
+                Ok(Ipv4Packet::Udp { src, dst, payload })
+                    if *dst.ip() == self.mesh_addr && dst.port() == inbox.quic_port =>
+                {
+                    if inbox.push(src, Bytes::copy_from_slice(payload)) {
+                        bump(&self.counters.packets_delivered);
+                    }
+                }
+                Ok(Ipv4Packet::IcmpEchoRequest { src, dst, icmp }) if dst == self.mesh_addr => {
+                    ip_packet::build_icmp_echo_reply(dst, src, icmp, reply);
+                    bump(&self.counters.packets_delivered);
+                    self.send_ip(reply, src);
+                }
+                _ => bump(&self.counters.packets_not_allowed),
+            },
+        }
+    }
+
+    fn timer_loop(self: Arc<Self>) {
+        let mut buf = vec![0u8; BUF_BYTES];
+        let mut ticks: u64 = 0;
+        while !self.stopped() {
+            std::thread::sleep(Duration::from_millis(TIMER_TICK_MS));
+            ticks += 1;
+            if ticks.is_multiple_of(1000 / TIMER_TICK_MS) {
+                self.rate_limiter.reset_count();
+            }
+            let peers: Vec<Arc<LivePeer>> = self.peers.read().by_key.values().cloned().collect();
+            for peer in peers {
+                let mut tunn = peer.tunn.lock();
+                if let TunnResult::WriteToNetwork(packet) = tunn.update_timers(&mut buf) {
+                    drop(tunn);
+                    if let Some(endpoint) = *peer.endpoint.lock() {
+                        self.send_raw(packet, endpoint);
+                    }
+                }
+            }
+        }
+        tracing::debug!("mesh-timers stopped");
+    }
+
+    fn tun_rx_loop(self: Arc<Self>, tun: &TunSocket) {
+        let mut buf = vec![0u8; BUF_BYTES];
+        // SAFETY: the TunSocket outlives this loop (we hold an Arc to it in the caller).
+        let fd =
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(std::os::fd::AsRawFd::as_raw_fd(tun)) };
+        while !self.stopped() {
+            match tun.read(&mut buf) {
+                Ok(packet) => {
+                    if let Some(IpAddr::V4(dst)) = Tunn::dst_address(packet) {
+                        let len = packet.len();
+                        self.send_ip(&buf[..len], dst);
+                    }
+                }
+                Err(_) => {
+                    wait_fd(fd, PollFlags::POLLIN, STOP_POLL_MS);
+                }
+            }
+        }
+        tracing::debug!("mesh-tun-rx stopped");
+    }
+}
