@@ -1,0 +1,486 @@
+//! What can be proposed to the state machine ([`Command`]) and what applying it answers
+//! ([`CommandResponse`]). A command carries its own timestamp and actor, so that applying it
+//! reads no clock and every replica computes the same result.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::model::ApiKeyId;
+use crate::model::ClusterSettings;
+use crate::model::Limit;
+use crate::model::NodeId;
+use crate::model::NodeState;
+use crate::model::ProcessId;
+use crate::model::Resources;
+use crate::model::RestartPolicy;
+use crate::model::Roles;
+use crate::model::TenantId;
+use crate::model::TokenId;
+use crate::model::WorkstationId;
+use crate::model::WorkstationSpec;
+
+/// Limits on what one command may carry (DESIGN.md §3).
+pub mod limits {
+    /// Workstations in one `PlaceBatch`.
+    pub const PLACE_BATCH_REQUESTS_MAX: usize = 10_000;
+    /// Arguments of one process.
+    pub const ARGV_ARGS_MAX: usize = 256;
+    /// Bytes of argv plus env plus cwd of one process.
+    pub const PROCESS_SPEC_BYTES_MAX: usize = 64 * 1024;
+    /// Environment variables of one process.
+    pub const ENV_VARS_MAX: usize = 256;
+    /// Desired processes of one workstation.
+    pub const PROCESSES_PER_WORKSTATION_MAX: usize = 64;
+    /// Bytes of a name (workstation, tenant, key prefix, cluster id).
+    pub const NAME_BYTES_MAX: usize = 128;
+    /// Domains in an allowlist.
+    pub const ALLOWLIST_DOMAINS_MAX: usize = 256;
+    /// Uses of one join token.
+    pub const TOKEN_USES_MAX: u32 = 10_000;
+    /// Nodes in one `MarkNodesDown`.
+    pub const NODES_PER_COMMAND_MAX: usize = 100_000;
+    /// Bytes of an address, endpoint or public key string.
+    pub const ADDR_BYTES_MAX: usize = 256;
+}
+
+/// The byte gap left in a workstation's log offsets at each re-placement: the new node starts
+/// at `max(floor, last reported offset) + gap`, so that its offsets are above anything the old
+/// node can have written between its last heartbeat and its lease expiry (that would be 4 GiB
+/// in 5 s, far beyond what a workstation's log pipe carries), and readers in the lost span are
+/// told `dropped`.
+pub const LOG_OFFSET_GAP_BYTES: u64 = 1 << 32;
+
+/// A proposal to the state machine: who, when, what.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    /// Wall-clock time at the proposer (Unix ms); the only time `apply` knows.
+    pub at_ms: u64,
+    /// Key prefix of the caller, or `system` / `node-N` for internal commands (audit log).
+    pub actor: String,
+    /// The change.
+    pub action: Action,
+}
+
+impl Command {
+    /// Builds a command.
+    pub fn new(at_ms: u64, actor: impl Into<String>, action: Action) -> Self {
+        Self {
+            at_ms,
+            actor: actor.into(),
+            action,
+        }
+    }
+}
+
+/// How a node is admitted by `RegisterNode`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// The first node of a new cluster; refused once any node exists.
+    Bootstrap,
+    /// A join token, by the SHA-256 of its text; consumes one use.
+    Token {
+        /// Lowercase hex SHA-256 of the token text.
+        secret_sha256: String,
+    },
+}
+
+/// What a node says about itself when it registers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NodeRegistration {
+    /// Bootstrap or token.
+    pub admission: Admission,
+    /// WireGuard public key (base64); registering the same key again returns the same node.
+    pub wg_public_key: String,
+    /// WireGuard UDP endpoint.
+    pub endpoint: String,
+    /// RPC (QUIC) port on the mesh address.
+    pub rpc_port: u16,
+    /// HTTP API address, if served.
+    pub api_addr: Option<String>,
+    /// Requested roles (a token's roles override them).
+    pub roles: Roles,
+    /// Host capacity.
+    pub capacity: Resources,
+    /// Node's own reserve.
+    pub reserve: Resources,
+}
+
+/// One workstation to create.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct WorkstationRequest {
+    /// Owner (created if new).
+    pub tenant: TenantId,
+    /// Display name.
+    pub name: String,
+    /// Reservation, limit and network.
+    pub spec: WorkstationSpec,
+}
+
+/// Live information from the leader's soft state that placement may prefer, carried in the
+/// command so that apply stays deterministic. Empty hints are valid.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct PlacementHints {
+    /// Live headroom score per node (higher is more free, e.g. free memory bytes).
+    pub headroom: BTreeMap<NodeId, u64>,
+}
+
+/// A re-placement input: the last log offset a node reported for a workstation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct ObservedOffsets {
+    /// Workstation → next log offset last reported in a heartbeat.
+    pub log_offset_next: BTreeMap<WorkstationId, u64>,
+}
+
+/// Every change to the cluster state.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Sets the cluster id and settings; once.
+    InitCluster {
+        /// Random id chosen by the bootstrapping node.
+        cluster_id: String,
+        /// Settings.
+        settings: ClusterSettings,
+    },
+    /// Changes settings.
+    UpdateSettings {
+        /// New voter target (1, 3 or 5).
+        voter_target: Option<u8>,
+        /// New heartbeat grace.
+        heartbeat_grace_ms: Option<u64>,
+    },
+    /// Admits a node: allocates its id and mesh address.
+    RegisterNode(NodeRegistration),
+    /// Node came back (after stopping stale workstations) or an admin un-drains it.
+    MarkNodeReady {
+        /// The node.
+        node: NodeId,
+        /// Hints for placing pending workstations onto nodes.
+        hints: PlacementHints,
+    },
+    /// Stop new placements on a node.
+    DrainNode {
+        /// The node.
+        node: NodeId,
+    },
+    /// Moves one workstation off a draining node; marks it `left` when empty and removing.
+    DrainStep {
+        /// The node.
+        node: NodeId,
+        /// Placement hints.
+        hints: PlacementHints,
+        /// Last offsets reported.
+        observed: ObservedOffsets,
+    },
+    /// Removes a node: `left` at once if empty, otherwise draining until empty.
+    RemoveNode {
+        /// The node.
+        node: NodeId,
+    },
+    /// Failure detector verdict: marks nodes down and re-places their workstations.
+    MarkNodesDown {
+        /// Nodes whose grace expired.
+        nodes: Vec<NodeId>,
+        /// Placement hints.
+        hints: PlacementHints,
+        /// Last offsets reported by the lost nodes.
+        observed: ObservedOffsets,
+    },
+    /// Creates a join token.
+    CreateToken {
+        /// SHA-256 (hex) of the token text.
+        secret_sha256: String,
+        /// Roles granted.
+        roles: Roles,
+        /// Lifetime from `at_ms`.
+        ttl_ms: u64,
+        /// Joins admitted.
+        uses_max: u32,
+    },
+    /// Consumes one use of a token (admission check without registering).
+    ConsumeToken {
+        /// SHA-256 (hex) of the token text.
+        secret_sha256: String,
+    },
+    /// Revokes a token.
+    RevokeToken {
+        /// The token.
+        id: TokenId,
+    },
+    /// Creates a tenant (idempotent).
+    CreateTenant {
+        /// Name.
+        tenant: TenantId,
+    },
+    /// Creates an API key (and its tenant if new).
+    CreateApiKey {
+        /// SHA-256 (hex) of the key text.
+        secret_sha256: String,
+        /// Display prefix of the key.
+        prefix: String,
+        /// Tenant.
+        tenant: TenantId,
+        /// Admin key.
+        admin: bool,
+    },
+    /// Revokes an API key.
+    RevokeApiKey {
+        /// The key.
+        id: ApiKeyId,
+    },
+    /// Creates and places one workstation.
+    CreateWorkstation {
+        /// What to create.
+        request: WorkstationRequest,
+        /// Placement hints.
+        hints: PlacementHints,
+    },
+    /// Creates and places many workstations; each is answered separately.
+    PlaceBatch {
+        /// What to create, at most `PLACE_BATCH_REQUESTS_MAX`.
+        requests: Vec<WorkstationRequest>,
+        /// Placement hints.
+        hints: PlacementHints,
+    },
+    /// Changes a workstation's reservation and limit in place.
+    ResizeWorkstation {
+        /// The workstation.
+        id: WorkstationId,
+        /// New reservation.
+        reservation: Resources,
+        /// New limit.
+        limit: Limit,
+    },
+    /// Deletes a workstation; the audit log keeps the record.
+    DeleteWorkstation {
+        /// The workstation.
+        id: WorkstationId,
+    },
+    /// Adds a desired process.
+    AddProcess {
+        /// The workstation.
+        workstation: WorkstationId,
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// Environment.
+        env: BTreeMap<String, String>,
+        /// Working directory.
+        cwd: Option<String>,
+        /// Restart policy.
+        restart: RestartPolicy,
+    },
+    /// Removes a desired process (the node stops it).
+    RemoveProcess {
+        /// The workstation.
+        workstation: WorkstationId,
+        /// The process.
+        process: ProcessId,
+    },
+}
+
+impl Action {
+    /// The audit name of this action.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::InitCluster { .. } => "cluster.init",
+            Action::UpdateSettings { .. } => "cluster.settings",
+            Action::RegisterNode(_) => "node.register",
+            Action::MarkNodeReady { .. } => "node.ready",
+            Action::DrainNode { .. } => "node.drain",
+            Action::DrainStep { .. } => "node.drain_step",
+            Action::RemoveNode { .. } => "node.remove",
+            Action::MarkNodesDown { .. } => "node.down",
+            Action::CreateToken { .. } => "token.create",
+            Action::ConsumeToken { .. } => "token.consume",
+            Action::RevokeToken { .. } => "token.revoke",
+            Action::CreateTenant { .. } => "tenant.create",
+            Action::CreateApiKey { .. } => "key.create",
+            Action::RevokeApiKey { .. } => "key.revoke",
+            Action::CreateWorkstation { .. } => "workstation.create",
+            Action::PlaceBatch { .. } => "workstation.create",
+            Action::ResizeWorkstation { .. } => "workstation.resize",
+            Action::DeleteWorkstation { .. } => "workstation.delete",
+            Action::AddProcess { .. } => "process.add",
+            Action::RemoveProcess { .. } => "process.remove",
+        }
+    }
+}
+
+/// A workstation that was placed.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placed {
+    /// The workstation.
+    pub id: WorkstationId,
+    /// Its node.
+    pub node: NodeId,
+    /// Its generation.
+    pub generation: u64,
+}
+
+/// What a successful command produced.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing to report (blank and membership log entries, settings).
+    Done,
+    /// `RegisterNode`: the node's id and mesh address; `existing` when it was registered before.
+    NodeRegistered {
+        /// Its id.
+        node_id: NodeId,
+        /// Its mesh address.
+        mesh_addr: Ipv4Addr,
+        /// True when this public key was already registered (idempotent retry).
+        existing: bool,
+    },
+    /// A node changed state; workstations that moved and those left pending.
+    NodesChanged {
+        /// Nodes whose state changed.
+        nodes: Vec<(NodeId, NodeState)>,
+        /// Workstations re-placed (with their new generation).
+        replaced: Vec<Placed>,
+        /// Workstations that found no room and wait.
+        pending: Vec<WorkstationId>,
+    },
+    /// `CreateToken`.
+    TokenCreated {
+        /// Its id.
+        id: TokenId,
+        /// When it expires.
+        expires_ms: u64,
+    },
+    /// `ConsumeToken`: the roles it grants.
+    TokenConsumed {
+        /// The token.
+        id: TokenId,
+        /// Roles it grants.
+        roles: Roles,
+    },
+    /// `CreateApiKey`.
+    ApiKeyCreated {
+        /// Its id.
+        id: ApiKeyId,
+    },
+    /// `CreateWorkstation`.
+    WorkstationPlaced(Placed),
+    /// `PlaceBatch`: one answer per request, in order.
+    Batch(Vec<Result<Placed, Refusal>>),
+    /// `AddProcess`.
+    ProcessAdded {
+        /// Its id.
+        id: ProcessId,
+    },
+}
+
+/// Why the state machine refused a command. Refusals are normal answers, not failures of Raft:
+/// the command is still in the log and every replica refuses it identically.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The cluster has not been initialised yet.
+    #[error("the cluster is not initialised")]
+    NotInitialized,
+    /// `InitCluster` on an initialised cluster, or bootstrap admission on a non-empty one.
+    #[error("the cluster is already initialised")]
+    AlreadyInitialized,
+    /// An argument is out of range; names the field.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument {
+        /// The field.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The target does not exist.
+    #[error("{kind} {id} not found")]
+    NotFound {
+        /// `node`, `workstation`, `process`, `token`, `key`.
+        kind: String,
+        /// Its id.
+        id: String,
+    },
+    /// The target is in a state that does not allow this.
+    #[error("conflict: {reason}")]
+    Conflict {
+        /// What conflicts.
+        reason: String,
+    },
+    /// A join token was refused.
+    #[error("join token refused: {reason}")]
+    TokenRejected {
+        /// `unknown`, `expired`, `revoked` or `exhausted`.
+        reason: String,
+    },
+    /// The reservation is larger than any node's allocatable capacity: it can never fit (422).
+    #[error(
+        "unsatisfiable: {requested:?} exceeds the largest node allocatable {largest_allocatable:?}"
+    )]
+    Unsatisfiable {
+        /// What was asked.
+        requested: Resources,
+        /// The largest allocatable of any worker node.
+        largest_allocatable: Resources,
+    },
+    /// Some node could hold it, but none has room now (503 with Retry-After).
+    #[error("no capacity now for {requested:?}")]
+    NoCapacity {
+        /// What was asked.
+        requested: Resources,
+    },
+    /// A resize does not fit on the workstation's node (moving is a later feature).
+    #[error("resize does not fit on node {node}: free {free:?}, needed {needed:?}")]
+    ResizeNoRoom {
+        /// The node.
+        node: NodeId,
+        /// Its free capacity (excluding this workstation).
+        free: Resources,
+        /// The new reservation.
+        needed: Resources,
+    },
+}
+
+impl Refusal {
+    /// A short stable code for the audit log and API error codes.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::NotInitialized => "not_initialized",
+            Refusal::AlreadyInitialized => "already_initialized",
+            Refusal::InvalidArgument { .. } => "invalid_argument",
+            Refusal::NotFound { .. } => "not_found",
+            Refusal::Conflict { .. } => "conflict",
+            Refusal::TokenRejected { .. } => "token_rejected",
+            Refusal::Unsatisfiable { .. } => "unsatisfiable",
+            Refusal::NoCapacity { .. } => "no_capacity",
+            Refusal::ResizeNoRoom { .. } => "resize_no_room",
+        }
+    }
+
+    pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> Self {
+        Refusal::InvalidArgument {
+            field: field.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn not_found(kind: &str, id: impl ToString) -> Self {
+        Refusal::NotFound {
+            kind: kind.to_string(),
+            id: id.to_string(),
+        }
+    }
+
+    pub(crate) fn conflict(reason: impl Into<String>) -> Self {
+        Refusal::Conflict {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The answer of applying one log entry.
+pub type CommandResponse = Result<Outcome, Refusal>;
+
+/// Lowercase hex SHA-256 of a secret (token or key text): the only form in which secrets enter
+/// the log.
+pub fn sha256_hex(secret: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+}

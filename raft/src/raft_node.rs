@@ -1,0 +1,803 @@
+//! [`RaftNode`]: the thin tokio driver around `openraft::Raft`, the redb store and the pure
+//! cores. It owns a leader task that, while this node leads, confirms leadership with a quorum,
+//! turns the failure detector's verdicts into `MarkNodesDown` commands and (optionally) moves
+//! the Raft membership one step towards [`membership::next_step`]. Every await has a timeout.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::ClientWriteError;
+use openraft::error::RaftError;
+use openraft::ChangeMembers;
+use openraft::ServerState;
+use openraft::SnapshotPolicy;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::command::Action;
+use crate::command::Command;
+use crate::command::CommandResponse;
+use crate::command::Outcome;
+use crate::command::Refusal;
+use crate::failure_detector::FailureDetector;
+use crate::failure_detector::HEARTBEAT_GRACE_MS_DEFAULT;
+use crate::membership;
+use crate::membership::MembershipStep;
+use crate::model::ClusterSettings;
+use crate::model::NodeAddr;
+use crate::model::NodeId;
+use crate::model::NodeState;
+use crate::network::NetworkFactory;
+use crate::network::RaftTransport;
+use crate::network::RpcHandle;
+use crate::soft_state::Heartbeat;
+use crate::soft_state::SoftState;
+use crate::state::ClusterState;
+use crate::store;
+use crate::store::SmShared;
+use crate::store::StoreError;
+use crate::types::RaftMetrics;
+use crate::types::TypeConfig;
+
+/// Timing and policy of one Raft node.
+///
+/// Timeouts: heartbeats every 50 ms and an election timeout drawn from 150–300 ms. A follower
+/// notices a dead leader after at most one election timeout (mean 225 ms since the last
+/// heartbeat) and an election takes one round trip inside the mesh (a few ms on a LAN), so the
+/// median failover is about 250–300 ms; the 3:1 ratio of timeout to heartbeat tolerates two
+/// lost heartbeats before a needless election.
+#[derive(Clone, Debug)]
+pub struct RaftConfig {
+    /// This node's id (1 for the bootstrapping node; otherwise the id its registration got).
+    pub node_id: NodeId,
+    /// Leader heartbeat interval.
+    pub heartbeat_interval_ms: u64,
+    /// Lower bound of the randomised election timeout.
+    pub election_timeout_ms_min: u64,
+    /// Upper bound of the randomised election timeout.
+    pub election_timeout_ms_max: u64,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log behind a snapshot (lets slightly lagging followers catch up
+    /// from the log instead of a snapshot).
+    pub logs_kept_after_snapshot: u64,
+    /// Snapshot chunk size on the wire.
+    pub snapshot_chunk_bytes_max: u64,
+    /// Timeout of one snapshot chunk RPC.
+    pub snapshot_chunk_timeout_ms: u64,
+    /// How long [`RaftNode::write`] waits for commit and apply.
+    pub write_timeout_ms: u64,
+    /// How long membership changes and bootstrap wait.
+    pub admin_timeout_ms: u64,
+    /// Period of the leader task.
+    pub leader_tick_ms: u64,
+    /// A heartbeat is acknowledged only if the leader confirmed its leadership with a quorum
+    /// within this window (see the fencing argument in ARCHITECTURE.md).
+    pub leader_confirm_window_ms: u64,
+    /// Let the leader task mark silent nodes down.
+    pub failure_detection: bool,
+    /// Let the leader task add/promote/remove Raft members to follow the cluster state.
+    pub auto_membership: bool,
+}
+
+impl RaftConfig {
+    /// Defaults for node `node_id`.
+    pub fn new(node_id: NodeId) -> Self {
+        Self {
+            node_id,
+            heartbeat_interval_ms: 50,
+            election_timeout_ms_min: 150,
+            election_timeout_ms_max: 300,
+            snapshot_logs_since_last: 5_000,
+            logs_kept_after_snapshot: 1_000,
+            snapshot_chunk_bytes_max: 1024 * 1024,
+            snapshot_chunk_timeout_ms: 2_000,
+            write_timeout_ms: 5_000,
+            admin_timeout_ms: 10_000,
+            leader_tick_ms: 500,
+            leader_confirm_window_ms: 1_000,
+            failure_detection: true,
+            auto_membership: true,
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store is corrupt or cannot be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The configuration is invalid.
+    #[error("invalid raft config: {0}")]
+    Config(String),
+    /// openraft failed to start (e.g. a storage read failed).
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+}
+
+/// Why a write did not produce a response.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// This node is not the leader; send the write there (`leader_node` is its Raft address,
+    /// `None` while an election is running: retry after a short wait).
+    #[error("not the leader; leader is {leader_id:?}")]
+    ForwardToLeader {
+        /// The leader, if known.
+        leader_id: Option<NodeId>,
+        /// Its address, if known.
+        leader_node: Option<NodeAddr>,
+    },
+    /// No answer in time. The command may still commit later: retry only idempotent commands.
+    #[error("no commit within {timeout_ms} ms")]
+    Timeout {
+        /// The timeout.
+        timeout_ms: u64,
+    },
+    /// The node is shutting down or Raft stopped.
+    #[error("raft stopped: {0}")]
+    Stopped(String),
+    /// Another Raft error (e.g. a membership change in progress).
+    #[error("raft error: {0}")]
+    Raft(String),
+    /// The state machine refused (used by compound operations such as bootstrap).
+    #[error("refused: {0}")]
+    Refused(Refusal),
+}
+
+/// Why a membership change failed.
+pub type MembershipError = WriteError;
+
+/// Answer to a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatAck {
+    /// The leader that recorded it.
+    pub leader_id: NodeId,
+    /// Its term.
+    pub term: u64,
+}
+
+/// Why a heartbeat was not acknowledged (the node must not renew its lease).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HeartbeatError {
+    /// This node is not the leader.
+    #[error("not the leader; leader is {leader_id:?}")]
+    NotLeader {
+        /// The leader, if known.
+        leader_id: Option<NodeId>,
+        /// Its address, if known.
+        leader_node: Option<NodeAddr>,
+    },
+    /// This node thinks it leads but has not confirmed it with a quorum recently.
+    #[error("leadership not confirmed by a quorum within the last {window_ms} ms")]
+    Unconfirmed {
+        /// The confirmation window.
+        window_ms: u64,
+    },
+}
+
+/// A summary of this node's Raft state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// This node.
+    pub id: NodeId,
+    /// True when this node is the leader.
+    pub is_leader: bool,
+    /// The leader, if known.
+    pub leader: Option<NodeId>,
+    /// Current term.
+    pub term: u64,
+    /// Last log index.
+    pub last_log_index: Option<u64>,
+    /// Last applied index.
+    pub last_applied_index: Option<u64>,
+    /// Index of the last snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Voters.
+    pub voters: BTreeSet<NodeId>,
+    /// Learners.
+    pub learners: BTreeSet<NodeId>,
+}
+
+const NEVER: u64 = u64::MAX;
+
+struct Inner {
+    id: NodeId,
+    config: RaftConfig,
+    raft: openraft::Raft<TypeConfig>,
+    shared: Arc<SmShared>,
+    clock: Arc<dyn Clock>,
+    detector: Arc<Mutex<FailureDetector>>,
+    confirmed_at_ms: Arc<AtomicU64>,
+    shutdown_tx: watch::Sender<bool>,
+    leader_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// One Raft node of the control plane. Cheap to clone.
+#[derive(Clone)]
+pub struct RaftNode {
+    inner: Arc<Inner>,
+}
+
+fn forward(leader_id: Option<NodeId>, leader_node: Option<NodeAddr>) -> WriteError {
+    WriteError::ForwardToLeader {
+        leader_id,
+        leader_node,
+    }
+}
+
+fn map_write_error(e: RaftError<u64, ClientWriteError<u64, NodeAddr>>) -> WriteError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            forward(f.leader_id, f.leader_node)
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            WriteError::Raft(e.to_string())
+        }
+        RaftError::Fatal(f) => WriteError::Stopped(f.to_string()),
+    }
+}
+
+impl RaftNode {
+    /// Opens (verifying) the store in `data_dir` and starts Raft. A corrupt store is a
+    /// [`StartError::Store`] with a message that says what is corrupt and what to do.
+    pub async fn start(
+        config: RaftConfig,
+        data_dir: &Path,
+        transport: Arc<dyn RaftTransport>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<RaftNode, StartError> {
+        let (log_store, state_machine) = open_store(data_dir).await?;
+        let shared = state_machine.shared();
+        let raft_config = openraft::Config {
+            cluster_name: "shoal".to_string(),
+            heartbeat_interval: config.heartbeat_interval_ms,
+            election_timeout_min: config.election_timeout_ms_min,
+            election_timeout_max: config.election_timeout_ms_max,
+            install_snapshot_timeout: config.snapshot_chunk_timeout_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
+            snapshot_max_chunk_size: config.snapshot_chunk_bytes_max,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+        let raft = openraft::Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            NetworkFactory { transport },
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        let grace_ms = {
+            let applied = shared.applied.read();
+            if applied.state.is_initialized() {
+                applied.state.settings.heartbeat_grace_ms
+            } else {
+                HEARTBEAT_GRACE_MS_DEFAULT
+            }
+        };
+        let (shutdown_tx, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            id: config.node_id,
+            config,
+            raft,
+            shared,
+            clock,
+            detector: Arc::new(Mutex::new(FailureDetector::new(grace_ms))),
+            confirmed_at_ms: Arc::new(AtomicU64::new(NEVER)),
+            shutdown_tx,
+            leader_task: Mutex::new(None),
+        });
+        let node = RaftNode { inner };
+        let task = tokio::spawn(leader_loop(node.clone_for_task()));
+        *node.inner.leader_task.lock() = Some(task);
+        tracing::info!(node_id = node.inner.id, dir = %data_dir.display(), "raft node started");
+        Ok(node)
+    }
+
+    fn clone_for_task(&self) -> LeaderTask {
+        LeaderTask {
+            id: self.inner.id,
+            config: self.inner.config.clone(),
+            raft: self.inner.raft.clone(),
+            shared: self.inner.shared.clone(),
+            clock: self.inner.clock.clone(),
+            detector: self.inner.detector.clone(),
+            confirmed_at_ms: self.inner.confirmed_at_ms.clone(),
+            shutdown_rx: self.inner.shutdown_tx.subscribe(),
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The handle the transport's server side passes incoming RPC bytes to.
+    pub fn rpc_handle(&self) -> RpcHandle {
+        RpcHandle {
+            raft: self.inner.raft.clone(),
+        }
+    }
+
+    fn admin_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.config.admin_timeout_ms)
+    }
+
+    /// Creates a new one-node cluster with this node (which must be node 1) as its only voter,
+    /// then commits `InitCluster` and registers this node. Idempotent: on a node that is
+    /// already bootstrapped it changes nothing.
+    pub async fn bootstrap(
+        &self,
+        self_addr: NodeAddr,
+        cluster_id: &str,
+        settings: ClusterSettings,
+        registration: crate::command::NodeRegistration,
+    ) -> Result<(), WriteError> {
+        if self.inner.id != 1 {
+            return Err(WriteError::Raft(format!(
+                "only node 1 bootstraps a cluster, this is node {}",
+                self.inner.id
+            )));
+        }
+        let raft = &self.inner.raft;
+        let initialized = tokio::time::timeout(self.admin_timeout(), raft.is_initialized())
+            .await
+            .map_err(|_| WriteError::Timeout {
+                timeout_ms: self.inner.config.admin_timeout_ms,
+            })?
+            .map_err(|e| WriteError::Stopped(e.to_string()))?;
+        if !initialized {
+            let members = BTreeMap::from([(1u64, self_addr)]);
+            tokio::time::timeout(self.admin_timeout(), raft.initialize(members))
+                .await
+                .map_err(|_| WriteError::Timeout {
+                    timeout_ms: self.inner.config.admin_timeout_ms,
+                })?
+                .map_err(|e| WriteError::Raft(e.to_string()))?;
+        }
+        raft.wait(Some(self.admin_timeout()))
+            .current_leader(1, "bootstrap: wait to lead")
+            .await
+            .map_err(|e| WriteError::Raft(e.to_string()))?;
+        let at_ms = self.inner.clock.unix_ms();
+        if !self.read(|state| state.is_initialized()) {
+            let command = Command::new(
+                at_ms,
+                "system",
+                Action::InitCluster {
+                    cluster_id: cluster_id.to_string(),
+                    settings,
+                },
+            );
+            match self.write(command).await? {
+                Ok(_) | Err(Refusal::AlreadyInitialized) => {}
+                Err(refusal) => return Err(WriteError::Refused(refusal)),
+            }
+        }
+        if self.read(|state| state.nodes.is_empty()) {
+            let command = Command::new(at_ms, "system", Action::RegisterNode(registration));
+            match self.write(command).await? {
+                Ok(_) | Err(Refusal::AlreadyInitialized) => {}
+                Err(refusal) => return Err(WriteError::Refused(refusal)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Proposes a command and waits until it is committed and applied here.
+    pub async fn write(&self, command: Command) -> Result<CommandResponse, WriteError> {
+        let timeout_ms = self.inner.config.write_timeout_ms;
+        match tokio::time::timeout(
+            Duration::from_millis(timeout_ms),
+            self.inner.raft.client_write(command),
+        )
+        .await
+        {
+            Err(_) => Err(WriteError::Timeout { timeout_ms }),
+            Ok(Ok(response)) => Ok(response.data),
+            Ok(Err(e)) => Err(map_write_error(e)),
+        }
+    }
+
+    /// Reads the applied state under a read lock (keep `f` short: apply waits for it).
+    pub fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
+        f(&self.inner.shared.applied.read().state)
+    }
+
+    /// Confirms with a quorum that this node still leads and has applied everything committed
+    /// before this call; after `Ok`, [`RaftNode::read`] is linearizable.
+    pub async fn ensure_linearizable(&self) -> Result<(), WriteError> {
+        let timeout_ms = self.inner.config.write_timeout_ms;
+        match tokio::time::timeout(
+            Duration::from_millis(timeout_ms),
+            self.inner.raft.ensure_linearizable(),
+        )
+        .await
+        {
+            Err(_) => Err(WriteError::Timeout { timeout_ms }),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                f,
+            )))) => Err(forward(f.leader_id, f.leader_node)),
+            Ok(Err(RaftError::APIError(e))) => Err(WriteError::Raft(e.to_string())),
+            Ok(Err(RaftError::Fatal(f))) => Err(WriteError::Stopped(f.to_string())),
+        }
+    }
+
+    /// The index of the last applied entry; changes whenever the state changes.
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.inner.shared.applied_index.subscribe()
+    }
+
+    /// Waits until the entry at `index` is applied here.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), WriteError> {
+        let mut rx = self.subscribe_applied();
+        tokio::time::timeout(timeout, rx.wait_for(|applied| *applied >= index))
+            .await
+            .map_err(|_| WriteError::Timeout {
+                timeout_ms: timeout.as_millis() as u64,
+            })?
+            .map_err(|e| WriteError::Stopped(e.to_string()))?;
+        Ok(())
+    }
+
+    /// openraft's metrics stream (leader, term, replication).
+    pub fn metrics(&self) -> watch::Receiver<RaftMetrics> {
+        self.inner.raft.metrics()
+    }
+
+    /// A summary of the current Raft state.
+    pub fn status(&self) -> RaftStatus {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        RaftStatus {
+            id: m.id,
+            is_leader: m.state == ServerState::Leader,
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied_index: m.last_applied.map(|id| id.index),
+            snapshot_index: m.snapshot.map(|id| id.index),
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+        }
+    }
+
+    async fn admin<F, T>(&self, fut: F) -> Result<T, WriteError>
+    where
+        F: std::future::Future<Output = Result<T, RaftError<u64, ClientWriteError<u64, NodeAddr>>>>,
+    {
+        match tokio::time::timeout(self.admin_timeout(), fut).await {
+            Err(_) => Err(WriteError::Timeout {
+                timeout_ms: self.inner.config.admin_timeout_ms,
+            }),
+            Ok(result) => result.map_err(map_write_error),
+        }
+    }
+
+    /// Adds a node as a learner and waits until it has caught up (leader only).
+    pub async fn add_learner(&self, id: NodeId, addr: NodeAddr) -> Result<(), WriteError> {
+        self.admin(self.inner.raft.add_learner(id, addr, true))
+            .await
+            .map(|_| ())
+    }
+
+    /// Promotes a learner to voter (leader only).
+    pub async fn promote(&self, id: NodeId) -> Result<(), WriteError> {
+        self.admin(
+            self.inner
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes a node from the Raft membership, voter or learner (leader only). The node's id
+    /// stays used in the cluster state: ids are never reused.
+    pub async fn remove(&self, id: NodeId) -> Result<(), WriteError> {
+        let status = self.status();
+        if status.voters.contains(&id) {
+            self.admin(
+                self.inner
+                    .raft
+                    .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false),
+            )
+            .await?;
+        }
+        if self.status().learners.contains(&id) {
+            self.admin(
+                self.inner
+                    .raft
+                    .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Builds a snapshot now (tests, and before a planned restart).
+    pub async fn trigger_snapshot(&self) -> Result<(), WriteError> {
+        tokio::time::timeout(self.admin_timeout(), self.inner.raft.trigger().snapshot())
+            .await
+            .map_err(|_| WriteError::Timeout {
+                timeout_ms: self.inner.config.admin_timeout_ms,
+            })?
+            .map_err(|e| WriteError::Stopped(e.to_string()))
+    }
+
+    /// Records a node's heartbeat at the leader. Acknowledged only while this node leads and
+    /// has confirmed it with a quorum within `leader_confirm_window_ms`; only an acknowledged
+    /// heartbeat may renew the node's [`crate::lease::Lease`].
+    pub fn heartbeat(
+        &self,
+        node: NodeId,
+        heartbeat: Heartbeat,
+    ) -> Result<HeartbeatAck, HeartbeatError> {
+        let (leader_id, leader_node, term, is_leader) = {
+            let metrics = self.inner.raft.metrics();
+            let m = metrics.borrow();
+            let leader_node = m
+                .current_leader
+                .and_then(|id| m.membership_config.membership().get_node(&id).cloned());
+            (
+                m.current_leader,
+                leader_node,
+                m.current_term,
+                m.state == ServerState::Leader,
+            )
+        };
+        if !is_leader {
+            return Err(HeartbeatError::NotLeader {
+                leader_id,
+                leader_node,
+            });
+        }
+        let now_ms = self.inner.clock.monotonic_ms();
+        let window_ms = self.inner.config.leader_confirm_window_ms;
+        let confirmed = self.inner.confirmed_at_ms.load(Ordering::Acquire);
+        if confirmed == NEVER || now_ms.saturating_sub(confirmed) > window_ms {
+            return Err(HeartbeatError::Unconfirmed { window_ms });
+        }
+        self.inner
+            .detector
+            .lock()
+            .heartbeat(node, now_ms, heartbeat);
+        Ok(HeartbeatAck {
+            leader_id: self.inner.id,
+            term,
+        })
+    }
+
+    /// Reads the leader's soft state (usage, last heartbeats). Empty on followers.
+    pub fn with_soft_state<R>(&self, f: impl FnOnce(&SoftState) -> R) -> R {
+        f(self.inner.detector.lock().soft_state())
+    }
+
+    /// Stops the leader task and Raft. The store is closed once openraft's tasks have ended.
+    pub async fn shutdown(&self) -> Result<(), WriteError> {
+        self.inner.shutdown_tx.send_replace(true);
+        let task = self.inner.leader_task.lock().take();
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(self.admin_timeout(), task).await;
+        }
+        tokio::time::timeout(self.admin_timeout(), self.inner.raft.shutdown())
+            .await
+            .map_err(|_| WriteError::Timeout {
+                timeout_ms: self.inner.config.admin_timeout_ms,
+            })?
+            .map_err(|e| WriteError::Stopped(e.to_string()))?;
+        tracing::info!(node_id = self.inner.id, "raft node stopped");
+        Ok(())
+    }
+}
+
+/// Opens the store; while a previous instance in this process is still releasing the file
+/// (redb allows one open per process), retries for up to 5 s.
+async fn open_store(
+    data_dir: &Path,
+) -> Result<(store::LogStore, store::StateMachineStore), StoreError> {
+    let mut attempts = 0u32;
+    loop {
+        let dir = data_dir.to_path_buf();
+        let result = tokio::task::spawn_blocking(move || store::open(&dir))
+            .await
+            .map_err(|e| StoreError::Database {
+                path: data_dir.join(store::DB_FILE_NAME),
+                detail: e.to_string(),
+            })?;
+        match result {
+            Err(StoreError::Database { detail, .. })
+                if detail.contains("already open") && attempts < 100 =>
+            {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+struct LeaderTask {
+    id: NodeId,
+    config: RaftConfig,
+    raft: openraft::Raft<TypeConfig>,
+    shared: Arc<SmShared>,
+    clock: Arc<dyn Clock>,
+    detector: Arc<Mutex<FailureDetector>>,
+    confirmed_at_ms: Arc<AtomicU64>,
+    shutdown_rx: watch::Receiver<bool>,
+}
+
+async fn leader_loop(mut task: LeaderTask) {
+    let tick = Duration::from_millis(task.config.leader_tick_ms);
+    let mut led_term: Option<u64> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = task.shutdown_rx.changed() => return,
+        }
+        if *task.shutdown_rx.borrow() {
+            return;
+        }
+        let (is_leader, term) = {
+            let metrics = task.raft.metrics();
+            let m = metrics.borrow();
+            (m.state == ServerState::Leader, m.current_term)
+        };
+        if !is_leader {
+            task.confirmed_at_ms.store(NEVER, Ordering::Release);
+            led_term = None;
+            continue;
+        }
+        let now_ms = task.clock.monotonic_ms();
+        if led_term != Some(term) {
+            // A new leader gives every node a fresh grace instead of trusting silence it did
+            // not observe.
+            let expected = expected_heartbeats(&task.shared);
+            let grace_ms = task.shared.applied.read().state.settings.heartbeat_grace_ms;
+            let mut detector = task.detector.lock();
+            detector.set_grace_ms(grace_ms.max(1));
+            detector.on_leader_start(expected, now_ms);
+            led_term = Some(term);
+            tracing::info!(
+                node_id = task.id,
+                term,
+                "leading: fresh heartbeat grace for every node"
+            );
+        }
+        if let Ok(Ok(_)) = tokio::time::timeout(tick, task.raft.ensure_linearizable()).await {
+            task.confirmed_at_ms.store(now_ms, Ordering::Release);
+        }
+        if task.config.failure_detection {
+            detect_failures(&task).await;
+        }
+        if task.config.auto_membership {
+            reconcile_membership(&task).await;
+        }
+    }
+}
+
+fn expected_heartbeats(shared: &SmShared) -> Vec<NodeId> {
+    shared
+        .applied
+        .read()
+        .state
+        .nodes
+        .values()
+        .filter(|node| matches!(node.state, NodeState::Ready | NodeState::Draining))
+        .map(|node| node.id)
+        .collect()
+}
+
+async fn detect_failures(task: &LeaderTask) {
+    let now_ms = task.clock.monotonic_ms();
+    let expected = expected_heartbeats(&task.shared);
+    let (expired, hints, observed) = {
+        let applied = task.shared.applied.read();
+        let mut detector = task.detector.lock();
+        detector.set_grace_ms(applied.state.settings.heartbeat_grace_ms.max(1));
+        detector.sync_nodes(&expected, now_ms);
+        let expired = detector.tick(now_ms);
+        if expired.is_empty() {
+            return;
+        }
+        let soft = detector.soft_state();
+        let hints = soft.hints(|id| applied.state.nodes.get(&id).map(|node| node.capacity));
+        let observed = soft.observed_offsets(&expired);
+        (expired, hints, observed)
+    };
+    tracing::warn!(nodes = ?expired, "heartbeat grace expired: marking nodes down");
+    let command = Command::new(
+        task.clock.unix_ms(),
+        "system",
+        Action::MarkNodesDown {
+            nodes: expired.clone(),
+            hints,
+            observed,
+        },
+    );
+    let timeout = Duration::from_millis(task.config.write_timeout_ms);
+    match tokio::time::timeout(timeout, task.raft.client_write(command)).await {
+        Ok(Ok(response)) => {
+            let mut detector = task.detector.lock();
+            for node in &expired {
+                detector.forget(*node);
+            }
+            if let Ok(Outcome::NodesChanged {
+                replaced, pending, ..
+            }) = response.data
+            {
+                tracing::info!(
+                    n_replaced = replaced.len(),
+                    n_pending = pending.len(),
+                    "re-placed workstations of down nodes"
+                );
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not commit nodes down"),
+        Err(_) => tracing::warn!("timed out committing nodes down"),
+    }
+}
+
+async fn reconcile_membership(task: &LeaderTask) {
+    let (voters, learners) = {
+        let metrics = task.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        (
+            membership.voter_ids().collect::<BTreeSet<_>>(),
+            membership.learner_ids().collect::<BTreeSet<_>>(),
+        )
+    };
+    let step = {
+        let applied = task.shared.applied.read();
+        membership::next_step(&applied.state, &voters, &learners)
+    };
+    let Some(step) = step else {
+        return;
+    };
+    tracing::info!(?step, "membership step");
+    let timeout = Duration::from_millis(task.config.admin_timeout_ms);
+    let result = match step {
+        MembershipStep::AddLearner(id, addr) => {
+            tokio::time::timeout(timeout, task.raft.add_learner(id, addr, false))
+                .await
+                .map(|r| r.map(|_| ()))
+        }
+        MembershipStep::Promote(id) => tokio::time::timeout(
+            timeout,
+            task.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false),
+        )
+        .await
+        .map(|r| r.map(|_| ())),
+        MembershipStep::Remove(id) => {
+            let change = if voters.contains(&id) {
+                ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+            } else {
+                ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+            };
+            tokio::time::timeout(timeout, task.raft.change_membership(change, false))
+                .await
+                .map(|r| r.map(|_| ()))
+        }
+    };
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "membership step failed"),
+        Err(_) => tracing::warn!("membership step timed out"),
+    }
+}
