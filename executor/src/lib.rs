@@ -2,6 +2,26 @@
 //!
 //! It is local by design: it knows nothing of consensus or peers. It takes specs and limits and
 //! reports what happened.
+//!
+//! * [`clock`]: the one source of time.
+//! * [`log_buffer`]: the pure rolling 5 MiB log of a workstation.
+//! * [`restart_policy`]: the pure restart/backoff/crash-loop decisions.
+//! * [`spawner`]: the process seam ([`spawner::Spawner`], [`spawner::HostSpawner`]).
+//! * [`workstation`]: the actor that owns a workstation's processes and log.
+
+pub mod clock;
+pub mod log_buffer;
+pub mod process_id;
+pub mod restart_policy;
+pub mod spawner;
+pub mod workstation;
+
+mod workstation_follower;
+mod workstation_limits;
+mod workstation_messages;
+
+mod host_process_tree;
+mod host_spawner;
 
 pub mod run;
 pub mod sandbox;
