@@ -1,1 +1,0 @@
-//! One-shot sandboxed runs of guest code (filled in by the sandbox work).

@@ -1,1 +1,0 @@
-//! Namespaces, cgroups and seccomp around every user process (filled in by the sandbox work).

@@ -1,0 +1,399 @@
+//! The cgroup of one sandbox, on cgroup v1 and v2 hosts alike.
+//!
+//! `cgroups-rs` detects the hierarchy (`hierarchies::auto()`: v2 only when /sys/fs/cgroup itself
+//! is a cgroup2 mount, so a hybrid host with an empty v2 mount at /sys/fs/cgroup/unified is
+//! correctly treated as v1), creates the group in each controller and writes the limits. The
+//! few statistics a run needs are read straight from their files, because the crate's
+//! `memory_stat()` reads a dozen files a run does not need.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cgroups_rs::cpu::CpuController;
+use cgroups_rs::cpuacct::CpuAcctController;
+use cgroups_rs::freezer::FreezerController;
+use cgroups_rs::memory::MemController;
+use cgroups_rs::pid::PidController;
+use cgroups_rs::{Cgroup, CgroupPid, Controller, MaxValue};
+
+use super::SandboxError;
+
+/// Which cgroup interface the host offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupVersion {
+    /// Separate hierarchies per controller (memory, cpu, cpuacct, pids, freezer).
+    V1,
+    /// The unified hierarchy.
+    V2,
+}
+
+/// CFS period used for CPU quotas: 100 ms, the kernel's default.
+const CPU_PERIOD_US: u64 = 100_000;
+/// How many rounds `kill_all` tries before giving up on a cgroup that keeps processes.
+const KILL_ROUNDS_MAX: u32 = 200;
+/// Pause between kill rounds: exiting processes need a moment to leave the cgroup.
+const KILL_ROUND_PAUSE: Duration = Duration::from_millis(5);
+
+/// Limits written into a sandbox's cgroup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupLimits {
+    /// Memory limit in bytes; swap is not allowed on top of it.
+    pub memory_bytes: u64,
+    /// CPU quota in millicores (1000 = one CPU).
+    pub cpu_millis: u64,
+    /// Maximum number of processes and threads.
+    pub max_processes: u64,
+}
+
+/// What the kernel counted for a cgroup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupStats {
+    /// CPU time used by every process that ever ran in the group, in nanoseconds.
+    pub cpu_usage_ns: u64,
+    /// Highest memory charge seen, in bytes (0 where the kernel does not record it).
+    pub memory_peak_bytes: u64,
+    /// Processes the OOM killer killed in this group.
+    pub oom_kills: u64,
+    /// fork/clone calls refused because the pids limit was reached.
+    pub pids_limit_hits: u64,
+}
+
+fn controllers(version: CgroupVersion) -> Vec<String> {
+    let names: &[&str] = match version {
+        CgroupVersion::V1 => &["memory", "cpu", "cpuacct", "pids", "freezer"],
+        CgroupVersion::V2 => &["memory", "cpu", "pids"],
+    };
+    names.iter().map(|name| name.to_string()).collect()
+}
+
+/// Detects the cgroup version the crate will use and whether the controllers we need are there.
+pub fn detect() -> Option<CgroupVersion> {
+    let hierarchy = cgroups_rs::hierarchies::auto();
+    let version = if hierarchy.v2() {
+        CgroupVersion::V2
+    } else {
+        CgroupVersion::V1
+    };
+    let available: Vec<String> = hierarchy
+        .subsystems()
+        .iter()
+        .map(|subsystem| subsystem.controller_name())
+        .collect();
+    let needed = controllers(version);
+    let missing: Vec<&String> = needed
+        .iter()
+        .filter(|name| !available.contains(name))
+        .collect();
+    if missing.is_empty() {
+        Some(version)
+    } else {
+        tracing::warn!(?version, ?missing, "cgroup controllers missing");
+        None
+    }
+}
+
+/// One sandbox's cgroup (a group in each controller on v1).
+pub struct SandboxCgroup {
+    cgroup: Cgroup,
+    version: CgroupVersion,
+    relative_path: String,
+}
+
+impl std::fmt::Debug for SandboxCgroup {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("SandboxCgroup")
+            .field("version", &self.version)
+            .field("relative_path", &self.relative_path)
+            .finish()
+    }
+}
+
+fn cgroup_error(what: &str, path: &str, error: impl std::fmt::Display) -> SandboxError {
+    SandboxError::Cgroup {
+        what: what.to_string(),
+        path: path.to_string(),
+        reason: error.to_string(),
+    }
+}
+
+impl SandboxCgroup {
+    /// Creates the group `relative_path` (e.g. `shoal-node1/run-…`) and writes the limits.
+    pub fn create(
+        version: CgroupVersion,
+        relative_path: &str,
+        limits: CgroupLimits,
+    ) -> Result<Self, SandboxError> {
+        let cgroup = Cgroup::new_with_specified_controllers(
+            cgroups_rs::hierarchies::auto(),
+            relative_path,
+            Some(controllers(version)),
+        )
+        .map_err(|error| cgroup_error("create", relative_path, error))?;
+        let sandbox_cgroup = SandboxCgroup {
+            cgroup,
+            version,
+            relative_path: relative_path.to_string(),
+        };
+        // cgroups-rs only logs a failed mkdir on v1: check that every controller's group exists.
+        for subsystem in sandbox_cgroup.cgroup.subsystems() {
+            let path = subsystem.to_controller().path().to_path_buf();
+            if !path.is_dir() {
+                let _ = sandbox_cgroup.remove();
+                return Err(cgroup_error("create", relative_path, "directory missing"));
+            }
+        }
+        if let Err(error) = sandbox_cgroup.apply_limits(limits) {
+            let _ = sandbox_cgroup.remove();
+            return Err(error);
+        }
+        Ok(sandbox_cgroup)
+    }
+
+    /// Loads an existing group (for cleaning up what an earlier run of the node left).
+    fn load(version: CgroupVersion, relative_path: &str) -> Self {
+        SandboxCgroup {
+            cgroup: Cgroup::load_with_specified_controllers(
+                cgroups_rs::hierarchies::auto(),
+                relative_path,
+                controllers(version),
+            ),
+            version,
+            relative_path: relative_path.to_string(),
+        }
+    }
+
+    fn apply_limits(&self, limits: CgroupLimits) -> Result<(), SandboxError> {
+        let path = self.relative_path.as_str();
+        let memory: &MemController = self
+            .cgroup
+            .controller_of()
+            .ok_or_else(|| cgroup_error("memory", path, "no memory controller"))?;
+        let memory_bytes = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
+        memory
+            .set_limit(memory_bytes)
+            .map_err(|error| cgroup_error("memory limit", path, error))?;
+        // Swap off: v2 takes the swap allowance (0), v1 the memory+swap total (= the limit). A
+        // v1 kernel booted without swap accounting has no memsw file; with no swap charged
+        // there is nothing to limit, so its absence is not an error.
+        match self.version {
+            CgroupVersion::V2 => {
+                if self.file_path::<MemController>("memory.swap.max").is_some() {
+                    memory
+                        .set_memswap_limit(0)
+                        .map_err(|error| cgroup_error("swap limit", path, error))?;
+                }
+            }
+            CgroupVersion::V1 => {
+                if self
+                    .file_path::<MemController>("memory.memsw.limit_in_bytes")
+                    .is_some()
+                {
+                    memory
+                        .set_memswap_limit(memory_bytes)
+                        .map_err(|error| cgroup_error("swap limit", path, error))?;
+                }
+                let _ = memory.set_swappiness(0);
+            }
+        }
+        let cpu: &CpuController = self
+            .cgroup
+            .controller_of()
+            .ok_or_else(|| cgroup_error("cpu", path, "no cpu controller"))?;
+        let quota_us = limits.cpu_millis.saturating_mul(CPU_PERIOD_US) / 1000;
+        cpu.set_cfs_quota_and_period(
+            Some(i64::try_from(quota_us.max(1000)).unwrap_or(i64::MAX)),
+            Some(CPU_PERIOD_US),
+        )
+        .map_err(|error| cgroup_error("cpu quota", path, error))?;
+        let pids: &PidController = self
+            .cgroup
+            .controller_of()
+            .ok_or_else(|| cgroup_error("pids", path, "no pids controller"))?;
+        pids.set_pid_max(MaxValue::Value(
+            i64::try_from(limits.max_processes).unwrap_or(i64::MAX),
+        ))
+        .map_err(|error| cgroup_error("pids limit", path, error))?;
+        Ok(())
+    }
+
+    /// The path of one of the group's files in controller `C`, if the file exists.
+    fn file_path<'a, C>(&'a self, file: &str) -> Option<PathBuf>
+    where
+        &'a C: From<&'a cgroups_rs::Subsystem>,
+        C: Controller + cgroups_rs::ControllIdentifier + 'a,
+    {
+        let controller: &C = self.cgroup.controller_of()?;
+        let path = controller.path().join(file);
+        path.exists().then_some(path)
+    }
+
+    /// The group's path relative to the controllers' roots.
+    pub fn relative_path(&self) -> &str {
+        &self.relative_path
+    }
+
+    /// Moves process `pid` (with all its threads) into the group.
+    pub fn add_process(&self, pid: i32) -> Result<(), SandboxError> {
+        let pid =
+            u64::try_from(pid).map_err(|_| cgroup_error("add", &self.relative_path, "bad pid"))?;
+        self.cgroup
+            .add_task_by_tgid(CgroupPid::from(pid))
+            .map_err(|error| cgroup_error("add process", &self.relative_path, error))
+    }
+
+    /// Process ids currently in the group (in any controller on v1).
+    pub fn pids(&self) -> Vec<i32> {
+        let mut pids: Vec<i32> = self
+            .cgroup
+            .procs()
+            .into_iter()
+            .filter_map(|pid| i32::try_from(pid.pid).ok())
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Reads what the kernel counted.
+    pub fn stats(&self) -> CgroupStats {
+        let read = |path: Option<PathBuf>| path.and_then(|path| std::fs::read_to_string(path).ok());
+        let keyed = |text: &Option<String>, key: &str| -> u64 {
+            text.as_deref()
+                .and_then(|text| {
+                    text.lines().find_map(|line| {
+                        let mut fields = line.split_whitespace();
+                        (fields.next() == Some(key))
+                            .then(|| fields.next().and_then(|value| value.parse().ok()))
+                            .flatten()
+                    })
+                })
+                .unwrap_or(0)
+        };
+        let number = |text: Option<String>| -> u64 {
+            text.and_then(|text| text.trim().parse().ok()).unwrap_or(0)
+        };
+        let pids_events = read(self.file_path::<PidController>("pids.events"));
+        match self.version {
+            CgroupVersion::V1 => CgroupStats {
+                cpu_usage_ns: number(read(self.file_path::<CpuAcctController>("cpuacct.usage"))),
+                memory_peak_bytes: number(read(
+                    self.file_path::<MemController>("memory.max_usage_in_bytes"),
+                )),
+                oom_kills: keyed(
+                    &read(self.file_path::<MemController>("memory.oom_control")),
+                    "oom_kill",
+                ),
+                pids_limit_hits: keyed(&pids_events, "max"),
+            },
+            CgroupVersion::V2 => CgroupStats {
+                cpu_usage_ns: keyed(
+                    &read(self.file_path::<CpuController>("cpu.stat")),
+                    "usage_usec",
+                )
+                .saturating_mul(1000),
+                memory_peak_bytes: number(read(self.file_path::<MemController>("memory.peak"))),
+                oom_kills: keyed(
+                    &read(self.file_path::<MemController>("memory.events")),
+                    "oom_kill",
+                ),
+                pids_limit_hits: keyed(&pids_events, "max"),
+            },
+        }
+    }
+
+    /// Kills every process in the group and waits until it is empty. On v2 `cgroup.kill` does
+    /// it atomically; on v1 the group is frozen first so that nothing can fork between reading
+    /// `cgroup.procs` and sending SIGKILL, then thawed so that the killed processes can exit.
+    pub fn kill_all(&self) -> Result<(), SandboxError> {
+        for _round in 0..KILL_ROUNDS_MAX {
+            let pids = self.pids();
+            if pids.is_empty() {
+                return Ok(());
+            }
+            match self.version {
+                CgroupVersion::V2 => {
+                    if self.cgroup.kill().is_err() {
+                        for pid in &pids {
+                            // SAFETY: kill(2) has no memory-safety preconditions.
+                            unsafe { libc::kill(*pid, libc::SIGKILL) };
+                        }
+                    }
+                }
+                CgroupVersion::V1 => {
+                    let freezer: Option<&FreezerController> = self.cgroup.controller_of();
+                    if let Some(freezer) = freezer {
+                        let _ = freezer.freeze();
+                    }
+                    for pid in self.pids() {
+                        // SAFETY: kill(2) has no memory-safety preconditions.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                    if let Some(freezer) = freezer {
+                        let _ = freezer.thaw();
+                    }
+                }
+            }
+            std::thread::sleep(KILL_ROUND_PAUSE);
+        }
+        Err(cgroup_error(
+            "kill",
+            &self.relative_path,
+            "processes remain after repeated SIGKILL",
+        ))
+    }
+
+    /// Kills what is left and removes the group from every hierarchy.
+    pub fn remove(&self) -> Result<(), SandboxError> {
+        self.kill_all()?;
+        self.cgroup
+            .delete()
+            .map_err(|error| cgroup_error("remove", &self.relative_path, error))
+    }
+
+    /// Whether any of the group's directories still exists.
+    pub fn exists(&self) -> bool {
+        self.cgroup
+            .subsystems()
+            .iter()
+            .any(|subsystem| subsystem.to_controller().path().exists())
+    }
+}
+
+/// Names of the groups below `prefix` (e.g. `shoal-node1`), in any hierarchy.
+pub fn children(version: CgroupVersion, prefix: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let group = SandboxCgroup::load(version, prefix);
+    for subsystem in group.cgroup.subsystems() {
+        let dir: &Path = subsystem.to_controller().path();
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().map(|kind| kind.is_dir()).unwrap_or(false) {
+                    if let Some(name) = entry.file_name().to_str() {
+                        if !names.iter().any(|known: &String| known == name) {
+                            names.push(name.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Removes every group below `prefix` and `prefix` itself, killing what still runs there.
+/// Returns how many sandbox groups were removed.
+pub fn remove_tree(version: CgroupVersion, prefix: &str) -> Result<usize, SandboxError> {
+    let mut removed = 0;
+    for name in children(version, prefix) {
+        let group = SandboxCgroup::load(version, &format!("{prefix}/{name}"));
+        group.remove()?;
+        removed += 1;
+    }
+    let top = SandboxCgroup::load(version, prefix);
+    if top.exists() {
+        top.remove()?;
+    }
+    Ok(removed)
+}

@@ -1,0 +1,902 @@
+//! The code that runs between fork and exec, and the parent side that starts it.
+//!
+//! Why raw `clone` of the calling thread rather than `posix_spawn`, `std::process::Command` or
+//! re-executing a helper binary: the sandbox must be set up *inside* the new namespaces (proc
+//! mounted by a process that lives in the new PID namespace, pivot_root in the new mount
+//! namespace, uid/caps/seccomp dropped last), which `Command`'s `pre_exec` cannot do safely for
+//! namespaces, and a helper binary would make the executor library depend on where the node's
+//! binary lives and add an exec to every run. So the parent prepares *everything* first (every
+//! path as a `CString`, argv/envp pointer arrays, the seccomp program, the file contents) in a
+//! plan it keeps alive, then clones. The child runs only raw system calls on that prepared data:
+//! no allocation, no locks, no `std` I/O, no panics (iterators instead of indexing). uid/gid
+//! changes use the raw syscalls because glibc's `setuid` family signals every thread the parent
+//! had, which do not exist in the child.
+//!
+//! Process tree of a run: node → `init` (PID 1 of the new PID namespace, root, sets up mounts,
+//! stays outside seccomp) → `program` (drops everything, execs the user's code). `init` reports
+//! the program's wait status on the report pipe and exits; the kernel then kills whatever else is
+//! left in the PID namespace (daemons included). For a workstation `init` stays as the
+//! namespace's reaper and each process is started by `enter`: a short-lived clone that joins the
+//! namespaces with `setns` and clones the program with `CLONE_PARENT`, so that the program is a
+//! child of the node (which waits for it) while living in the sandbox.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use super::SandboxError;
+
+/// Report record tags (child → parent), each record being three 32-bit words.
+pub(crate) const REPORT_SETUP_FAILED: u32 = 1;
+pub(crate) const REPORT_EXEC_FAILED: u32 = 2;
+pub(crate) const REPORT_EXITED: u32 = 3;
+pub(crate) const REPORT_STARTED: u32 = 4;
+pub(crate) const REPORT_READY: u32 = 5;
+/// Size of one report record in bytes.
+pub(crate) const REPORT_RECORD_BYTES: usize = 12;
+/// Step index reported when forking the program itself failed.
+pub(crate) const STEP_FORK_PROGRAM: i32 = -1;
+/// Step index reported when joining a namespace failed.
+pub(crate) const STEP_SETNS: i32 = -2;
+/// Step index reported for failures while preparing the program (stdio, uid, seccomp, ...).
+pub(crate) const STEP_PROGRAM: i32 = -3;
+
+/// One setup action of the init process, done before the program is forked.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// mount(2).
+    Mount {
+        source: Option<CString>,
+        target: CString,
+        fstype: Option<CString>,
+        flags: libc::c_ulong,
+        data: Option<CString>,
+    },
+    /// mkdir(2); EEXIST is fine.
+    Mkdir { path: CString, mode: libc::mode_t },
+    /// symlink(2).
+    Symlink { target: CString, link: CString },
+    /// Creates an empty file (a bind-mount target).
+    Touch { path: CString },
+    /// pivot_root into `new_root`, detaching the old root.
+    PivotRoot { new_root: CString },
+    /// Creates a directory owned by the program's user (never following symlinks).
+    OwnedDir {
+        path: CString,
+        uid: libc::uid_t,
+        gid: libc::gid_t,
+    },
+    /// Creates a new file with `data`, owned by the program's user (O_EXCL|O_NOFOLLOW).
+    OwnedFile {
+        path: CString,
+        data: Vec<u8>,
+        mode: libc::mode_t,
+        uid: libc::uid_t,
+        gid: libc::gid_t,
+    },
+    /// sethostname(2).
+    Hostname { name: CString },
+    /// Brings the loopback interface of the new network namespace up.
+    LoopbackUp,
+    /// Protects the init process from the OOM killer (the program is the one to kill).
+    ProtectFromOom,
+    /// unshare(CLONE_NEWCGROUP): the program sees its own cgroup as the root.
+    UnshareCgroup,
+}
+
+impl Step {
+    /// Human-readable description for error reports.
+    pub(crate) fn describe(&self) -> String {
+        let text = |value: &CString| value.to_string_lossy().into_owned();
+        match self {
+            Step::Mount { source, target, .. } => format!(
+                "mount {} on {}",
+                source.as_ref().map(text).unwrap_or_default(),
+                text(target)
+            ),
+            Step::Mkdir { path, .. } => format!("mkdir {}", text(path)),
+            Step::Symlink { link, .. } => format!("symlink {}", text(link)),
+            Step::Touch { path } => format!("create {}", text(path)),
+            Step::PivotRoot { new_root } => format!("pivot_root {}", text(new_root)),
+            Step::OwnedDir { path, .. } => format!("mkdir {}", text(path)),
+            Step::OwnedFile { path, .. } => format!("write {}", text(path)),
+            Step::Hostname { .. } => "sethostname".to_string(),
+            Step::LoopbackUp => "bring up loopback".to_string(),
+            Step::ProtectFromOom => "oom_score_adj".to_string(),
+            Step::UnshareCgroup => "unshare cgroup namespace".to_string(),
+        }
+    }
+}
+
+/// Where the program's standard input comes from.
+#[derive(Debug)]
+pub(crate) enum StdinPlan {
+    /// These bytes, through a memfd (no pipe to feed, no deadlock, charged to the sandbox).
+    Bytes(Vec<u8>),
+    /// /dev/null.
+    Null,
+}
+
+/// Everything the program process needs between fork and exec.
+pub(crate) struct ProgramPlan {
+    /// Paths to try for execve, in order (PATH resolution done by the parent).
+    pub exe_candidates: Vec<CString>,
+    /// Keeps the argument strings alive for `argv_pointers`.
+    _argv: Vec<CString>,
+    argv_pointers: Vec<*const libc::c_char>,
+    /// Keeps the environment strings alive for `envp_pointers`.
+    _envp: Vec<CString>,
+    envp_pointers: Vec<*const libc::c_char>,
+    /// Working directory.
+    pub cwd: CString,
+    /// uid and gid to switch to; None keeps the caller's (degraded mode, not root).
+    pub credentials: Option<(libc::uid_t, libc::gid_t)>,
+    /// Resource limits set before exec.
+    pub rlimits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)>,
+    /// Standard input.
+    pub stdin: StdinPlan,
+    /// Write ends of the output pipes.
+    pub stdout_fd: RawFd,
+    /// Write end of the error pipe.
+    pub stderr_fd: RawFd,
+    /// Seccomp program to install last (None when seccomp is unavailable).
+    pub seccomp: Option<Vec<libc::sock_filter>>,
+    /// Drop the capability bounding set, ambient and inheritable sets.
+    pub drop_capabilities: bool,
+    /// Set no_new_privs (always possible, also without root).
+    pub no_new_privs: bool,
+    /// Raise oom_score_adj to 1000: in an OOM (the sandbox's or the host's) the user's program
+    /// is killed before the sandbox's init and before any host process.
+    pub raise_oom_score: bool,
+}
+
+impl ProgramPlan {
+    /// Builds a plan; pointer arrays are derived from the owned strings.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        exe_candidates: Vec<CString>,
+        argv: Vec<CString>,
+        envp: Vec<CString>,
+        cwd: CString,
+        credentials: Option<(libc::uid_t, libc::gid_t)>,
+        rlimits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)>,
+        stdin: StdinPlan,
+        stdout_fd: RawFd,
+        stderr_fd: RawFd,
+    ) -> Self {
+        let mut argv_pointers: Vec<*const libc::c_char> =
+            argv.iter().map(|arg| arg.as_ptr()).collect();
+        argv_pointers.push(std::ptr::null());
+        let mut envp_pointers: Vec<*const libc::c_char> =
+            envp.iter().map(|var| var.as_ptr()).collect();
+        envp_pointers.push(std::ptr::null());
+        ProgramPlan {
+            exe_candidates,
+            _argv: argv,
+            argv_pointers,
+            _envp: envp,
+            envp_pointers,
+            cwd,
+            credentials,
+            rlimits,
+            stdin,
+            stdout_fd,
+            stderr_fd,
+            seccomp: None,
+            drop_capabilities: false,
+            no_new_privs: true,
+            raise_oom_score: false,
+        }
+    }
+}
+
+/// What the init process does once its setup steps are done.
+pub(crate) enum InitMode {
+    /// Fork the program, report its wait status, exit (a run).
+    RunProgram(Box<ProgramPlan>),
+    /// Report readiness and reap orphans until killed (a workstation).
+    Reaper,
+}
+
+/// Everything the init process needs.
+pub(crate) struct InitPlan {
+    /// Namespace flags for clone(2).
+    pub clone_flags: libc::c_int,
+    /// Setup steps in order.
+    pub steps: Vec<Step>,
+    /// What to do afterwards.
+    pub mode: InitMode,
+}
+
+/// A started child: its pid, a pidfd to await its exit, and the report pipe's read end.
+#[derive(Debug)]
+pub(crate) struct Started {
+    pub pid: libc::pid_t,
+    pub pidfd: OwnedFd,
+    pub report: OwnedFd,
+}
+
+/// One decoded report record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Report {
+    pub tag: u32,
+    pub a: i32,
+    pub b: i32,
+}
+
+impl Report {
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Report> {
+        let word = |index: usize| -> Option<[u8; 4]> {
+            bytes.get(index * 4..index * 4 + 4)?.try_into().ok()
+        };
+        Some(Report {
+            tag: u32::from_ne_bytes(word(0)?),
+            a: i32::from_ne_bytes(word(1)?),
+            b: i32::from_ne_bytes(word(2)?),
+        })
+    }
+}
+
+fn os_error(what: &str) -> SandboxError {
+    SandboxError::Spawn {
+        what: what.to_string(),
+        reason: std::io::Error::last_os_error().to_string(),
+    }
+}
+
+fn pipe_cloexec() -> Result<(OwnedFd, OwnedFd), SandboxError> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two fds into the array we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(os_error("pipe2"));
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A pipe for a program's output: (parent read end, child write end), both close-on-exec (the
+/// child dup2s its end onto 1 or 2, which clears the flag there).
+pub(crate) fn output_pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
+    pipe_cloexec()
+}
+
+fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, SandboxError> {
+    // SAFETY: pidfd_open has no memory-safety preconditions.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(os_error("pidfd_open"));
+    }
+    // SAFETY: the fd was just created.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Kills and reaps a child that could not be started properly.
+fn abandon(pid: libc::pid_t) {
+    // SAFETY: plain syscalls on our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+    }
+}
+
+/// Clones the init process with the plan's namespaces, lets `place` put it into its cgroup,
+/// then releases it. The plan must stay alive until this returns (the child only reads its own
+/// copy of the parent's memory, so afterwards the parent may drop it).
+pub(crate) fn start_init(
+    plan: &InitPlan,
+    place: impl FnOnce(libc::pid_t) -> Result<(), SandboxError>,
+) -> Result<Started, SandboxError> {
+    let (sync_read, sync_write) = pipe_cloexec()?;
+    let (report_read, report_write) = pipe_cloexec()?;
+    let flags = (plan.clone_flags | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: a fork-like clone (no CLONE_VM, no new stack); the child only runs `init_main`,
+    // which never returns and only performs raw system calls on data prepared above.
+    let pid = unsafe { raw_clone(flags) };
+    if pid == 0 {
+        // SAFETY: we are the freshly cloned, single-threaded child.
+        unsafe {
+            init_main(
+                plan,
+                sync_read.as_raw_fd(),
+                report_write.as_raw_fd(),
+                &[sync_write.as_raw_fd(), report_read.as_raw_fd()],
+            )
+        }
+    }
+    if pid < 0 {
+        return Err(os_error("clone"));
+    }
+    drop(sync_read);
+    drop(report_write);
+    let pidfd = match pidfd_open(pid) {
+        Ok(pidfd) => pidfd,
+        Err(error) => {
+            abandon(pid);
+            return Err(error);
+        }
+    };
+    if let Err(error) = place(pid) {
+        abandon(pid);
+        return Err(error);
+    }
+    release(&sync_write, pid)?;
+    Ok(Started {
+        pid,
+        pidfd,
+        report: report_read,
+    })
+}
+
+fn release(sync_write: &OwnedFd, pid: libc::pid_t) -> Result<(), SandboxError> {
+    let go = [1u8];
+    // SAFETY: writing one byte from a live buffer to our pipe.
+    let written = unsafe { libc::write(sync_write.as_raw_fd(), go.as_ptr().cast(), 1) };
+    if written != 1 {
+        abandon(pid);
+        return Err(os_error("release child"));
+    }
+    Ok(())
+}
+
+/// Starts a program inside an existing sandbox: clones `enter`, which joins the namespaces in
+/// `namespace_fds` (the mount namespace last) and clones the program as a sibling (a child of
+/// this process). Returns the program's pid (in this process's PID namespace).
+pub(crate) fn start_in_namespaces(
+    namespace_fds: &[RawFd],
+    program: &ProgramPlan,
+    place: impl FnOnce(libc::pid_t) -> Result<(), SandboxError>,
+) -> Result<(libc::pid_t, Vec<Report>), SandboxError> {
+    let (sync_read, sync_write) = pipe_cloexec()?;
+    let (report_read, report_write) = pipe_cloexec()?;
+    // SAFETY: as in start_init; the child runs only `enter_main`.
+    let pid = unsafe { raw_clone(libc::SIGCHLD as libc::c_ulong) };
+    if pid == 0 {
+        // SAFETY: freshly cloned single-threaded child.
+        unsafe {
+            enter_main(
+                namespace_fds,
+                program,
+                sync_read.as_raw_fd(),
+                report_write.as_raw_fd(),
+            )
+        }
+    }
+    if pid < 0 {
+        return Err(os_error("clone"));
+    }
+    drop(sync_read);
+    drop(report_write);
+    if let Err(error) = place(pid) {
+        abandon(pid);
+        return Err(error);
+    }
+    release(&sync_write, pid)?;
+    drop(sync_write);
+    // `enter` exits right after cloning the program; reap it, then read its reports (the
+    // program's copy of the pipe closes at exec).
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let reports = read_reports_blocking(&report_read);
+    let started = reports
+        .iter()
+        .find(|report| report.tag == REPORT_STARTED)
+        .map(|report| report.a);
+    match started {
+        Some(program_pid) => Ok((program_pid, reports)),
+        None => Err(SandboxError::Spawn {
+            what: "enter sandbox".to_string(),
+            reason: describe_failure(&reports, &[]),
+        }),
+    }
+}
+
+/// Reads report records until EOF (blocking; only for short-lived helpers).
+pub(crate) fn read_reports_blocking(report: &OwnedFd) -> Vec<Report> {
+    let mut bytes = Vec::new();
+    let mut buffer = [0u8; 256];
+    loop {
+        // SAFETY: reading into a live buffer we own.
+        let count =
+            unsafe { libc::read(report.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len()) };
+        if count > 0 {
+            bytes.extend_from_slice(&buffer[..count as usize]);
+            continue;
+        }
+        if count < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        break;
+    }
+    bytes
+        .chunks_exact(REPORT_RECORD_BYTES)
+        .filter_map(Report::decode)
+        .collect()
+}
+
+/// Explains failure records in words.
+pub(crate) fn describe_failure(reports: &[Report], steps: &[Step]) -> String {
+    for report in reports {
+        let errno = std::io::Error::from_raw_os_error(report.b);
+        match report.tag {
+            REPORT_SETUP_FAILED => {
+                let step = match report.a {
+                    STEP_FORK_PROGRAM => "fork the program".to_string(),
+                    STEP_SETNS => "join the sandbox's namespaces".to_string(),
+                    STEP_PROGRAM => "prepare the program (stdio, credentials, seccomp)".to_string(),
+                    index => usize::try_from(index)
+                        .ok()
+                        .and_then(|index| steps.get(index))
+                        .map(Step::describe)
+                        .unwrap_or_else(|| format!("step {index}")),
+                };
+                return format!("sandbox setup failed: {step}: {errno}");
+            }
+            REPORT_EXEC_FAILED => return format!("cannot execute the program: {errno}"),
+            _ => {}
+        }
+    }
+    "the sandbox's init process ended without a report".to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child side. Everything below runs after clone: raw system calls on prepared data only.
+// ---------------------------------------------------------------------------------------------
+
+unsafe fn raw_clone(flags: libc::c_ulong) -> libc::pid_t {
+    libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) as libc::pid_t
+}
+
+unsafe fn errno() -> i32 {
+    *libc::__errno_location()
+}
+
+unsafe fn report(fd: RawFd, tag: u32, a: i32, b: i32) {
+    let mut record = [0u8; REPORT_RECORD_BYTES];
+    let tag_bytes = tag.to_ne_bytes();
+    let a_bytes = a.to_ne_bytes();
+    let b_bytes = b.to_ne_bytes();
+    record[0..4].copy_from_slice(&tag_bytes);
+    record[4..8].copy_from_slice(&a_bytes);
+    record[8..12].copy_from_slice(&b_bytes);
+    // One write below PIPE_BUF is atomic; a failure cannot be reported anywhere.
+    libc::write(fd, record.as_ptr().cast(), REPORT_RECORD_BYTES);
+}
+
+unsafe fn fail(fd: RawFd, step: i32, error: i32) -> ! {
+    report(fd, REPORT_SETUP_FAILED, step, error);
+    libc::_exit(125)
+}
+
+/// Closes every fd >= 3 except those in `keep` (at most 8), with close_range over the gaps.
+unsafe fn close_all_except(keep: &[RawFd]) {
+    let mut sorted = [RawFd::MAX; 8];
+    let mut count = 0;
+    for fd in keep.iter().take(8) {
+        sorted[count] = *fd;
+        count += 1;
+    }
+    // Insertion sort on the stack.
+    for index in 1..count {
+        let mut position = index;
+        while position > 0 && sorted[position - 1] > sorted[position] {
+            sorted.swap(position - 1, position);
+            position -= 1;
+        }
+    }
+    let mut low: u32 = 3;
+    for fd in sorted.iter().take(count) {
+        let fd = *fd as u32;
+        if fd >= low {
+            if fd > low {
+                close_range(low, fd - 1, 0);
+            }
+            low = fd + 1;
+        }
+    }
+    close_range(low, u32::MAX, 0);
+}
+
+unsafe fn close_range(low: u32, high: u32, flags: u32) {
+    if libc::syscall(libc::SYS_close_range, low, high, flags) != 0 {
+        // Kernels before 5.9: walk a bounded range by hand.
+        let mut fd = low;
+        while fd <= high && fd < 65_536 {
+            if flags == 0 {
+                libc::close(fd as RawFd);
+            } else {
+                libc::fcntl(fd as RawFd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+            fd += 1;
+        }
+    }
+}
+
+unsafe fn stdio_to_dev_null() {
+    let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+    if null >= 0 {
+        libc::dup2(null, 0);
+        libc::dup2(null, 1);
+        libc::dup2(null, 2);
+        if null > 2 {
+            libc::close(null);
+        }
+    }
+}
+
+unsafe fn wait_for_go(sync_read: RawFd) {
+    let mut byte = 0u8;
+    loop {
+        let count = libc::read(sync_read, (&mut byte as *mut u8).cast(), 1);
+        if count == 1 {
+            break;
+        }
+        if count < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        // The parent gave up on us (closed the pipe without a go).
+        libc::_exit(1);
+    }
+    libc::close(sync_read);
+}
+
+unsafe fn init_main(
+    plan: &InitPlan,
+    sync_read: RawFd,
+    report_fd: RawFd,
+    parent_ends: &[RawFd],
+) -> ! {
+    for fd in parent_ends {
+        libc::close(*fd);
+    }
+    wait_for_go(sync_read);
+    match &plan.mode {
+        InitMode::RunProgram(program) => {
+            close_all_except(&[report_fd, program.stdout_fd, program.stderr_fd]);
+        }
+        InitMode::Reaper => close_all_except(&[report_fd]),
+    }
+    stdio_to_dev_null();
+    for (index, step) in plan.steps.iter().enumerate() {
+        if let Err(error) = run_step(step) {
+            fail(report_fd, index as i32, error);
+        }
+    }
+    match &plan.mode {
+        InitMode::RunProgram(program) => {
+            let program_pid = raw_clone(libc::SIGCHLD as libc::c_ulong);
+            if program_pid == 0 {
+                exec_program(program, report_fd);
+            }
+            if program_pid < 0 {
+                fail(report_fd, STEP_FORK_PROGRAM, errno());
+            }
+            report(report_fd, REPORT_STARTED, program_pid, 0);
+            libc::close(program.stdout_fd);
+            libc::close(program.stderr_fd);
+            loop {
+                let mut status = 0;
+                let reaped = libc::waitpid(-1, &mut status, 0);
+                if reaped == program_pid {
+                    report(report_fd, REPORT_EXITED, status, 0);
+                    // Exiting kills everything else in the PID namespace.
+                    libc::_exit(0);
+                }
+                if reaped < 0 && errno() != libc::EINTR {
+                    libc::_exit(0);
+                }
+            }
+        }
+        InitMode::Reaper => {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGCHLD);
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            report(report_fd, REPORT_READY, libc::getpid(), 0);
+            libc::close(report_fd);
+            loop {
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                libc::sigwaitinfo(&set, &mut info);
+                let mut status = 0;
+                while libc::waitpid(-1, &mut status, libc::WNOHANG) > 0 {}
+            }
+        }
+    }
+}
+
+unsafe fn run_step(step: &Step) -> Result<(), i32> {
+    let check = |result: libc::c_int| if result == 0 { Ok(()) } else { Err(errno()) };
+    let optional = |value: &Option<CString>| {
+        value
+            .as_ref()
+            .map(|value| value.as_ptr())
+            .unwrap_or(std::ptr::null())
+    };
+    match step {
+        Step::Mount {
+            source,
+            target,
+            fstype,
+            flags,
+            data,
+        } => check(libc::mount(
+            optional(source),
+            target.as_ptr(),
+            optional(fstype),
+            *flags,
+            optional(data).cast(),
+        )),
+        Step::Mkdir { path, mode } => {
+            if libc::mkdir(path.as_ptr(), *mode) == 0 || errno() == libc::EEXIST {
+                Ok(())
+            } else {
+                Err(errno())
+            }
+        }
+        Step::Symlink { target, link } => check(libc::symlink(target.as_ptr(), link.as_ptr())),
+        Step::Touch { path } => {
+            let fd = libc::open(
+                path.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                0o644,
+            );
+            if fd < 0 {
+                return Err(errno());
+            }
+            libc::close(fd);
+            Ok(())
+        }
+        Step::PivotRoot { new_root } => {
+            check(libc::chdir(new_root.as_ptr()))?;
+            // pivot_root(".", "."): the old root ends up stacked under the new one and is
+            // detached right away, so no put_old directory is needed in the read-only root.
+            let dot = c".".as_ptr();
+            if libc::syscall(libc::SYS_pivot_root, dot, dot) != 0 {
+                return Err(errno());
+            }
+            check(libc::umount2(dot, libc::MNT_DETACH))?;
+            check(libc::chdir(c"/".as_ptr()))
+        }
+        Step::OwnedDir { path, uid, gid } => {
+            if libc::mkdir(path.as_ptr(), 0o755) != 0 && errno() != libc::EEXIST {
+                return Err(errno());
+            }
+            check(libc::lchown(path.as_ptr(), *uid, *gid))
+        }
+        Step::OwnedFile {
+            path,
+            data,
+            mode,
+            uid,
+            gid,
+        } => {
+            let fd = libc::open(
+                path.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                *mode,
+            );
+            if fd < 0 {
+                return Err(errno());
+            }
+            let result = write_all(fd, data).and_then(|()| check(libc::fchown(fd, *uid, *gid)));
+            libc::close(fd);
+            result
+        }
+        Step::Hostname { name } => check(libc::sethostname(name.as_ptr(), name.as_bytes().len())),
+        Step::LoopbackUp => {
+            let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            if socket < 0 {
+                return Err(errno());
+            }
+            let mut request: libc::ifreq = std::mem::zeroed();
+            for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0".iter()) {
+                *slot = *byte as libc::c_char;
+            }
+            let mut result = check(libc::ioctl(socket, libc::SIOCGIFFLAGS, &mut request));
+            if result.is_ok() {
+                request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+                result = check(libc::ioctl(socket, libc::SIOCSIFFLAGS, &request));
+            }
+            libc::close(socket);
+            result
+        }
+        Step::ProtectFromOom => {
+            // Lowering the score needs CAP_SYS_RESOURCE, which a containerised node may lack;
+            // the program raises its own score to the maximum anyway, so the OOM killer picks
+            // it first either way.
+            let _ = write_proc_self(c"/proc/self/oom_score_adj", b"-1000");
+            Ok(())
+        }
+        Step::UnshareCgroup => check(libc::unshare(libc::CLONE_NEWCGROUP)),
+    }
+}
+
+unsafe fn write_all(fd: RawFd, data: &[u8]) -> Result<(), i32> {
+    let mut rest = data;
+    while !rest.is_empty() {
+        let count = libc::write(fd, rest.as_ptr().cast(), rest.len());
+        if count < 0 {
+            if errno() == libc::EINTR {
+                continue;
+            }
+            return Err(errno());
+        }
+        rest = rest.get(count as usize..).unwrap_or(&[]);
+    }
+    Ok(())
+}
+
+unsafe fn write_proc_self(path: &std::ffi::CStr, value: &[u8]) -> Result<(), i32> {
+    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+    if fd < 0 {
+        return Err(errno());
+    }
+    let result = write_all(fd, value);
+    libc::close(fd);
+    result
+}
+
+unsafe fn enter_main(
+    namespace_fds: &[RawFd],
+    program: &ProgramPlan,
+    sync_read: RawFd,
+    report_fd: RawFd,
+) -> ! {
+    wait_for_go(sync_read);
+    for fd in namespace_fds {
+        if libc::setns(*fd, 0) != 0 {
+            fail(report_fd, STEP_SETNS, errno());
+        }
+    }
+    // CLONE_PARENT: the program becomes a child of the node, which waits for it; joining the
+    // PID namespace above only applies to children, so the program lives inside it.
+    let program_pid = raw_clone((libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong);
+    if program_pid == 0 {
+        exec_program(program, report_fd);
+    }
+    if program_pid < 0 {
+        fail(report_fd, STEP_FORK_PROGRAM, errno());
+    }
+    report(report_fd, REPORT_STARTED, program_pid, 0);
+    libc::_exit(0)
+}
+
+#[repr(C)]
+struct CapabilityHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapabilityData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+unsafe fn exec_program(program: &ProgramPlan, report_fd: RawFd) -> ! {
+    let step_failed = |error: i32| -> ! { fail(report_fd, STEP_PROGRAM, error) };
+    // Signal dispositions and the mask survive exec: give the program the defaults (the node
+    // ignores SIGPIPE, the reaper blocks SIGCHLD).
+    for signal in 1..=64 {
+        if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+            libc::signal(signal, libc::SIG_DFL);
+        }
+    }
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    // Own session and process group: no controlling terminal, and a group to kill.
+    libc::setsid();
+    if program.raise_oom_score {
+        if let Err(error) = write_proc_self(c"/proc/self/oom_score_adj", b"1000") {
+            step_failed(error);
+        }
+    }
+    for (resource, value) in &program.rlimits {
+        let limit = libc::rlimit {
+            rlim_cur: *value,
+            rlim_max: *value,
+        };
+        if libc::setrlimit(*resource, &limit) != 0 {
+            step_failed(errno());
+        }
+    }
+    let stdin_fd = match &program.stdin {
+        StdinPlan::Bytes(data) => {
+            let fd = libc::syscall(libc::SYS_memfd_create, c"stdin".as_ptr(), libc::MFD_CLOEXEC)
+                as RawFd;
+            if fd < 0 {
+                step_failed(errno());
+            }
+            if let Err(error) = write_all(fd, data) {
+                step_failed(error);
+            }
+            libc::lseek(fd, 0, libc::SEEK_SET);
+            fd
+        }
+        StdinPlan::Null => libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC),
+    };
+    if stdin_fd < 0
+        || libc::dup2(stdin_fd, 0) < 0
+        || libc::dup2(program.stdout_fd, 1) < 0
+        || libc::dup2(program.stderr_fd, 2) < 0
+    {
+        step_failed(errno());
+    }
+    // Everything else closes at exec (the report pipe stays usable until then).
+    close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+    if libc::chdir(program.cwd.as_ptr()) != 0 {
+        step_failed(errno());
+    }
+    if program.drop_capabilities {
+        for capability in 0..64 {
+            libc::prctl(libc::PR_CAPBSET_DROP, capability, 0, 0, 0);
+        }
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+    }
+    if let Some((uid, gid)) = program.credentials {
+        if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) != 0
+            || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
+            || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
+        {
+            step_failed(errno());
+        }
+    }
+    if program.drop_capabilities {
+        let header = CapabilityHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let data = [CapabilityData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        if libc::syscall(libc::SYS_capset, &header, data.as_ptr()) != 0 {
+            step_failed(errno());
+        }
+    }
+    if program.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+        step_failed(errno());
+    }
+    if let Some(filter) = &program.seccomp {
+        let fprog = libc::sock_fprog {
+            len: filter.len() as libc::c_ushort,
+            filter: filter.as_ptr() as *mut libc::sock_filter,
+        };
+        if libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &fprog as *const libc::sock_fprog,
+            0,
+            0,
+        ) != 0
+        {
+            step_failed(errno());
+        }
+    }
+    let mut last_error = libc::ENOENT;
+    for candidate in &program.exe_candidates {
+        libc::execve(
+            candidate.as_ptr(),
+            program.argv_pointers.as_ptr(),
+            program.envp_pointers.as_ptr(),
+        );
+        last_error = errno();
+        if last_error != libc::ENOENT && last_error != libc::ENOTDIR {
+            break;
+        }
+    }
+    report(report_fd, REPORT_EXEC_FAILED, 0, last_error);
+    libc::_exit(127)
+}
