@@ -1,0 +1,227 @@
+//! What a sandboxed program can and cannot do.
+
+mod run_support;
+
+use run_support::{code_request, root_or_skip, sh, TestHost};
+use shoal_executor::run::Verdict;
+
+#[tokio::test]
+async fn program_has_no_capabilities_no_new_privs_and_seccomp() -> anyhow::Result<()> {
+    if !root_or_skip("program_has_no_capabilities_no_new_privs_and_seccomp") {
+        return Ok(());
+    }
+    let host = TestHost::start("status")?;
+    let result = host
+        .run(&sh("grep -E '^(Uid|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status"), "status")
+        .await?;
+    assert_eq!(result.verdict, Verdict::Ok, "{result:?}");
+    let field = |name: &str| -> String {
+        result
+            .stdout
+            .lines()
+            .find(|line| line.starts_with(&format!("{name}:")))
+            .map(|line| {
+                line.split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .unwrap_or_default()
+    };
+    for capability_set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(
+            field(capability_set),
+            "0000000000000000",
+            "{capability_set}: {}",
+            result.stdout
+        );
+    }
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(field("Seccomp"), "2");
+    let uid: u32 = field("Uid").parse()?;
+    assert!(
+        host.host.uid_pool().contains(uid),
+        "uid {uid} is not from the node's range"
+    );
+    tracing::info!("--- seccomp refuses new namespaces, mount and ptrace");
+    let result = host
+        .run(
+            &code_request(
+                "python",
+                "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n\
+                 for name, call in [('unshare', lambda: libc.unshare(0x10000000)), ('mount', lambda: libc.mount(b'none', b'/tmp', b'tmpfs', 0, None)), ('ptrace', lambda: libc.ptrace(16, 1, 0, 0))]:\n\
+                 \x20   rc = call()\n\
+                 \x20   print(name, rc, os.strerror(ctypes.get_errno()))\n",
+            ),
+            "seccomp",
+        )
+        .await?;
+    assert_eq!(result.verdict, Verdict::Ok, "{result:?}");
+    for call in ["unshare", "mount", "ptrace"] {
+        assert!(
+            result
+                .stdout
+                .contains(&format!("{call} -1 Operation not permitted")),
+            "{call} was not refused: {}",
+            result.stdout
+        );
+    }
+    host.assert_clean();
+    Ok(())
+}
+
+#[tokio::test]
+async fn program_cannot_see_host_processes() -> anyhow::Result<()> {
+    if !root_or_skip("program_cannot_see_host_processes") {
+        return Ok(());
+    }
+    let host = TestHost::start("pidns")?;
+    let own_pid = std::process::id();
+    let script = format!("ls /proc | grep -cE '^[0-9]+$'; kill -0 {own_pid} 2>/dev/null && echo visible || echo hidden");
+    let result = host.run(&sh(&script), "pidns").await?;
+    assert_eq!(result.verdict, Verdict::Ok, "{result:?}");
+    let mut lines = result.stdout.lines();
+    let n_processes: usize = lines.next().unwrap_or_default().trim().parse()?;
+    assert!(n_processes <= 4, "sandbox sees {n_processes} processes");
+    assert_eq!(lines.next(), Some("hidden"));
+    host.assert_clean();
+    Ok(())
+}
+
+#[tokio::test]
+async fn program_can_write_only_tmp() -> anyhow::Result<()> {
+    if !root_or_skip("program_can_write_only_tmp") {
+        return Ok(());
+    }
+    let host = TestHost::start("writes")?;
+    let script = "for path in /tmp/ok /dev/shm/ok /x /usr/x /usr/bin/x /etc/x /etc/passwd /home/x /proc/x /dev/x /dev/null2; do \
+                  if echo data > $path 2>/dev/null; then echo \"$path writable\"; else echo \"$path refused\"; fi; done; \
+                  test -e /etc/shadow && echo shadow-visible; test -e /etc/gshadow && echo gshadow-visible; true";
+    let result = host.run(&sh(script), "writes").await?;
+    assert_eq!(result.verdict, Verdict::Ok, "{result:?}");
+    assert_eq!(result.stdout.lines().count(), 11, "{}", result.stdout);
+    for line in result.stdout.lines() {
+        let writable = line.ends_with("writable");
+        let expected = line.starts_with("/tmp/") || line.starts_with("/dev/shm/");
+        assert_eq!(writable, expected, "unexpected: {line}");
+    }
+    assert!(
+        !result.stdout.contains("shadow-visible"),
+        "{}",
+        result.stdout
+    );
+    host.assert_clean();
+    Ok(())
+}
+
+#[tokio::test]
+async fn program_cannot_reach_the_network_or_host_loopback_services() -> anyhow::Result<()> {
+    if !root_or_skip("program_cannot_reach_the_network_or_host_loopback_services") {
+        return Ok(());
+    }
+    let host = TestHost::start("network")?;
+    tracing::info!("--- a service listens on the host's 127.0.0.1");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let port = listener.local_addr()?.port();
+    let code = format!(
+        "import socket\n\
+         for address in [('127.0.0.1', {port}), ('1.1.1.1', 80), ('10.0.0.1', 22)]:\n\
+         \x20   try:\n\
+         \x20       socket.create_connection(address, timeout=2)\n\
+         \x20       print(address, 'connected')\n\
+         \x20   except OSError as error:\n\
+         \x20       print(address, 'refused', error.errno)\n\
+         server = socket.socket()\n\
+         server.bind(('127.0.0.1', 0))\n\
+         server.listen()\n\
+         client = socket.create_connection(server.getsockname(), timeout=2)\n\
+         print('own loopback works')\n"
+    );
+    let result = host.run(&code_request("python", &code), "network").await?;
+    assert_eq!(result.verdict, Verdict::Ok, "{result:?}");
+    assert!(!result.stdout.contains("connected"), "{}", result.stdout);
+    assert_eq!(
+        result.stdout.matches("refused").count(),
+        3,
+        "{}",
+        result.stdout
+    );
+    assert!(
+        result.stdout.contains("own loopback works"),
+        "{}",
+        result.stdout
+    );
+    match listener.accept() {
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the host's listener was reached: {other:?}"),
+    }
+    host.assert_clean();
+    Ok(())
+}
+
+#[tokio::test]
+async fn double_forked_setsid_daemon_does_not_outlive_its_run() -> anyhow::Result<()> {
+    if !root_or_skip("double_forked_setsid_daemon_does_not_outlive_its_run") {
+        return Ok(());
+    }
+    let host = TestHost::start("daemon")?;
+    tracing::info!("--- the program starts a setsid daemon (double fork) and exits at once");
+    let script = "setsid sh -c 'sleep 1000 </dev/null >/dev/null 2>&1 &' </dev/null >/dev/null 2>&1 & \
+                  sleep 0.3; ps -eo pid,sid,comm 2>/dev/null || ls /proc | grep -cE '^[0-9]+$'; echo started";
+    let result = host.run(&sh(script), "daemon").await?;
+    assert_eq!(result.verdict, Verdict::Ok, "{result:?}");
+    assert!(result.stdout.contains("started"));
+    tracing::info!("--- nothing with a sandbox uid is alive on the host afterwards");
+    host.assert_clean();
+    Ok(())
+}
+
+#[tokio::test]
+async fn planted_symlinks_and_hardlinks_do_not_reach_host_files() -> anyhow::Result<()> {
+    if !root_or_skip("planted_symlinks_and_hardlinks_do_not_reach_host_files") {
+        return Ok(());
+    }
+    let host = TestHost::start("links")?;
+    let shadow_before = std::fs::read("/etc/shadow").unwrap_or_default();
+    let sentinel = host.state_path().join("sentinel");
+    std::fs::write(&sentinel, "host data")?;
+    let sentinel = sentinel.to_string_lossy().into_owned();
+    tracing::info!("--- the program links /tmp entries to /etc/shadow, /etc/passwd and a host path and writes through them");
+    let script = format!(
+        "ln -s /etc/shadow /tmp/x; ln -s {sentinel} /tmp/y; ln /etc/passwd /tmp/h 2>&1; \
+         cat /tmp/x 2>&1; echo pwned > /tmp/x 2>&1; echo pwned > /tmp/y 2>&1; ls -la /tmp; true"
+    );
+    let result = host.run(&sh(&script), "links").await?;
+    assert_eq!(result.verdict, Verdict::Ok, "{result:?}");
+    assert_eq!(
+        std::fs::read("/etc/shadow").unwrap_or_default(),
+        shadow_before
+    );
+    assert_eq!(std::fs::read_to_string(&sentinel)?, "host data");
+    assert!(
+        !result.stdout.contains("root:"),
+        "shadow leaked: {}",
+        result.stdout
+    );
+    host.assert_clean();
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_runs_get_distinct_uids() -> anyhow::Result<()> {
+    if !root_or_skip("concurrent_runs_get_distinct_uids") {
+        return Ok(());
+    }
+    let host = TestHost::start("uids")?;
+    let request = sh("id -u; sleep 0.3");
+    let first = host.run(&request, "uid1");
+    let second = host.run(&request, "uid2");
+    let (first, second) = tokio::join!(first, second);
+    let (first, second) = (first?, second?);
+    assert_eq!(first.verdict, Verdict::Ok, "{first:?}");
+    assert_eq!(second.verdict, Verdict::Ok, "{second:?}");
+    assert_ne!(first.stdout, second.stdout);
+    host.assert_clean();
+    Ok(())
+}
