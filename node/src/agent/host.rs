@@ -1,0 +1,424 @@
+//! The workstations this node hosts: one executor `WorkstationActor` per workstation, all on
+//! one dedicated actix arbiter, keyed by workstation id and fenced by placement generation.
+//!
+//! The host is a thin driver: it turns the durable spec (model.rs) into executor messages and
+//! executor answers into API types. It never decides placement.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use parking_lot::Mutex;
+use tracing::{info, warn};
+
+use shoal_executor::clock::{Clock, SystemClock};
+use shoal_executor::log_buffer::{LogRecord as ExecRecord, Stream};
+use shoal_executor::process_id::ProcId;
+use shoal_executor::restart_policy::RestartPolicy as ExecRestart;
+use shoal_executor::spawner::{ProcessSpec as ExecSpec, Spawner};
+use shoal_executor::workstation::{
+    Follow, ListProcesses, LogFollower, LogRange, ProcessState as ExecState, ProcessStatus,
+    ReadLogs, Shutdown, SignalProcess, StartProcess, StopProcess, WorkstationActor,
+    WorkstationError, WorkstationLimits,
+};
+
+use super::model::{ProcessSpec, WorkstationRecord};
+use super::Agent;
+use crate::api::error::ApiError;
+use crate::api_types::{
+    LogRecord, LogStream, LogsPage, Process, ProcessState, RestartPolicy, WorkstationState,
+};
+use crate::config::AgentConfig;
+
+/// Log offsets of successive actor starts of one workstation are this many bits apart.
+pub const LOG_EPOCH_SHIFT: u32 = 40;
+
+/// Grace between SIGTERM and SIGKILL when a process is killed through the API with TERM.
+const KILL_GRACE_MS: u64 = 5_000;
+
+/// One hosted workstation.
+#[derive(Debug, Clone)]
+struct Hosted {
+    addr: Addr<WorkstationActor>,
+    generation: u64,
+    log_start_offset: u64,
+}
+
+/// The node's workstations.
+#[derive(Debug)]
+pub struct Host {
+    isolation: String,
+    spawner: Arc<dyn Spawner>,
+    clock: Arc<dyn Clock>,
+    limits: WorkstationLimits,
+    arbiter: actix::ArbiterHandle,
+    hosted: Mutex<HashMap<String, Hosted>>,
+}
+
+impl Host {
+    /// Starts the host's arbiter. Processes run unsandboxed on this build (`isolation: none`).
+    pub fn new(
+        config: &AgentConfig,
+        node_id: &str,
+        spawner: Arc<dyn Spawner>,
+    ) -> anyhow::Result<Host> {
+        let _ = node_id;
+        let limits = WorkstationLimits {
+            processes_max: config.processes_per_workstation_max,
+            followers_max: config.log_subscribers_per_workstation_max,
+            ..WorkstationLimits::default()
+        };
+        let arbiter = actix::Arbiter::new().handle();
+        Ok(Host {
+            isolation: "none".to_string(),
+            spawner,
+            clock: Arc::new(SystemClock),
+            limits,
+            arbiter,
+            hosted: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The isolation level applied to processes on this node.
+    pub fn isolation(&self) -> &str {
+        &self.isolation
+    }
+
+    /// Starts the actors of every workstation placed on this node (after a restart), and their
+    /// processes whose restart policy asks for it; `never` processes stay exited.
+    pub async fn restore(&self, agent: &Agent) {
+        // A new log epoch for each: the old in-memory log is gone with the old process.
+        let placed = agent.store.write(|model| {
+            let mut placed: Vec<WorkstationRecord> = Vec::new();
+            for ws in model
+                .workstations
+                .values_mut()
+                .filter(|ws| ws.node == agent.node_id)
+            {
+                ws.log_epoch += 1;
+                placed.push(ws.clone());
+            }
+            Ok(placed)
+        });
+        let placed = match placed {
+            Ok(placed) => placed,
+            Err(err) => {
+                warn!(error = %err, "could not restore workstations");
+                return;
+            }
+        };
+        for ws in placed {
+            self.ensure(&ws);
+            for spec in ws.processes.values() {
+                if !spec.killed && spec.restart != RestartPolicy::Never {
+                    if let Err(err) = self.start_process(&ws.id, spec).await {
+                        warn!(workstation = %ws.id, proc = spec.id, error = %err, "could not restart process");
+                    }
+                }
+            }
+            info!(workstation = %ws.id, generation = ws.generation, "workstation restored");
+        }
+    }
+
+    /// Makes sure the workstation's actor runs at the record's generation; an actor of an older
+    /// generation is stopped first (fencing).
+    pub fn ensure(&self, ws: &WorkstationRecord) {
+        let mut hosted = self.hosted.lock();
+        if let Some(current) = hosted.get(&ws.id) {
+            if current.generation == ws.generation {
+                return;
+            }
+            current.addr.do_send(Shutdown { grace_ms: 0 });
+        }
+        let spawner = Arc::clone(&self.spawner);
+        let clock = Arc::clone(&self.clock);
+        let limits = self.limits;
+        // Offsets never go back: each start of the actor on this node (a node restart loses the
+        // in-memory log) begins a new 2^40-byte epoch above anything written before it.
+        let log_start_offset = ws.log_epoch << LOG_EPOCH_SHIFT;
+        let ws_id = ws.id.clone();
+        let addr = WorkstationActor::start_in_arbiter(&self.arbiter, move |_ctx| {
+            WorkstationActor::new(ws_id, spawner, clock, log_start_offset, limits)
+        });
+        hosted.insert(
+            ws.id.clone(),
+            Hosted {
+                addr,
+                generation: ws.generation,
+                log_start_offset,
+            },
+        );
+    }
+
+    fn addr(&self, ws_id: &str) -> Result<Addr<WorkstationActor>, ApiError> {
+        self.hosted
+            .lock()
+            .get(ws_id)
+            .map(|hosted| hosted.addr.clone())
+            .ok_or_else(|| {
+                ApiError::unavailable(format!("workstation `{ws_id}` is not running on this node"))
+            })
+    }
+
+    /// The observed state of a workstation and its log's next offset.
+    pub async fn state(&self, ws_id: &str) -> (WorkstationState, u64) {
+        let Ok(addr) = self.addr(ws_id) else {
+            return (WorkstationState::Pending, 0);
+        };
+        match addr.send(LogRange).await {
+            Ok((_, end)) => (WorkstationState::Running, end),
+            Err(_) => (WorkstationState::Failed, 0),
+        }
+    }
+
+    /// Log bytes written since the actor started, and how many of them were dropped.
+    pub async fn log_counters(&self, ws_id: &str) -> Option<(u64, u64)> {
+        let (addr, start) = {
+            let hosted = self.hosted.lock();
+            let entry = hosted.get(ws_id)?;
+            (entry.addr.clone(), entry.log_start_offset)
+        };
+        let (retained_start, end) = addr.send(LogRange).await.ok()?;
+        Some((
+            end.saturating_sub(start),
+            retained_start.saturating_sub(start),
+        ))
+    }
+
+    /// Starts a desired process.
+    pub async fn start_process(&self, ws_id: &str, spec: &ProcessSpec) -> Result<(), ApiError> {
+        let addr = self.addr(ws_id)?;
+        let message = StartProcess {
+            spec: ExecSpec {
+                argv: spec.argv.clone(),
+                env: spec
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                cwd: spec.cwd.clone().map(Into::into),
+            },
+            restart: match spec.restart {
+                RestartPolicy::Never => ExecRestart::Never,
+                RestartPolicy::OnFailure => ExecRestart::OnFailure,
+                RestartPolicy::Always => ExecRestart::Always,
+            },
+            proc: Some(ProcId(spec.id)),
+        };
+        addr.send(message)
+            .await
+            .map_err(mailbox)?
+            .map(|_| ())
+            .map_err(workstation_error)
+    }
+
+    /// Sends `signal` to a process; TERM and KILL stop it for good (it is not restarted).
+    pub async fn kill_process(
+        &self,
+        ws_id: &str,
+        proc_id: u64,
+        signal: nix::sys::signal::Signal,
+    ) -> Result<(), ApiError> {
+        use nix::sys::signal::Signal;
+        let addr = self.addr(ws_id)?;
+        let proc = ProcId(proc_id);
+        match signal {
+            Signal::SIGTERM | Signal::SIGKILL => {
+                let grace_ms = if signal == Signal::SIGKILL {
+                    0
+                } else {
+                    KILL_GRACE_MS
+                };
+                addr.send(StopProcess { proc, grace_ms })
+                    .await
+                    .map_err(mailbox)?
+                    .map_err(workstation_error)
+            }
+            other => addr
+                .send(SignalProcess {
+                    proc,
+                    signal: other,
+                })
+                .await
+                .map_err(mailbox)?
+                .map(|_| ())
+                .map_err(workstation_error),
+        }
+    }
+
+    /// The observed processes of a workstation.
+    pub async fn processes(&self, ws_id: &str) -> Result<Vec<ProcessStatus>, ApiError> {
+        let addr = self.addr(ws_id)?;
+        addr.send(ListProcesses).await.map_err(mailbox)
+    }
+
+    /// Reads the log.
+    pub async fn read_logs(
+        &self,
+        ws_id: &str,
+        from: u64,
+        limit_bytes: usize,
+    ) -> Result<LogsPage, ApiError> {
+        let addr = self.addr(ws_id)?;
+        let read = addr
+            .send(ReadLogs { from, limit_bytes })
+            .await
+            .map_err(mailbox)?;
+        Ok(LogsPage {
+            from: read.from,
+            dropped: read.dropped,
+            next: read.next,
+            records: read.records.iter().map(record_json).collect(),
+        })
+    }
+
+    /// Follows the log from `from`.
+    pub async fn follow(&self, ws_id: &str, from: u64) -> Result<LogFollower, ApiError> {
+        let addr = self.addr(ws_id)?;
+        addr.send(Follow { from })
+            .await
+            .map_err(mailbox)?
+            .map_err(workstation_error)
+    }
+
+    /// Stops a workstation's processes and its actor, and forgets it.
+    pub async fn remove(&self, ws_id: &str, grace_ms: u64) {
+        let hosted = self.hosted.lock().remove(ws_id);
+        if let Some(hosted) = hosted {
+            let _ = hosted.addr.send(Shutdown { grace_ms }).await;
+        }
+    }
+
+    /// Stops every workstation (graceful shutdown of the node), each within `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        let all: Vec<(String, Hosted)> = self.hosted.lock().drain().collect();
+        let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        let stops = all.into_iter().map(|(id, hosted)| async move {
+            let wait = grace + Duration::from_secs(2);
+            if tokio::time::timeout(wait, hosted.addr.send(Shutdown { grace_ms }))
+                .await
+                .is_err()
+            {
+                warn!(workstation = %id, "workstation did not stop in time");
+            }
+        });
+        futures::future::join_all(stops).await;
+    }
+}
+
+/// An executor log record in its API form.
+pub fn record_json(record: &ExecRecord) -> LogRecord {
+    use base64::Engine as _;
+    let (data, data_b64) = match std::str::from_utf8(&record.bytes) {
+        Ok(text) => (Some(text.to_string()), None),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(&record.bytes)),
+        ),
+    };
+    LogRecord {
+        offset: record.offset,
+        len: record.len,
+        proc: record.proc.to_string(),
+        stream: match record.stream {
+            Stream::Stdout => LogStream::Stdout,
+            Stream::Stderr => LogStream::Stderr,
+        },
+        ts: record.ts_ms,
+        data,
+        data_b64,
+    }
+}
+
+/// A process in its API form, combining the durable spec and the observed status.
+pub fn process_json(ws_id: &str, spec: &ProcessSpec, status: Option<&ProcessStatus>) -> Process {
+    let (state, exit_code, signal, restarts, reason) = match status {
+        Some(status) => (
+            match status.state {
+                ExecState::Starting => ProcessState::Starting,
+                ExecState::Running => ProcessState::Running,
+                ExecState::Exited => ProcessState::Exited,
+                ExecState::Backoff => ProcessState::Backoff,
+                ExecState::CrashLoop => ProcessState::CrashLoop,
+            },
+            status.exit_code,
+            status.signal,
+            status.restarts,
+            if spec.killed {
+                Some("killed".to_string())
+            } else {
+                status.last_error.clone()
+            },
+        ),
+        // Known to the cluster but not running here: after a node restart, a `never` process
+        // is not started again.
+        None => (
+            ProcessState::Exited,
+            None,
+            None,
+            0,
+            Some("node_restarted".to_string()),
+        ),
+    };
+    Process {
+        id: spec.id.to_string(),
+        workstation: ws_id.to_string(),
+        argv: spec.argv.clone(),
+        restart: spec.restart,
+        state,
+        exit_code,
+        signal,
+        restarts,
+        reason,
+        created_unix_ms: spec.created_unix_ms,
+    }
+}
+
+fn mailbox(err: actix::MailboxError) -> ApiError {
+    ApiError::unavailable(format!("the workstation is not answering: {err}"))
+}
+
+fn workstation_error(err: WorkstationError) -> ApiError {
+    match err {
+        WorkstationError::UnknownProcess(proc) => ApiError::not_found("process", &proc.to_string()),
+        WorkstationError::DuplicateProcess(proc) => {
+            ApiError::Conflict(format!("process {proc} already exists"))
+        }
+        WorkstationError::NotRunning(proc) => {
+            ApiError::Conflict(format!("process {proc} is not running"))
+        }
+        WorkstationError::ProcessLimit { max } => ApiError::RateLimited {
+            message: format!("a workstation runs at most {max} processes"),
+            retry_after_secs: 5,
+        },
+        WorkstationError::FollowerLimit { max } => ApiError::RateLimited {
+            message: format!("at most {max} log followers per workstation"),
+            retry_after_secs: 5,
+        },
+        WorkstationError::InvalidSpec(reason) => ApiError::field("argv", reason),
+        WorkstationError::Spawn(err) => ApiError::field("argv", err),
+    }
+}
+
+/// Parses a signal name of `?signal=` (`TERM`, `SIGTERM`, `kill`, ...).
+pub fn parse_signal(name: &str) -> Result<nix::sys::signal::Signal, ApiError> {
+    use nix::sys::signal::Signal;
+    let upper = name.trim().to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    match bare {
+        "TERM" => Ok(Signal::SIGTERM),
+        "KILL" => Ok(Signal::SIGKILL),
+        "INT" => Ok(Signal::SIGINT),
+        "HUP" => Ok(Signal::SIGHUP),
+        "QUIT" => Ok(Signal::SIGQUIT),
+        "USR1" => Ok(Signal::SIGUSR1),
+        "USR2" => Ok(Signal::SIGUSR2),
+        "STOP" => Ok(Signal::SIGSTOP),
+        "CONT" => Ok(Signal::SIGCONT),
+        _ => Err(ApiError::field(
+            "signal",
+            format!("unknown signal `{name}` (TERM, KILL, INT, HUP, QUIT, USR1, USR2, STOP, CONT)"),
+        )),
+    }
+}

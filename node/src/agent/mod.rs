@@ -1,0 +1,272 @@
+//! The agent daemon, `shoal agent`: opens (or creates) the node's durable state, starts the
+//! local workstation host, the usage sampler and the HTTP control API, and stops them in order
+//! on SIGTERM/SIGINT.
+//!
+//! Scope of this build: a single-server cluster. The node bootstraps, keeps its state in its
+//! data dir and comes back as the same node after a restart; `--join` is refused with a clear
+//! message until the Raft and mesh integration lands (see the crate's report).
+
+pub mod host;
+pub mod model;
+pub mod random;
+pub mod runner;
+pub mod store;
+pub mod usage;
+
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use shoal_executor::spawner::{HostSpawner, Spawner};
+use tracing::{info, warn};
+
+use crate::api::metrics::Metrics;
+use crate::api::runs::{detect_languages, LanguageSpec};
+use crate::clock;
+use crate::config::{AgentArgs, AgentConfig};
+use host::Host;
+use model::{secret_prefix, sha256_hex, KeyRecord, Model};
+use random::Random;
+use runner::Runner;
+use store::Store;
+use usage::Usage;
+
+/// Everything a request handler can reach. Shared by all actix workers (`web::Data`).
+#[derive(Debug)]
+pub struct Agent {
+    /// Resolved configuration.
+    pub config: AgentConfig,
+    /// This node's id.
+    pub node_id: String,
+    /// The durable state.
+    pub store: Store,
+    /// Ids and secrets.
+    pub random: Random,
+    /// The workstations this node hosts and the runs it executes.
+    pub host: Host,
+    /// One-shot runs.
+    pub runner: Runner,
+    /// The run languages this node offers.
+    pub languages: Vec<LanguageSpec>,
+    /// Capacity and live usage.
+    pub usage: Usage,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+    /// Runs executing now (bounded by `runs_concurrent_max`).
+    pub runs_in_flight: AtomicUsize,
+    /// Set when a graceful shutdown began: new work is refused with 503.
+    pub shutting_down: AtomicBool,
+}
+
+impl Agent {
+    /// Allocatable capacity of this node: capacity minus its own reserve.
+    pub fn allocatable(&self) -> (u64, u64) {
+        (
+            self.usage
+                .capacity_cpu_millis
+                .saturating_sub(self.config.node_reserve_cpu_millis),
+            self.usage
+                .capacity_memory_bytes
+                .saturating_sub(self.config.node_reserve_memory_bytes),
+        )
+    }
+
+    /// A new id: `prefix` and 16 hex digits.
+    pub fn new_id(&self, prefix: &str) -> String {
+        format!("{prefix}-{}", self.random.hex(8))
+    }
+}
+
+/// Runs the agent until SIGTERM/SIGINT.
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let config = AgentConfig::resolve(&args)?;
+    init_tracing(&config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // actix-web's server wants its own system; it runs on this thread, the rest on `runtime`.
+    let system = actix_rt::System::with_tokio_rt(move || runtime);
+    system.block_on(run_async(config))
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second agent in the same process (tests) would fail to install: that is fine.
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let random = Random::from_entropy();
+    let store = open_or_create_store(&config, &random)?;
+    let node_id = store.read(|model| model.node_id.clone());
+    let (usage, mut system) = Usage::probe();
+    // One spawner for the whole node (see `Runner::new`).
+    let spawner: Arc<dyn Spawner> = Arc::new(HostSpawner::new());
+    let host = Host::new(&config, &node_id, Arc::clone(&spawner))
+        .context("starting the workstation host")?;
+    info!(
+        node = %node_id,
+        cluster = %store.read(|m| m.cluster_id.clone()),
+        isolation = %host.isolation(),
+        mesh = ?config.mesh,
+        cpu_millis = usage.capacity_cpu_millis,
+        memory_bytes = usage.capacity_memory_bytes,
+        "node starting"
+    );
+    if host.isolation() == "none" {
+        warn!("user code runs WITHOUT a sandbox on this build (isolation: none)");
+    }
+    let runner = Runner::new(config.data_dir.join("runs"), spawner)
+        .context("preparing the runs directory")?;
+    let agent = Arc::new(Agent {
+        config: config.clone(),
+        node_id: node_id.clone(),
+        store,
+        random,
+        host,
+        runner,
+        languages: detect_languages(),
+        usage,
+        metrics: Metrics::default(),
+        runs_in_flight: AtomicUsize::new(0),
+        shutting_down: AtomicBool::new(false),
+    });
+    agent.host.restore(&agent).await;
+
+    // Usage sampler: the single-node stand-in for heartbeats.
+    let sampler_agent = Arc::clone(&agent);
+    let sampler = tokio::spawn(async move {
+        let period = Duration::from_millis(sampler_agent.config.heartbeat_interval_ms);
+        loop {
+            sampler_agent
+                .usage
+                .sample(&mut system, clock::now_unix_ms());
+            tokio::time::sleep(period).await;
+        }
+    });
+
+    let server = crate::api::server(Arc::clone(&agent))?;
+    let handle = server.handle();
+    let server_task = tokio::spawn(server);
+    println!("shoal-agent ready node={node_id} api={}", config.api);
+    let _ = std::io::stdout().flush();
+    info!(node = %node_id, api = %config.api, "control API listening");
+
+    wait_for_signal().await;
+    info!("shutting down: refusing new work, stopping workstations");
+    agent.shutting_down.store(true, Ordering::SeqCst);
+    agent
+        .host
+        .shutdown(Duration::from_millis(config.shutdown_grace_ms))
+        .await;
+    handle.stop(true).await;
+    sampler.abort();
+    let _ = server_task.await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("could not install signal handlers; stop with SIGKILL");
+        return futures::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM"),
+        _ = int.recv() => info!("SIGINT"),
+    }
+}
+
+fn open_or_create_store(config: &AgentConfig, random: &Random) -> anyhow::Result<Store> {
+    if let Some(store) = Store::open(&config.data_dir)? {
+        if config.join.is_some() || config.bootstrap {
+            info!("data dir already holds a node: --bootstrap/--join ignored, same node again");
+        }
+        return Ok(store);
+    }
+    if config.join.is_some() {
+        bail!(
+            "joining an existing cluster needs the Raft/mesh integration, which this build \
+             does not have yet; run a single node with --bootstrap"
+        );
+    }
+    if !config.bootstrap {
+        bail!(
+            "{} holds no node yet: pass --bootstrap to create a cluster or --join TOKEN",
+            config.data_dir.display()
+        );
+    }
+    let now = clock::now_unix_ms();
+    let mut model = Model {
+        cluster_id: format!("c-{}", random.hex(8)),
+        node_id: format!("n-{}", random.hex(6)),
+        ..Model::default()
+    };
+    let admin_key = format!("shoal_{}", random.hex(32));
+    let key_id = format!("key-{}", random.hex(8));
+    model
+        .add_key(KeyRecord {
+            id: key_id.clone(),
+            prefix: secret_prefix(&admin_key),
+            sha256: sha256_hex(&admin_key),
+            tenant: "admin".to_string(),
+            admin: true,
+            created_unix_ms: now,
+            revoked: false,
+        })
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
+    model.audit(
+        now,
+        "system",
+        "admin",
+        "cluster.bootstrap",
+        &format!("cluster/{}", model.cluster_id),
+        "ok",
+    );
+    let token_path = config
+        .admin_token_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("admin.token"));
+    write_secret(&token_path, &admin_key)?;
+    let store = Store::create(&config.data_dir, model)?;
+    info!(path = %token_path.display(), key_id = %key_id, "bootstrapped a new cluster; admin API key written");
+    Ok(store)
+}
+
+fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(parent) = path.parent() {
+        if !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{secret}").with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

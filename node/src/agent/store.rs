@@ -1,0 +1,223 @@
+//! The durable [`Model`] on disk: `state.json` in the data dir, replaced atomically on every
+//! change and checked with a SHA-256 when read back; and the audit log, appended to
+//! `audit.jsonl` (one JSON entry per line) so that a change costs one small append, not a
+//! rewrite of the whole history.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+
+use super::model::Model;
+use crate::api::error::ApiError;
+
+/// The model, its file, and a lock that serialises writers.
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    model: Mutex<Model>,
+}
+
+/// What can go wrong loading the state file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file could not be read or written.
+    #[error("state file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file's checksum does not match its content, or it does not parse.
+    #[error("state file {path} is corrupt: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Store {
+    /// Opens the state file in `data_dir`, if there is one.
+    pub fn open(data_dir: &Path) -> Result<Option<Store>, StoreError> {
+        let path = data_dir.join("state.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            path: path.clone(),
+            reason: reason.to_string(),
+        };
+        let (checksum, body) = text
+            .split_once('\n')
+            .ok_or_else(|| corrupt("no checksum line"))?;
+        if hex::encode(Sha256::digest(body.as_bytes())) != checksum.trim() {
+            return Err(corrupt("checksum mismatch"));
+        }
+        let mut model: Model =
+            serde_json::from_str(body).map_err(|err| corrupt(&err.to_string()))?;
+        load_audit(&data_dir.join("audit.jsonl"), &mut model)?;
+        Ok(Some(Store {
+            path,
+            model: Mutex::new(model),
+        }))
+    }
+
+    /// Creates the state file in `data_dir` with `model`.
+    pub fn create(data_dir: &Path, model: Model) -> Result<Store, StoreError> {
+        let path = data_dir.join("state.json");
+        append_audit(&path, &model, 0)?;
+        write_atomically(&path, &model)?;
+        Ok(Store {
+            path,
+            model: Mutex::new(model),
+        })
+    }
+
+    /// Reads the model.
+    pub fn read<R>(&self, read: impl FnOnce(&Model) -> R) -> R {
+        read(&self.model.lock())
+    }
+
+    /// Changes the model: `change` works on a copy; if it succeeds the copy is written to disk
+    /// and becomes the model; if it fails (or the disk does), nothing changes.
+    pub fn write<R>(
+        &self,
+        change: impl FnOnce(&mut Model) -> Result<R, ApiError>,
+    ) -> Result<R, ApiError> {
+        let mut model = self.model.lock();
+        let mut next = model.clone();
+        let result = change(&mut next)?;
+        // The audit entries first: a crash in between leaves a record of an attempt, never a
+        // change without its record.
+        append_audit(&self.path, &next, model.audit_next_seq)
+            .map_err(|err| ApiError::Internal(format!("could not record the change: {err}")))?;
+        write_atomically(&self.path, &next)
+            .map_err(|err| ApiError::Internal(format!("could not persist the change: {err}")))?;
+        *model = next;
+        Ok(result)
+    }
+}
+
+fn audit_path(state_path: &Path) -> PathBuf {
+    state_path.with_file_name("audit.jsonl")
+}
+
+/// Appends the entries of `model.audit` numbered `first_seq` and up.
+fn append_audit(state_path: &Path, model: &Model, first_seq: u64) -> Result<(), StoreError> {
+    let path = audit_path(state_path);
+    let io = |source| StoreError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut lines = String::new();
+    for entry in model.audit.iter().filter(|entry| entry.seq >= first_seq) {
+        if let Ok(line) = serde_json::to_string(entry) {
+            lines.push_str(&line);
+            lines.push('\n');
+        }
+    }
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io)?;
+    file.write_all(lines.as_bytes()).map_err(io)?;
+    file.sync_data().map_err(io)?;
+    Ok(())
+}
+
+/// Loads the newest entries of the audit file into `model.audit`. A torn last line (a crash
+/// during an append) is skipped.
+fn load_audit(path: &Path, model: &mut Model) -> Result<(), StoreError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    for line in text.lines() {
+        if let Ok(entry) = serde_json::from_str::<crate::api_types::AuditEntry>(line) {
+            model.audit_next_seq = model.audit_next_seq.max(entry.seq + 1);
+            model.audit.push_back(entry);
+            if model.audit.len() > super::model::AUDIT_ENTRIES_MAX {
+                model.audit.pop_front();
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_atomically(path: &Path, model: &Model) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let body = serde_json::to_string(model).map_err(|err| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        reason: err.to_string(),
+    })?;
+    let checksum = hex::encode(Sha256::digest(body.as_bytes()));
+    let temp = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&temp).map_err(io)?;
+    file.write_all(checksum.as_bytes()).map_err(io)?;
+    file.write_all(b"\n").map_err(io)?;
+    file.write_all(body.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&temp, path).map_err(io)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_model_reads_back_and_a_flipped_byte_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = Model {
+            cluster_id: "c1".to_string(),
+            ..Model::default()
+        };
+        let store = Store::create(dir.path(), model).unwrap();
+        store
+            .write(|model| {
+                model.audit(1, "k", "t", "a", "r", "ok");
+                Ok(())
+            })
+            .unwrap();
+        let reopened = Store::open(dir.path()).unwrap().unwrap();
+        assert_eq!(reopened.read(|m| m.audit.len()), 1);
+        let path = dir.path().join("state.json");
+        let text = std::fs::read_to_string(&path).unwrap().replace("c1", "c2");
+        std::fs::write(&path, text).unwrap();
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn a_failed_change_leaves_the_model_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path(), Model::default()).unwrap();
+        let result: Result<(), ApiError> = store.write(|model| {
+            model.cluster_id = "changed".to_string();
+            Err(ApiError::Conflict("no".to_string()))
+        });
+        assert!(result.is_err());
+        assert_eq!(store.read(|m| m.cluster_id.clone()), "");
+    }
+}

@@ -1,0 +1,161 @@
+//! `GET /v1/workstations/{id}/logs`: a JSON page, or a Server-Sent Events stream whose `id:`
+//! values are log offsets, so that any standard SSE client resumes with `Last-Event-ID`
+//! exactly where it stopped.
+
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use shoal_executor::workstation::LogEvent;
+use tokio::sync::mpsc;
+
+use super::auth::Caller;
+use super::error::ApiError;
+use crate::agent::host::record_json;
+use crate::agent::Agent;
+use crate::api_types::{DroppedEvent, ErrorBody, ExitEvent, LogsPage, LogsQuery};
+
+/// Most bytes of record data in one JSON answer (and the default).
+pub const LOGS_PAGE_BYTES_MAX: u64 = 5_242_880;
+/// An SSE comment is sent at least this often so that idle streams stay open through proxies
+/// (SPEC.md: at least every 15 s).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// SSE chunks queued towards one slow client before the producer waits (the executor's own
+/// follower queue then pauses it and reports `dropped`).
+const SSE_CHUNKS_QUEUED_MAX: usize = 16;
+
+/// Reads or follows a workstation's log.
+#[utoipa::path(get, path = "/v1/workstations/{id}/logs", params(LogsQuery),
+    responses((status = 200, body = LogsPage,
+               description = "JSON page; with follow=true or Accept: text/event-stream a \
+                              text/event-stream of `log`, `dropped` and `exit` events"),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 429, body = ErrorBody)),
+    security(("bearer" = [])), tag = "logs")]
+pub async fn logs(
+    caller: Caller,
+    agent: web::Data<Agent>,
+    id: web::Path<String>,
+    query: web::Query<LogsQuery>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let ws = agent
+        .store
+        .read(|model| model.workstations.get(id.as_str()).cloned())
+        .filter(|ws| caller.can_access(&ws.tenant))
+        .ok_or_else(|| ApiError::not_found("workstation", &id))?;
+    let wants_sse = query.follow.unwrap_or(false)
+        || request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/event-stream"));
+    let proc_filter = query.proc.clone();
+    if !wants_sse {
+        let limit_bytes = query.limit_bytes.unwrap_or(LOGS_PAGE_BYTES_MAX);
+        if limit_bytes == 0 || limit_bytes > LOGS_PAGE_BYTES_MAX {
+            return Err(ApiError::field(
+                "limit_bytes",
+                format!("must be between 1 and {LOGS_PAGE_BYTES_MAX}"),
+            ));
+        }
+        let mut page = agent
+            .host
+            .read_logs(&ws.id, query.from.unwrap_or(0), limit_bytes as usize)
+            .await?;
+        if let Some(proc) = &proc_filter {
+            page.records.retain(|record| &record.proc == proc);
+        }
+        return Ok(HttpResponse::Ok().json(page));
+    }
+    // A reconnecting EventSource sends the last `id:` it saw; that wins over `from`.
+    let from = match request.headers().get("Last-Event-ID") {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .ok_or_else(|| {
+                ApiError::InvalidInput("header `Last-Event-ID` must be a log offset".to_string())
+            })?,
+        None => query.from.unwrap_or(0),
+    };
+    let mut follower = agent.host.follow(&ws.id, from).await?;
+    let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(SSE_CHUNKS_QUEUED_MAX);
+    tokio::spawn(async move {
+        // An initial comment makes the response start at once (clients see the stream open).
+        if sender
+            .send(Ok(Bytes::from_static(b": shoal log stream\n\n")))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut keepalive = tokio::time::interval(KEEPALIVE_INTERVAL);
+        keepalive.tick().await;
+        loop {
+            let chunk = tokio::select! {
+                event = follower.recv() => match event {
+                    Some(event) => sse_chunk(&event, proc_filter.as_deref()),
+                    // The workstation was deleted or the node is stopping.
+                    None => break,
+                },
+                _ = keepalive.tick() => Some(Bytes::from_static(b": keepalive\n\n")),
+            };
+            if let Some(chunk) = chunk {
+                if sender.send(Ok(chunk)).await.is_err() {
+                    // The client went away: dropping the follower unsubscribes.
+                    break;
+                }
+            }
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(tokio_stream::wrappers::ReceiverStream::new(receiver)))
+}
+
+/// One follower event as SSE text, or `None` if the filter hides it.
+pub fn sse_chunk(event: &LogEvent, proc_filter: Option<&str>) -> Option<Bytes> {
+    let text = match event {
+        LogEvent::Dropped { bytes } => format!(
+            "event: dropped\ndata: {}\n\n",
+            serde_json::to_string(&DroppedEvent { bytes: *bytes }).ok()?
+        ),
+        LogEvent::Record(record) => {
+            let json = record_json(record);
+            if proc_filter.is_some_and(|proc| proc != json.proc) {
+                // Still advance the client's resume point past the hidden bytes.
+                return Some(Bytes::from(format!(
+                    ": skip\nid: {}\n\n",
+                    record.end_offset()
+                )));
+            }
+            format!(
+                "event: log\nid: {}\ndata: {}\n\n",
+                record.end_offset(),
+                serde_json::to_string(&json).ok()?
+            )
+        }
+        LogEvent::Exit {
+            proc, code, signal, ..
+        } => {
+            let proc = proc.to_string();
+            if proc_filter.is_some_and(|wanted| wanted != proc) {
+                return None;
+            }
+            format!(
+                "event: exit\ndata: {}\n\n",
+                serde_json::to_string(&ExitEvent {
+                    proc,
+                    code: *code,
+                    signal: *signal,
+                })
+                .ok()?
+            )
+        }
+    };
+    Some(Bytes::from(text))
+}

@@ -1,0 +1,326 @@
+//! The HTTP control API (actix-web): routes, the error and body handling every route shares,
+//! the OpenAPI document and the system endpoints (`/healthz`, `/readyz`, `/metrics`).
+
+pub mod auth;
+pub mod body;
+pub mod cluster;
+pub mod error;
+pub mod logs;
+pub mod metrics;
+pub mod openapi;
+pub mod runs;
+pub mod workstations;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, Service as _, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
+use actix_web::{web, App, HttpResponse, HttpServer};
+use anyhow::Context;
+
+use crate::agent::Agent;
+use crate::api_types::{ErrorBody, Health, WorkstationState};
+use crate::clock;
+use body::BodyLimit;
+use error::ApiError;
+
+/// Refuses new work with 503 while the node shuts down.
+pub fn refuse_if_stopping(agent: &Agent) -> Result<(), ApiError> {
+    if agent.shutting_down.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable("this node is shutting down"));
+    }
+    Ok(())
+}
+
+/// Builds the HTTP server (bound, not yet running).
+pub fn server(agent: Arc<Agent>) -> anyhow::Result<Server> {
+    let api_addr = agent.config.api;
+    let workers = agent.config.api_workers;
+    let body_limit = agent.config.api_body_bytes_max;
+    let header_read_timeout_ms = agent.config.api_header_read_timeout_ms;
+    let data = web::Data::from(Arc::clone(&agent));
+    let server = HttpServer::new(move || {
+        let metrics_agent = data.clone();
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::Data::new(BodyLimit(body_limit)))
+            .app_data(
+                web::PathConfig::default()
+                    .error_handler(|err, _| ApiError::InvalidInput(format!("path: {err}")).into()),
+            )
+            .app_data(web::QueryConfig::default().error_handler(|err, _| {
+                ApiError::InvalidInput(format!("query string: {err}")).into()
+            }))
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(body_limit)
+                    .error_handler(|err, _| ApiError::InvalidInput(format!("body: {err}")).into()),
+            )
+            .wrap(ErrorHandlers::new().default_handler(json_error_body))
+            .wrap_fn(move |request, service| {
+                let started = clock::monotonic_now();
+                let agent = metrics_agent.clone();
+                let response = service.call(request);
+                async move {
+                    let response = response.await?;
+                    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    agent
+                        .metrics
+                        .observe_request(response.status().as_u16(), micros);
+                    Ok(response)
+                }
+            })
+            .configure(routes)
+            .default_service(web::to(|| async {
+                Err::<HttpResponse, _>(ApiError::NotFound("no such endpoint".to_string()))
+            }))
+    })
+    .workers(workers)
+    .client_request_timeout(Duration::from_millis(header_read_timeout_ms))
+    .shutdown_timeout(5)
+    .disable_signals()
+    .bind(api_addr)
+    .with_context(|| format!("binding the control API to {api_addr}"))?
+    .run();
+    Ok(server)
+}
+
+fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics_text))
+        .route("/v1/openapi.json", web::get().to(openapi::document))
+        .route("/v1/cluster", web::get().to(cluster::cluster))
+        .route("/v1/nodes", web::get().to(cluster::list_nodes))
+        .route("/v1/nodes/{id}", web::get().to(cluster::show_node))
+        .route("/v1/nodes/{id}", web::delete().to(cluster::remove_node))
+        .route("/v1/nodes/{id}/drain", web::post().to(cluster::drain_node))
+        .route("/v1/tokens", web::post().to(cluster::create_token))
+        .route("/v1/tokens", web::get().to(cluster::list_tokens))
+        .route("/v1/tokens/{id}", web::delete().to(cluster::revoke_token))
+        .route("/v1/keys", web::post().to(cluster::create_key))
+        .route("/v1/keys", web::get().to(cluster::list_keys))
+        .route("/v1/keys/{id}", web::delete().to(cluster::revoke_key))
+        .route("/v1/audit", web::get().to(cluster::audit))
+        .route("/v1/workstations", web::post().to(workstations::create))
+        .route("/v1/workstations", web::get().to(workstations::list))
+        .route("/v1/workstations/{id}", web::get().to(workstations::show))
+        .route(
+            "/v1/workstations/{id}",
+            web::patch().to(workstations::resize),
+        )
+        .route(
+            "/v1/workstations/{id}",
+            web::delete().to(workstations::delete),
+        )
+        .route(
+            "/v1/workstations/{id}/processes",
+            web::post().to(workstations::create_process),
+        )
+        .route(
+            "/v1/workstations/{id}/processes",
+            web::get().to(workstations::list_processes),
+        )
+        .route(
+            "/v1/workstations/{id}/processes/{pid}",
+            web::delete().to(workstations::kill_process),
+        )
+        .route("/v1/workstations/{id}/logs", web::get().to(logs::logs))
+        .route("/v1/runs", web::post().to(runs::create_run))
+        .route("/v1/languages", web::get().to(runs::languages));
+}
+
+/// Turns every error answer that is not already our JSON (actix's own 404/405/413 texts, a
+/// panic's 500) into `{"error": {...}}`.
+fn json_error_body<B>(response: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(
+            response.map_into_left_body(),
+        ));
+    }
+    let status = response.status();
+    let error = match status.as_u16() {
+        400 => ApiError::InvalidInput("malformed request".to_string()),
+        404 => ApiError::NotFound("no such endpoint".to_string()),
+        405 => ApiError::InvalidInput("method not allowed on this endpoint".to_string()),
+        413 => ApiError::TooLarge("the request is too large".to_string()),
+        503 => ApiError::unavailable("unavailable"),
+        _ => ApiError::Internal(
+            status
+                .canonical_reason()
+                .unwrap_or("request failed")
+                .to_string(),
+        ),
+    };
+    let (request, _) = response.into_parts();
+    let mut answer = HttpResponse::build(status).json(error.body());
+    if status.as_u16() == 503 {
+        answer
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(request, answer).map_into_right_body::<B>(),
+    ))
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)), tag = "system")]
+pub async fn healthz(agent: web::Data<Agent>) -> HttpResponse {
+    HttpResponse::Ok().json(Health {
+        status: "ok".to_string(),
+        node: agent.node_id.clone(),
+        reason: None,
+    })
+}
+
+/// Readiness: the node can serve writes (a leader is known, it is not shutting down).
+#[utoipa::path(get, path = "/readyz",
+    responses((status = 200, body = Health), (status = 503, body = ErrorBody)), tag = "system")]
+pub async fn readyz(agent: web::Data<Agent>) -> Result<HttpResponse, ApiError> {
+    refuse_if_stopping(&agent)?;
+    Ok(HttpResponse::Ok().json(Health {
+        status: "ok".to_string(),
+        node: agent.node_id.clone(),
+        reason: None,
+    }))
+}
+
+/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics",
+    responses((status = 200, content_type = "text/plain", body = String)), tag = "system")]
+pub async fn metrics_text(agent: web::Data<Agent>) -> HttpResponse {
+    use metrics::gauge;
+    let nodes = cluster::nodes(&agent);
+    let pool = cluster::pool(&nodes);
+    let mut out = String::with_capacity(4096);
+    let ready = nodes
+        .iter()
+        .filter(|n| n.state == crate::api_types::NodeState::Ready)
+        .count() as u64;
+    let draining = nodes
+        .iter()
+        .filter(|n| n.state == crate::api_types::NodeState::Draining)
+        .count() as u64;
+    let down = nodes
+        .iter()
+        .filter(|n| n.state == crate::api_types::NodeState::Down)
+        .count() as u64;
+    gauge(
+        &mut out,
+        "shoal_nodes",
+        "Nodes by state.",
+        &[
+            ("state=\"ready\"", ready),
+            ("state=\"draining\"", draining),
+            ("state=\"down\"", down),
+        ],
+    );
+    gauge(
+        &mut out,
+        "shoal_is_leader",
+        "1 if this node is the Raft leader.",
+        &[("", 1)],
+    );
+    gauge(
+        &mut out,
+        "shoal_raft_term",
+        "The current Raft term.",
+        &[("", 1)],
+    );
+    gauge(
+        &mut out,
+        "shoal_pool_cpu_millis",
+        "The pool's CPU in millicores.",
+        &[
+            ("kind=\"capacity\"", pool.cpu_millis.capacity),
+            ("kind=\"reserved\"", pool.cpu_millis.reserved),
+            ("kind=\"used\"", pool.cpu_millis.used),
+        ],
+    );
+    gauge(
+        &mut out,
+        "shoal_pool_memory_bytes",
+        "The pool's memory in bytes.",
+        &[
+            ("kind=\"capacity\"", pool.memory_bytes.capacity),
+            ("kind=\"reserved\"", pool.memory_bytes.reserved),
+            ("kind=\"used\"", pool.memory_bytes.used),
+        ],
+    );
+    let ids: Vec<String> = agent
+        .store
+        .read(|model| model.workstations.keys().cloned().collect());
+    let mut running = 0u64;
+    let mut other = 0u64;
+    let mut log_bytes_written = 0u64;
+    let mut log_bytes_dropped = 0u64;
+    let mut by_state = [0u64; 5];
+    for id in &ids {
+        let (state, _) = agent.host.state(id).await;
+        if let Some((written, dropped)) = agent.host.log_counters(id).await {
+            log_bytes_written = log_bytes_written.saturating_add(written);
+            log_bytes_dropped = log_bytes_dropped.saturating_add(dropped);
+        }
+        if state == WorkstationState::Running {
+            running += 1;
+        } else {
+            other += 1;
+        }
+        if let Ok(processes) = agent.host.processes(id).await {
+            for process in processes {
+                let index = match process.state {
+                    shoal_executor::workstation::ProcessState::Starting => 0,
+                    shoal_executor::workstation::ProcessState::Running => 1,
+                    shoal_executor::workstation::ProcessState::Exited => 2,
+                    shoal_executor::workstation::ProcessState::Backoff => 3,
+                    shoal_executor::workstation::ProcessState::CrashLoop => 4,
+                };
+                by_state[index] += 1;
+            }
+        }
+    }
+    gauge(
+        &mut out,
+        "shoal_workstations",
+        "Workstations by state.",
+        &[("state=\"running\"", running), ("state=\"other\"", other)],
+    );
+    gauge(
+        &mut out,
+        "shoal_processes",
+        "Workstation processes on this node by state.",
+        &[
+            ("state=\"starting\"", by_state[0]),
+            ("state=\"running\"", by_state[1]),
+            ("state=\"exited\"", by_state[2]),
+            ("state=\"backoff\"", by_state[3]),
+            ("state=\"crash_loop\"", by_state[4]),
+        ],
+    );
+    gauge(
+        &mut out,
+        "shoal_log_bytes_written",
+        "Log bytes written by the workstations hosted here since they started on this node.",
+        &[("", log_bytes_written)],
+    );
+    gauge(
+        &mut out,
+        "shoal_log_bytes_dropped",
+        "Log bytes dropped from the 5 MiB buffers of the workstations hosted here.",
+        &[("", log_bytes_dropped)],
+    );
+    agent.metrics.render(&mut out);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(out)
+}

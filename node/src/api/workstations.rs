@@ -1,0 +1,455 @@
+//! `/v1/workstations` and their processes.
+
+use std::collections::BTreeMap;
+
+use actix_web::{web, HttpResponse};
+
+use super::auth::Caller;
+use super::body::JsonBody;
+use super::error::ApiError;
+use super::refuse_if_stopping;
+use crate::agent::host::{parse_signal, process_json};
+use crate::agent::model::{ProcessSpec, Sizing, WorkstationRecord};
+use crate::agent::Agent;
+use crate::api_types::{
+    CreateProcessRequest, CreateWorkstationRequest, ErrorBody, KillQuery, Process,
+    ResizeWorkstationRequest, Workstation,
+};
+use crate::clock;
+
+/// Smallest memory reservation.
+const MEMORY_BYTES_MIN: u64 = 1 << 20;
+/// Largest value accepted for any resource field (well above any real node: 1 PiB, 1M cores).
+const MEMORY_BYTES_ABSURD: u64 = 1 << 50;
+const CPU_MILLIS_ABSURD: u64 = 1_000_000_000;
+/// Bounds on a process's command line and environment.
+const ARGV_ITEMS_MAX: usize = 1_024;
+const ARGV_BYTES_MAX: usize = 128 * 1024;
+const ENV_ITEMS_MAX: usize = 256;
+const NAME_CHARS_MAX: usize = 64;
+
+fn check_resources(
+    cpu_millis: u64,
+    memory_bytes: u64,
+    cpu_limit_millis: u64,
+    memory_limit_bytes: u64,
+) -> Result<(), ApiError> {
+    if cpu_millis == 0 {
+        return Err(ApiError::field("cpu_millis", "must be at least 1"));
+    }
+    if cpu_millis > CPU_MILLIS_ABSURD {
+        return Err(ApiError::field("cpu_millis", "is absurdly large"));
+    }
+    if memory_bytes < MEMORY_BYTES_MIN {
+        return Err(ApiError::field(
+            "memory_bytes",
+            format!("must be at least {MEMORY_BYTES_MIN}"),
+        ));
+    }
+    if memory_bytes > MEMORY_BYTES_ABSURD {
+        return Err(ApiError::field("memory_bytes", "is absurdly large"));
+    }
+    if cpu_limit_millis < cpu_millis || cpu_limit_millis > CPU_MILLIS_ABSURD {
+        return Err(ApiError::field(
+            "cpu_limit_millis",
+            "must be at least cpu_millis (and not absurd)",
+        ));
+    }
+    if memory_limit_bytes < memory_bytes || memory_limit_bytes > MEMORY_BYTES_ABSURD {
+        return Err(ApiError::field(
+            "memory_limit_bytes",
+            "must be at least memory_bytes (and not absurd)",
+        ));
+    }
+    Ok(())
+}
+
+/// Finds a workstation the caller may see, or 404 (also for other tenants' workstations, so
+/// that ids do not leak across tenants).
+fn visible(agent: &Agent, caller: &Caller, id: &str) -> Result<WorkstationRecord, ApiError> {
+    agent
+        .store
+        .read(|model| model.workstations.get(id).cloned())
+        .filter(|ws| caller.can_access(&ws.tenant))
+        .ok_or_else(|| ApiError::not_found("workstation", id))
+}
+
+async fn view(agent: &Agent, ws: &WorkstationRecord) -> Workstation {
+    let (state, next) = agent.host.state(&ws.id).await;
+    ws.view(state, agent.host.isolation(), next)
+}
+
+/// Creates a workstation and places it.
+#[utoipa::path(post, path = "/v1/workstations", request_body = CreateWorkstationRequest,
+    responses((status = 201, body = Workstation), (status = 400, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])), tag = "workstations")]
+pub async fn create(
+    caller: Caller,
+    agent: web::Data<Agent>,
+    JsonBody(request): JsonBody<CreateWorkstationRequest>,
+) -> Result<HttpResponse, ApiError> {
+    refuse_if_stopping(&agent)?;
+    let cpu_limit_millis = request.cpu_limit_millis.unwrap_or(request.cpu_millis);
+    let memory_limit_bytes = request.memory_limit_bytes.unwrap_or(request.memory_bytes);
+    check_resources(
+        request.cpu_millis,
+        request.memory_bytes,
+        cpu_limit_millis,
+        memory_limit_bytes,
+    )?;
+    if let Some(name) = &request.name {
+        if name.is_empty()
+            || name.chars().count() > NAME_CHARS_MAX
+            || name.chars().any(char::is_control)
+        {
+            return Err(ApiError::field("name", "must be 1-64 printable characters"));
+        }
+    }
+    let now = clock::now_unix_ms();
+    let record = WorkstationRecord {
+        id: agent.new_id("ws"),
+        name: request.name.clone(),
+        tenant: caller.tenant.clone(),
+        node: agent.node_id.clone(),
+        generation: 1,
+        cpu_millis: request.cpu_millis,
+        memory_bytes: request.memory_bytes,
+        cpu_limit_millis,
+        memory_limit_bytes,
+        network: request.network.unwrap_or_default(),
+        created_unix_ms: now,
+        processes: BTreeMap::new(),
+        next_process_id: 1,
+        log_epoch: 0,
+    };
+    let (cpu, mem) = agent.allocatable();
+    let hosted_now = agent.store.read(|model| {
+        model
+            .workstations
+            .values()
+            .filter(|ws| ws.node == agent.node_id)
+            .count()
+    });
+    if hosted_now >= agent.config.workstations_per_node_max {
+        return Err(ApiError::Unavailable {
+            message: "no node can host another workstation right now".to_string(),
+            retry_after_secs: 5,
+        });
+    }
+    let resource = format!("workstation/{}", record.id);
+    let placed = record.clone();
+    agent.store.write(|model| {
+        model.place_workstation(placed, cpu, mem)?;
+        model.audit(
+            now,
+            &caller.prefix,
+            &caller.tenant,
+            "workstation.create",
+            &resource,
+            "ok",
+        );
+        Ok(())
+    })?;
+    agent.host.ensure(&record);
+    tracing::info!(workstation = %record.id, tenant = %record.tenant, node = %record.node, "workstation created");
+    Ok(HttpResponse::Created().json(view(&agent, &record).await))
+}
+
+/// Lists the caller's workstations (all of them for an admin key).
+#[utoipa::path(get, path = "/v1/workstations",
+    responses((status = 200, body = Vec<Workstation>)), security(("bearer" = [])), tag = "workstations")]
+pub async fn list(caller: Caller, agent: web::Data<Agent>) -> Result<HttpResponse, ApiError> {
+    let records: Vec<WorkstationRecord> = agent.store.read(|model| {
+        model
+            .workstations
+            .values()
+            .filter(|ws| caller.can_access(&ws.tenant))
+            .cloned()
+            .collect()
+    });
+    let mut views = Vec::with_capacity(records.len());
+    for ws in &records {
+        views.push(view(&agent, ws).await);
+    }
+    Ok(HttpResponse::Ok().json(views))
+}
+
+/// Shows one workstation.
+#[utoipa::path(get, path = "/v1/workstations/{id}",
+    responses((status = 200, body = Workstation), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])), tag = "workstations")]
+pub async fn show(
+    caller: Caller,
+    agent: web::Data<Agent>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let ws = visible(&agent, &caller, &id)?;
+    Ok(HttpResponse::Ok().json(view(&agent, &ws).await))
+}
+
+/// Resizes a workstation in place when its node has room.
+#[utoipa::path(patch, path = "/v1/workstations/{id}", request_body = ResizeWorkstationRequest,
+    responses((status = 200, body = Workstation), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])), tag = "workstations")]
+pub async fn resize(
+    caller: Caller,
+    agent: web::Data<Agent>,
+    id: web::Path<String>,
+    JsonBody(request): JsonBody<ResizeWorkstationRequest>,
+) -> Result<HttpResponse, ApiError> {
+    refuse_if_stopping(&agent)?;
+    let ws = visible(&agent, &caller, &id)?;
+    let cpu_millis = request.cpu_millis.unwrap_or(ws.cpu_millis);
+    let memory_bytes = request.memory_bytes.unwrap_or(ws.memory_bytes);
+    // A limit not given follows the reservation up if the reservation grows past it.
+    let cpu_limit_millis = request
+        .cpu_limit_millis
+        .unwrap_or(ws.cpu_limit_millis.max(cpu_millis));
+    let memory_limit_bytes = request
+        .memory_limit_bytes
+        .unwrap_or(ws.memory_limit_bytes.max(memory_bytes));
+    check_resources(
+        cpu_millis,
+        memory_bytes,
+        cpu_limit_millis,
+        memory_limit_bytes,
+    )?;
+    let (cpu, mem) = agent.allocatable();
+    let now = clock::now_unix_ms();
+    let resource = format!("workstation/{}", ws.id);
+    let updated = agent.store.write(|model| {
+        let sizing = Sizing {
+            cpu_millis,
+            memory_bytes,
+            cpu_limit_millis,
+            memory_limit_bytes,
+        };
+        model.resize_workstation(&ws.id, sizing, cpu, mem)?;
+        model.audit(
+            now,
+            &caller.prefix,
+            &caller.tenant,
+            "workstation.resize",
+            &resource,
+            "ok",
+        );
+        Ok(model.workstations.get(&ws.id).cloned())
+    })?;
+    let updated = updated.ok_or_else(|| ApiError::not_found("workstation", &ws.id))?;
+    Ok(HttpResponse::Ok().json(view(&agent, &updated).await))
+}
+
+/// Deletes a workstation: processes stopped, log discarded, the audit log keeps the record.
+#[utoipa::path(delete, path = "/v1/workstations/{id}",
+    responses((status = 204), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])), tag = "workstations")]
+pub async fn delete(
+    caller: Caller,
+    agent: web::Data<Agent>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let ws = visible(&agent, &caller, &id)?;
+    agent.host.remove(&ws.id, 2_000).await;
+    let now = clock::now_unix_ms();
+    let resource = format!("workstation/{}", ws.id);
+    agent.store.write(|model| {
+        model.workstations.remove(&ws.id);
+        model.audit(
+            now,
+            &caller.prefix,
+            &caller.tenant,
+            "workstation.delete",
+            &resource,
+            "ok",
+        );
+        Ok(())
+    })?;
+    tracing::info!(workstation = %ws.id, "workstation deleted");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Starts a background process in a workstation.
+#[utoipa::path(post, path = "/v1/workstations/{id}/processes", request_body = CreateProcessRequest,
+    responses((status = 201, body = Process), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)),
+    security(("bearer" = [])), tag = "processes")]
+pub async fn create_process(
+    caller: Caller,
+    agent: web::Data<Agent>,
+    id: web::Path<String>,
+    JsonBody(request): JsonBody<CreateProcessRequest>,
+) -> Result<HttpResponse, ApiError> {
+    refuse_if_stopping(&agent)?;
+    let ws = visible(&agent, &caller, &id)?;
+    check_process(&request)?;
+    let live = ws.processes.values().filter(|spec| !spec.killed).count();
+    if live >= agent.config.processes_per_workstation_max {
+        return Err(ApiError::RateLimited {
+            message: format!(
+                "a workstation runs at most {} processes",
+                agent.config.processes_per_workstation_max
+            ),
+            retry_after_secs: 5,
+        });
+    }
+    let now = clock::now_unix_ms();
+    let ws_id = ws.id.clone();
+    let spec = agent.store.write(|model| {
+        let ws = model
+            .workstations
+            .get_mut(&ws_id)
+            .ok_or_else(|| ApiError::not_found("workstation", &ws_id))?;
+        let spec = ProcessSpec {
+            id: ws.next_process_id,
+            argv: request.argv.clone(),
+            env: request.env.clone().unwrap_or_default(),
+            cwd: request.cwd.clone(),
+            restart: request.restart.unwrap_or_default(),
+            created_unix_ms: now,
+            killed: false,
+        };
+        ws.next_process_id += 1;
+        ws.processes.insert(spec.id, spec.clone());
+        Ok(spec)
+    })?;
+    let resource = format!("workstation/{ws_id}/process/{}", spec.id);
+    if let Err(err) = agent.host.start_process(&ws_id, &spec).await {
+        // The start failed (e.g. program not found): undo, so that nothing changes.
+        let _ = agent.store.write(|model| {
+            if let Some(ws) = model.workstations.get_mut(&ws_id) {
+                ws.processes.remove(&spec.id);
+            }
+            Ok(())
+        });
+        return Err(err);
+    }
+    agent.store.write(|model| {
+        model.audit(
+            now,
+            &caller.prefix,
+            &caller.tenant,
+            "process.create",
+            &resource,
+            "ok",
+        );
+        Ok(())
+    })?;
+    let statuses = agent.host.processes(&ws_id).await.unwrap_or_default();
+    let status = statuses.iter().find(|status| status.id.0 == spec.id);
+    Ok(HttpResponse::Created().json(process_json(&ws_id, &spec, status)))
+}
+
+fn check_process(request: &CreateProcessRequest) -> Result<(), ApiError> {
+    if request.argv.is_empty() || request.argv[0].is_empty() {
+        return Err(ApiError::field("argv", "needs at least a program"));
+    }
+    let argv_bytes: usize = request.argv.iter().map(String::len).sum();
+    if request.argv.len() > ARGV_ITEMS_MAX || argv_bytes > ARGV_BYTES_MAX {
+        return Err(ApiError::TooLarge(format!(
+            "field `argv`: at most {ARGV_ITEMS_MAX} items and {ARGV_BYTES_MAX} bytes"
+        )));
+    }
+    if request.argv.iter().any(|arg| arg.contains('\0')) {
+        return Err(ApiError::field("argv", "must not contain NUL bytes"));
+    }
+    if let Some(env) = &request.env {
+        if env.len() > ENV_ITEMS_MAX {
+            return Err(ApiError::field(
+                "env",
+                format!("at most {ENV_ITEMS_MAX} variables"),
+            ));
+        }
+        for (key, value) in env {
+            if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
+                return Err(ApiError::field("env", format!("invalid variable `{key}`")));
+            }
+        }
+    }
+    if let Some(cwd) = &request.cwd {
+        if cwd.is_empty() || cwd.contains('\0') || cwd.len() > 4096 {
+            return Err(ApiError::field("cwd", "must be a path"));
+        }
+    }
+    Ok(())
+}
+
+/// Lists a workstation's processes with their observed state.
+#[utoipa::path(get, path = "/v1/workstations/{id}/processes",
+    responses((status = 200, body = Vec<Process>), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])), tag = "processes")]
+pub async fn list_processes(
+    caller: Caller,
+    agent: web::Data<Agent>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let ws = visible(&agent, &caller, &id)?;
+    let statuses = agent.host.processes(&ws.id).await.unwrap_or_default();
+    let processes: Vec<Process> = ws
+        .processes
+        .values()
+        .map(|spec| {
+            let status = statuses.iter().find(|status| status.id.0 == spec.id);
+            process_json(&ws.id, spec, status)
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(processes))
+}
+
+/// Signals a process (`?signal=TERM` by default; TERM and KILL stop it for good).
+#[utoipa::path(delete, path = "/v1/workstations/{id}/processes/{pid}", params(KillQuery),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])), tag = "processes")]
+pub async fn kill_process(
+    caller: Caller,
+    agent: web::Data<Agent>,
+    path: web::Path<(String, String)>,
+    query: web::Query<KillQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (ws_id, proc_text) = path.into_inner();
+    let ws = visible(&agent, &caller, &ws_id)?;
+    let proc_id: u64 = proc_text
+        .parse()
+        .map_err(|_| ApiError::not_found("process", &proc_text))?;
+    if !ws.processes.contains_key(&proc_id) {
+        return Err(ApiError::not_found("process", &proc_text));
+    }
+    let signal = parse_signal(query.signal.as_deref().unwrap_or("TERM"))?;
+    let stops = matches!(
+        signal,
+        nix::sys::signal::Signal::SIGTERM | nix::sys::signal::Signal::SIGKILL
+    );
+    let now = clock::now_unix_ms();
+    let resource = format!("workstation/{}/process/{proc_id}", ws.id);
+    if stops {
+        agent.store.write(|model| {
+            if let Some(spec) = model
+                .workstations
+                .get_mut(&ws.id)
+                .and_then(|ws| ws.processes.get_mut(&proc_id))
+            {
+                spec.killed = true;
+            }
+            Ok(())
+        })?;
+    }
+    let result = agent.host.kill_process(&ws.id, proc_id, signal).await;
+    let outcome = match &result {
+        Ok(()) => "ok",
+        Err(err) => err.code(),
+    };
+    let _ = agent.store.write(|model| {
+        model.audit(
+            now,
+            &caller.prefix,
+            &caller.tenant,
+            "process.kill",
+            &resource,
+            outcome,
+        );
+        Ok(())
+    });
+    result?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,284 @@
+//! Configuration of `shoal agent`: command-line flags, an optional TOML file, and the
+//! resolved [`AgentConfig`] the agent runs with.
+//!
+//! Precedence: a flag given on the command line wins over the file, the file wins over the
+//! built-in default. Every option is documented in `ops/shoal.example.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// `shoal agent`: run one node of a cluster.
+///
+/// What `shoal dev` (and any supervisor) relies on:
+/// - `--data-dir DIR` holds the node's identity, its durable state and its workstations; a
+///   restart with the same data dir comes back as the same node (the `--bootstrap`/`--join`
+///   flag is then ignored: the data dir already says which cluster it belongs to).
+/// - `--bootstrap` creates a new cluster with this node as its first server;
+///   `--join TOKEN` joins an existing one with a token from `POST /v1/tokens`.
+/// - `--listen 127.0.0.1:PORT` is the WireGuard UDP port, `--api 127.0.0.1:PORT` the HTTP
+///   control API, `--mesh userspace` needs no privileges.
+/// - `--admin-token-file PATH`: on the first bootstrap an admin API key (tenant `admin`) is
+///   created and its full text written to PATH (mode 0600); on a restart the file is kept as it
+///   is (the key stays valid). The key can mint join tokens for further nodes with
+///   `POST /v1/tokens`.
+/// - The agent prints one line `shoal-agent ready node=<id> api=<addr>` on stdout once its
+///   API listens, so that a parent process can wait for it instead of polling.
+/// - SIGTERM or SIGINT stops it gracefully; it exits 0.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AgentArgs {
+    /// TOML configuration file (see ops/shoal.example.toml); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory for the node's identity, state and workstations.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Create a new cluster with this node as its first server.
+    #[arg(long, conflicts_with = "join")]
+    pub bootstrap: bool,
+    /// Join an existing cluster with this join token.
+    #[arg(long, value_name = "TOKEN")]
+    pub join: Option<String>,
+    /// WireGuard UDP listen address (default 0.0.0.0:51820).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// HTTP control API listen address (default 127.0.0.1:7070).
+    #[arg(long, value_name = "ADDR")]
+    pub api: Option<SocketAddr>,
+    /// Mesh data plane: `tun` (needs CAP_NET_ADMIN) or `userspace` (default).
+    #[arg(long, value_name = "MODE")]
+    pub mesh: Option<MeshMode>,
+    /// Roles of this node: `server,worker` (default), `server` or `worker`.
+    #[arg(long, value_name = "ROLES")]
+    pub role: Option<String>,
+    /// On first bootstrap, write a new admin API key to this file.
+    #[arg(long, value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Log format on stderr: `text` (default) or `json`.
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The mesh data plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum MeshMode {
+    /// A real WireGuard interface (`shoal0`), needs CAP_NET_ADMIN.
+    Tun,
+    /// WireGuard in the agent's own process; no privileges; Shoal's own traffic only.
+    Userspace,
+}
+
+/// The TOML file: every field optional, same names as the flags (with `_`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    api: Option<SocketAddr>,
+    mesh: Option<MeshMode>,
+    role: Option<String>,
+    admin_token_file: Option<PathBuf>,
+    log_format: Option<String>,
+    api_body_bytes_max: Option<usize>,
+    api_header_read_timeout_ms: Option<u64>,
+    api_workers: Option<usize>,
+    heartbeat_interval_ms: Option<u64>,
+    heartbeat_grace_ms: Option<u64>,
+    node_reserve_cpu_millis: Option<u64>,
+    node_reserve_memory_bytes: Option<u64>,
+    workstations_per_node_max: Option<usize>,
+    processes_per_workstation_max: Option<usize>,
+    runs_concurrent_max: Option<usize>,
+    log_subscribers_per_workstation_max: Option<usize>,
+    shutdown_grace_ms: Option<u64>,
+}
+
+/// The configuration the agent runs with.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// `Some` on a bootstrap.
+    pub bootstrap: bool,
+    /// Join token, if joining.
+    pub join: Option<String>,
+    /// WireGuard UDP listen address.
+    pub listen: SocketAddr,
+    /// HTTP API listen address.
+    pub api: SocketAddr,
+    /// Mesh data plane.
+    pub mesh: MeshMode,
+    /// Whether this node is a server (Raft voter).
+    pub role_server: bool,
+    /// Whether this node runs workloads.
+    pub role_worker: bool,
+    /// Where to write the admin key on first bootstrap.
+    pub admin_token_file: Option<PathBuf>,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// Largest accepted request body.
+    pub api_body_bytes_max: usize,
+    /// How long a client may take to send a request's head before it is dropped.
+    pub api_header_read_timeout_ms: u64,
+    /// actix-web worker threads.
+    pub api_workers: usize,
+    /// Heartbeat period.
+    pub heartbeat_interval_ms: u64,
+    /// A node is `down` after this long without a heartbeat.
+    pub heartbeat_grace_ms: u64,
+    /// CPU kept back for the node itself.
+    pub node_reserve_cpu_millis: u64,
+    /// Memory kept back for the node itself.
+    pub node_reserve_memory_bytes: u64,
+    /// Most workstations one node hosts.
+    pub workstations_per_node_max: usize,
+    /// Most desired processes per workstation.
+    pub processes_per_workstation_max: usize,
+    /// Most runs executing at once on this node; more get 429.
+    pub runs_concurrent_max: usize,
+    /// Most concurrent log followers per workstation; more get 429.
+    pub log_subscribers_per_workstation_max: usize,
+    /// How long a graceful shutdown waits for processes to stop before killing them.
+    pub shutdown_grace_ms: u64,
+}
+
+impl AgentConfig {
+    /// Resolves flags over the optional file over defaults, and checks the result.
+    pub fn resolve(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let Some(data_dir) = args.data_dir.clone().or(file.data_dir) else {
+            bail!("--data-dir (or data_dir in the config file) is required");
+        };
+        let role = args
+            .role
+            .clone()
+            .or(file.role)
+            .unwrap_or_else(|| "server,worker".to_string());
+        let (role_server, role_worker) = parse_roles(&role)?;
+        let log_format = args
+            .log_format
+            .clone()
+            .or(file.log_format)
+            .unwrap_or_else(|| "text".to_string());
+        if log_format != "text" && log_format != "json" {
+            bail!("log_format must be `text` or `json`, not `{log_format}`");
+        }
+        let config = AgentConfig {
+            data_dir,
+            bootstrap: args.bootstrap,
+            join: args.join.clone(),
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 51820))),
+            api: args
+                .api
+                .or(file.api)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070))),
+            mesh: args.mesh.or(file.mesh).unwrap_or(MeshMode::Userspace),
+            role_server,
+            role_worker,
+            admin_token_file: args.admin_token_file.clone().or(file.admin_token_file),
+            log_format,
+            api_body_bytes_max: file.api_body_bytes_max.unwrap_or(256 * 1024),
+            api_header_read_timeout_ms: file.api_header_read_timeout_ms.unwrap_or(10_000),
+            api_workers: file.api_workers.unwrap_or(2),
+            heartbeat_interval_ms: file.heartbeat_interval_ms.unwrap_or(1_000),
+            heartbeat_grace_ms: file.heartbeat_grace_ms.unwrap_or(10_000),
+            node_reserve_cpu_millis: file.node_reserve_cpu_millis.unwrap_or(0),
+            node_reserve_memory_bytes: file.node_reserve_memory_bytes.unwrap_or(256 << 20),
+            workstations_per_node_max: file.workstations_per_node_max.unwrap_or(256),
+            processes_per_workstation_max: file.processes_per_workstation_max.unwrap_or(64),
+            runs_concurrent_max: file.runs_concurrent_max.unwrap_or(64),
+            log_subscribers_per_workstation_max: file
+                .log_subscribers_per_workstation_max
+                .unwrap_or(64),
+            shutdown_grace_ms: file.shutdown_grace_ms.unwrap_or(5_000),
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.api_body_bytes_max < 70 * 1024 {
+            // A run may carry 64 KiB of code plus its JSON envelope.
+            bail!("api_body_bytes_max must be at least 71680");
+        }
+        if self.heartbeat_interval_ms == 0 || self.heartbeat_grace_ms < self.heartbeat_interval_ms {
+            bail!("heartbeat_grace_ms must be at least heartbeat_interval_ms, which must be > 0");
+        }
+        if self.api_workers == 0 || self.api_workers > 64 {
+            bail!("api_workers must be between 1 and 64");
+        }
+        Ok(())
+    }
+}
+
+fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+/// Parses `server,worker` / `server` / `worker`.
+pub fn parse_roles(text: &str) -> anyhow::Result<(bool, bool)> {
+    let mut server = false;
+    let mut worker = false;
+    for part in text.split(',').map(str::trim) {
+        match part {
+            "server" => server = true,
+            "worker" => worker = true,
+            other => bail!("unknown role `{other}` (expected server, worker)"),
+        }
+    }
+    if !server && !worker {
+        bail!("a node needs at least one role");
+    }
+    Ok((server, worker))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shoal.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/var/lib/shoal\"\napi = \"127.0.0.1:9000\"\nheartbeat_grace_ms = 20000\n",
+        )
+        .unwrap();
+        let args = AgentArgs {
+            config: Some(path),
+            api: Some("127.0.0.1:9100".parse().unwrap()),
+            ..AgentArgs::default()
+        };
+        let config = AgentConfig::resolve(&args).unwrap();
+        assert_eq!(config.api.port(), 9100);
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/shoal"));
+        assert_eq!(config.heartbeat_grace_ms, 20000);
+        assert_eq!(config.heartbeat_interval_ms, 1000);
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_roles_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shoal.toml");
+        std::fs::write(&path, "data_dirr = \"/x\"\n").unwrap();
+        let args = AgentArgs {
+            config: Some(path),
+            ..AgentArgs::default()
+        };
+        assert!(AgentConfig::resolve(&args).is_err());
+        assert!(parse_roles("server,cook").is_err());
+        assert_eq!(parse_roles("worker").unwrap(), (false, true));
+    }
+}

@@ -1,0 +1,387 @@
+//! Test harness: real `shoal agent` processes on loopback with free ports, each in its own
+//! temporary data dir, killed (and its dir removed) on drop, also when a test fails.
+
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+/// How long an agent may take to print its ready line.
+const AGENT_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Installs a tracing subscriber once, for the phase logs.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A free TCP port on loopback (the listener is closed again; the race is acceptable here).
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .unwrap_or(0)
+}
+
+/// A free UDP port on loopback.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .map(|addr| addr.port())
+        .unwrap_or(0)
+}
+
+/// One running `shoal agent`.
+pub struct Agent {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`.
+    pub base_url: String,
+    /// The API port.
+    pub api_port: u16,
+    /// The WireGuard UDP port.
+    pub listen_port: u16,
+    /// The node's data dir.
+    pub data_dir: PathBuf,
+    /// The node id from its ready line.
+    pub node_id: String,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Agent {
+    /// Bootstraps a new single-node cluster in a fresh temporary data dir.
+    pub fn bootstrap() -> anyhow::Result<Agent> {
+        let temp = tempfile::tempdir().context("temp dir")?;
+        let data_dir = temp.path().join("node");
+        let mut agent = Agent::start(&data_dir, &["--bootstrap"], free_tcp_port())?;
+        agent._temp = Some(temp);
+        Ok(agent)
+    }
+
+    /// Starts an agent on `data_dir` with extra flags, serving the API on `api_port`.
+    pub fn start(data_dir: &Path, extra: &[&str], api_port: u16) -> anyhow::Result<Agent> {
+        let listen_port = free_udp_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .arg("agent")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--api")
+            .arg(format!("127.0.0.1:{api_port}"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{listen_port}"))
+            .arg("--mesh")
+            .arg("userspace")
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawning shoal agent")?;
+        let stdout = child.stdout.take().context("agent stdout")?;
+        let (sender, receiver) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        let mut agent = Agent {
+            child: Some(child),
+            base_url: format!("http://127.0.0.1:{api_port}"),
+            api_port,
+            listen_port,
+            data_dir: data_dir.to_path_buf(),
+            node_id: String::new(),
+            _temp: None,
+        };
+        loop {
+            let line = match receiver.recv_timeout(AGENT_START_TIMEOUT) {
+                Ok(line) => line,
+                Err(_) => bail!("the agent did not print its ready line in time (or exited)"),
+            };
+            if let Some(rest) = line.strip_prefix("shoal-agent ready node=") {
+                agent.node_id = rest.split_whitespace().next().unwrap_or("").to_string();
+                break;
+            }
+        }
+        Ok(agent)
+    }
+
+    /// The admin key written at bootstrap.
+    pub fn admin_key(&self) -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .context("reading admin.token")?;
+        Ok(text.trim().to_string())
+    }
+
+    /// Kills the agent with SIGKILL and waits for it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits (at most `timeout`) for a clean exit; returns its exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let Some(mut child) = self.child.take() else {
+            bail!("not running");
+        };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let started = shoal_node::clock::monotonic_now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.code());
+            }
+            if started.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the agent did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A client with `key` as its bearer token.
+    pub fn client(&self, key: &str) -> Api {
+        Api {
+            base_url: self.base_url.clone(),
+            key: Some(key.to_string()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(70))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A thin JSON client for tests.
+#[derive(Clone)]
+pub struct Api {
+    /// `http://127.0.0.1:PORT`.
+    pub base_url: String,
+    /// Bearer key, if any.
+    pub key: Option<String>,
+    /// The HTTP client.
+    pub http: reqwest::Client,
+}
+
+/// An answer: status and JSON body (`Value::Null` if the body was not JSON).
+#[derive(Debug)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// Parsed body.
+    pub body: Value,
+    /// Raw body text.
+    pub text: String,
+    /// `Retry-After`, if present.
+    pub retry_after: Option<String>,
+    /// `Content-Type`, if present.
+    pub content_type: Option<String>,
+}
+
+impl Answer {
+    /// The error code of an error answer.
+    pub fn error_code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+impl Api {
+    /// Without a key.
+    pub fn anonymous(&self) -> Api {
+        Api {
+            key: None,
+            ..self.clone()
+        }
+    }
+
+    /// With another key.
+    pub fn with_key(&self, key: &str) -> Api {
+        Api {
+            key: Some(key.to_string()),
+            ..self.clone()
+        }
+    }
+
+    /// Sends a request with an optional raw body.
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<Answer> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base_url));
+        if let Some(key) = &self.key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let response = request.send().await.context("sending request")?;
+        let status = response.status().as_u16();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let retry_after = header("retry-after");
+        let content_type = header("content-type");
+        let text = response.text().await.context("reading body")?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(Answer {
+            status,
+            body,
+            text,
+            retry_after,
+            content_type,
+        })
+    }
+
+    /// GET.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Answer> {
+        self.raw(reqwest::Method::GET, path, None).await
+    }
+
+    /// POST JSON.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Answer> {
+        self.raw(reqwest::Method::POST, path, Some(serde_json::to_vec(body)?))
+            .await
+    }
+
+    /// PATCH JSON.
+    pub async fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Answer> {
+        self.raw(
+            reqwest::Method::PATCH,
+            path,
+            Some(serde_json::to_vec(body)?),
+        )
+        .await
+    }
+
+    /// DELETE.
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Answer> {
+        self.raw(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// Creates a tenant key with the admin key this client holds.
+    pub async fn create_tenant_key(&self, tenant: &str) -> anyhow::Result<String> {
+        let answer = self
+            .post("/v1/keys", &serde_json::json!({"tenant": tenant}))
+            .await?;
+        if answer.status != 201 {
+            bail!("creating a key: {} {}", answer.status, answer.text);
+        }
+        answer.body["key"]
+            .as_str()
+            .map(str::to_string)
+            .context("key in answer")
+    }
+}
+
+/// One parsed Server-Sent Event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    /// `event:` (empty for the default `message`).
+    pub event: String,
+    /// `id:`, if the event had one.
+    pub id: Option<String>,
+    /// `data:` lines joined with `\n`.
+    pub data: String,
+}
+
+/// An incremental SSE parser over a byte stream (comments are skipped).
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buffer: Vec<u8>,
+    current: SseEvent,
+    has_fields: bool,
+}
+
+impl SseParser {
+    /// Feeds bytes; returns the events completed by them.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+        self.buffer.extend_from_slice(bytes);
+        let mut events = Vec::new();
+        while let Some(newline) = self.buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buffer.drain(..=newline).collect();
+            let line = String::from_utf8_lossy(&line[..line.len() - 1]).to_string();
+            let line = line.strip_suffix('\r').unwrap_or(&line).to_string();
+            if line.is_empty() {
+                if self.has_fields {
+                    events.push(std::mem::take(&mut self.current));
+                    self.has_fields = false;
+                }
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((field, value)) => (
+                    field.to_string(),
+                    value.strip_prefix(' ').unwrap_or(value).to_string(),
+                ),
+                None => (line.clone(), String::new()),
+            };
+            self.has_fields = true;
+            match field.as_str() {
+                "event" => self.current.event = value,
+                "id" => self.current.id = Some(value),
+                "data" => {
+                    if !self.current.data.is_empty() {
+                        self.current.data.push('\n');
+                    }
+                    self.current.data.push_str(&value);
+                }
+                _ => {}
+            }
+        }
+        events
+    }
+}
+
+/// Waits until `check` answers `Some`, polling every 20 ms, at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let polling = async {
+        loop {
+            if let Some(value) = check().await? {
+                return Ok(value);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    match tokio::time::timeout(timeout, polling).await {
+        Ok(result) => result,
+        Err(_) => bail!("condition not met within {timeout:?}"),
+    }
+}
