@@ -71,6 +71,8 @@ pub enum OpKind {
         /// Harness name of the workstation.
         key: String,
     },
+    /// `POST /v1/tokens`: a small committed write, issued continuously to measure failover.
+    CreateToken,
     /// `POST /v1/tokens` then `shoal agent --join TOKEN` for a new node.
     JoinNode {
         /// The joining node.
@@ -94,6 +96,7 @@ impl OpKind {
             OpKind::ExecProcess { .. } => "exec_process",
             OpKind::Run { .. } => "run",
             OpKind::FollowLogs { .. } => "follow_logs",
+            OpKind::CreateToken => "create_token",
             OpKind::JoinNode { .. } => "join_node",
         }
     }
@@ -106,7 +109,7 @@ impl OpKind {
             | OpKind::ResizeWorkstation { key, .. }
             | OpKind::ExecProcess { key, .. }
             | OpKind::FollowLogs { key } => Some(key),
-            OpKind::Run { .. } | OpKind::JoinNode { .. } => None,
+            OpKind::Run { .. } | OpKind::CreateToken | OpKind::JoinNode { .. } => None,
         }
     }
 }

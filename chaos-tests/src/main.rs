@@ -1,1 +1,161 @@
-fn main() {}
+//! `shoal-chaos`: runs a Shoal cluster of real `shoal agent` processes in network namespaces,
+//! injects faults from a seeded schedule while a seeded workload runs, checks the recorded
+//! history against Shoal's invariants, and writes a JSON report plus a short summary.
+//!
+//! `cargo run -p shoal-chaos -- --quick` (a few minutes), `-- --soak 30m`, `--seed N` to
+//! replay, `--shoal PATH`, `--report FILE`, `--cleanup` to remove a crashed run's leftovers,
+//! `--print-schedule` to show a seed's fault schedule without running anything.
+
+mod api;
+mod cluster;
+mod runner;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use rand::RngCore;
+
+use shoal_chaos::env::cleanup::{self, Scope};
+use shoal_chaos::env::is_root;
+use shoal_chaos::nemesis::{FaultMode, NemesisConfig, Schedule};
+
+/// Fault-injection runs against a real Shoal cluster.
+#[derive(Debug, Parser)]
+#[command(name = "shoal-chaos", about)]
+struct Cli {
+    /// The short scenario (a few minutes): every fault mode, at least 20 leader kills.
+    #[arg(long, conflicts_with = "soak")]
+    quick: bool,
+    /// A long run of the given length (e.g. `30m`).
+    #[arg(long, value_name = "DURATION")]
+    soak: Option<humantime::Duration>,
+    /// The seed of the fault schedule and the workload (random if not given; printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The `shoal` binary under test.
+    #[arg(long, default_value = "target/debug/shoal")]
+    shoal: PathBuf,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "target/chaos-report.json")]
+    report: PathBuf,
+    /// Server nodes.
+    #[arg(long, default_value_t = 3)]
+    servers: usize,
+    /// Worker-only nodes.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Mesh data plane of the agents: `tun` or `userspace`.
+    #[arg(long, default_value = "tun")]
+    mesh: String,
+    /// Remove everything a crashed run left behind (namespaces, processes, mounts, dirs).
+    #[arg(long)]
+    cleanup: bool,
+    /// Print the seed's fault schedule as JSON and exit (needs no root, starts nothing).
+    #[arg(long)]
+    print_schedule: bool,
+}
+
+/// The nemesis configuration of a scenario.
+fn nemesis_config(soak: Option<std::time::Duration>) -> NemesisConfig {
+    let (faults_end_ms_max, faults_max) = match soak {
+        // The last minute is for convergence.
+        Some(d) => (
+            (d.as_millis() as u64).saturating_sub(60_000).max(150_000),
+            100_000,
+        ),
+        None => (210_000, 40),
+    };
+    NemesisConfig {
+        modes: FaultMode::ALL.to_vec(),
+        leader_kills_min: 20,
+        warmup_ms: 10_000,
+        faults_end_ms_max,
+        fault_ms_min: 1_000,
+        fault_ms_max: 3_000,
+        heal_ms_min: 1_500,
+        heal_ms_max: 3_000,
+        faults_max,
+    }
+}
+
+fn main() -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    match run(Cli::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("shoal-chaos: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Ok(passed) or an error that kept the run from producing a verdict.
+fn run(cli: Cli) -> anyhow::Result<bool> {
+    if cli.cleanup {
+        if !is_root() {
+            bail!("--cleanup needs root");
+        }
+        let removed = cleanup::remove(&Scope::All);
+        println!("{}", serde_json::to_string_pretty(&removed)?);
+        return Ok(true);
+    }
+    let seed = cli.seed.unwrap_or_else(|| rand::rngs::OsRng.next_u64());
+    let soak = cli.soak.map(|d| *d);
+    let nemesis = nemesis_config(soak);
+    if cli.print_schedule {
+        let schedule = Schedule::generate(seed, &nemesis)?;
+        println!("{}", serde_json::to_string_pretty(&schedule)?);
+        return Ok(true);
+    }
+    if !cli.quick && soak.is_none() {
+        bail!("choose a scenario: --quick or --soak DURATION (or --cleanup, --print-schedule)");
+    }
+    if !is_root() {
+        bail!("the chaos run needs root (network namespaces, iptables, mounts)");
+    }
+    if !cli.shoal.exists() {
+        bail!(
+            "{} does not exist: build it first (cargo build -p shoal-node) or pass --shoal",
+            cli.shoal.display()
+        );
+    }
+    let shoal = std::fs::canonicalize(&cli.shoal)
+        .with_context(|| format!("resolving {}", cli.shoal.display()))?;
+    let scenario = match soak {
+        Some(d) => format!("soak {}", humantime::format_duration(d)),
+        None => "quick".to_string(),
+    };
+    eprintln!("shoal-chaos: scenario {scenario}, seed {seed} (replay with --seed {seed})");
+    let options = runner::RunOptions {
+        scenario,
+        seed,
+        shoal,
+        n_servers: cli.servers,
+        n_workers: cli.workers,
+        mesh: cli.mesh,
+        convergence_ms_max: 30_000,
+        n_clients: 3,
+        nemesis,
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    let report = runner::run(options)?;
+    if let Some(parent) = cli.report.parent() {
+        std::fs::create_dir_all(parent).ok();
+    }
+    std::fs::write(&cli.report, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", cli.report.display()))?;
+    print!("{}", report.human_summary());
+    println!("report: {}", cli.report.display());
+    Ok(report.passed)
+}

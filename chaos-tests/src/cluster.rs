@@ -1,0 +1,231 @@
+//! The cluster under test: one `shoal agent` per node namespace, each with its own tmpfs data
+//! dir, started, killed, paused and restarted by the nemesis. Field order is drop order:
+//! processes die before their data dirs are unmounted and before the network goes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use shoal_chaos::env::disk::TmpfsMount;
+use shoal_chaos::env::network::TestNetwork;
+use shoal_chaos::env::process::{ManagedProcess, ProcessSpec};
+use shoal_chaos::env::RunTag;
+use shoal_chaos::history::NodeIdx;
+
+/// The API port of every node (each node has its own address).
+pub const API_PORT: u16 = 7070;
+/// The WireGuard UDP port of every node.
+pub const WG_PORT: u16 = 51820;
+/// Size of each node's data filesystem.
+pub const DATA_DIR_BYTES: u64 = 256 << 20;
+
+/// What a node is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A Raft voter that also runs workloads.
+    ServerWorker,
+    /// Runs workloads only.
+    Worker,
+}
+
+/// One node of the cluster.
+#[derive(Debug)]
+pub struct NodeSlot {
+    /// The agent, when running.
+    pub process: Option<ManagedProcess>,
+    /// Its data filesystem.
+    pub disk: TmpfsMount,
+    /// Index in the harness.
+    pub idx: NodeIdx,
+    /// Its role.
+    pub role: Role,
+    /// `--bootstrap` or `--join TOKEN` (ignored by the agent on a restart with data).
+    pub join_args: Vec<String>,
+    /// The node id the cluster gave it, once known.
+    pub id: Option<String>,
+    /// Whether the harness expects it up (false while killed, or when taken out for good).
+    pub expected_up: bool,
+    /// Whether it is out of the cluster (removed) and must not count in snapshots.
+    pub out: bool,
+}
+
+/// The whole cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The nodes (dropped first: kills the agents, unmounts data dirs).
+    pub nodes: Vec<NodeSlot>,
+    /// The network (dropped after the nodes).
+    pub net: TestNetwork,
+    /// The run's tag.
+    pub tag: RunTag,
+    /// The `shoal` binary.
+    pub shoal: PathBuf,
+    /// `tun` or `userspace`.
+    pub mesh: String,
+    /// Where the bootstrap node writes the admin key.
+    pub admin_token_path: PathBuf,
+}
+
+impl Cluster {
+    /// Creates the network and the data dirs; starts nothing.
+    pub fn prepare(
+        tag: &RunTag,
+        roles: &[Role],
+        shoal: &Path,
+        mesh: &str,
+    ) -> anyhow::Result<Cluster> {
+        let root = tag.root_dir();
+        std::fs::create_dir_all(&root).with_context(|| format!("mkdir {}", root.display()))?;
+        let net = TestNetwork::create(tag, roles.len())?;
+        let mut nodes = Vec::new();
+        for (idx, role) in roles.iter().enumerate() {
+            let disk = TmpfsMount::mount(
+                &root.join(format!("n{idx}")).join("data"),
+                DATA_DIR_BYTES,
+                tag,
+            )?;
+            nodes.push(NodeSlot {
+                process: None,
+                disk,
+                idx,
+                role: *role,
+                join_args: Vec::new(),
+                id: None,
+                expected_up: false,
+                out: false,
+            });
+        }
+        Ok(Cluster {
+            nodes,
+            net,
+            tag: tag.clone(),
+            shoal: shoal.to_path_buf(),
+            mesh: mesh.to_string(),
+            admin_token_path: root.join("admin.token"),
+        })
+    }
+
+    /// Node `idx`'s API address.
+    pub fn api_addr(idx: NodeIdx) -> SocketAddr {
+        SocketAddr::from((TestNetwork::node_addr(idx), API_PORT))
+    }
+
+    /// Node `idx`'s data dir.
+    pub fn data_dir(&self, idx: NodeIdx) -> PathBuf {
+        self.nodes[idx].disk.dir().to_path_buf()
+    }
+
+    /// Starts (or restarts) node `idx`'s agent, optionally with its wall clock shifted.
+    pub fn start(&mut self, idx: NodeIdx, clock_offset_s: Option<i64>) -> anyhow::Result<()> {
+        if let Some(mut old) = self.nodes[idx].process.take() {
+            if old.try_exit()?.is_none() {
+                bail!("node {idx} is still running");
+            }
+        }
+        let node = &self.nodes[idx];
+        let addr = TestNetwork::node_addr(idx);
+        let mut args = vec![
+            "agent".to_string(),
+            "--data-dir".into(),
+            node.disk.dir().display().to_string(),
+            "--listen".into(),
+            format!("{addr}:{WG_PORT}"),
+            "--api".into(),
+            format!("{addr}:{API_PORT}"),
+            "--mesh".into(),
+            self.mesh.clone(),
+            "--admin-token-file".into(),
+            self.admin_token_path.display().to_string(),
+        ];
+        if node.role == Role::Worker {
+            args.extend(["--role".to_string(), "worker".to_string()]);
+        }
+        args.extend(node.join_args.iter().cloned());
+        let spec = ProcessSpec {
+            ns: self.net.node_ns(idx).to_string(),
+            program: self.shoal.clone(),
+            args,
+            env: vec![("RUST_LOG".into(), "info".into())],
+            log_path: self
+                .tag
+                .root_dir()
+                .join(format!("n{idx}"))
+                .join("agent.log"),
+            clock_offset_s,
+        };
+        let process = ManagedProcess::spawn(spec, &self.tag)?;
+        let node = &mut self.nodes[idx];
+        node.process = Some(process);
+        node.expected_up = true;
+        Ok(())
+    }
+
+    /// `kill -9` node `idx`'s agent.
+    pub fn kill(&mut self, idx: NodeIdx) -> anyhow::Result<()> {
+        let node = &mut self.nodes[idx];
+        node.expected_up = false;
+        if let Some(process) = node.process.as_mut() {
+            process.kill9()?;
+        }
+        Ok(())
+    }
+
+    /// Sends a signal to node `idx`'s agent.
+    pub fn signal(&self, idx: NodeIdx, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        match self.nodes[idx].process.as_ref() {
+            Some(process) => Ok(process.signal(signal)?),
+            None => bail!("node {idx} has no process"),
+        }
+    }
+
+    /// Whether node `idx`'s agent process has exited (reaping it).
+    pub fn exited(&mut self, idx: NodeIdx) -> bool {
+        match self.nodes[idx].process.as_mut() {
+            Some(process) => !matches!(process.try_exit(), Ok(None)),
+            None => true,
+        }
+    }
+
+    /// The nodes expected up and in the cluster.
+    pub fn up_nodes(&self) -> Vec<NodeIdx> {
+        self.nodes
+            .iter()
+            .filter(|n| n.expected_up && !n.out)
+            .map(|n| n.idx)
+            .collect()
+    }
+
+    /// The servers expected up and in the cluster.
+    pub fn up_servers(&self) -> Vec<NodeIdx> {
+        self.nodes
+            .iter()
+            .filter(|n| n.expected_up && !n.out && n.role == Role::ServerWorker)
+            .map(|n| n.idx)
+            .collect()
+    }
+
+    /// The node with id `id`.
+    pub fn idx_of(&self, id: &str) -> Option<NodeIdx> {
+        self.nodes
+            .iter()
+            .find(|n| n.id.as_deref() == Some(id))
+            .map(|n| n.idx)
+    }
+
+    /// The pid of node `idx`'s agent if it runs.
+    pub fn pid(&self, idx: NodeIdx) -> Option<i32> {
+        self.nodes[idx].process.as_ref().map(|p| p.pid())
+    }
+
+    /// The last lines of node `idx`'s agent log (for reports).
+    pub fn log_tail(&self, idx: NodeIdx, lines_max: usize) -> String {
+        let path = self
+            .tag
+            .root_dir()
+            .join(format!("n{idx}"))
+            .join("agent.log");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(lines_max)..].join("\n")
+    }
+}

@@ -1,0 +1,1222 @@
+//! One chaos run against real `shoal agent` processes: form the cluster (bootstrap, then joins
+//! with tokens), run the seeded workload and the nemesis schedule side by side while observing
+//! the cluster, stop the faults, wait for convergence, read the final state, scan for leftovers,
+//! check every invariant and build the report.
+//!
+//! The run's async part executes on one thread that entered the hub namespace, so the HTTP
+//! client reaches every node's private address; everything it creates is removed by the drop
+//! guards when the run ends, fails or is interrupted.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use nix::sys::signal::Signal;
+use reqwest::Method;
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use shoal_chaos::checkers::{check_all, CheckConfig};
+use shoal_chaos::clock::RunClock;
+use shoal_chaos::env::cleanup::RunGuard;
+use shoal_chaos::env::probe::enter_netns;
+use shoal_chaos::env::RunTag;
+use shoal_chaos::history::{
+    CapacityObservation, ClusterSnapshot, Expectation, FaultRecord, FinalState, History,
+    LeaderObservation, LeftoverScan, LogEvent, LogFollow, NodeIdx, OpKind, Operation, Outcome,
+    RunningObservation,
+};
+use shoal_chaos::nemesis::{pick, FaultMode, NemesisConfig, Schedule, ScheduledFault};
+use shoal_chaos::partition::Grudge;
+use shoal_chaos::report::{Report, RunInfo};
+use shoal_chaos::workload::{Workload, WorkloadConfig};
+
+use crate::api::{Api, ClusterInfo, LogsPage, NodeInfo, Process, TokenCreated, Workstation};
+use crate::cluster::{Cluster, Role};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// `quick` or `soak 30m`.
+    pub scenario: String,
+    /// The seed of the schedule and the workload.
+    pub seed: u64,
+    /// The binary under test.
+    pub shoal: PathBuf,
+    /// Servers (Raft voters that also run work).
+    pub n_servers: usize,
+    /// Worker-only nodes.
+    pub n_workers: usize,
+    /// `tun` or `userspace`.
+    pub mesh: String,
+    /// The nemesis schedule's configuration.
+    pub nemesis: NemesisConfig,
+    /// How long the cluster has to converge after the faults stop.
+    pub convergence_ms_max: u64,
+    /// Concurrent workload clients.
+    pub n_clients: u64,
+    /// Set on Ctrl-C / SIGTERM: the run stops and cleans up.
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// How long a node has to come up (bootstrap or join).
+const NODE_UP_TIMEOUT_MS: u64 = 60_000;
+/// Per-request timeout of workload requests.
+const REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// Per-request timeout of observation requests.
+const OBSERVE_TIMEOUT_MS: u64 = 1_000;
+/// Period of the observer.
+const OBSERVE_PERIOD_MS: u64 = 500;
+/// How long two nodes may both run a workstation during a re-placement.
+const LEASE_MS: u64 = 12_000;
+/// How long a fault that owes a reaction is watched.
+const REACTION_WATCH_MS: u64 = 10_000;
+
+/// Runs the scenario; blocks until the run is over and everything is cleaned up.
+pub fn run(options: RunOptions) -> anyhow::Result<Report> {
+    let handle = std::thread::Builder::new()
+        .name("chaos-run".into())
+        .spawn(move || run_on_thread(options))
+        .context("spawning the run thread")?;
+    match handle.join() {
+        Ok(result) => result,
+        Err(_) => bail!("the run thread panicked (its guards have cleaned up)"),
+    }
+}
+
+fn run_on_thread(options: RunOptions) -> anyhow::Result<Report> {
+    let tag = RunTag::random();
+    info!(
+        tag = tag.as_str(),
+        seed = options.seed,
+        "chaos run starting"
+    );
+    // Declared first, dropped last: sweeps whatever the other guards missed.
+    let _guard = RunGuard::new(tag.clone());
+    let schedule = Schedule::generate(options.seed, &options.nemesis)?;
+    let mut roles = vec![Role::ServerWorker; options.n_servers];
+    roles.extend(std::iter::repeat_n(Role::Worker, options.n_workers));
+    let cluster = Cluster::prepare(&tag, &roles, &options.shoal, &options.mesh)?;
+    enter_netns(cluster.net.hub_ns())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the run's runtime")?;
+    let result = runtime.block_on(run_async(options, schedule, cluster));
+    // The runtime (and with it the context holding the cluster) is dropped here, before the
+    // RunGuard's final sweep.
+    drop(runtime);
+    result
+}
+
+/// Everything the run's tasks share.
+struct Ctx {
+    clock: RunClock,
+    cluster: Mutex<Cluster>,
+    history: Mutex<History>,
+    api: Api,
+    api_fast: Api,
+    /// Workstation key → id.
+    ids: Mutex<BTreeMap<String, String>>,
+    /// Ids of workstations whose delete was acknowledged.
+    deleted_ids: Mutex<Vec<String>>,
+    /// Per workstation key, the offset to resume its log follow from.
+    follow_next: Mutex<BTreeMap<String, u64>>,
+    op_seq: AtomicU64,
+    stop_clients: AtomicBool,
+    cancel: Arc<AtomicBool>,
+    notes: Mutex<Vec<String>>,
+}
+
+/// Locks a mutex; a poisoned lock only means another task panicked, and the data is still
+/// the best record there is.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Ctx {
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// Sleeps `ms`, waking early when the run is cancelled; false if it was.
+    async fn sleep_ms(&self, ms: u64) -> bool {
+        let mut left = ms;
+        while left > 0 {
+            if self.cancelled() {
+                return false;
+            }
+            let step = left.min(200);
+            tokio::time::sleep(Duration::from_millis(step)).await;
+            left -= step;
+        }
+        !self.cancelled()
+    }
+
+    fn record(
+        &self,
+        node: NodeIdx,
+        kind: OpKind,
+        invoke_ms: u64,
+        result: Result<(), (Outcome, String)>,
+    ) {
+        let (outcome, error) = match result {
+            Ok(()) => (Outcome::Ok, None),
+            Err((outcome, error)) => (outcome, Some(error)),
+        };
+        let op = Operation {
+            id: self.op_seq.fetch_add(1, Ordering::Relaxed),
+            node,
+            kind,
+            invoke_ms,
+            complete_ms: self.clock.now_ms(),
+            outcome,
+            error,
+        };
+        lock(&self.history).operations.push(op);
+    }
+
+    fn up_nodes(&self) -> Vec<NodeIdx> {
+        lock(&self.cluster).up_nodes()
+    }
+
+    async fn cluster_info(&self, idx: NodeIdx) -> Option<ClusterInfo> {
+        self.api_fast
+            .get::<ClusterInfo>(Cluster::api_addr(idx), "/v1/cluster")
+            .await
+            .ok()
+    }
+
+    /// The leader as the first up node that knows one reports it.
+    async fn find_leader(&self) -> Option<NodeIdx> {
+        for idx in self.up_nodes() {
+            if let Some(info) = self.cluster_info(idx).await {
+                if let Some(leader) = info.leader {
+                    return lock(&self.cluster).idx_of(&leader);
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits until node `idx` answers `/v1/cluster` with a known leader; learns its id.
+    async fn wait_node_up(&self, idx: NodeIdx, timeout_ms: u64) -> anyhow::Result<String> {
+        let deadline_ms = self.clock.now_ms() + timeout_ms;
+        loop {
+            if lock(&self.cluster).exited(idx) {
+                bail!(
+                    "node {idx}'s agent exited; last log lines:\n{}",
+                    lock(&self.cluster).log_tail(idx, 20)
+                );
+            }
+            if let Some(info) = self.cluster_info(idx).await {
+                if info.leader.is_some() {
+                    lock(&self.cluster).nodes[idx].id = Some(info.answered_by.clone());
+                    return Ok(info.answered_by);
+                }
+            }
+            if self.clock.now_ms() > deadline_ms || !self.sleep_ms(200).await {
+                bail!(
+                    "node {idx} did not come up within {timeout_ms} ms; last log lines:\n{}",
+                    lock(&self.cluster).log_tail(idx, 20)
+                );
+            }
+        }
+    }
+
+    /// Creates a join token through any up node.
+    async fn create_token(&self, role: Role) -> Result<String, (Outcome, String)> {
+        let body = match role {
+            Role::Worker => json!({"ttl_ms": 600_000, "uses": 1, "role": "worker"}),
+            Role::ServerWorker => json!({"ttl_ms": 600_000, "uses": 1}),
+        };
+        let node = self.up_nodes().first().copied().unwrap_or(0);
+        self.api
+            .call::<TokenCreated>(
+                Method::POST,
+                Cluster::api_addr(node),
+                "/v1/tokens",
+                Some(body),
+            )
+            .await
+            .map(|t| t.token)
+            .map_err(|e| (e.outcome, e.message))
+    }
+
+    /// Joins node `idx` with a fresh token, recorded as a `JoinNode` operation.
+    async fn join(&self, idx: NodeIdx) -> anyhow::Result<()> {
+        let invoke_ms = self.clock.now_ms();
+        let role = lock(&self.cluster).nodes[idx].role;
+        let result = async {
+            let token = self.create_token(role).await?;
+            {
+                let mut cluster = lock(&self.cluster);
+                cluster.nodes[idx].join_args = vec!["--join".into(), token];
+                cluster
+                    .start(idx, None)
+                    .map_err(|e| (Outcome::Fail, format!("{e:#}")))?;
+            }
+            self.wait_node_up(idx, NODE_UP_TIMEOUT_MS)
+                .await
+                .map(|_| ())
+                .map_err(|e| (Outcome::Unknown, format!("{e:#}")))
+        }
+        .await;
+        let error = result.as_ref().err().map(|(_, e)| e.clone());
+        self.record(idx, OpKind::JoinNode { node: idx }, invoke_ms, result);
+        match error {
+            None => Ok(()),
+            Some(e) => bail!("node {idx} could not join: {e}"),
+        }
+    }
+}
+
+async fn run_async(
+    options: RunOptions,
+    schedule: Schedule,
+    cluster: Cluster,
+) -> anyhow::Result<Report> {
+    let clock = RunClock::start();
+    let n_nodes = cluster.nodes.len();
+    let admin_token_path = cluster.admin_token_path.clone();
+    let placeholder = Api::new(String::new(), Duration::from_millis(REQUEST_TIMEOUT_MS))?;
+    let ctx = Arc::new(Ctx {
+        clock,
+        cluster: Mutex::new(cluster),
+        history: Mutex::new(History::default()),
+        api: placeholder.clone(),
+        api_fast: Api::new(String::new(), Duration::from_millis(OBSERVE_TIMEOUT_MS))?,
+        ids: Mutex::new(BTreeMap::new()),
+        deleted_ids: Mutex::new(Vec::new()),
+        follow_next: Mutex::new(BTreeMap::new()),
+        op_seq: AtomicU64::new(0),
+        stop_clients: AtomicBool::new(false),
+        cancel: options.cancel.clone(),
+        notes: Mutex::new(Vec::new()),
+    });
+    spawn_signal_watch(options.cancel.clone());
+
+    info!("--- bootstrap node 0");
+    {
+        let mut cluster = lock(&ctx.cluster);
+        cluster.nodes[0].join_args = vec!["--bootstrap".into()];
+        cluster.start(0, None)?;
+    }
+    let token = wait_admin_token(&ctx, &admin_token_path).await?;
+    // The admin key is known only now; rebuild the context's clients with it.
+    let ctx = Arc::new(Ctx {
+        api: ctx.api.with_token(token.clone()),
+        api_fast: ctx.api_fast.with_token(token),
+        ..Arc::try_unwrap(ctx).map_err(|_| anyhow::anyhow!("context still shared"))?
+    });
+    ctx.wait_node_up(0, NODE_UP_TIMEOUT_MS).await?;
+
+    info!(n_nodes, "--- join the other nodes with tokens");
+    for idx in 1..n_nodes {
+        ctx.join(idx).await?;
+    }
+
+    info!(
+        n_faults = schedule.faults.len(),
+        "--- workload, observer and nemesis"
+    );
+    let mut tasks = Vec::new();
+    for client in 0..options.n_clients {
+        tasks.push(tokio::spawn(client_loop(ctx.clone(), options.seed, client)));
+    }
+    tasks.push(tokio::spawn(token_prober(ctx.clone())));
+    let observer = tokio::spawn(observer_loop(ctx.clone()));
+    for fault in &schedule.faults {
+        let wait_ms = fault.start_ms.saturating_sub(ctx.clock.now_ms());
+        if !ctx.sleep_ms(wait_ms).await {
+            break;
+        }
+        let record = inject(&ctx, fault).await;
+        info!(seq = fault.seq, mode = ?fault.mode, fired = record.fired(), error = ?record.error, "fault done");
+        lock(&ctx.history).faults.push(record);
+    }
+
+    info!("--- faults over: heal, restart what is down, wait for convergence");
+    heal_all(&ctx).await;
+    let faults_end_ms = ctx.clock.now_ms();
+    let deadline_ms = faults_end_ms + options.convergence_ms_max;
+    while ctx.clock.now_ms() < deadline_ms && !ctx.cancelled() {
+        let converged = lock(&ctx.history)
+            .snapshots
+            .iter()
+            .rev()
+            .take(3)
+            .filter(|s| s.at_ms >= faults_end_ms)
+            .filter(|s| shoal_chaos::checkers::convergence::converged(s))
+            .count()
+            == 3;
+        if converged {
+            break;
+        }
+        ctx.sleep_ms(250).await;
+    }
+    ctx.stop_clients.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    observer.abort();
+
+    info!("--- final state and leftover scan");
+    let final_state = read_final_state(&ctx).await;
+    let leftovers = scan_leftovers(&ctx);
+    let duration_ms = ctx.clock.now_ms();
+    let mut history = std::mem::take(&mut *lock(&ctx.history));
+    history.final_state = final_state;
+    history.leftovers.push(leftovers);
+    let mut notes = std::mem::take(&mut *lock(&ctx.notes));
+    if ctx.cancelled() {
+        notes.push("interrupted (Ctrl-C or SIGTERM) before the end of the scenario".into());
+    }
+    let verdicts = check_all(
+        &history,
+        &CheckConfig {
+            lease_ms: LEASE_MS,
+            convergence_ms_max: options.convergence_ms_max,
+            scheduled_modes: schedule.modes(),
+        },
+    );
+    let shoal_binary = options.shoal.display().to_string();
+    Ok(Report::new(
+        RunInfo {
+            scenario: options.scenario.clone(),
+            seed: options.seed,
+            shoal_binary,
+            n_nodes,
+            duration_ms,
+        },
+        &history,
+        verdicts,
+        notes,
+    ))
+}
+
+fn spawn_signal_watch(cancel: Arc<AtomicBool>) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(error) => {
+                    warn!(%error, "cannot watch SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                    cancel.store(true, Ordering::Relaxed);
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        warn!("interrupted: stopping the run and cleaning up");
+        cancel.store(true, Ordering::Relaxed);
+    });
+}
+
+async fn wait_admin_token(ctx: &Ctx, path: &Path) -> anyhow::Result<String> {
+    let deadline_ms = ctx.clock.now_ms() + NODE_UP_TIMEOUT_MS;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let token = text.trim().to_string();
+            if !token.is_empty() {
+                return Ok(token);
+            }
+        }
+        if lock(&ctx.cluster).exited(0) {
+            bail!(
+                "the bootstrap node exited; last log lines:\n{}",
+                lock(&ctx.cluster).log_tail(0, 20)
+            );
+        }
+        if ctx.clock.now_ms() > deadline_ms || !ctx.sleep_ms(200).await {
+            bail!("no admin key at {} after bootstrap", path.display());
+        }
+    }
+}
+
+/// One workload client: seeded operations against the up nodes, round robin.
+async fn client_loop(ctx: Arc<Ctx>, seed: u64, client: u64) {
+    let mut workload = Workload::new(seed, client, WorkloadConfig::default());
+    let mut n_ops = 0usize;
+    while !ctx.stop_clients.load(Ordering::Relaxed) && !ctx.cancelled() {
+        let kind = workload.next_op();
+        let up = ctx.up_nodes();
+        let Some(node) = up.get(n_ops % up.len().max(1)).copied() else {
+            ctx.sleep_ms(200).await;
+            continue;
+        };
+        n_ops += 1;
+        let invoke_ms = ctx.clock.now_ms();
+        let result = execute(&ctx, node, &kind).await;
+        ctx.record(node, kind, invoke_ms, result);
+        ctx.sleep_ms(100).await;
+    }
+}
+
+/// A stream of small writes (join tokens) so that failover is measured to within ~50 ms.
+async fn token_prober(ctx: Arc<Ctx>) {
+    let mut n = 0usize;
+    while !ctx.stop_clients.load(Ordering::Relaxed) && !ctx.cancelled() {
+        let up = ctx.up_nodes();
+        let Some(node) = up.get(n % up.len().max(1)).copied() else {
+            ctx.sleep_ms(50).await;
+            continue;
+        };
+        n += 1;
+        let invoke_ms = ctx.clock.now_ms();
+        let result = ctx
+            .api
+            .call::<Value>(
+                Method::POST,
+                crate::cluster::Cluster::api_addr(node),
+                "/v1/tokens",
+                Some(json!({"ttl_ms": 1000, "uses": 1})),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| (e.outcome, e.message));
+        let failed = result.is_err();
+        ctx.record(node, OpKind::CreateToken, invoke_ms, result);
+        ctx.sleep_ms(if failed { 20 } else { 50 }).await;
+    }
+}
+
+/// The id of workstation `key`, from creates seen so far or by listing.
+async fn ws_id(ctx: &Ctx, node: NodeIdx, key: &str) -> Result<String, (Outcome, String)> {
+    if let Some(id) = lock(&ctx.ids).get(key) {
+        return Ok(id.clone());
+    }
+    let list: Vec<Workstation> = ctx
+        .api
+        .get(Cluster::api_addr(node), "/v1/workstations")
+        .await
+        .map_err(|e| (Outcome::Fail, format!("looking up {key}: {e}")))?;
+    for ws in list {
+        if let Some(name) = ws.name {
+            lock(&ctx.ids).insert(name, ws.id);
+        }
+    }
+    lock(&ctx.ids).get(key).cloned().ok_or((
+        Outcome::Fail,
+        format!("workstation {key} unknown: not sent"),
+    ))
+}
+
+async fn execute(ctx: &Ctx, node: NodeIdx, kind: &OpKind) -> Result<(), (Outcome, String)> {
+    let addr = Cluster::api_addr(node);
+    let err = |e: crate::api::ApiError| (e.outcome, e.message);
+    match kind {
+        OpKind::CreateWorkstation {
+            key,
+            cpu_millis,
+            memory_bytes,
+        } => {
+            let body = json!({"name": key, "cpu_millis": cpu_millis, "memory_bytes": memory_bytes});
+            let ws: Workstation = ctx
+                .api
+                .call(Method::POST, addr, "/v1/workstations", Some(body))
+                .await
+                .map_err(err)?;
+            lock(&ctx.ids).insert(key.clone(), ws.id);
+            Ok(())
+        }
+        OpKind::DeleteWorkstation { key } => {
+            let id = ws_id(ctx, node, key).await?;
+            ctx.api
+                .call::<Value>(
+                    Method::DELETE,
+                    addr,
+                    &format!("/v1/workstations/{id}"),
+                    None,
+                )
+                .await
+                .map_err(err)?;
+            lock(&ctx.deleted_ids).push(id);
+            Ok(())
+        }
+        OpKind::ResizeWorkstation {
+            key,
+            cpu_millis,
+            memory_bytes,
+        } => {
+            let id = ws_id(ctx, node, key).await?;
+            let body = json!({"cpu_millis": cpu_millis, "memory_bytes": memory_bytes});
+            ctx.api
+                .call::<Value>(
+                    Method::PATCH,
+                    addr,
+                    &format!("/v1/workstations/{id}"),
+                    Some(body),
+                )
+                .await
+                .map(|_| ())
+                .map_err(err)
+        }
+        OpKind::ExecProcess { key, argv } => {
+            let id = ws_id(ctx, node, key).await?;
+            let body = json!({"argv": argv, "restart": "always"});
+            ctx.api
+                .call::<Value>(
+                    Method::POST,
+                    addr,
+                    &format!("/v1/workstations/{id}/processes"),
+                    Some(body),
+                )
+                .await
+                .map(|_| ())
+                .map_err(err)
+        }
+        OpKind::Run { argv } => {
+            let body = json!({"argv": argv, "timeout_ms": 3000});
+            ctx.api
+                .call::<Value>(Method::POST, addr, "/v1/runs", Some(body))
+                .await
+                .map(|_| ())
+                .map_err(err)
+        }
+        OpKind::FollowLogs { key } => {
+            let id = ws_id(ctx, node, key).await?;
+            let from = lock(&ctx.follow_next).get(key).copied().unwrap_or(0);
+            let page: LogsPage = ctx
+                .api
+                .get(addr, &format!("/v1/workstations/{id}/logs?from={from}"))
+                .await
+                .map_err(err)?;
+            let mut events = vec![LogEvent::Connect { from: page.from }];
+            if page.dropped > 0 {
+                events.push(LogEvent::Dropped {
+                    bytes: page.dropped,
+                });
+            }
+            events.extend(page.records.iter().map(|r| LogEvent::Record {
+                offset: r.offset,
+                len: r.len,
+            }));
+            lock(&ctx.follow_next).insert(key.clone(), page.next);
+            let mut history = lock(&ctx.history);
+            match history.log_follows.iter_mut().find(|f| f.key == *key) {
+                Some(follow) => follow.events.extend(events),
+                None => history.log_follows.push(LogFollow {
+                    key: key.clone(),
+                    events,
+                }),
+            }
+            Ok(())
+        }
+        OpKind::CreateToken | OpKind::JoinNode { .. } => {
+            Err((Outcome::Fail, "not a client operation".into()))
+        }
+    }
+}
+
+/// Every `OBSERVE_PERIOD_MS`: leaders from every up node; placements, capacity and a
+/// convergence snapshot from one of them.
+async fn observer_loop(ctx: Arc<Ctx>) {
+    while !ctx.cancelled() {
+        observe_once(&ctx).await;
+        ctx.sleep_ms(OBSERVE_PERIOD_MS).await;
+    }
+}
+
+async fn observe_once(ctx: &Ctx) {
+    let up = ctx.up_nodes();
+    let mut answers = Vec::new();
+    for &idx in &up {
+        let info = ctx.cluster_info(idx).await;
+        let at_ms = ctx.clock.now_ms();
+        if let Some(info) = &info {
+            lock(&ctx.history).leaders.push(LeaderObservation {
+                at_ms,
+                observer: idx,
+                term: info.term,
+                leader: info.leader.clone(),
+            });
+        }
+        answers.push((idx, info.map(|i| (i.term, i.leader))));
+    }
+    let Some(&source) = up.first() else {
+        return;
+    };
+    let addr = Cluster::api_addr(source);
+    let nodes: Result<Vec<NodeInfo>, _> = ctx.api_fast.get(addr, "/v1/nodes").await;
+    let workstations: Result<Vec<Workstation>, _> =
+        ctx.api_fast.get(addr, "/v1/workstations").await;
+    let at_ms = ctx.clock.now_ms();
+    let (Ok(nodes), Ok(workstations)) = (nodes, workstations) else {
+        return;
+    };
+    let up_ids: Vec<String> = {
+        let cluster = lock(&ctx.cluster);
+        up.iter()
+            .filter_map(|&i| cluster.nodes[i].id.clone())
+            .collect()
+    };
+    let mut history = lock(&ctx.history);
+    for ws in &workstations {
+        if let (Some(node), Some(key), "running") = (&ws.node, &ws.name, ws.state.as_str()) {
+            history.running.push(RunningObservation {
+                at_ms,
+                node: node.clone(),
+                key: key.clone(),
+                generation: ws.generation,
+            });
+        }
+    }
+    for node in &nodes {
+        let placed = workstations
+            .iter()
+            .filter(|w| w.node.as_deref() == Some(node.id.as_str()))
+            .filter(|w| matches!(w.state.as_str(), "pending" | "running" | "stopping"))
+            .map(|w| (w.cpu_millis, w.memory_bytes))
+            .collect();
+        history.capacity.push(CapacityObservation {
+            at_ms,
+            node: node.id.clone(),
+            cpu_allocatable_millis: node.capacity.cpu_millis,
+            memory_allocatable_bytes: node.capacity.memory_bytes,
+            cpu_reserved_millis: node.reserved.cpu_millis,
+            memory_reserved_bytes: node.reserved.memory_bytes,
+            placed_reservations: placed,
+        });
+    }
+    let node_states = up_ids
+        .iter()
+        .map(|id| {
+            let state = nodes
+                .iter()
+                .find(|n| &n.id == id)
+                .map(|n| n.state.clone())
+                .unwrap_or_else(|| "missing".into());
+            (id.clone(), state)
+        })
+        .collect();
+    history.snapshots.push(ClusterSnapshot {
+        at_ms,
+        leaders: answers,
+        node_states,
+        desired_equals_actual: workstations.iter().all(|w| w.state == "running"),
+    });
+}
+
+/// Injects one scheduled fault and heals it; the record says what happened.
+async fn inject(ctx: &Ctx, fault: &ScheduledFault) -> FaultRecord {
+    let mut record = FaultRecord {
+        seq: fault.seq,
+        mode: fault.mode,
+        targets: Vec::new(),
+        start_ms: None,
+        end_ms: None,
+        error: None,
+        expectation: None,
+    };
+    if let Err(error) = inject_inner(ctx, fault, &mut record).await {
+        warn!(seq = fault.seq, mode = ?fault.mode, error = %format!("{error:#}"), "fault failed");
+        record.error = Some(format!("{error:#}"));
+        // Leave the cluster whole for the next fault whatever happened.
+        heal_all(ctx).await;
+    }
+    record
+}
+
+async fn inject_inner(
+    ctx: &Ctx,
+    fault: &ScheduledFault,
+    record: &mut FaultRecord,
+) -> anyhow::Result<()> {
+    let leader = ctx.find_leader().await;
+    let (servers, workers, up) = {
+        let cluster = lock(&ctx.cluster);
+        let servers = cluster.up_servers();
+        let workers: Vec<NodeIdx> = cluster
+            .up_nodes()
+            .into_iter()
+            .filter(|i| cluster.nodes[*i].role == Role::Worker)
+            .collect();
+        (servers, workers, cluster.up_nodes())
+    };
+    let followers: Vec<NodeIdx> = servers
+        .iter()
+        .copied()
+        .filter(|s| Some(*s) != leader)
+        .collect();
+    let need = |v: Option<NodeIdx>, what: &str| v.with_context(|| format!("no {what} to target"));
+    let duration_ms = fault.duration_ms;
+    match fault.mode {
+        FaultMode::KillLeader | FaultMode::KillFollower | FaultMode::KillWorker => {
+            let target = match fault.mode {
+                FaultMode::KillLeader => need(leader, "leader")?,
+                FaultMode::KillFollower => need(pick(&followers, fault.target_pick), "follower")?,
+                _ => need(pick(&workers, fault.target_pick), "worker-only node")?,
+            };
+            record.targets = vec![target];
+            lock(&ctx.cluster).kill(target)?;
+            record.start_ms = Some(ctx.clock.now_ms());
+            ctx.sleep_ms(duration_ms).await;
+            lock(&ctx.cluster).start(target, None)?;
+        }
+        FaultMode::PauseLeader => {
+            let target = need(leader, "leader")?;
+            record.targets = vec![target];
+            lock(&ctx.cluster).signal(target, Signal::SIGSTOP)?;
+            record.start_ms = Some(ctx.clock.now_ms());
+            // Past any sane election timeout.
+            ctx.sleep_ms(duration_ms.max(3_000)).await;
+            lock(&ctx.cluster).signal(target, Signal::SIGCONT)?;
+        }
+        FaultMode::PartitionLeaderMinority
+        | FaultMode::PartitionMajorityMinority
+        | FaultMode::PartitionBridge
+        | FaultMode::PartitionOneWay => {
+            let all: Vec<NodeIdx> = (0..lock(&ctx.cluster).nodes.len()).collect();
+            let grudge = match fault.mode {
+                FaultMode::PartitionLeaderMinority => {
+                    let leader = need(leader, "leader")?;
+                    let minority_size = servers.len().saturating_sub(1) / 2;
+                    let mut minority = vec![leader];
+                    minority.extend(followers.iter().take(minority_size.saturating_sub(1)));
+                    let majority: Vec<NodeIdx> = all
+                        .iter()
+                        .copied()
+                        .filter(|n| !minority.contains(n))
+                        .collect();
+                    record.targets = minority.clone();
+                    Grudge::complete(&[minority, majority])
+                }
+                FaultMode::PartitionMajorityMinority => {
+                    let mut order = all.clone();
+                    let shift = (fault.target_pick % all.len() as u64) as usize;
+                    order.rotate_left(shift);
+                    let (minority, majority) = order.split_at(all.len() / 2);
+                    record.targets = minority.to_vec();
+                    Grudge::complete(&[minority.to_vec(), majority.to_vec()])
+                }
+                FaultMode::PartitionBridge => {
+                    let bridge = need(pick(&all, fault.target_pick), "bridge node")?;
+                    record.targets = vec![bridge];
+                    Grudge::bridge(&all, bridge)
+                }
+                _ => {
+                    let from = need(leader, "leader")?;
+                    let to = need(pick(&followers, fault.target_pick), "follower")?;
+                    record.targets = vec![from, to];
+                    Grudge::one_way(from, to)
+                }
+            };
+            lock(&ctx.cluster).net.apply(&grudge)?;
+            record.start_ms = Some(ctx.clock.now_ms());
+            ctx.sleep_ms(duration_ms).await;
+            lock(&ctx.cluster).net.heal()?;
+        }
+        FaultMode::ClockSkewRestart => {
+            let target = need(pick(&up, fault.target_pick), "node")?;
+            record.targets = vec![target];
+            {
+                let mut cluster = lock(&ctx.cluster);
+                cluster.kill(target)?;
+                cluster.start(target, Some(-3_600))?;
+            }
+            record.start_ms = Some(ctx.clock.now_ms());
+            ctx.sleep_ms(duration_ms.max(5_000)).await;
+            let mut cluster = lock(&ctx.cluster);
+            cluster.kill(target)?;
+            cluster.start(target, None)?;
+        }
+        FaultMode::CorruptRaftData => {
+            let target = need(pick(&followers, fault.target_pick), "follower")?;
+            record.targets = vec![target];
+            let (data_dir, backup) = {
+                let cluster = lock(&ctx.cluster);
+                let backup = cluster
+                    .tag
+                    .root_dir()
+                    .join(format!("n{target}"))
+                    .join("backup");
+                (cluster.data_dir(target), backup)
+            };
+            lock(&ctx.cluster).kill(target)?;
+            copy_dir(&data_dir, &backup)?;
+            let corrupted = corrupt_raft_data(&data_dir, fault.target_pick)?;
+            lock(&ctx.cluster).start(target, None)?;
+            record.start_ms = Some(ctx.clock.now_ms());
+            let (met, detail) = watch_refusal(ctx, target).await;
+            record.expectation = Some(Expectation {
+                description: format!(
+                    "node refuses to start on corrupted Raft data ({})",
+                    corrupted.join(", ")
+                ),
+                met,
+                detail,
+            });
+            lock(&ctx.cluster).kill(target)?;
+            clear_dir(&data_dir)?;
+            copy_dir(&backup, &data_dir)?;
+            let _ = std::fs::remove_dir_all(&backup);
+            lock(&ctx.cluster).start(target, None)?;
+        }
+        FaultMode::RemovedNodeReturns => {
+            let candidates = if workers.is_empty() {
+                &followers
+            } else {
+                &workers
+            };
+            let target = need(pick(candidates, fault.target_pick), "node to remove")?;
+            record.targets = vec![target];
+            let id = lock(&ctx.cluster).nodes[target]
+                .id
+                .clone()
+                .context("target's id unknown")?;
+            lock(&ctx.cluster).kill(target)?;
+            let via = need(
+                leader
+                    .filter(|l| *l != target)
+                    .or(followers.first().copied()),
+                "node to ask",
+            )?;
+            ctx.api
+                .call::<Value>(
+                    Method::DELETE,
+                    Cluster::api_addr(via),
+                    &format!("/v1/nodes/{id}"),
+                    None,
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("removing node {id}: {e}"))?;
+            {
+                let mut cluster = lock(&ctx.cluster);
+                cluster.nodes[target].out = true;
+                cluster.start(target, None)?;
+                cluster.nodes[target].out = true;
+            }
+            record.start_ms = Some(ctx.clock.now_ms());
+            let (met, detail) = watch_stays_out(ctx, target, &id, via).await;
+            record.expectation = Some(Expectation {
+                description: "a removed node that comes back with its old data stays out".into(),
+                met,
+                detail,
+            });
+            // Back in as a new node: wipe its data, join with a fresh token.
+            let data_dir = {
+                let mut cluster = lock(&ctx.cluster);
+                cluster.kill(target)?;
+                cluster.nodes[target].id = None;
+                cluster.data_dir(target)
+            };
+            clear_dir(&data_dir)?;
+            lock(&ctx.cluster).nodes[target].out = false;
+            if let Err(error) = ctx.join(target).await {
+                let mut cluster = lock(&ctx.cluster);
+                cluster.nodes[target].out = true;
+                let _ = cluster.kill(target);
+                lock(&ctx.notes).push(format!(
+                    "node {target} could not rejoin after removal: {error:#}"
+                ));
+            }
+        }
+        FaultMode::DiskFull => {
+            let target = need(pick(&up, fault.target_pick), "node")?;
+            record.targets = vec![target];
+            let written = lock(&ctx.cluster).nodes[target].disk.fill()?;
+            info!(target, written, "disk filled");
+            record.start_ms = Some(ctx.clock.now_ms());
+            ctx.sleep_ms(duration_ms).await;
+            lock(&ctx.cluster).nodes[target].disk.unfill()?;
+            let survived = !lock(&ctx.cluster).exited(target);
+            record.expectation = Some(Expectation {
+                description:
+                    "the node survives a full disk (an expected operating error, DESIGN.md §4)"
+                        .into(),
+                met: survived,
+                detail: (!survived).then(|| lock(&ctx.cluster).log_tail(target, 5)),
+            });
+            if !survived {
+                let mut cluster = lock(&ctx.cluster);
+                cluster.kill(target)?;
+                cluster.start(target, None)?;
+            }
+        }
+    }
+    record.end_ms = Some(ctx.clock.now_ms());
+    Ok(())
+}
+
+/// Watches a node started on corrupted data: it must exit with a failure, not become ready.
+async fn watch_refusal(ctx: &Ctx, target: NodeIdx) -> (bool, Option<String>) {
+    let deadline_ms = ctx.clock.now_ms() + REACTION_WATCH_MS;
+    while ctx.clock.now_ms() < deadline_ms && !ctx.cancelled() {
+        let exit = lock(&ctx.cluster).nodes[target]
+            .process
+            .as_mut()
+            .and_then(|p| p.try_exit().ok().flatten());
+        if let Some(status) = exit {
+            return if status.success() {
+                (false, Some("it exited with status 0".into()))
+            } else {
+                (true, None)
+            };
+        }
+        if ctx.api_fast.ready(Cluster::api_addr(target)).await {
+            return (false, Some("it started and reported ready".into()));
+        }
+        ctx.sleep_ms(200).await;
+    }
+    (
+        false,
+        Some(format!(
+            "still running, not ready, after {REACTION_WATCH_MS} ms"
+        )),
+    )
+}
+
+/// Watches a removed node that was started again: it must not be ready nor listed as ready.
+async fn watch_stays_out(
+    ctx: &Ctx,
+    target: NodeIdx,
+    id: &str,
+    via: NodeIdx,
+) -> (bool, Option<String>) {
+    let deadline_ms = ctx.clock.now_ms() + REACTION_WATCH_MS;
+    while ctx.clock.now_ms() < deadline_ms && !ctx.cancelled() {
+        if ctx.api_fast.ready(Cluster::api_addr(target)).await {
+            return (false, Some("the removed node reported ready".into()));
+        }
+        if let Ok(nodes) = ctx
+            .api_fast
+            .get::<Vec<NodeInfo>>(Cluster::api_addr(via), "/v1/nodes")
+            .await
+        {
+            if nodes.iter().any(|n| n.id == id && n.state == "ready") {
+                return (
+                    false,
+                    Some(format!("the cluster lists {id} as ready again")),
+                );
+            }
+        }
+        ctx.sleep_ms(200).await;
+    }
+    (true, None)
+}
+
+/// Heals the network and restarts every node that should be in the cluster but is down.
+async fn heal_all(ctx: &Ctx) {
+    let mut cluster = lock(&ctx.cluster);
+    if let Err(error) = cluster.net.heal() {
+        warn!(%error, "heal failed");
+    }
+    for idx in 0..cluster.nodes.len() {
+        let _ = cluster.signal(idx, Signal::SIGCONT);
+        let _ = cluster.nodes[idx].disk.unfill();
+        if cluster.nodes[idx].out {
+            continue;
+        }
+        if cluster.exited(idx) {
+            if let Err(error) = cluster.start(idx, None) {
+                warn!(idx, error = %format!("{error:#}"), "restart failed");
+            }
+        }
+    }
+}
+
+async fn read_final_state(ctx: &Ctx) -> FinalState {
+    for idx in ctx.up_nodes() {
+        let addr = Cluster::api_addr(idx);
+        let Ok(workstations) = ctx
+            .api
+            .get::<Vec<Workstation>>(addr, "/v1/workstations")
+            .await
+        else {
+            continue;
+        };
+        let Ok(nodes) = ctx.api.get::<Vec<NodeInfo>>(addr, "/v1/nodes").await else {
+            continue;
+        };
+        let mut state = FinalState {
+            read_ok: true,
+            ..FinalState::default()
+        };
+        for ws in &workstations {
+            let key = ws.name.clone().unwrap_or_else(|| ws.id.clone());
+            state
+                .workstations
+                .push((key.clone(), ws.cpu_millis, ws.memory_bytes));
+            match ctx
+                .api
+                .get::<Vec<Process>>(addr, &format!("/v1/workstations/{}/processes", ws.id))
+                .await
+            {
+                Ok(processes) => state.processes.extend(
+                    processes
+                        .into_iter()
+                        .map(|p| (key.clone(), p.argv.join(" "))),
+                ),
+                Err(_) => state.read_ok = false,
+            }
+        }
+        let cluster = lock(&ctx.cluster);
+        state.member_nodes = nodes
+            .iter()
+            .filter(|n| n.state != "left")
+            .filter_map(|n| cluster.idx_of(&n.id))
+            .collect();
+        if state.read_ok {
+            return state;
+        }
+    }
+    FinalState::default()
+}
+
+/// Looks on the host for processes, cgroups and mounts that name a deleted workstation.
+fn scan_leftovers(ctx: &Ctx) -> LeftoverScan {
+    let deleted_ids = lock(&ctx.deleted_ids).clone();
+    let pids: Vec<i32> = {
+        let cluster = lock(&ctx.cluster);
+        (0..cluster.nodes.len())
+            .filter_map(|i| cluster.pid(i))
+            .collect()
+    };
+    let names = |text: &str| deleted_ids.iter().any(|id| text.contains(id.as_str()));
+    let mut scan = LeftoverScan {
+        at_ms: ctx.clock.now_ms(),
+        deleted_ids: deleted_ids.clone(),
+        processes: Vec::new(),
+        cgroups: Vec::new(),
+        mounts: Vec::new(),
+    };
+    if deleted_ids.is_empty() {
+        return scan;
+    }
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let pid = entry.file_name().to_string_lossy().to_string();
+            if pid.parse::<i32>().is_err() {
+                continue;
+            }
+            let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if names(&cgroup) || names(&cmdline) {
+                scan.processes.push(format!("{pid} {}", cmdline.trim()));
+            }
+        }
+    }
+    walk_cgroups(Path::new("/sys/fs/cgroup"), 0, &names, &mut scan.cgroups);
+    // Agents run in their own mount namespaces (`ip netns exec`): read theirs.
+    for pid in pids
+        .iter()
+        .map(|p| p.to_string())
+        .chain(std::iter::once("self".to_string()))
+    {
+        let mountinfo =
+            std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+        for line in mountinfo.lines() {
+            if let Some(mount_point) = line.split(' ').nth(4) {
+                if names(mount_point) && !scan.mounts.iter().any(|m| m == mount_point) {
+                    scan.mounts.push(mount_point.to_string());
+                }
+            }
+        }
+    }
+    scan
+}
+
+/// Depth-limited walk of the cgroup tree for directories naming a deleted workstation.
+fn walk_cgroups(dir: &Path, depth: usize, names: &dyn Fn(&str) -> bool, found: &mut Vec<String>) {
+    const DEPTH_MAX: usize = 8;
+    if depth > DEPTH_MAX {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            let path = entry.path();
+            if names(&entry.file_name().to_string_lossy()) {
+                found.push(path.display().to_string());
+            }
+            walk_cgroups(&path, depth + 1, names, found);
+        }
+    }
+}
+
+/// Copies a directory tree (regular files and directories; the ballast is skipped).
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with(".shoalchaos") {
+            continue;
+        }
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_dir(&entry.path(), &to.join(&name))?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), to.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the contents of a directory (a mount point itself stays).
+fn clear_dir(dir: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Overwrites the start and the middle of every Raft data file (a `*.redb` store, anything
+/// under a `raft` directory, or `state.json`); returns the files hit.
+fn corrupt_raft_data(data_dir: &Path, pick_value: u64) -> anyhow::Result<Vec<String>> {
+    let mut files = Vec::new();
+    find_raft_files(data_dir, &mut files)?;
+    if files.is_empty() {
+        bail!(
+            "no Raft data file (*.redb, raft/*, state.json) in {}",
+            data_dir.display()
+        );
+    }
+    for file in &files {
+        let mut bytes = std::fs::read(file)?;
+        let len = bytes.len();
+        let garbage = |i: usize| (pick_value.rotate_left((i % 64) as u32) as u8) ^ 0x5A;
+        for (i, b) in bytes.iter_mut().take(512).enumerate() {
+            *b = garbage(i);
+        }
+        for (i, b) in bytes.iter_mut().enumerate().skip(len / 2).take(4096) {
+            *b = garbage(i);
+        }
+        std::fs::write(file, &bytes)?;
+    }
+    Ok(files.iter().map(|f| f.display().to_string()).collect())
+}
+
+fn find_raft_files(dir: &Path, found: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            find_raft_files(&path, found)?;
+            continue;
+        }
+        let text = path.display().to_string();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.ends_with(".redb") || text.contains("/raft") || name == "state.json" {
+            found.push(path);
+        }
+    }
+    Ok(())
+}
