@@ -493,30 +493,46 @@ pub enum Verdict {
     InternalError,
 }
 
+/// A file placed in a run's `/tmp` before it starts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RunFile {
+    /// Path relative to `/tmp` (no `..`, no absolute paths).
+    pub path: String,
+    /// Content (text).
+    pub content: String,
+    /// Whether the file is executable.
+    #[serde(default)]
+    pub executable: bool,
+}
+
 /// `POST /v1/runs`. Give `language` and `code`, or `argv`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
     /// A language from `GET /v1/languages`; `code` is its program.
     pub language: Option<String>,
-    /// The program and its arguments, instead of `language`.
+    /// The program and its arguments, instead of `language` (`code`, if given, is written to
+    /// `/tmp/main`).
     pub argv: Option<Vec<String>>,
     /// Source code, at most 64 KiB (65,536 bytes).
     pub code: Option<String>,
-    /// Standard input.
+    /// Standard input (at most 1 MiB).
     pub stdin: Option<String>,
-    /// Extra files written into the run's working directory: name → content.
-    pub files: Option<BTreeMap<String, String>>,
+    /// Extra files in the run's `/tmp`.
+    pub files: Option<Vec<RunFile>>,
     /// Extra environment variables.
     pub env: Option<BTreeMap<String, String>>,
     /// Wall-time limit in ms; default and maximum 60,000.
     pub timeout_ms: Option<u64>,
     /// Memory limit in bytes; default 256 MiB.
     pub memory_bytes: Option<u64>,
-    /// CPU in millicores; default 1000.
+    /// CPU quota in millicores; default 1000.
     pub cpu_millis: Option<u64>,
     /// Process limit; default 64.
-    pub max_processes: Option<u32>,
+    pub max_processes: Option<u64>,
+    /// CPU-time budget in ms (default: what the CPU quota allows within the wall time).
+    pub cpu_time_ms: Option<u64>,
     /// Network policy; only `none` is offered for runs.
     pub network: Option<NetworkPolicy>,
 }
@@ -550,8 +566,11 @@ pub struct RunResult {
     pub overhead_ms: u64,
     /// The node that ran it.
     pub node: String,
-    /// The isolation level actually applied, e.g. `none`.
+    /// The isolation level actually applied: `full`, or `partial: <missing layers>`.
     pub isolation: String,
+    /// For `internal_error`: what went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// One entry of `GET /v1/languages`.

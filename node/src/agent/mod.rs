@@ -9,7 +9,6 @@
 pub mod host;
 pub mod model;
 pub mod random;
-pub mod runner;
 pub mod store;
 pub mod usage;
 
@@ -20,17 +19,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use shoal_executor::clock::SystemClock;
+use shoal_executor::run::{Languages, RunContext, RunPolicy};
+use shoal_executor::sandbox::{SandboxHost, SandboxHostConfig};
 use shoal_executor::spawner::{HostSpawner, Spawner};
 use tracing::{info, warn};
 
 use crate::api::metrics::Metrics;
-use crate::api::runs::{detect_languages, LanguageSpec};
 use crate::clock;
 use crate::config::{AgentArgs, AgentConfig};
 use host::Host;
 use model::{secret_prefix, sha256_hex, KeyRecord, Model};
 use random::Random;
-use runner::Runner;
 use store::Store;
 use usage::Usage;
 
@@ -47,10 +47,8 @@ pub struct Agent {
     pub random: Random,
     /// The workstations this node hosts and the runs it executes.
     pub host: Host,
-    /// One-shot runs.
-    pub runner: Runner,
-    /// The run languages this node offers.
-    pub languages: Vec<LanguageSpec>,
+    /// What the executor's run module needs: the sandbox host, languages, limits, clock.
+    pub run_context: RunContext,
     /// Capacity and live usage.
     pub usage: Usage,
     /// Counters for `/metrics`.
@@ -115,10 +113,10 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
     let store = open_or_create_store(&config, &random)?;
     let node_id = store.read(|model| model.node_id.clone());
     let (usage, mut system) = Usage::probe();
-    // One spawner for the whole node (see `Runner::new`).
+    // One host spawner for the whole node: it tells process trees apart by a per-spawner
+    // serial, so two of them in one process could mistake each other's trees.
     let spawner: Arc<dyn Spawner> = Arc::new(HostSpawner::new());
-    let host = Host::new(&config, &node_id, Arc::clone(&spawner))
-        .context("starting the workstation host")?;
+    let host = Host::new(&config, &node_id, spawner).context("starting the workstation host")?;
     info!(
         node = %node_id,
         cluster = %store.read(|m| m.cluster_id.clone()),
@@ -129,18 +127,30 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
         "node starting"
     );
     if host.isolation() == "none" {
-        warn!("user code runs WITHOUT a sandbox on this build (isolation: none)");
+        warn!("workstation processes run WITHOUT a sandbox on this build (isolation: none)");
     }
-    let runner = Runner::new(config.data_dir.join("runs"), spawner)
-        .context("preparing the runs directory")?;
+    // The sandbox host probes what isolation this host permits, logs it, and removes what an
+    // earlier run of this node left behind (cgroups, work directories).
+    let sandbox_host = SandboxHost::start(SandboxHostConfig::new(
+        node_id.clone(),
+        config.data_dir.join("sandbox"),
+    ))
+    .map_err(|err| anyhow::anyhow!("preparing the sandbox host: {err}"))?;
+    let run_isolation = sandbox_host.isolation().label();
+    info!(runs = %run_isolation, workstations = %host.isolation(), "isolation applied to user code");
+    let run_context = RunContext {
+        host: sandbox_host,
+        languages: Arc::new(Languages::discover()),
+        policy: RunPolicy::default(),
+        clock: Arc::new(SystemClock),
+    };
     let agent = Arc::new(Agent {
         config: config.clone(),
         node_id: node_id.clone(),
         store,
         random,
         host,
-        runner,
-        languages: detect_languages(),
+        run_context,
         usage,
         metrics: Metrics::default(),
         runs_in_flight: AtomicUsize::new(0),

@@ -59,7 +59,11 @@ fn this_node(agent: &Agent) -> NodeInfo {
         },
         last_heartbeat_unix_ms: (last > 0).then_some(last),
         n_workstations,
-        isolation: agent.host.isolation().to_string(),
+        isolation: format!(
+            "runs: {}; workstations: {}",
+            agent.run_context.host.isolation().label(),
+            agent.host.isolation()
+        ),
     }
 }
 
