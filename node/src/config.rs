@@ -269,6 +269,36 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_config_parses_and_sets_every_option() {
+        let text = include_str!("../../ops/shoal.example.toml");
+        let file: FileConfig = toml::from_str(text).unwrap();
+        // Every option but admin_token_file (whose default depends on data_dir) is shown with
+        // its default value.
+        let shown = [
+            file.data_dir.is_some(),
+            file.listen.is_some(),
+            file.api.is_some(),
+            file.mesh.is_some(),
+            file.role.is_some(),
+            file.log_format.is_some(),
+            file.api_body_bytes_max.is_some(),
+            file.api_header_read_timeout_ms.is_some(),
+            file.api_workers.is_some(),
+            file.heartbeat_interval_ms.is_some(),
+            file.heartbeat_grace_ms.is_some(),
+            file.node_reserve_cpu_millis.is_some(),
+            file.node_reserve_memory_bytes.is_some(),
+            file.workstations_per_node_max.is_some(),
+            file.processes_per_workstation_max.is_some(),
+            file.runs_concurrent_max.is_some(),
+            file.log_subscribers_per_workstation_max.is_some(),
+            file.shutdown_grace_ms.is_some(),
+        ];
+        assert!(shown.iter().all(|shown| *shown));
+        assert!(text.contains("# admin_token_file = "));
+    }
+
+    #[test]
     fn unknown_file_keys_and_bad_roles_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shoal.toml");
