@@ -228,6 +228,9 @@ pub struct ClusterSnapshot {
     pub node_states: Vec<(String, String)>,
     /// Whether every workstation's desired state equals its observed state.
     pub desired_equals_actual: bool,
+    /// When not: which workstations differ and how (`key: state`), for the report.
+    #[serde(default)]
+    pub differences: Vec<String>,
 }
 
 /// What a scan of a node's host state found that still belongs to deleted workstations.

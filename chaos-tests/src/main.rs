@@ -10,6 +10,7 @@ mod api;
 mod cluster;
 mod runner;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -54,14 +55,29 @@ struct Cli {
     /// Remove everything a crashed run left behind (namespaces, processes, mounts, dirs).
     #[arg(long)]
     cleanup: bool,
+    /// Restrict the fault modes (comma-separated, e.g. `kill_leader,disk_full`); default all.
+    #[arg(long, value_delimiter = ',', value_parser = parse_mode)]
+    modes: Vec<FaultMode>,
+    /// Minimum number of leader kills (failover samples).
+    #[arg(long, default_value_t = 20)]
+    leader_kills: u32,
+    /// Length of the fault window, overriding the scenario's (e.g. `60s`).
+    #[arg(long, value_name = "DURATION")]
+    fault_window: Option<humantime::Duration>,
     /// Print the seed's fault schedule as JSON and exit (needs no root, starts nothing).
     #[arg(long)]
     print_schedule: bool,
 }
 
+fn parse_mode(text: &str) -> Result<FaultMode, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|_| format!("unknown fault mode {text}"))
+}
+
 /// The nemesis configuration of a scenario.
-fn nemesis_config(soak: Option<std::time::Duration>) -> NemesisConfig {
-    let (faults_end_ms_max, faults_max) = match soak {
+fn nemesis_config(cli: &Cli, soak: Option<std::time::Duration>) -> NemesisConfig {
+    let warmup_ms = 10_000;
+    let (mut faults_end_ms_max, faults_max) = match soak {
         // The last minute is for convergence.
         Some(d) => (
             (d.as_millis() as u64).saturating_sub(60_000).max(150_000),
@@ -69,10 +85,18 @@ fn nemesis_config(soak: Option<std::time::Duration>) -> NemesisConfig {
         ),
         None => (210_000, 40),
     };
+    if let Some(window) = cli.fault_window {
+        faults_end_ms_max = warmup_ms + window.as_millis() as u64;
+    }
+    let modes = if cli.modes.is_empty() {
+        FaultMode::ALL.to_vec()
+    } else {
+        cli.modes.clone()
+    };
     NemesisConfig {
-        modes: FaultMode::ALL.to_vec(),
-        leader_kills_min: 20,
-        warmup_ms: 10_000,
+        modes,
+        leader_kills_min: cli.leader_kills,
+        warmup_ms,
         faults_end_ms_max,
         fault_ms_min: 1_000,
         fault_ms_max: 3_000,
@@ -107,15 +131,24 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             bail!("--cleanup needs root");
         }
         let removed = cleanup::remove(&Scope::All);
-        println!("{}", serde_json::to_string_pretty(&removed)?);
+        let _ = writeln!(
+            std::io::stdout(),
+            "{}",
+            serde_json::to_string_pretty(&removed)?
+        );
         return Ok(true);
     }
     let seed = cli.seed.unwrap_or_else(|| rand::rngs::OsRng.next_u64());
     let soak = cli.soak.map(|d| *d);
-    let nemesis = nemesis_config(soak);
+    let nemesis = nemesis_config(&cli, soak);
     if cli.print_schedule {
         let schedule = Schedule::generate(seed, &nemesis)?;
-        println!("{}", serde_json::to_string_pretty(&schedule)?);
+        // A closed pipe (`| head`) is not an error worth a panic.
+        let _ = writeln!(
+            std::io::stdout(),
+            "{}",
+            serde_json::to_string_pretty(&schedule)?
+        );
         return Ok(true);
     }
     if !cli.quick && soak.is_none() {
@@ -149,13 +182,18 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         nemesis,
         cancel: Arc::new(AtomicBool::new(false)),
     };
-    let report = runner::run(options)?;
+    let (report, history) = runner::run(options)?;
     if let Some(parent) = cli.report.parent() {
         std::fs::create_dir_all(parent).ok();
     }
     std::fs::write(&cli.report, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", cli.report.display()))?;
-    print!("{}", report.human_summary());
-    println!("report: {}", cli.report.display());
+    // The full history next to the report: every operation and observation, for diagnosis.
+    let history_path = cli.report.with_extension("history.json");
+    std::fs::write(&history_path, serde_json::to_string(&history)?)
+        .with_context(|| format!("writing {}", history_path.display()))?;
+    let mut stdout = std::io::stdout();
+    let _ = write!(stdout, "{}", report.human_summary());
+    let _ = writeln!(stdout, "report: {}", cli.report.display());
     Ok(report.passed)
 }

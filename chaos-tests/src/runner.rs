@@ -76,7 +76,7 @@ const LEASE_MS: u64 = 12_000;
 const REACTION_WATCH_MS: u64 = 10_000;
 
 /// Runs the scenario; blocks until the run is over and everything is cleaned up.
-pub fn run(options: RunOptions) -> anyhow::Result<Report> {
+pub fn run(options: RunOptions) -> anyhow::Result<(Report, History)> {
     let handle = std::thread::Builder::new()
         .name("chaos-run".into())
         .spawn(move || run_on_thread(options))
@@ -87,7 +87,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<Report> {
     }
 }
 
-fn run_on_thread(options: RunOptions) -> anyhow::Result<Report> {
+fn run_on_thread(options: RunOptions) -> anyhow::Result<(Report, History)> {
     let tag = RunTag::random();
     info!(
         tag = tag.as_str(),
@@ -280,7 +280,7 @@ async fn run_async(
     options: RunOptions,
     schedule: Schedule,
     cluster: Cluster,
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<(Report, History)> {
     let clock = RunClock::start();
     let n_nodes = cluster.nodes.len();
     let admin_token_path = cluster.admin_token_path.clone();
@@ -386,7 +386,7 @@ async fn run_async(
         },
     );
     let shoal_binary = options.shoal.display().to_string();
-    Ok(Report::new(
+    let report = Report::new(
         RunInfo {
             scenario: options.scenario.clone(),
             seed: options.seed,
@@ -397,7 +397,8 @@ async fn run_async(
         &history,
         verdicts,
         notes,
-    ))
+    );
+    Ok((report, history))
 }
 
 fn spawn_signal_watch(cancel: Arc<AtomicBool>) {
@@ -698,11 +699,18 @@ async fn observe_once(ctx: &Ctx) {
             (id.clone(), state)
         })
         .collect();
+    // Every workstation the cluster keeps should be running on a node.
+    let differences: Vec<String> = workstations
+        .iter()
+        .filter(|w| w.state != "running" || w.node.is_none())
+        .map(|w| format!("{}: {}", w.name.as_deref().unwrap_or(&w.id), w.state))
+        .collect();
     history.snapshots.push(ClusterSnapshot {
         at_ms,
         leaders: answers,
         node_states,
-        desired_equals_actual: workstations.iter().all(|w| w.state == "running"),
+        desired_equals_actual: differences.is_empty(),
+        differences,
     });
 }
 

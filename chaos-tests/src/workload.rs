@@ -22,9 +22,9 @@ pub struct WorkloadConfig {
 impl Default for WorkloadConfig {
     fn default() -> Self {
         Self {
-            workstations_max: 6,
-            cpu_millis_choices: vec![100, 250, 500],
-            memory_bytes_choices: vec![32 << 20, 64 << 20, 128 << 20],
+            workstations_max: 4,
+            cpu_millis_choices: vec![50, 100, 200],
+            memory_bytes_choices: vec![16 << 20, 32 << 20, 64 << 20],
         }
     }
 }

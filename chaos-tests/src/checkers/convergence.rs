@@ -27,6 +27,33 @@ pub fn converged(snapshot: &ClusterSnapshot) -> bool {
         && snapshot.desired_equals_actual
 }
 
+/// Why a snapshot is not converged, in a few words.
+fn describe(snapshot: &ClusterSnapshot) -> String {
+    let leaders: Vec<String> = snapshot
+        .leaders
+        .iter()
+        .map(|(idx, answer)| match answer {
+            Some((term, Some(leader))) => format!("{idx}:{leader}@{term}"),
+            Some((term, None)) => format!("{idx}:none@{term}"),
+            None => format!("{idx}:no answer"),
+        })
+        .collect();
+    let not_ready: Vec<String> = snapshot
+        .node_states
+        .iter()
+        .filter(|(_, state)| state != "ready")
+        .map(|(id, state)| format!("{id}={state}"))
+        .collect();
+    let mut differences = snapshot.differences.clone();
+    differences.truncate(5);
+    format!(
+        "leaders [{}], not ready [{}], desired != actual [{}]",
+        leaders.join(" "),
+        not_ready.join(" "),
+        differences.join(", ")
+    )
+}
+
 /// Checks the snapshots taken after the last fault.
 pub fn check(history: &History, convergence_ms_max: u64) -> Verdict {
     let statement = "After the faults stop, the cluster converges within the stated time: one \
@@ -50,10 +77,13 @@ pub fn check(history: &History, convergence_ms_max: u64) -> Verdict {
                 ));
             }
         }
-        None if !after.is_empty() => violations.push(format!(
-            "never converged in {} snapshots after the last fault (limit {convergence_ms_max} ms)",
-            after.len()
-        )),
+        None if !after.is_empty() => {
+            let last = after.last().map(|s| describe(s)).unwrap_or_default();
+            violations.push(format!(
+                "never converged in {} snapshots after the last fault (limit {convergence_ms_max} ms); last: {last}",
+                after.len()
+            ))
+        }
         None => {}
     }
     let verdict = Verdict::new("convergence", statement, after.len(), violations);
@@ -79,6 +109,7 @@ mod tests {
                 .collect(),
             node_states: vec![("a".into(), if ready { "ready" } else { "down" }.into())],
             desired_equals_actual: true,
+            differences: vec![],
         }
     }
     fn history(snapshots: Vec<ClusterSnapshot>) -> History {
