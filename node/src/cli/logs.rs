@@ -46,51 +46,72 @@ pub fn logs(args: &LogsArgs) -> CliResult<u8> {
     let mut state = FollowState::new(args.from, args.proc.clone());
     if needs_read {
         let mut from = args.from.unwrap_or(0);
-        let mut outputs: Vec<Output> = Vec::new();
-        let mut pages = Vec::new();
+        // `--json` prints one page merged from all pages read; records are kept for it only.
+        let mut merged: Option<LogsPage> = None;
+        // With `--tail`, only the last `tail` bytes are kept between pages (bounded memory).
+        let mut tail_outputs: Vec<Output> = Vec::new();
         for _ in 0..PAGES_MAX {
             let mut query = vec![("from", from.to_string())];
             if let Some(proc) = &args.proc {
                 query.push(("proc", proc.clone()));
             }
             let value = client.get_query(&path, &query)?;
-            let page: LogsPage = serde_json::from_value(value.clone()).map_err(|error| {
+            let page: LogsPage = serde_json::from_value(value).map_err(|error| {
                 CliError::Other(format!("unreadable logs answer from the server: {error}"))
             })?;
-            if page.dropped > 0 && pages.is_empty() {
+            let first_page = merged.is_none();
+            let mut outputs: Vec<Output> = Vec::new();
+            if page.dropped > 0 && first_page && !args.conn.json {
                 outputs.push(Output::Notice(format!(
                     "{} bytes of output before offset {} are no longer retained",
                     page.dropped,
-                    page.from + page.dropped
+                    page.from.saturating_add(page.dropped)
                 )));
             }
             // Filtered pages may be empty yet move on: only a page that does not advance ends it.
             let done = page.next <= from;
             for record in &page.records {
-                let bytes = record_bytes(record).map_err(CliError::Other)?;
                 if args.proc.as_ref().is_some_and(|proc| *proc != record.proc) {
                     continue;
                 }
+                let bytes = record_bytes(record).map_err(CliError::Other)?;
                 outputs.push(match record.stream {
                     LogStream::Stdout => Output::Stdout(bytes),
                     LogStream::Stderr => Output::Stderr(bytes),
                 });
             }
             from = page.next.max(from);
-            pages.push(value);
+            match &mut merged {
+                None => merged = Some(page),
+                Some(all) => {
+                    all.next = page.next;
+                    if args.conn.json {
+                        all.records.extend(page.records);
+                    }
+                }
+            }
+            if args.conn.json {
+                // Printed at the end, as one document.
+            } else if let Some(tail) = args.tail {
+                tail_outputs.extend(outputs);
+                tail_outputs = keep_tail(tail_outputs, tail);
+            } else if !emit(outputs)? {
+                return Ok(exit_code::OK);
+            }
             if done {
                 break;
             }
         }
         if args.conn.json {
-            let all: Vec<_> = pages;
-            print_json(&serde_json::Value::Array(all));
+            if let Some(page) = &merged {
+                let value = serde_json::to_value(page).map_err(|error| {
+                    CliError::Other(format!("cannot encode the logs page: {error}"))
+                })?;
+                print_json(&value);
+            }
             return Ok(exit_code::OK);
         }
-        if let Some(tail) = args.tail {
-            outputs = keep_tail(outputs, tail);
-        }
-        if !emit(outputs)? || !args.follow {
+        if !emit(tail_outputs)? || !args.follow {
             return Ok(exit_code::OK);
         }
         state = FollowState::new(Some(from), args.proc.clone());

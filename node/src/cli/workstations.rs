@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::client::ApiClient;
 use super::cluster::path_segment;
 use super::error::{exit_code, CliError, CliResult};
 use super::progress::{wait_for, Progress};
@@ -204,7 +205,7 @@ pub fn ws(args: &WsArgs) -> CliResult<u8> {
                 memory_limit_bytes: *mem_limit,
                 network: network.map(NetworkPolicy::from),
             };
-            let mut workstation = client.post("/v1/workstations", &request)?;
+            let mut workstation = create_when_room(&client, &request, *no_wait, *wait_timeout)?;
             let id = text(&workstation, &["id"]);
             if !*no_wait && text(&workstation, &["state"]) == "pending" {
                 let mut progress =
@@ -331,6 +332,46 @@ pub fn ws(args: &WsArgs) -> CliResult<u8> {
             }
             Ok(exit_code::OK)
         }
+    }
+}
+
+/// `POST /v1/workstations`; while the answer is 503 (no room or no leader right now, SPEC.md)
+/// and `--no-wait` is not given, tries again every second with progress shown, up to
+/// `wait_timeout`.
+fn create_when_room(
+    client: &ApiClient,
+    request: &CreateWorkstationRequest,
+    no_wait: bool,
+    wait_timeout: Duration,
+) -> CliResult<Value> {
+    let first = client.post("/v1/workstations", request);
+    match first {
+        Err(CliError::Api { status: 503, .. }) if !no_wait => {}
+        other => return other,
+    }
+    let mut progress = Progress::new("waiting for room in the pool:");
+    let attempts = u32::try_from(wait_timeout.as_secs())
+        .unwrap_or(u32::MAX)
+        .max(1);
+    let mut last_error = None;
+    let created = wait_for(
+        &mut progress,
+        attempts,
+        Duration::from_secs(1),
+        |detail| match client.post("/v1/workstations", request) {
+            Ok(created) => Ok(Some(created)),
+            Err(error @ CliError::Api { status: 503, .. }) => {
+                *detail = error.to_string();
+                last_error = Some(error);
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        },
+    )?;
+    match (created, last_error) {
+        (Some(created), _) => Ok(created),
+        (None, Some(error)) => Err(error),
+        (None, None) => Err(CliError::Other("no room in the pool".into())),
     }
 }
 
