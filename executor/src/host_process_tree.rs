@@ -34,6 +34,9 @@ struct ProcEntry {
     pgrp: i32,
     session: i32,
     zombie: bool,
+    /// Start time in clock ticks since boot: with the pid, identifies a process even if its
+    /// pid is later reused.
+    start_time: u64,
 }
 
 /// The processes that grew from one host process.
@@ -47,9 +50,11 @@ pub struct HostProcessTree {
     /// `SHOAL_PROCESS_TREE=<value>` exactly as it appears in `/proc/<pid>/environ`.
     marker_entry: Vec<u8>,
     main_reaped: AtomicBool,
-    /// Pids seen as members while alive. A zombie's environment can no longer be read, so this
-    /// is how a dead orphan is recognised as ours and reaped.
-    known_pids: Mutex<HashSet<i32>>,
+    /// Members seen so far, by pid with their start time. The environment of a dying process
+    /// (its memory already released) or of a zombie can no longer be read, so this is how such
+    /// a process is still recognised as ours, killed and reaped. The start time guards against
+    /// pid reuse.
+    known_pids: Mutex<HashMap<i32, u64>>,
 }
 
 impl HostProcessTree {
@@ -59,11 +64,11 @@ impl HostProcessTree {
             main_pid: i32::try_from(main_pid).unwrap_or(i32::MAX),
             marker_entry: format!("{TREE_MARKER_VAR}={marker_value}").into_bytes(),
             main_reaped: AtomicBool::new(false),
-            known_pids: Mutex::new(HashSet::new()),
+            known_pids: Mutex::new(HashMap::new()),
         }
     }
 
-    fn known(&self) -> std::sync::MutexGuard<'_, HashSet<i32>> {
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<i32, u64>> {
         // A set of integers cannot be left inconsistent by a panic elsewhere.
         self.known_pids
             .lock()
@@ -102,13 +107,13 @@ impl HostProcessTree {
             if member_pids.contains(&entry.pid) {
                 continue;
             }
+            let seen_before = known.get(&entry.pid) == Some(&entry.start_time);
             let is_member = if entry.zombie {
                 // Only a zombie seen alive as a member, or one of the main process's
                 // session that is not itself a session leader, is recognised as ours.
-                known.contains(&entry.pid)
-                    || (entry.session == self.main_pid && entry.pid != entry.session)
+                seen_before || (entry.session == self.main_pid && entry.pid != entry.session)
             } else {
-                has_marker(entry.pid, &self.marker_entry)
+                seen_before || has_marker(entry.pid, &self.marker_entry)
             };
             if is_member {
                 member_pids.insert(entry.pid);
@@ -121,10 +126,16 @@ impl HostProcessTree {
             .into_iter()
             .filter(|entry| member_pids.contains(&entry.pid))
             .collect();
-        known.retain(|pid| member_pids.contains(pid));
-        for entry in members.iter().filter(|entry| !entry.zombie) {
+        // Forget only processes that are gone; a member whose environment just became
+        // unreadable (it is exiting) must stay known.
+        known.retain(|pid, start_time| {
+            members
+                .iter()
+                .any(|entry| entry.pid == *pid && entry.start_time == *start_time)
+        });
+        for entry in &members {
             if known.len() < KNOWN_PIDS_MAX {
-                known.insert(entry.pid);
+                known.insert(entry.pid, entry.start_time);
             }
         }
         Ok(members)
@@ -233,12 +244,15 @@ fn parse_stat(pid: i32, stat: &[u8]) -> Option<ProcEntry> {
     let ppid = fields.next()?.parse().ok()?;
     let pgrp = fields.next()?.parse().ok()?;
     let session = fields.next()?.parse().ok()?;
+    // Field 22 of the line; `fields` is now at field 7.
+    let start_time = fields.nth(15)?.parse().ok()?;
     Some(ProcEntry {
         pid,
         ppid,
         pgrp,
         session,
         zombie: state == "Z" || state == "X",
+        start_time,
     })
 }
 
@@ -260,12 +274,16 @@ mod tests {
 
     #[test]
     fn parse_stat_reads_fields_after_a_command_with_spaces_and_parens() {
-        let stat = b"4242 (my (odd) cmd) S 1 4242 4242 0 -1 4194560 0 0";
+        let stat = b"4242 (my (odd) cmd) S 1 4242 4242 0 -1 4194560 96 0 0 0 0 0 0 0 20 0 1 0 \
+                     211284 2654208 380";
         let entry = parse_stat(4242, stat).expect("parsable");
         assert_eq!((entry.ppid, entry.pgrp, entry.session), (1, 4242, 4242));
+        assert_eq!(entry.start_time, 211_284);
         assert!(!entry.zombie);
-        let zombie = parse_stat(7, b"7 (x) Z 3 3 3 0").expect("parsable");
+        let zombie = parse_stat(7, b"7 (x) Z 3 3 3 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 99 0 0")
+            .expect("parsable");
         assert!(zombie.zombie);
+        assert_eq!(zombie.start_time, 99);
     }
 
     #[test]

@@ -18,12 +18,15 @@ use crate::spawner::{ProcessExit, ProcessSpec, SpawnError, SpawnedProcess, Spawn
 /// through its cgroup instead.
 #[derive(Debug)]
 pub struct HostSpawner {
-    /// Makes tree markers unique among the processes this spawner starts.
-    spawned_total: AtomicU64,
     /// The spawning process's pid, part of every marker so that two nodes on one host (as in
     /// `shoal dev`) never share one.
     own_pid: u32,
 }
+
+/// Makes tree markers unique among every process this OS process spawns. Process-wide, not
+/// per spawner: two spawners in one process (tests, or two workstations' worth of them) must
+/// never hand out the same marker, or one tree's stop would kill the other's processes.
+static SPAWNED_TOTAL: AtomicU64 = AtomicU64::new(0);
 
 impl HostSpawner {
     /// A host spawner. Becoming a subreaper is best effort: if the kernel refuses, trees are
@@ -33,7 +36,6 @@ impl HostSpawner {
             tracing::warn!(%error, "cannot become a child subreaper; orphans go to init");
         }
         Self {
-            spawned_total: AtomicU64::new(0),
             own_pid: std::process::id(),
         }
     }
@@ -48,7 +50,7 @@ impl Default for HostSpawner {
 impl Spawner for HostSpawner {
     fn spawn(&self, spec: &ProcessSpec, label: &str) -> Result<SpawnedProcess, SpawnError> {
         let program = spec.argv.first().ok_or(SpawnError::EmptyArgv)?;
-        let serial = self.spawned_total.fetch_add(1, Ordering::Relaxed);
+        let serial = SPAWNED_TOTAL.fetch_add(1, Ordering::Relaxed);
         let marker_value = format!("{}.{}", self.own_pid, serial);
 
         let mut command = tokio::process::Command::new(program);

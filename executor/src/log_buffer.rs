@@ -48,7 +48,7 @@ pub const LOG_BUFFER_BYTES_MAX: usize = 5_242_880;
 pub const LOG_RECORDS_MAX: usize = 32_768;
 
 /// Which output stream of a process a record comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
     /// The process's standard output.
