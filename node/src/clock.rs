@@ -21,3 +21,15 @@ pub fn now_unix_ms() -> u64 {
 pub fn monotonic_now() -> Instant {
     Instant::now()
 }
+
+/// Wall-clock time as Unix microseconds (for latency measurements between processes on one
+/// host, e.g. the log follow benchmark).
+#[allow(clippy::disallowed_methods)] // This is the clock module: the one allowed reader.
+pub fn now_unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_micros()
+        .try_into()
+        .unwrap_or(u64::MAX)
+}
