@@ -169,6 +169,20 @@ fn every_client_command_works_against_a_real_node() -> anyhow::Result<()> {
     );
     let nodes = json(&ok(&["nodes", "--json"])?)?;
     assert_eq!(nodes.as_array().map(Vec::len), Some(1));
+    let node_id = nodes[0]["id"].as_str().unwrap_or("?").to_string();
+    assert!(ok(&["nodes"])?.contains(&node_id));
+    info!("--- the last node cannot be drained or removed: the API's 409 in one line");
+    for action in ["drain", "remove"] {
+        let refused = shoal(addr, Some(key), &["nodes", action, &node_id])?;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("409") && stderr.lines().count() == 1,
+            "{stderr}"
+        );
+    }
+    let unknown = shoal(addr, Some(key), &["nodes", "remove", "n-unknown"])?;
+    assert_eq!(unknown.status.code(), Some(5));
     let audit = ok(&["audit", "--since", "1h"])?;
     for action in ["workstation.create", "key.create", "token.create"] {
         assert!(audit.contains(action), "audit lacks {action}: {audit}");
