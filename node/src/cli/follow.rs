@@ -436,6 +436,47 @@ mod tests {
         assert!(state.on_event(&bad).is_err());
     }
 
+    proptest::proptest! {
+        /// Model: a byte stream cut into records, delivered over several connections, each of
+        /// which replays from some point at or before what was printed (a server or proxy that
+        /// repeats itself); the printed bytes are exactly the stream, once.
+        #[test]
+        fn replayed_deliveries_print_every_byte_exactly_once(
+            text in "[a-z\n]{1,200}",
+            cut_points in proptest::collection::vec(proptest::prelude::any::<usize>(), 0..20),
+            replays in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<usize>()), 1..6),
+        ) {
+            let bytes = text.as_bytes();
+            let mut cuts: Vec<usize> = cut_points.into_iter().map(|c| c % bytes.len()).filter(|&c| c > 0).collect();
+            cuts.push(0);
+            cuts.push(bytes.len());
+            cuts.sort_unstable();
+            cuts.dedup();
+            let records: Vec<(u64, &str)> = cuts
+                .windows(2)
+                .map(|w| (w[0] as u64, &text[w[0]..w[1]]))
+                .collect();
+            let mut state = FollowState::new(None, None);
+            let mut printed = Vec::new();
+            let mut delivered_idx = 0usize;
+            for (back, take) in replays.into_iter().chain(std::iter::once((0, usize::MAX))) {
+                // A connection starts up to `back` records before where the last one stopped.
+                let start = delivered_idx.saturating_sub(back % 4);
+                let end = start.saturating_add(take % 8 + 1).min(records.len());
+                let end = if take == usize::MAX { records.len() } else { end };
+                for &(offset, data) in &records[start..end] {
+                    for output in state.on_event(&log_event(offset, data, "stdout", "p")).unwrap() {
+                        if let Output::Stdout(b) = output {
+                            printed.extend(b);
+                        }
+                    }
+                }
+                delivered_idx = delivered_idx.max(end);
+            }
+            proptest::prop_assert_eq!(printed, bytes.to_vec());
+        }
+    }
+
     #[test]
     fn backoff_doubles_and_is_capped() {
         assert_eq!(backoff_ms(0), 100);

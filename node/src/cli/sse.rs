@@ -242,6 +242,45 @@ mod tests {
             prop_assert_eq!(parse_all(&chunks), expected());
         }
 
+        /// Model-based: any events (names, multi-line data, ids, including non-ASCII text),
+        /// written with any of the three line endings and cut anywhere, come back exactly.
+        #[test]
+        fn generated_events_survive_any_line_endings_and_cuts(
+            events in proptest::collection::vec(
+                ("[a-z]{1,8}", proptest::collection::vec("[ -~é€]{0,12}", 1..4), proptest::option::of("[0-9]{1,6}")),
+                0..8,
+            ),
+            ending_idx in 0usize..3,
+            cuts in proptest::collection::vec(any::<usize>(), 0..10),
+        ) {
+            let ending = ["\n", "\r\n", "\r"][ending_idx];
+            let mut stream = String::from(":hello");
+            stream.push_str(ending);
+            let mut expected = Vec::new();
+            for (name, lines, id) in &events {
+                stream.push_str(&format!("event: {name}{ending}"));
+                if let Some(id) = id {
+                    stream.push_str(&format!("id: {id}{ending}"));
+                }
+                for line in lines {
+                    stream.push_str(&format!("data: {line}{ending}"));
+                }
+                stream.push_str(ending);
+                expected.push(SseEvent { event: name.clone(), data: lines.join("\n"), id: id.clone() });
+            }
+            let bytes = stream.as_bytes();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut start = 0;
+            for cut in cuts {
+                chunks.push(&bytes[start..cut]);
+                start = cut;
+            }
+            chunks.push(&bytes[start..]);
+            prop_assert_eq!(parse_all(&chunks), expected);
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..8)) {
             let mut parser = SseParser::new();
