@@ -114,3 +114,45 @@ fn a_second_dev_on_the_same_data_dir_is_refused_in_one_line() -> anyhow::Result<
     );
     Ok(())
 }
+
+#[test]
+fn a_node_that_cannot_start_is_reported_with_the_end_of_its_log() -> anyhow::Result<()> {
+    cli_support::init_tracing();
+    let (api_port, listen_port) = cli_support::free_port_ranges(1)?;
+    info!("--- the API port is taken: node-0 cannot listen");
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", api_port))?;
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().join("dev");
+    let output = shoal(
+        "http://127.0.0.1:1",
+        None,
+        &[
+            "dev",
+            "--nodes",
+            "1",
+            "--data-dir",
+            &data_dir.display().to_string(),
+            "--api",
+            &format!("127.0.0.1:{api_port}"),
+            "--listen",
+            &format!("127.0.0.1:{listen_port}"),
+            "--ready-timeout",
+            "30s",
+        ],
+    )?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("node-0"), "{stderr}");
+    assert!(stderr.contains("agent.log"), "{stderr}");
+    assert!(
+        stderr.lines().any(|l| l.starts_with("  | ")),
+        "the end of the node's log should be shown: {stderr}"
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("shoal: node-0"), "{stderr}");
+    assert_eq!(
+        cli_support::pids_mentioning(&data_dir.display().to_string()),
+        Vec::<u32>::new()
+    );
+    Ok(())
+}
