@@ -5,3 +5,4 @@
 
 pub mod api_types;
 pub mod clock;
+pub mod mesh_rpc;

@@ -1,0 +1,391 @@
+//! Node-to-node RPCs over the mesh: the seam that joins `raft` and `mesh` (DESIGN.md §7: the
+//! Raft network adapter lives in `node`; `raft` opens no sockets, `mesh` reads no Raft state).
+//!
+//! Every request on the mesh's QUIC transport is one frame: a tag byte and a body.
+//! - [`TAG_RAFT`]: an encoded Raft RPC, handed to [`shoal_raft::RpcHandle::handle`];
+//! - [`TAG_WRITE`]: a [`Command`] forwarded by a follower to the leader, answered with a
+//!   [`ForwardReply`].
+//!
+//! [`MeshRaftTransport`] is the client side for Raft; [`forward_write`] is the follower's
+//! write path; [`NodeRpcHandler`] serves both. Status of the integration: these pieces are
+//! tested together over real userspace meshes and real Raft nodes (see the tests below); the
+//! agent itself still runs a single-server cluster with its own durable store.
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use shoal_mesh::{PeerInfo, RpcHandler, Transport};
+use shoal_raft::network::RaftTransport;
+use shoal_raft::{
+    Command, CommandResponse, NodeAddr, NodeId, RaftNode, TransportError, WriteError,
+};
+
+/// Frame tag of a Raft RPC.
+pub const TAG_RAFT: u8 = 1;
+/// Frame tag of a forwarded write.
+pub const TAG_WRITE: u8 = 2;
+/// How many times a forwarded write follows a `NotLeader` answer before giving up (an
+/// election moved the leader while the write was in flight).
+pub const FORWARD_HOPS_MAX: usize = 3;
+
+/// The leader's answer to a forwarded write.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardReply {
+    /// Committed and applied; the state machine's answer.
+    Applied(CommandResponse),
+    /// The receiver is not the leader; it names the leader's mesh RPC address if it knows it.
+    NotLeader {
+        /// The leader's id.
+        leader_id: Option<NodeId>,
+        /// The leader's Raft address (`mesh_ip:port`).
+        leader_addr: Option<String>,
+    },
+    /// The write failed at the leader (timeout, shutdown); the text says why.
+    Failed(String),
+}
+
+/// Why a write could not be completed through forwarding.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ForwardError {
+    /// No leader is known right now (an election is running): retry after a moment.
+    #[error("no leader known right now")]
+    NoLeader,
+    /// The leader could not be reached over the mesh.
+    #[error("leader unreachable: {0}")]
+    Unreachable(String),
+    /// The leader answered with a failure.
+    #[error("write failed at the leader: {0}")]
+    Failed(String),
+}
+
+fn frame(tag: u8, body: &[u8]) -> Bytes {
+    let mut bytes = Vec::with_capacity(body.len() + 1);
+    bytes.push(tag);
+    bytes.extend_from_slice(body);
+    Bytes::from(bytes)
+}
+
+/// Parses a Raft address `a.b.c.d:port` into the mesh address to send to.
+pub fn mesh_ip_of(addr: &NodeAddr) -> Option<Ipv4Addr> {
+    let text = addr.addr.as_str();
+    let host = text.rsplit_once(':').map_or(text, |(host, _)| host);
+    host.parse().ok()
+}
+
+/// Raft's transport over the mesh: one QUIC request per RPC.
+#[derive(Clone)]
+pub struct MeshRaftTransport {
+    transport: Transport,
+}
+
+impl MeshRaftTransport {
+    /// Sends Raft RPCs through `transport`.
+    pub fn new(transport: Transport) -> MeshRaftTransport {
+        MeshRaftTransport { transport }
+    }
+}
+
+#[async_trait::async_trait]
+impl RaftTransport for MeshRaftTransport {
+    async fn send(
+        &self,
+        target: NodeId,
+        target_addr: &NodeAddr,
+        request: Vec<u8>,
+    ) -> Result<Vec<u8>, TransportError> {
+        let Some(ip) = mesh_ip_of(target_addr) else {
+            return Err(TransportError::Unreachable {
+                target,
+                detail: format!("`{}` is not a mesh address", target_addr.addr),
+            });
+        };
+        self.transport
+            .request(ip, frame(TAG_RAFT, &request))
+            .await
+            .map(|reply| reply.to_vec())
+            .map_err(|err| TransportError::Failed {
+                target,
+                detail: err.to_string(),
+            })
+    }
+}
+
+/// Serves the node's side of the mesh RPCs. The Raft node is set once it has started (the
+/// mesh must be up first, since Raft's transport runs over it).
+#[derive(Default)]
+pub struct NodeRpcHandler {
+    raft: OnceLock<RaftNode>,
+}
+
+impl NodeRpcHandler {
+    /// A handler that answers "not ready" until [`NodeRpcHandler::set_raft`].
+    pub fn new() -> Arc<NodeRpcHandler> {
+        Arc::new(NodeRpcHandler::default())
+    }
+
+    /// Attaches the started Raft node.
+    pub fn set_raft(&self, raft: RaftNode) {
+        let _ = self.raft.set(raft);
+    }
+
+    async fn handle_write(&self, body: &[u8]) -> ForwardReply {
+        let Some(raft) = self.raft.get() else {
+            return ForwardReply::Failed("raft not started yet".to_string());
+        };
+        let command: Command = match shoal_raft::codec::decode(body) {
+            Ok(command) => command,
+            Err(err) => return ForwardReply::Failed(format!("undecodable command: {err}")),
+        };
+        match raft.write(command).await {
+            Ok(response) => ForwardReply::Applied(response),
+            Err(WriteError::ForwardToLeader {
+                leader_id,
+                leader_node,
+            }) => ForwardReply::NotLeader {
+                leader_id,
+                leader_addr: leader_node.map(|node| node.addr),
+            },
+            Err(err) => ForwardReply::Failed(err.to_string()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RpcHandler for NodeRpcHandler {
+    async fn handle(&self, from: PeerInfo, request: Bytes) -> Bytes {
+        let Some((&tag, body)) = request.split_first() else {
+            return Bytes::new();
+        };
+        match tag {
+            TAG_RAFT => match self.raft.get() {
+                Some(raft) => Bytes::from(raft.rpc_handle().handle(body).await),
+                // Not started: an empty answer fails to decode at the caller, which openraft
+                // treats as a failed RPC and retries.
+                None => Bytes::new(),
+            },
+            TAG_WRITE => {
+                let reply = self.handle_write(body).await;
+                Bytes::from(shoal_raft::codec::encode(&reply).unwrap_or_default())
+            }
+            other => {
+                tracing::debug!(from = %from.mesh_addr, tag = other, "unknown mesh RPC tag");
+                Bytes::new()
+            }
+        }
+    }
+}
+
+/// Proposes `command` through the local Raft node, following the leader over the mesh when
+/// this node does not lead.
+pub async fn forward_write(
+    raft: &RaftNode,
+    transport: &Transport,
+    command: Command,
+) -> Result<CommandResponse, ForwardError> {
+    let (mut leader_addr, mut leader_known) = match raft.write(command.clone()).await {
+        Ok(response) => return Ok(response),
+        Err(WriteError::ForwardToLeader {
+            leader_id,
+            leader_node,
+        }) => (leader_node.map(|node| node.addr), leader_id.is_some()),
+        Err(err) => return Err(ForwardError::Failed(err.to_string())),
+    };
+    let body = shoal_raft::codec::encode(&command)
+        .map_err(|err| ForwardError::Failed(format!("encoding the command: {err}")))?;
+    for _ in 0..FORWARD_HOPS_MAX {
+        let Some(addr) = leader_addr.take() else {
+            return Err(if leader_known {
+                ForwardError::Unreachable("the leader's address is unknown".to_string())
+            } else {
+                ForwardError::NoLeader
+            });
+        };
+        let Some(ip) = mesh_ip_of(&NodeAddr::new(addr.clone())) else {
+            return Err(ForwardError::Unreachable(format!(
+                "bad leader address `{addr}`"
+            )));
+        };
+        let reply = transport
+            .request(ip, frame(TAG_WRITE, &body))
+            .await
+            .map_err(|err| ForwardError::Unreachable(err.to_string()))?;
+        match shoal_raft::codec::decode::<ForwardReply>(&reply) {
+            Ok(ForwardReply::Applied(response)) => return Ok(response),
+            Ok(ForwardReply::NotLeader {
+                leader_id,
+                leader_addr: next,
+            }) => {
+                leader_known = leader_id.is_some();
+                leader_addr = next;
+            }
+            Ok(ForwardReply::Failed(reason)) => return Err(ForwardError::Failed(reason)),
+            Err(err) => return Err(ForwardError::Failed(format!("undecodable reply: {err}"))),
+        }
+    }
+    Err(ForwardError::NoLeader)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::time::Duration;
+
+    use shoal_mesh::{Mesh, MeshConfig, PeerSpec, DEFAULT_QUIC_PORT};
+    use shoal_raft::command::{sha256_hex, Admission, NodeRegistration};
+    use shoal_raft::model::{ClusterSettings, Resources, Roles};
+    use shoal_raft::{Action, Outcome, RaftConfig};
+
+    use super::*;
+
+    fn registration(mesh: &Mesh, admission: Admission) -> NodeRegistration {
+        NodeRegistration {
+            admission,
+            wg_public_key: mesh.public_key().to_base64(),
+            endpoint: mesh.local_udp_addr().to_string(),
+            rpc_port: DEFAULT_QUIC_PORT,
+            api_addr: None,
+            roles: Roles::SERVER_WORKER,
+            capacity: Resources::new(2_000, 4 << 30),
+            reserve: Resources::new(0, 0),
+        }
+    }
+
+    async fn start_node(
+        dir: &Path,
+        id: NodeId,
+        mesh_addr: Ipv4Addr,
+    ) -> anyhow::Result<(Mesh, RaftNode)> {
+        let handler = NodeRpcHandler::new();
+        let config = MeshConfig::new(
+            dir.join("mesh"),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            mesh_addr,
+        );
+        let mesh = Mesh::start(config, handler.clone()).await?;
+        let mut raft_config = RaftConfig::new(id);
+        raft_config.failure_detection = false;
+        raft_config.auto_membership = false;
+        let raft = RaftNode::start(
+            raft_config,
+            &dir.join("raft"),
+            Arc::new(MeshRaftTransport::new(mesh.transport())),
+            Arc::new(shoal_raft::clock::SystemClock::default()),
+        )
+        .await?;
+        handler.set_raft(raft.clone());
+        Ok((mesh, raft))
+    }
+
+    fn spec(mesh: &Mesh) -> PeerSpec {
+        PeerSpec {
+            public_key: mesh.public_key(),
+            endpoint: Some(mesh.local_udp_addr()),
+            mesh_addr: mesh.mesh_addr(),
+        }
+    }
+
+    fn rpc_addr(mesh: &Mesh) -> NodeAddr {
+        NodeAddr::new(format!("{}:{DEFAULT_QUIC_PORT}", mesh.mesh_addr()))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn raft_replicates_over_the_mesh_and_a_follower_forwards_writes_to_the_leader(
+    ) -> anyhow::Result<()> {
+        let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+        let settings = ClusterSettings::default();
+
+        tracing::info!("--- node 1 bootstraps over its own mesh");
+        let first_addr = Ipv4Addr::new(10, 42, 0, 1);
+        let (mesh1, raft1) = start_node(dirs[0].path(), 1, first_addr).await?;
+        raft1
+            .bootstrap(
+                rpc_addr(&mesh1),
+                "c-test",
+                settings,
+                registration(&mesh1, Admission::Bootstrap),
+            )
+            .await?;
+        let assigned = raft1.read(|state| state.nodes.get(&1).map(|node| node.mesh_addr));
+        assert_eq!(
+            assigned,
+            Some(first_addr),
+            "node 1 gets the first overlay address"
+        );
+
+        tracing::info!("--- node 2 is registered with a join token and joins over the mesh");
+        let secret = "join-secret";
+        let created = raft1
+            .write(Command::new(
+                1,
+                "test",
+                Action::CreateToken {
+                    secret_sha256: sha256_hex(secret),
+                    roles: Roles::SERVER_WORKER,
+                    ttl_ms: 60_000,
+                    uses_max: 1,
+                },
+            ))
+            .await?;
+        assert!(matches!(created, Ok(Outcome::TokenCreated { .. })));
+        // Node 2's mesh must exist before its registration (its public key is its identity),
+        // so it starts on the address the next registration will get.
+        let second_addr = Ipv4Addr::new(10, 42, 0, 2);
+        let (mesh2, raft2) = start_node(dirs[1].path(), 2, second_addr).await?;
+        let registered = raft1
+            .write(Command::new(
+                2,
+                "test",
+                Action::RegisterNode(registration(
+                    &mesh2,
+                    Admission::Token {
+                        secret_sha256: sha256_hex(secret),
+                    },
+                )),
+            ))
+            .await?;
+        let Ok(Outcome::NodeRegistered {
+            node_id, mesh_addr, ..
+        }) = registered
+        else {
+            anyhow::bail!("registration refused: {registered:?}");
+        };
+        assert_eq!((node_id, mesh_addr), (2, second_addr));
+        mesh1.set_peers(&[spec(&mesh2)])?;
+        mesh2.set_peers(&[spec(&mesh1)])?;
+        raft1.add_learner(2, rpc_addr(&mesh2)).await?;
+        raft1.promote(2).await?;
+
+        tracing::info!("--- a write proposed at the follower is forwarded and applied on both");
+        let response = tokio::time::timeout(
+            Duration::from_secs(20),
+            forward_write(
+                &raft2,
+                &mesh2.transport(),
+                Command::new(
+                    3,
+                    "test",
+                    Action::CreateTenant {
+                        tenant: "forwarded".to_string(),
+                    },
+                ),
+            ),
+        )
+        .await??;
+        assert!(response.is_ok(), "{response:?}");
+        let applied = raft1.status().last_applied_index.unwrap_or(0);
+        raft2.wait_applied(applied, Duration::from_secs(10)).await?;
+        for raft in [&raft1, &raft2] {
+            assert!(raft.read(|state| state.tenants.contains_key("forwarded")));
+        }
+        assert_eq!(raft2.status().leader, Some(1));
+
+        raft2.shutdown().await?;
+        raft1.shutdown().await?;
+        mesh2.shutdown().await;
+        mesh1.shutdown().await;
+        Ok(())
+    }
+}
