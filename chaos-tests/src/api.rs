@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
-use shoal_chaos::history::Outcome;
+use shoal_chaos::history::{LogEvent, Outcome};
+use shoal_chaos::sse::SseParser;
 
 /// `GET /v1/cluster`.
 #[derive(Clone, Debug, Deserialize)]
@@ -71,14 +72,23 @@ pub struct LogRecord {
     pub len: u64,
 }
 
-/// `GET /v1/workstations/{id}/logs?from=N`.
+/// The `dropped` event of a log follow.
 #[derive(Clone, Debug, Deserialize)]
-pub struct LogsPage {
-    pub from: u64,
-    pub dropped: u64,
-    pub next: u64,
-    pub records: Vec<LogRecord>,
+pub struct DroppedEvent {
+    pub bytes: u64,
 }
+
+/// What one connection of a log follow saw.
+#[derive(Clone, Debug)]
+pub struct FollowSegment {
+    /// `Connect`, then `Dropped` and `Record` events in order.
+    pub events: Vec<LogEvent>,
+    /// The last SSE `id:` seen: where a reconnect resumes.
+    pub last_id: Option<u64>,
+}
+
+/// Longest SSE line accepted (a record's JSON; records hold at most a few KiB of output).
+const SSE_LINE_BYTES_MAX: usize = 1 << 20;
 
 /// Why a request did not succeed, and what that means for the history.
 #[derive(Debug)]
@@ -166,6 +176,93 @@ impl Api {
         path: &str,
     ) -> Result<T, ApiError> {
         self.call(Method::GET, addr, path, None).await
+    }
+
+    /// Follows a workstation's log over SSE for `listen_ms` (or until `events_max` events),
+    /// resuming after `last_id` like a standard SSE client (same URL, `Last-Event-ID`), then
+    /// disconnects.
+    pub async fn follow_logs(
+        &self,
+        addr: SocketAddr,
+        ws_id: &str,
+        last_id: Option<u64>,
+        listen_ms: u64,
+        events_max: usize,
+    ) -> Result<FollowSegment, ApiError> {
+        let url = format!("http://{addr}/v1/workstations/{ws_id}/logs?from=0&follow=true");
+        let mut request = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .header("Accept", "text/event-stream");
+        if let Some(id) = last_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        let mut response = request.send().await.map_err(classify)?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(ApiError {
+                outcome: status_outcome(status),
+                message: format!("{status}: {}", truncate(&text, 300)),
+            });
+        }
+        let mut segment = FollowSegment {
+            events: vec![LogEvent::Connect {
+                from: last_id.unwrap_or(0),
+            }],
+            last_id,
+        };
+        let mut parser = SseParser::new(SSE_LINE_BYTES_MAX);
+        let mut failure: Option<String> = None;
+        let read = async {
+            while segment.events.len() < events_max {
+                let chunk = match response.chunk().await {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => break,
+                    Err(e) => {
+                        failure = Some(e.to_string());
+                        break;
+                    }
+                };
+                let events = match parser.feed(&chunk) {
+                    Ok(events) => events,
+                    Err(e) => {
+                        failure = Some(e.to_string());
+                        break;
+                    }
+                };
+                for event in events {
+                    if let Some(id) = event.id.as_deref().and_then(|i| i.parse().ok()) {
+                        segment.last_id = Some(id);
+                    }
+                    match event.event.as_str() {
+                        "dropped" => match serde_json::from_str::<DroppedEvent>(&event.data) {
+                            Ok(d) => segment.events.push(LogEvent::Dropped { bytes: d.bytes }),
+                            Err(e) => failure = Some(format!("bad dropped event: {e}")),
+                        },
+                        "log" => match serde_json::from_str::<LogRecord>(&event.data) {
+                            Ok(r) => segment.events.push(LogEvent::Record {
+                                offset: r.offset,
+                                len: r.len,
+                            }),
+                            Err(e) => failure = Some(format!("bad log event: {e}")),
+                        },
+                        _ => {}
+                    }
+                }
+            }
+        };
+        // Listening ends by the harness hanging up: that is the disconnect to resume from.
+        let _ = tokio::time::timeout(Duration::from_millis(listen_ms), read).await;
+        match failure {
+            // What was received is still history; a broken stream is the server's doing.
+            Some(message) if segment.events.len() <= 1 => Err(ApiError {
+                outcome: Outcome::Fail,
+                message,
+            }),
+            _ => Ok(segment),
+        }
     }
 
     /// Whether `/readyz` answers 200.

@@ -13,5 +13,6 @@ pub mod history;
 pub mod nemesis;
 pub mod partition;
 pub mod report;
+pub mod sse;
 pub mod stats;
 pub mod workload;

@@ -26,7 +26,7 @@ use shoal_chaos::env::probe::enter_netns;
 use shoal_chaos::env::RunTag;
 use shoal_chaos::history::{
     CapacityObservation, ClusterSnapshot, Expectation, FaultRecord, FinalState, History,
-    LeaderObservation, LeftoverScan, LogEvent, LogFollow, NodeIdx, OpKind, Operation, Outcome,
+    LeaderObservation, LeftoverScan, LogFollow, NodeIdx, OpKind, Operation, Outcome,
     RunningObservation,
 };
 use shoal_chaos::nemesis::{pick, FaultMode, NemesisConfig, Schedule, ScheduledFault};
@@ -34,7 +34,7 @@ use shoal_chaos::partition::Grudge;
 use shoal_chaos::report::{Report, RunInfo};
 use shoal_chaos::workload::{Workload, WorkloadConfig};
 
-use crate::api::{Api, ClusterInfo, LogsPage, NodeInfo, Process, TokenCreated, Workstation};
+use crate::api::{Api, ClusterInfo, NodeInfo, Process, TokenCreated, Workstation};
 use crate::cluster::{Cluster, Role};
 
 /// What to run.
@@ -72,6 +72,10 @@ const OBSERVE_TIMEOUT_MS: u64 = 1_000;
 const OBSERVE_PERIOD_MS: u64 = 500;
 /// How long two nodes may both run a workstation during a re-placement.
 const LEASE_MS: u64 = 12_000;
+/// How long one log follow listens before hanging up (the next follow resumes).
+const FOLLOW_LISTEN_MS: u64 = 1_500;
+/// Most events one log follow takes before hanging up.
+const FOLLOW_EVENTS_MAX: usize = 500;
 /// How long a fault that owes a reaction is watched.
 const REACTION_WATCH_MS: u64 = 10_000;
 
@@ -585,29 +589,21 @@ async fn execute(ctx: &Ctx, node: NodeIdx, kind: &OpKind) -> Result<(), (Outcome
         }
         OpKind::FollowLogs { key } => {
             let id = ws_id(ctx, node, key).await?;
-            let from = lock(&ctx.follow_next).get(key).copied().unwrap_or(0);
-            let page: LogsPage = ctx
+            let last_id = lock(&ctx.follow_next).get(key).copied();
+            let segment = ctx
                 .api
-                .get(addr, &format!("/v1/workstations/{id}/logs?from={from}"))
+                .follow_logs(addr, &id, last_id, FOLLOW_LISTEN_MS, FOLLOW_EVENTS_MAX)
                 .await
                 .map_err(err)?;
-            let mut events = vec![LogEvent::Connect { from: page.from }];
-            if page.dropped > 0 {
-                events.push(LogEvent::Dropped {
-                    bytes: page.dropped,
-                });
+            if let Some(next) = segment.last_id {
+                lock(&ctx.follow_next).insert(key.clone(), next);
             }
-            events.extend(page.records.iter().map(|r| LogEvent::Record {
-                offset: r.offset,
-                len: r.len,
-            }));
-            lock(&ctx.follow_next).insert(key.clone(), page.next);
             let mut history = lock(&ctx.history);
             match history.log_follows.iter_mut().find(|f| f.key == *key) {
-                Some(follow) => follow.events.extend(events),
+                Some(follow) => follow.events.extend(segment.events),
                 None => history.log_follows.push(LogFollow {
                     key: key.clone(),
-                    events,
+                    events: segment.events,
                 }),
             }
             Ok(())
