@@ -5,7 +5,7 @@ set -euo pipefail
 
 # Debian packages: the tools the tests drive for real (namespaces, firewall, WireGuard peers,
 # a skewed clock for one node).
-debian_packages=(iproute2 iptables nftables wireguard-tools wireguard-go iperf3 faketime procps psmisc curl ca-certificates)
+debian_packages=(iproute2 iputils-ping iptables nftables wireguard-tools wireguard-go iperf3 faketime procps psmisc curl ca-certificates)
 missing=()
 for pkg in "${debian_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
