@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use shoal_chaos::checkers::{check_all, CheckConfig};
 use shoal_chaos::clock::RunClock;
 use shoal_chaos::env::cleanup::RunGuard;
+use shoal_chaos::env::datadir;
 use shoal_chaos::env::probe::enter_netns;
 use shoal_chaos::env::RunTag;
 use shoal_chaos::history::{
@@ -846,8 +847,8 @@ async fn inject_inner(
                 (cluster.data_dir(target), backup)
             };
             lock(&ctx.cluster).kill(target)?;
-            copy_dir(&data_dir, &backup)?;
-            let corrupted = corrupt_raft_data(&data_dir, fault.target_pick)?;
+            datadir::copy_dir(&data_dir, &backup)?;
+            let corrupted = datadir::corrupt_raft_data(&data_dir, fault.target_pick)?;
             lock(&ctx.cluster).start(target, None)?;
             record.start_ms = Some(ctx.clock.now_ms());
             let (met, detail) = watch_refusal(ctx, target).await;
@@ -860,8 +861,8 @@ async fn inject_inner(
                 detail,
             });
             lock(&ctx.cluster).kill(target)?;
-            clear_dir(&data_dir)?;
-            copy_dir(&backup, &data_dir)?;
+            datadir::clear_dir(&data_dir)?;
+            datadir::copy_dir(&backup, &data_dir)?;
             let _ = std::fs::remove_dir_all(&backup);
             lock(&ctx.cluster).start(target, None)?;
         }
@@ -913,7 +914,7 @@ async fn inject_inner(
                 cluster.nodes[target].id = None;
                 cluster.data_dir(target)
             };
-            clear_dir(&data_dir)?;
+            datadir::clear_dir(&data_dir)?;
             lock(&ctx.cluster).nodes[target].out = false;
             if let Err(error) = ctx.join(target).await {
                 let mut cluster = lock(&ctx.cluster);
@@ -1148,79 +1149,4 @@ fn walk_cgroups(dir: &Path, depth: usize, names: &dyn Fn(&str) -> bool, found: &
             walk_cgroups(&path, depth + 1, names, found);
         }
     }
-}
-
-/// Copies a directory tree (regular files and directories; the ballast is skipped).
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with(".shoalchaos") {
-            continue;
-        }
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            copy_dir(&entry.path(), &to.join(&name))?;
-        } else if kind.is_file() {
-            std::fs::copy(entry.path(), to.join(&name))?;
-        }
-    }
-    Ok(())
-}
-
-/// Removes the contents of a directory (a mount point itself stays).
-fn clear_dir(dir: &Path) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            std::fs::remove_dir_all(&path)?;
-        } else {
-            std::fs::remove_file(&path)?;
-        }
-    }
-    Ok(())
-}
-
-/// Overwrites the start and the middle of every Raft data file (a `*.redb` store, anything
-/// under a `raft` directory, or `state.json`); returns the files hit.
-fn corrupt_raft_data(data_dir: &Path, pick_value: u64) -> anyhow::Result<Vec<String>> {
-    let mut files = Vec::new();
-    find_raft_files(data_dir, &mut files)?;
-    if files.is_empty() {
-        bail!(
-            "no Raft data file (*.redb, raft/*, state.json) in {}",
-            data_dir.display()
-        );
-    }
-    for file in &files {
-        let mut bytes = std::fs::read(file)?;
-        let len = bytes.len();
-        let garbage = |i: usize| (pick_value.rotate_left((i % 64) as u32) as u8) ^ 0x5A;
-        for (i, b) in bytes.iter_mut().take(512).enumerate() {
-            *b = garbage(i);
-        }
-        for (i, b) in bytes.iter_mut().enumerate().skip(len / 2).take(4096) {
-            *b = garbage(i);
-        }
-        std::fs::write(file, &bytes)?;
-    }
-    Ok(files.iter().map(|f| f.display().to_string()).collect())
-}
-
-fn find_raft_files(dir: &Path, found: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        if entry.file_type()?.is_dir() {
-            find_raft_files(&path, found)?;
-            continue;
-        }
-        let text = path.display().to_string();
-        let name = entry.file_name().to_string_lossy().to_string();
-        if name.ends_with(".redb") || text.contains("/raft") || name == "state.json" {
-            found.push(path);
-        }
-    }
-    Ok(())
 }

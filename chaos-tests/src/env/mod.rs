@@ -6,6 +6,7 @@
 //! leftovers can be found and removed (`shoal-chaos --cleanup`).
 
 pub mod cleanup;
+pub mod datadir;
 pub mod disk;
 pub mod network;
 pub mod probe;
