@@ -296,8 +296,50 @@ impl LogBuffer {
             self.end += skipped;
             self.start = self.end;
         }
-        let kept_len = kept.len() as u64;
+        let position = (self.end % capacity as u64) as usize;
+        let first_part = kept.len().min(capacity - position);
+        self.ring[position..position + first_part].copy_from_slice(&kept[..first_part]);
+        let rest = kept.len() - first_part;
+        if rest > 0 {
+            self.ring[..rest].copy_from_slice(&kept[first_part..]);
+        }
+        self.commit(proc, stream, ts_ms, kept.len() as u64);
+        offset
+    }
 
+    /// Appends bytes produced by `fill` directly into the ring, without an intermediate
+    /// buffer: `fill` gets a slice of at most `len_max` bytes (and at least one, at the ring's
+    /// current write position) and returns how many it wrote, e.g. a non-blocking `read(2)`
+    /// from a pipe. Returns that count; 0 (or an error) appends nothing.
+    ///
+    /// Writing into the ring before the bookkeeping is safe: the slice covers exactly the
+    /// oldest retained bytes, which the append drops anyway, and nothing else can observe the
+    /// buffer in between.
+    pub fn append_from<E>(
+        &mut self,
+        proc: ProcId,
+        stream: Stream,
+        ts_ms: u64,
+        len_max: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<usize, E> {
+        let capacity = self.ring.len();
+        let position = (self.end % capacity as u64) as usize;
+        let len = len_max.max(1).min(capacity - position);
+        let written = fill(&mut self.ring[position..position + len])?;
+        // A `fill` that claims more than it was given is a bug in the caller.
+        assert!(written <= len, "fill wrote {written} bytes into {len}");
+        if written > 0 {
+            self.commit(proc, stream, ts_ms, written as u64);
+        }
+        Ok(written)
+    }
+
+    /// Accounts for `len` bytes (at most the capacity) just written at the ring's write
+    /// position: indexes them, advances the end, and drops what no longer fits.
+    fn commit(&mut self, proc: ProcId, stream: Stream, ts_ms: u64, len: u64) {
+        let capacity = self.ring.len() as u64;
+        debug_assert!(len > 0 && len <= capacity);
         let coalesce = self.index.len() == self.records_max
             && self
                 .index
@@ -305,7 +347,7 @@ impl LogBuffer {
                 .is_some_and(|newest| newest.proc == proc && newest.stream == stream);
         if coalesce {
             if let Some(newest) = self.index.back_mut() {
-                newest.len += kept_len;
+                newest.len += len;
             }
         } else {
             if self.index.len() == self.records_max {
@@ -314,27 +356,17 @@ impl LogBuffer {
             }
             self.index.push_back(RecordMeta {
                 offset: self.end,
-                len: kept_len,
+                len,
                 proc,
                 stream,
                 ts_ms,
             });
         }
-
-        let position = (self.end % capacity as u64) as usize;
-        let first_part = kept.len().min(capacity - position);
-        self.ring[position..position + first_part].copy_from_slice(&kept[..first_part]);
-        let rest = kept.len() - first_part;
-        if rest > 0 {
-            self.ring[..rest].copy_from_slice(&kept[first_part..]);
-        }
-        self.end += kept_len;
-
-        self.trim_to(self.end.saturating_sub(capacity as u64));
+        self.end += len;
+        self.trim_to(self.end.saturating_sub(capacity));
         self.start = self.index.front().map_or(self.end, |oldest| oldest.offset);
-        debug_assert!(self.end - self.start <= capacity as u64);
+        debug_assert!(self.end - self.start <= capacity);
         debug_assert!(self.index.len() <= self.records_max);
-        offset
     }
 
     /// Drops every retained byte below `floor`, cutting the record that straddles it.

@@ -1,9 +1,9 @@
 //! The workstation actor: one per workstation, owner of its processes and its log.
 //!
 //! The actor is the driver around two pure cores, the [`LogBuffer`] and the
-//! [`RestartTracker`]: it spawns processes through the [`Spawner`] seam, reads their pipes in
-//! 64 KiB chunks straight into the log (on the actor's own thread, no copies in between but
-//! the pipe read and the append), pumps log followers, and applies restart decisions.
+//! [`RestartTracker`]: it spawns processes through the [`Spawner`] seam, reads their pipes on
+//! readiness with non-blocking reads of up to 64 KiB made directly into the log's ring (the
+//! kernel's pipe copy is the only copy), pumps log followers, and applies restart decisions.
 //!
 //! A run's end is recorded once its main process has exited *and* both pipes reached end of
 //! file (or `exit_drain_ms` passed, when a leftover daemon keeps them open), so that followers
@@ -15,9 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use futures::stream::{self, Stream as FuturesStream};
 use nix::sys::signal::Signal;
-use tokio::io::AsyncReadExt as _;
+use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
@@ -39,21 +38,9 @@ const STOP_EXIT_WAIT_MS_MAX: u64 = 5_000;
 /// How often a stop checks whether the tree has exited during the grace period.
 const STOP_POLL_MS: u64 = 10;
 
-/// One chunk of a process's output, or the end of one of its pipes.
-#[derive(Debug)]
-struct PipeChunk {
-    proc: ProcId,
-    run_serial: u64,
-    stream: Stream,
-    data: PipeData,
-}
-
-#[derive(Debug)]
-enum PipeData {
-    Bytes(Vec<u8>),
-    /// End of file, or a read error (which ends the capture just the same).
-    End,
-}
+/// How many reads of one pipe the actor makes in a row before letting other work (messages,
+/// the other pipes, followers) run: 16 × 64 KiB = 1 MiB per turn.
+const PIPE_READS_PER_TURN_MAX: usize = 16;
 
 /// The current (or last) run of a process.
 #[derive(Debug)]
@@ -212,21 +199,8 @@ impl WorkstationActor {
             pipes_open: 2,
             finished: false,
         });
-        let read_bytes = self.limits.pipe_read_bytes.max(1);
-        ctx.add_stream(pipe_chunks(
-            spawned.stdout,
-            proc,
-            serial,
-            Stream::Stdout,
-            read_bytes,
-        ));
-        ctx.add_stream(pipe_chunks(
-            spawned.stderr,
-            proc,
-            serial,
-            Stream::Stderr,
-            read_bytes,
-        ));
+        self.watch_pipe(spawned.stdout, proc, serial, Stream::Stdout, ctx);
+        self.watch_pipe(spawned.stderr, proc, serial, Stream::Stderr, ctx);
         ctx.spawn(
             spawned
                 .exit
@@ -378,22 +352,99 @@ impl WorkstationActor {
         }
     }
 
-    fn on_chunk(&mut self, chunk: PipeChunk, ctx: &mut Context<Self>) {
-        match chunk.data {
-            PipeData::Bytes(bytes) => {
-                let ts_ms = self.clock.unix_ms();
-                self.log.append(chunk.proc, chunk.stream, ts_ms, &bytes);
-                self.pump_followers(ctx);
+    /// Starts capturing one pipe of a run.
+    fn watch_pipe(
+        &mut self,
+        fd: OwnedFd,
+        proc: ProcId,
+        serial: u64,
+        stream: Stream,
+        ctx: &mut Context<Self>,
+    ) {
+        match pipe::Receiver::from_owned_fd(fd) {
+            Ok(receiver) => self.await_readable(receiver, proc, serial, stream, ctx),
+            Err(error) => {
+                tracing::warn!(proc = %proc, %error, "cannot read a process's pipe");
+                self.on_pipe_end(proc, serial, ctx);
             }
-            PipeData::End => {
-                let Some(run) = self.current_run(chunk.proc, chunk.run_serial) else {
-                    return;
-                };
-                run.pipes_open = run.pipes_open.saturating_sub(1);
-                if run.pipes_open == 0 && run.exit.is_some() {
-                    self.finish_run(chunk.proc, chunk.run_serial, ctx);
+        }
+    }
+
+    fn await_readable(
+        &mut self,
+        receiver: pipe::Receiver,
+        proc: ProcId,
+        serial: u64,
+        stream: Stream,
+        ctx: &mut Context<Self>,
+    ) {
+        ctx.spawn(
+            async move {
+                let ready = receiver.readable().await;
+                (receiver, ready)
+            }
+            .into_actor(self)
+            .map(move |(receiver, ready), actor, ctx| {
+                actor.on_pipe_readable(receiver, ready, proc, serial, stream, ctx)
+            }),
+        );
+    }
+
+    /// Reads what the pipe holds straight into the log (no intermediate buffer), then waits
+    /// for more, or records the pipe's end.
+    fn on_pipe_readable(
+        &mut self,
+        receiver: pipe::Receiver,
+        ready: std::io::Result<()>,
+        proc: ProcId,
+        serial: u64,
+        stream: Stream,
+        ctx: &mut Context<Self>,
+    ) {
+        let mut open = ready.is_ok();
+        let mut appended = false;
+        if open {
+            let ts_ms = self.clock.unix_ms();
+            let read_bytes = self.limits.pipe_read_bytes.max(1);
+            for _ in 0..PIPE_READS_PER_TURN_MAX {
+                let read = self
+                    .log
+                    .append_from(proc, stream, ts_ms, read_bytes, |slot| {
+                        receiver.try_read(slot)
+                    });
+                match read {
+                    Ok(0) => {
+                        open = false;
+                        break;
+                    }
+                    Ok(_) => appended = true,
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(error) => {
+                        tracing::warn!(proc = %proc, %error, "reading a process's pipe failed");
+                        open = false;
+                        break;
+                    }
                 }
             }
+        }
+        if appended {
+            self.pump_followers(ctx);
+        }
+        if open {
+            self.await_readable(receiver, proc, serial, stream, ctx);
+        } else {
+            self.on_pipe_end(proc, serial, ctx);
+        }
+    }
+
+    fn on_pipe_end(&mut self, proc: ProcId, serial: u64, ctx: &mut Context<Self>) {
+        let Some(run) = self.current_run(proc, serial) else {
+            return;
+        };
+        run.pipes_open = run.pipes_open.saturating_sub(1);
+        if run.pipes_open == 0 && run.exit.is_some() {
+            self.finish_run(proc, serial, ctx);
         }
     }
 
@@ -536,41 +587,6 @@ fn terminate_tree(tree: &dyn ProcessTree, grace_ms: u64) -> Result<(), SpawnErro
     tree.kill().map(|_| ())
 }
 
-/// The output of one pipe as a stream of chunks, ending with [`PipeData::End`].
-fn pipe_chunks(
-    fd: OwnedFd,
-    proc: ProcId,
-    run_serial: u64,
-    stream: Stream,
-    read_bytes: usize,
-) -> impl FuturesStream<Item = PipeChunk> {
-    let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(fd);
-    let chunk = move |data| PipeChunk {
-        proc,
-        run_serial,
-        stream,
-        data,
-    };
-    stream::unfold(Some(receiver), move |state| async move {
-        let mut receiver = match state? {
-            Ok(receiver) => receiver,
-            Err(error) => {
-                tracing::warn!(proc = %proc, %error, "cannot read a process's pipe");
-                return Some((chunk(PipeData::End), None));
-            }
-        };
-        let mut buffer = Vec::with_capacity(read_bytes);
-        match receiver.read_buf(&mut buffer).await {
-            Ok(0) => Some((chunk(PipeData::End), None)),
-            Ok(_) => Some((chunk(PipeData::Bytes(buffer)), Some(Ok(receiver)))),
-            Err(error) => {
-                tracing::warn!(proc = %proc, %error, "reading a process's pipe failed");
-                Some((chunk(PipeData::End), None))
-            }
-        }
-    })
-}
-
 impl Actor for WorkstationActor {
     type Context = Context<Self>;
 
@@ -590,17 +606,6 @@ impl Actor for WorkstationActor {
             }
         }
         tracing::info!(workstation = %self.workstation_id, "workstation actor stopped");
-    }
-}
-
-impl StreamHandler<PipeChunk> for WorkstationActor {
-    fn handle(&mut self, chunk: PipeChunk, ctx: &mut Self::Context) {
-        self.on_chunk(chunk, ctx);
-    }
-
-    fn finished(&mut self, _ctx: &mut Self::Context) {
-        // A pipe reaching its end is handled by its `End` chunk; the default would stop the
-        // whole actor.
     }
 }
 

@@ -140,6 +140,13 @@ enum Op {
         len: usize,
         seed: u8,
     },
+    /// `append_from` with a fill that writes at most `len` bytes.
+    AppendFrom {
+        proc: u64,
+        stream: Stream,
+        len: usize,
+        seed: u8,
+    },
     Read {
         from_back: u64,
         limit_bytes: usize,
@@ -149,8 +156,10 @@ enum Op {
 fn op_strategy(capacity_bytes: usize) -> impl Strategy<Value = Op> {
     let stream = prop_oneof![Just(Stream::Stdout), Just(Stream::Stderr)];
     prop_oneof![
-        3 => (0u64..3, stream, 0..=capacity_bytes + 20, any::<u8>())
+        3 => (0u64..3, stream.clone(), 0..=capacity_bytes + 20, any::<u8>())
             .prop_map(|(proc, stream, len, seed)| Op::Append { proc, stream, len, seed }),
+        2 => (0u64..3, stream, 0..=capacity_bytes + 20, any::<u8>())
+            .prop_map(|(proc, stream, len, seed)| Op::AppendFrom { proc, stream, len, seed }),
         // Reads are placed relative to the end: from far before the start to just past the end.
         2 => (0u64..(3 * capacity_bytes as u64 + 10), 0..=capacity_bytes + 20)
             .prop_map(|(from_back, limit_bytes)| Op::Read { from_back, limit_bytes }),
@@ -190,6 +199,19 @@ proptest! {
                     let got = buffer.append(ProcId(proc), stream, ts_ms, &bytes);
                     let want = model.append(ProcId(proc), stream, ts_ms, &bytes);
                     prop_assert_eq!(got, want);
+                }
+                Op::AppendFrom { proc, stream, len, seed } => {
+                    let bytes: Vec<u8> = (0..len).map(|i| seed.wrapping_add(i as u8)).collect();
+                    let ts_ms = step as u64;
+                    let written = buffer
+                        .append_from(ProcId(proc), stream, ts_ms, len, |slot| {
+                            let n = slot.len().min(bytes.len());
+                            slot[..n].copy_from_slice(&bytes[..n]);
+                            Ok::<usize, ()>(n)
+                        })
+                        .map_err(|()| TestCaseError::fail("fill cannot fail"))?;
+                    prop_assert!(written <= len);
+                    model.append(ProcId(proc), stream, ts_ms, &bytes[..written]);
                 }
                 Op::Read { from_back, limit_bytes } => {
                     let from = (model.end + 5).saturating_sub(from_back);
