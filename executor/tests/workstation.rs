@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix::{Actor, Addr};
 use anyhow::{anyhow, bail, Context as _, Result};
-use shoal_executor::clock::SystemClock;
+use shoal_executor::clock::{ManualClock, SystemClock};
 use shoal_executor::log_buffer::{Stream, LOG_BUFFER_BYTES_MAX};
 use shoal_executor::process_id::ProcId;
 use shoal_executor::restart_policy::{RestartLimits, RestartPolicy};
@@ -705,6 +705,117 @@ async fn invalid_starts_are_refused_without_leaving_a_process() -> Result<()> {
         .await?;
     assert!(matches!(missing, Err(WorkstationError::Spawn(_))));
     assert!(addr.send(ListProcesses).await?.is_empty());
+    addr.send(Shutdown { grace_ms: 1_000 }).await?;
+    Ok(())
+}
+
+#[actix_rt::test]
+async fn an_exit_is_recorded_while_a_daemon_holds_the_pipes_and_a_stop_still_kills_the_daemon(
+) -> Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let pid_file = dir.path().join("daemon.pid");
+    let addr = start_workstation(0, WorkstationLimits::default());
+    let mut follower = follow(&addr, 0).await?;
+
+    tracing::info!(
+        "--- the main process exits 2, leaving a setsid daemon that keeps its stdout open"
+    );
+    let script = format!(
+        "(setsid sh -c 'echo $$ > {p}.tmp; mv {p}.tmp {p}; echo daemon-up; exec sleep 300' &); \
+         exit 2",
+        p = pid_file.display()
+    );
+    let proc = start(&addr, sh(&script), RestartPolicy::Never).await?;
+    let (mut text, mut exit_code) = (String::new(), None);
+    while exit_code.is_none() || !text.contains("daemon-up") {
+        match next_event(&mut follower).await? {
+            LogEvent::Record(record) => text.push_str(&String::from_utf8_lossy(&record.bytes)),
+            LogEvent::Exit { code, .. } => exit_code = Some(code),
+            LogEvent::Dropped { bytes } => bail!("unexpected drop of {bytes} bytes"),
+        }
+    }
+    assert_eq!(exit_code, Some(Some(2)));
+    let daemon_pid: i32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+    assert!(pid_exists(daemon_pid), "the daemon outlived its parent");
+    assert_eq!(status(&addr, proc).await?.state, ProcessState::Exited);
+
+    tracing::info!("--- stopping the exited process kills what it left behind");
+    addr.send(StopProcess {
+        proc,
+        grace_ms: 1_000,
+    })
+    .await??;
+    assert!(!pid_exists(daemon_pid), "daemon {daemon_pid} is gone");
+    addr.send(Shutdown { grace_ms: 1_000 }).await?;
+    Ok(())
+}
+
+#[actix_rt::test]
+async fn runs_that_stay_up_long_enough_by_the_clock_reset_the_crash_loop_count() -> Result<()> {
+    init_tracing();
+    let clock = Arc::new(ManualClock::default());
+    let limits = WorkstationLimits {
+        restart: RestartLimits {
+            crash_loop_failures: 2,
+            uptime_ms_healthy: 60_000,
+            ..fast_restart_limits().restart
+        },
+        ..WorkstationLimits::default()
+    };
+    let addr = WorkstationActor::new(
+        "ws-manual-clock",
+        Arc::new(HostSpawner::new()),
+        clock.clone(),
+        0,
+        limits,
+    )
+    .start();
+    let mut follower = follow(&addr, 0).await?;
+    let proc = start(&addr, sh("echo up; exec sleep 300"), RestartPolicy::Always).await?;
+
+    for run in 0..3u32 {
+        tracing::info!(
+            run,
+            "--- the run is up; 61 s pass on the clock; it is killed"
+        );
+        match next_event(&mut follower).await? {
+            LogEvent::Record(record) => assert_eq!(record.bytes, b"up\n"),
+            other => bail!("expected up, got {other:?}"),
+        }
+        clock.advance_ms(61_000);
+        addr.send(SignalProcess {
+            proc,
+            signal: nix::sys::signal::Signal::SIGKILL,
+        })
+        .await??;
+        match next_event(&mut follower).await? {
+            LogEvent::Exit {
+                signal, restarts, ..
+            } => assert_eq!((signal, restarts), (Some(9), run)),
+            other => bail!("expected the exit, got {other:?}"),
+        }
+    }
+    assert_ne!(status(&addr, proc).await?.state, ProcessState::CrashLoop);
+
+    tracing::info!("--- two kills without the clock moving are fast failures: crash_loop");
+    for _ in 0..2 {
+        match next_event(&mut follower).await? {
+            LogEvent::Record(record) => assert_eq!(record.bytes, b"up\n"),
+            other => bail!("expected up, got {other:?}"),
+        }
+        addr.send(SignalProcess {
+            proc,
+            signal: nix::sys::signal::Signal::SIGKILL,
+        })
+        .await??;
+        let _exit = next_event(&mut follower).await?;
+    }
+    let final_status = status(&addr, proc).await?;
+    assert_eq!(
+        (final_status.state, final_status.restarts),
+        (ProcessState::CrashLoop, 4)
+    );
     addr.send(Shutdown { grace_ms: 1_000 }).await?;
     Ok(())
 }
