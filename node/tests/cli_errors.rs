@@ -135,3 +135,24 @@ fn api_errors_are_one_line_with_meaningful_exit_codes() -> anyhow::Result<()> {
     assert_one_line_error(&output, 2, "larger than 65536 bytes");
     Ok(())
 }
+
+#[test]
+fn a_closed_stdout_ends_the_command_quietly_without_a_panic() -> anyhow::Result<()> {
+    cli_support::init_tracing();
+    let cluster = DevCluster::start(1, Duration::from_secs(60))?;
+    info!("--- `shoal status` into a pipe whose reader is already gone");
+    let mut child = std::process::Command::new(cli_support::SHOAL)
+        .args(["status"])
+        .env("SHOAL_ADDR", &cluster.addr)
+        .env("SHOAL_TOKEN", &cluster.admin_key)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    drop(child.stdout.take());
+    let output = cli_support::wait_output(child, Duration::from_secs(60))?;
+    let stderr = stderr_of(&output);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "nothing to say on stderr: {stderr}");
+    Ok(())
+}

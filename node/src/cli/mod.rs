@@ -106,6 +106,15 @@ pub enum ClientCommand {
 /// printed (one line on stderr) when this returns; it never returns `Err` for them, so that
 /// the caller does not print them twice.
 pub fn run(command: ClientCommand) -> anyhow::Result<i32> {
+    if !matches!(command, ClientCommand::Dev(_)) {
+        // Like every Unix filter: when the reader of our stdout goes away (`shoal ws ls |
+        // head`), end quietly instead of failing a write (Rust ignores SIGPIPE, and `print!`
+        // would then panic). `shoal dev` keeps ignoring it: it must stop its nodes in order.
+        // SAFETY: setting a signal disposition to the default is always sound.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match command {
         ClientCommand::Status(args) => cluster::status(&args),
         ClientCommand::Nodes(args) => cluster::nodes(&args),
