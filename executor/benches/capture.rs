@@ -20,7 +20,7 @@ use shoal_executor::workstation::{
 };
 
 const BYTES: u64 = 64 * 1024 * 16_384;
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 const WRITER: [&str; 5] = ["dd", "if=/dev/zero", "bs=64k", "count=16384", "status=none"];
 
 fn gbps(elapsed: Duration) -> f64 {
@@ -86,6 +86,10 @@ fn actor_capture(clock: &SystemClock) -> Result<Duration> {
 fn main() -> Result<()> {
     // `cargo bench` passes `--bench`; there is nothing to configure.
     let clock = SystemClock;
+    // One warm-up round of each, not counted: the first run pays for cold caches and the
+    // first actix system.
+    pipe_baseline(&clock)?;
+    actor_capture(&clock)?;
     let mut baseline = Vec::new();
     let mut capture = Vec::new();
     for round in 0..ROUNDS {

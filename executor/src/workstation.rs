@@ -10,7 +10,7 @@
 //! see every byte of the run before its exit event.
 
 use std::collections::BTreeMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -361,6 +361,17 @@ impl WorkstationActor {
         stream: Stream,
         ctx: &mut Context<Self>,
     ) {
+        if self.limits.pipe_buffer_bytes > 0 {
+            // Best effort: a larger pipe lets the writer run ahead while the actor is busy, so
+            // both sides wake up less often. The kernel caps it (fs.pipe-max-size) and may
+            // refuse it once the user's pipe memory is spent; the default size still works.
+            let size = i32::try_from(self.limits.pipe_buffer_bytes).unwrap_or(i32::MAX);
+            if let Err(error) =
+                nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(size))
+            {
+                tracing::debug!(proc = %proc, %error, "pipe size unchanged");
+            }
+        }
         match pipe::Receiver::from_owned_fd(fd) {
             Ok(receiver) => self.await_readable(receiver, proc, serial, stream, ctx),
             Err(error) => {

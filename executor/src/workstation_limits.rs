@@ -26,6 +26,9 @@ pub struct WorkstationLimits {
     pub mailbox_messages_max: usize,
     /// Size of one read from a process's pipe.
     pub pipe_read_bytes: usize,
+    /// Kernel buffer asked for each output pipe (0 keeps the kernel's default, 64 KiB).
+    /// Pipe memory is charged to the user, so this stays modest.
+    pub pipe_buffer_bytes: usize,
     /// After a process's main process exits, how long to wait for its pipes to reach end of
     /// file before recording the exit anyway (a daemon it left behind may keep them open).
     pub exit_drain_ms: u64,
@@ -47,6 +50,7 @@ impl Default for WorkstationLimits {
             exits_max: 1_024,
             mailbox_messages_max: 256,
             pipe_read_bytes: 65_536,
+            pipe_buffer_bytes: 262_144,
             exit_drain_ms: 200,
             read_bytes_max: LOG_BUFFER_BYTES_MAX,
             restart: RestartLimits::default(),
