@@ -96,6 +96,8 @@ pub struct WorkstationActor {
     followers: Vec<Follower>,
     followers_created_total: u64,
     runs_started_total: u64,
+    /// The id the next process started without one gets.
+    proc_id_next: u64,
 }
 
 impl std::fmt::Debug for WorkstationActor {
@@ -136,6 +138,7 @@ impl WorkstationActor {
             followers: Vec::new(),
             followers_created_total: 0,
             runs_started_total: 0,
+            proc_id_next: 1,
         }
     }
 
@@ -155,12 +158,27 @@ impl WorkstationActor {
             .map(|(proc, _)| *proc);
         match finished {
             Some(proc) => {
-                self.processes.remove(&proc);
+                self.forget_process(proc);
                 Ok(())
             }
             None => Err(WorkstationError::ProcessLimit {
                 max: self.limits.processes_max,
             }),
+        }
+    }
+
+    /// Forgets a finished process, killing in the background whatever its last run left
+    /// behind (nothing may outlive the workstation's knowledge of it).
+    fn forget_process(&mut self, proc: ProcId) {
+        let Some(entry) = self.processes.remove(&proc) else {
+            return;
+        };
+        if let Some(run) = entry.run {
+            actix_rt::task::spawn_blocking(move || {
+                if let Err(error) = run.tree.kill() {
+                    tracing::warn!(proc = %proc, %error, "cannot clean up after a forgotten process");
+                }
+            });
         }
     }
 
@@ -637,14 +655,12 @@ impl Handler<StartProcess> for WorkstationActor {
                 return Err(WorkstationError::DuplicateProcess(proc));
             }
             Some(proc) => proc,
-            None => ProcId(
-                self.processes
-                    .keys()
-                    .next_back()
-                    .map_or(1, |last| last.0 + 1),
-            ),
+            None => ProcId(self.proc_id_next),
         };
-        self.processes.remove(&proc);
+        // Ids are never reused within a workstation, so that log records and exit events
+        // always name one process.
+        self.proc_id_next = self.proc_id_next.max(proc.0.saturating_add(1));
+        self.forget_process(proc);
         self.make_room_for_process()?;
         self.processes.insert(
             proc,

@@ -168,6 +168,11 @@ pub struct ReadLogs {
 }
 
 /// Follows the log from `from`: retained bytes first, then live output and exit events.
+///
+/// An offset older than the log starts with a `Dropped` event; an offset past its end starts
+/// at the end. Exit events recorded at or after `from` are included, so a reader resuming at
+/// the offset it last saw may see the last exit twice but never misses one. The stream ends
+/// when the actor stops.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<LogFollower, WorkstationError>")]
 pub struct Follow {
