@@ -2,10 +2,11 @@
 //! peer, and a sink for decrypted packets (the userspace IP stack for quinn, or a TUN device).
 //!
 //! Threads (all stop within `STOP_POLL_MS` of `stop()`):
-//! - `mesh-udp-rx`: reads the UDP socket, routes each datagram to its peer's tunnel (by the
-//!   sender's static key for handshake initiations, by our session index otherwise), hands join
-//!   packets to the join server, decrypts, checks the inner source address against the peer's
-//!   mesh address, and delivers.
+//! - `mesh-udp-rx` (tun mode only; userspace mode reads the socket on quinn's endpoint task):
+//!   reads the UDP socket, routes each datagram to its peer's tunnel (by the sender's static
+//!   key for handshake initiations, by our session index otherwise), hands join packets to the
+//!   join server, decrypts, checks the inner source address against the peer's mesh address,
+//!   and delivers.
 //! - `mesh-timers`: drives `Tunn::update_timers` (rekeys, keepalives, handshake retries).
 //! - `mesh-tun-rx` (tun mode): reads the TUN device and encrypts to the peer owning the
 //!   destination address.
@@ -28,10 +29,10 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use bytes::Bytes;
-use futures::task::AtomicWaker;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
+use tokio::io::unix::AsyncFd;
 
 use crate::identity::{Identity, NodePublicKey};
 use crate::ip_packet::{self, Ipv4Packet};
@@ -54,8 +55,22 @@ pub(crate) const JOIN_QUEUE_MAX: usize = 64;
 /// Socket buffer size asked for (the kernel may cap it).
 const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
+/// Datagrams handled per `poll_read_socket` call before yielding to quinn.
+const RX_BATCH_MAX: usize = 64;
+
+struct RxBufs {
+    datagram: Vec<u8>,
+    out: Vec<u8>,
+    reply: Vec<u8>,
+}
+
 thread_local! {
     static SEND_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; BUF_BYTES]);
+    static RX_BUFS: RefCell<RxBufs> = RefCell::new(RxBufs {
+        datagram: vec![0u8; BUF_BYTES],
+        out: vec![0u8; BUF_BYTES],
+        reply: Vec::with_capacity(2048),
+    });
 }
 
 /// Counters of what the data plane did, for metrics and tests.
@@ -122,10 +137,10 @@ struct Peers {
     by_key: HashMap<NodePublicKey, Arc<LivePeer>>,
 }
 
-/// Decrypted QUIC datagrams for quinn (userspace mode).
+/// Decrypted QUIC datagrams for quinn (userspace mode), filled and drained on quinn's own
+/// task (see `Engine::poll_read_socket`).
 pub(crate) struct UserspaceInbox {
     queue: Mutex<VecDeque<(SocketAddrV4, Bytes)>>,
-    waker: AtomicWaker,
     pub(crate) quic_port: u16,
 }
 
@@ -133,65 +148,49 @@ impl UserspaceInbox {
     pub(crate) fn new(quic_port: u16) -> Self {
         Self {
             queue: Mutex::new(VecDeque::new()),
-            waker: AtomicWaker::new(),
             quic_port,
         }
     }
 
     fn push(&self, from: SocketAddrV4, payload: Bytes) -> bool {
-        {
-            let mut queue = self.queue.lock();
-            if queue.len() >= INBOX_PACKETS_MAX {
-                return false;
-            }
-            queue.push_back((from, payload));
+        let mut queue = self.queue.lock();
+        if queue.len() >= INBOX_PACKETS_MAX {
+            return false;
         }
-        self.waker.wake();
+        queue.push_back((from, payload));
         true
     }
 
     /// Fills as many `(buf, meta)` pairs as there are queued datagrams.
-    pub(crate) fn poll_recv(
+    /// Moves queued datagrams into quinn's buffers; returns how many.
+    pub(crate) fn fill(
         &self,
-        cx: &mut Context,
         bufs: &mut [io::IoSliceMut<'_>],
         meta: &mut [quinn::udp::RecvMeta],
         dst_ip: Ipv4Addr,
-    ) -> Poll<io::Result<usize>> {
-        for attempt in 0..2 {
-            {
-                let mut queue = self.queue.lock();
-                let mut filled = 0;
-                while filled < bufs.len().min(meta.len()) {
-                    let Some((from, payload)) = queue.pop_front() else {
-                        break;
-                    };
-                    let len = payload.len().min(bufs[filled].len());
-                    bufs[filled][..len].copy_from_slice(&payload[..len]);
-                    // RecvMeta is non-exhaustive: it can only be built from its default.
-                    #[allow(clippy::field_reassign_with_default)]
-                    let m = {
-                        let mut m = quinn::udp::RecvMeta::default();
-                        m.addr = SocketAddr::V4(from);
-                        m.len = len;
-                        m.stride = len;
-                        m.dst_ip = Some(IpAddr::V4(dst_ip));
-                        m
-                    };
-                    meta[filled] = m;
-                    filled += 1;
-                }
-                if filled > 0 {
-                    return Poll::Ready(Ok(filled));
-                }
-            }
-            if attempt == 0 {
-                // Register, then look again: a push between the check and the registration
-                // would otherwise be missed.
-                self.waker.register(cx.waker());
-            }
+    ) -> usize {
+        let mut queue = self.queue.lock();
+        let mut filled = 0;
+        while filled < bufs.len().min(meta.len()) {
+            let Some((from, payload)) = queue.pop_front() else {
+                break;
+            };
+            let len = payload.len().min(bufs[filled].len());
+            bufs[filled][..len].copy_from_slice(&payload[..len]);
+            // RecvMeta is non-exhaustive: it can only be built from its default.
+            #[allow(clippy::field_reassign_with_default)]
+            let m = {
+                let mut m = quinn::udp::RecvMeta::default();
+                m.addr = SocketAddr::V4(from);
+                m.len = len;
+                m.stride = len;
+                m.dst_ip = Some(IpAddr::V4(dst_ip));
+                m
+            };
+            meta[filled] = m;
+            filled += 1;
         }
-        Poll::Pending
+        filled
     }
 }
 
@@ -209,7 +208,8 @@ pub(crate) struct Engine {
     identity: Identity,
     own_public: boringtun::x25519::PublicKey,
     pub(crate) mesh_addr: Ipv4Addr,
-    socket: RwLock<Option<UdpSocket>>,
+    /// Registered with tokio so that userspace mode can read it from quinn's own task.
+    socket: RwLock<Option<AsyncFd<UdpSocket>>>,
     pub(crate) local_addr: SocketAddr,
     peers: RwLock<Peers>,
     rate_limiter: Arc<RateLimiter>,
@@ -280,6 +280,12 @@ impl Engine {
         persistent_keepalive_s: Option<u16>,
     ) -> io::Result<(Arc<Self>, JoinQueue)> {
         let local_addr = socket.local_addr()?;
+        // Needs a tokio runtime (Mesh::start is async).
+        // SAFETY: the AsyncFd owns the UdpSocket, whose fd stays open and unchanged until
+        // the AsyncFd is dropped (only `stop` drops it, as a whole).
+        let socket =
+            unsafe { AsyncFd::register_with_interest(socket, tokio::io::Interest::READABLE) }
+                .map_err(|e| io::Error::other(e.to_string()))?;
         let own_public = boringtun::x25519::PublicKey::from(identity.public_key().0);
         let (join_tx, join_rx) = tokio::sync::mpsc::channel(JOIN_QUEUE_MAX);
         let engine = Arc::new(Self {
@@ -302,12 +308,16 @@ impl Engine {
     /// Starts the driver threads.
     pub(crate) fn spawn_threads(self: &Arc<Self>) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
         let mut threads = Vec::new();
-        let engine = Arc::clone(self);
-        threads.push(
-            std::thread::Builder::new()
-                .name("mesh-udp-rx".into())
-                .spawn(move || engine.udp_rx_loop())?,
-        );
+        if matches!(self.sink, Sink::Tun(_)) {
+            // Userspace mode reads the socket from quinn's endpoint task instead
+            // (`poll_read_socket`): one thread hand-off less per packet.
+            let engine = Arc::clone(self);
+            threads.push(
+                std::thread::Builder::new()
+                    .name("mesh-udp-rx".into())
+                    .spawn(move || engine.udp_rx_loop())?,
+            );
+        }
         let engine = Arc::clone(self);
         threads.push(
             std::thread::Builder::new()
@@ -463,8 +473,10 @@ impl Engine {
     /// Sends a UDP datagram on the WireGuard socket. On a full send buffer it waits briefly
     /// once, then drops (as a full NIC queue would): every protocol above retransmits.
     pub(crate) fn send_raw(&self, datagram: &[u8], to: SocketAddr) {
-        let guard = self.socket.read();
-        let Some(socket) = guard.as_ref() else {
+        // Recursive: the userspace receive path sends replies while holding a read guard of
+        // its own, and a queued writer (stop) must not deadlock it.
+        let guard = self.socket.read_recursive();
+        let Some(socket) = guard.as_ref().map(AsyncFd::get_ref) else {
             return;
         };
         match socket.send_to(datagram, to) {
@@ -498,6 +510,50 @@ impl Engine {
         });
     }
 
+    /// Userspace mode: reads and handles datagrams from the socket on the caller's task
+    /// (quinn's endpoint driver). `Ready(())` once at least one datagram was handled (the
+    /// inbox may have new QUIC datagrams), `Pending` when none is waiting (the waker is
+    /// registered with tokio's reactor). After `stop` it stays pending.
+    pub(crate) fn poll_read_socket(&self, cx: &mut Context<'_>) -> Poll<()> {
+        RX_BUFS.with(|bufs| {
+            let mut bufs = bufs.borrow_mut();
+            let RxBufs {
+                datagram,
+                out,
+                reply,
+            } = &mut *bufs;
+            let mut handled = 0usize;
+            while handled < RX_BATCH_MAX {
+                let received = {
+                    let guard = self.socket.read();
+                    let Some(fd) = guard.as_ref() else {
+                        return Poll::Pending;
+                    };
+                    let mut ready = match fd.poll_read_ready(cx) {
+                        Poll::Ready(Ok(ready)) => ready,
+                        Poll::Ready(Err(_)) | Poll::Pending => break,
+                    };
+                    match ready.try_io(|socket| socket.get_ref().recv_from(datagram)) {
+                        Ok(Ok(received)) => Some(received),
+                        // E.g. ECONNREFUSED after a send to a closed port: not fatal.
+                        Ok(Err(_)) => None,
+                        // Readiness cleared; the next poll_read_ready registers the waker.
+                        Err(_would_block) => continue,
+                    }
+                };
+                handled += 1;
+                if let Some((len, from)) = received {
+                    self.handle_datagram(&datagram[..len], from, out, reply);
+                }
+            }
+            if handled > 0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+
     fn udp_rx_loop(self: Arc<Self>) {
         let mut datagram = vec![0u8; BUF_BYTES];
         let mut out = vec![0u8; BUF_BYTES];
@@ -505,7 +561,9 @@ impl Engine {
         while !self.stopped() {
             let received = {
                 let guard = self.socket.read();
-                let Some(socket) = guard.as_ref() else { break };
+                let Some(socket) = guard.as_ref().map(AsyncFd::get_ref) else {
+                    break;
+                };
                 match socket.recv_from(&mut datagram) {
                     Ok(r) => Some(r),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -732,6 +790,8 @@ mod tests {
             receiver in any::<u32>(),
             body in proptest::collection::vec(any::<u8>(), 0..300),
         ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+            let _context = runtime.enter();
             let engine = engine_with_one_peer();
             let mut datagram = match kind {
                 0 => vec![],

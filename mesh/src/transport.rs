@@ -135,6 +135,9 @@ struct Inner {
     quic_port: u16,
     limits: TransportLimits,
     connections: Mutex<HashMap<Ipv4Addr, Slot>>,
+    /// Live connections for the common path, read without an async lock; the slots above
+    /// only serialise connection establishment.
+    established: Mutex<HashMap<Ipv4Addr, quinn::Connection>>,
 }
 
 /// The client side of the transport (cheap to clone). See the module doc.
@@ -265,6 +268,7 @@ impl Transport {
                 quic_port,
                 limits,
                 connections: Mutex::new(HashMap::new()),
+                established: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -315,6 +319,11 @@ impl Transport {
         if self.inner.engine.peer_by_addr(peer).is_none() {
             return Err(TransportError::UnknownPeer(IpAddr::V4(peer)));
         }
+        if let Some(connection) = self.inner.established.lock().get(&peer) {
+            if connection.close_reason().is_none() {
+                return Ok((connection.clone(), false));
+            }
+        }
         let slot = Arc::clone(self.inner.connections.lock().entry(peer).or_default());
         let mut guard = slot.lock().await;
         if let Some(connection) = guard.as_ref() {
@@ -340,10 +349,20 @@ impl Transport {
                 message: e.to_string(),
             })?;
         *guard = Some(connection.clone());
+        self.inner
+            .established
+            .lock()
+            .insert(peer, connection.clone());
         Ok((connection, true))
     }
 
     fn forget(&self, peer: Ipv4Addr, connection: &quinn::Connection) {
+        {
+            let mut established = self.inner.established.lock();
+            if established.get(&peer).map(|c| c.stable_id()) == Some(connection.stable_id()) {
+                established.remove(&peer);
+            }
+        }
         let slot = self.inner.connections.lock().get(&peer).cloned();
         if let Some(slot) = slot {
             if let Ok(mut guard) = slot.try_lock() {
@@ -356,6 +375,7 @@ impl Transport {
 
     /// Closes and forgets the connection to a peer (called when it is removed).
     pub(crate) fn drop_peer(&self, peer: Ipv4Addr) {
+        self.inner.established.lock().remove(&peer);
         if let Some(slot) = self.inner.connections.lock().remove(&peer) {
             if let Ok(mut guard) = slot.try_lock() {
                 if let Some(connection) = guard.take() {
@@ -448,6 +468,7 @@ impl Transport {
     /// Closes every connection and the endpoint.
     pub(crate) async fn close(&self) {
         self.inner.connections.lock().clear();
+        self.inner.established.lock().clear();
         self.inner.endpoint.close(0u32.into(), b"shutdown");
         let _ =
             tokio::time::timeout(Duration::from_millis(500), self.inner.endpoint.wait_idle()).await;

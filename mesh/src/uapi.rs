@@ -40,8 +40,17 @@ impl UapiServer {
         };
         std::fs::create_dir_all(UAPI_DIR).map_err(err)?;
         let path = PathBuf::from(UAPI_DIR).join(format!("{ifname}.sock"));
-        // A socket left by a crashed earlier run would make bind fail.
-        let _ = std::fs::remove_file(&path);
+        // The socket directory is shared by every network namespace: never take over a
+        // socket another live device answers on; only clear one left by a crashed run.
+        if path.exists() {
+            if UnixStream::connect(&path).is_ok() {
+                return Err(MeshError::Tun {
+                    ifname: ifname.to_string(),
+                    message: format!("{} is in use by another device", path.display()),
+                });
+            }
+            let _ = std::fs::remove_file(&path);
+        }
         let listener = UnixListener::bind(&path).map_err(err)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
         listener.set_nonblocking(true).map_err(err)?;
