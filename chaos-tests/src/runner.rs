@@ -77,6 +77,10 @@ const LEASE_MS: u64 = 12_000;
 const FOLLOW_LISTEN_MS: u64 = 1_500;
 /// Most events one log follow takes before hanging up.
 const FOLLOW_EVENTS_MAX: usize = 500;
+/// How long a fault that targets the leader waits for one to be known.
+const LEADER_WAIT_MS: u64 = 10_000;
+/// Period of the failover prober's writes.
+const PROBE_PERIOD_MS: u64 = 25;
 /// How long a fault that owes a reaction is watched.
 const REACTION_WATCH_MS: u64 = 10_000;
 
@@ -132,6 +136,8 @@ struct Ctx {
     follow_next: Mutex<BTreeMap<String, u64>>,
     op_seq: AtomicU64,
     stop_clients: AtomicBool,
+    /// Set at a leader kill; the failover prober writes until one write is acknowledged.
+    probing: AtomicBool,
     cancel: Arc<AtomicBool>,
     notes: Mutex<Vec<String>>,
 }
@@ -207,6 +213,19 @@ impl Ctx {
             }
         }
         None
+    }
+
+    /// The leader, waiting up to `timeout_ms` for one to be known.
+    async fn wait_leader(&self, timeout_ms: u64) -> Option<NodeIdx> {
+        let deadline_ms = self.clock.now_ms() + timeout_ms;
+        loop {
+            if let Some(leader) = self.find_leader().await {
+                return Some(leader);
+            }
+            if self.clock.now_ms() > deadline_ms || !self.sleep_ms(100).await {
+                return None;
+            }
+        }
     }
 
     /// Waits until node `idx` answers `/v1/cluster` with a known leader; learns its id.
@@ -301,6 +320,7 @@ async fn run_async(
         follow_next: Mutex::new(BTreeMap::new()),
         op_seq: AtomicU64::new(0),
         stop_clients: AtomicBool::new(false),
+        probing: AtomicBool::new(false),
         cancel: options.cancel.clone(),
         notes: Mutex::new(Vec::new()),
     });
@@ -334,7 +354,7 @@ async fn run_async(
     for client in 0..options.n_clients {
         tasks.push(tokio::spawn(client_loop(ctx.clone(), options.seed, client)));
     }
-    tasks.push(tokio::spawn(token_prober(ctx.clone())));
+    tasks.push(tokio::spawn(failover_prober(ctx.clone())));
     let observer = tokio::spawn(observer_loop(ctx.clone()));
     for fault in &schedule.faults {
         let wait_ms = fault.start_ms.saturating_sub(ctx.clock.now_ms());
@@ -467,31 +487,40 @@ async fn client_loop(ctx: Arc<Ctx>, seed: u64, client: u64) {
     }
 }
 
-/// A stream of small writes (join tokens) so that failover is measured to within ~50 ms.
-async fn token_prober(ctx: Arc<Ctx>) {
+/// After each leader kill, a burst of small writes (join tokens) until the first one is
+/// acknowledged, so that failover is measured to within ~`PROBE_PERIOD_MS`. Only in those
+/// windows: the cluster keeps every token it ever issued (bounded at 1,000), and refused
+/// attempts create none, so a run costs about one token per kill.
+async fn failover_prober(ctx: Arc<Ctx>) {
     let mut n = 0usize;
     while !ctx.stop_clients.load(Ordering::Relaxed) && !ctx.cancelled() {
+        if !ctx.probing.load(Ordering::Relaxed) {
+            ctx.sleep_ms(PROBE_PERIOD_MS).await;
+            continue;
+        }
         let up = ctx.up_nodes();
         let Some(node) = up.get(n % up.len().max(1)).copied() else {
-            ctx.sleep_ms(50).await;
+            ctx.sleep_ms(PROBE_PERIOD_MS).await;
             continue;
         };
         n += 1;
         let invoke_ms = ctx.clock.now_ms();
         let result = ctx
-            .api
+            .api_fast
             .call::<Value>(
                 Method::POST,
-                crate::cluster::Cluster::api_addr(node),
+                Cluster::api_addr(node),
                 "/v1/tokens",
                 Some(json!({"ttl_ms": 1000, "uses": 1})),
             )
             .await
             .map(|_| ())
             .map_err(|e| (e.outcome, e.message));
-        let failed = result.is_err();
+        if result.is_ok() {
+            ctx.probing.store(false, Ordering::Relaxed);
+        }
         ctx.record(node, OpKind::CreateToken, invoke_ms, result);
-        ctx.sleep_ms(if failed { 20 } else { 50 }).await;
+        ctx.sleep_ms(PROBE_PERIOD_MS).await;
     }
 }
 
@@ -736,7 +765,8 @@ async fn inject_inner(
     fault: &ScheduledFault,
     record: &mut FaultRecord,
 ) -> anyhow::Result<()> {
-    let leader = ctx.find_leader().await;
+    // A fault right after another may find the cluster still electing: wait a little.
+    let leader = ctx.wait_leader(LEADER_WAIT_MS).await;
     let (servers, workers, up) = {
         let cluster = lock(&ctx.cluster);
         let servers = cluster.up_servers();
@@ -764,6 +794,9 @@ async fn inject_inner(
             record.targets = vec![target];
             lock(&ctx.cluster).kill(target)?;
             record.start_ms = Some(ctx.clock.now_ms());
+            if fault.mode == FaultMode::KillLeader {
+                ctx.probing.store(true, Ordering::Relaxed);
+            }
             ctx.sleep_ms(duration_ms).await;
             lock(&ctx.cluster).start(target, None)?;
         }
