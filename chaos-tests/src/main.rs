@@ -64,6 +64,10 @@ struct Cli {
     /// Length of the fault window, overriding the scenario's (e.g. `60s`).
     #[arg(long, value_name = "DURATION")]
     fault_window: Option<humantime::Duration>,
+    /// Serve TCP on this address, accepting and closing connections, until killed: the plain
+    /// process the environment driver's tests partition, pause and kill.
+    #[arg(long, value_name = "ADDR", hide = true)]
+    serve_tcp: Option<std::net::SocketAddr>,
     /// Print the seed's fault schedule as JSON and exit (needs no root, starts nothing).
     #[arg(long)]
     print_schedule: bool,
@@ -126,6 +130,13 @@ fn main() -> ExitCode {
 
 /// Ok(passed) or an error that kept the run from producing a verdict.
 fn run(cli: Cli) -> anyhow::Result<bool> {
+    if let Some(addr) = cli.serve_tcp {
+        let listener = std::net::TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
+        for stream in listener.incoming() {
+            drop(stream);
+        }
+        return Ok(true);
+    }
     if cli.cleanup {
         if !is_root() {
             bail!("--cleanup needs root");

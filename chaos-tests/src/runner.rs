@@ -343,7 +343,24 @@ async fn run_async(
 
     info!(n_nodes, "--- join the other nodes with tokens");
     for idx in 1..n_nodes {
-        ctx.join(idx).await?;
+        if let Err(error) = ctx.join(idx).await {
+            // A verdict still: the run failed because the cluster could not form.
+            warn!(error = %format!("{error:#}"), "the cluster did not form");
+            let history = std::mem::take(&mut *lock(&ctx.history));
+            let report = Report::new(
+                RunInfo {
+                    scenario: options.scenario.clone(),
+                    seed: options.seed,
+                    shoal_binary: options.shoal.display().to_string(),
+                    n_nodes,
+                    duration_ms: ctx.clock.now_ms(),
+                },
+                &history,
+                Vec::new(),
+                vec![format!("the cluster did not form: {error:#}")],
+            );
+            return Ok((report, history));
+        }
     }
 
     info!(

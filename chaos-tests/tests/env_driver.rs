@@ -39,22 +39,18 @@ fn init_tracing() {
         .try_init();
 }
 
+/// A plain TCP server in node `idx`'s namespace: the harness binary's hidden `--serve-tcp`
+/// (no dependency on any tool being installed).
 fn http_server(net: &TestNetwork, tag: &RunTag, idx: usize) -> ManagedProcess {
     let spec = ProcessSpec {
         ns: net.node_ns(idx).to_string(),
-        program: PathBuf::from("python3"),
-        args: vec![
-            "-m".into(),
-            "http.server".into(),
-            HTTP_PORT.to_string(),
-            "--bind".into(),
-            TestNetwork::node_addr(idx).to_string(),
-        ],
+        program: PathBuf::from(env!("CARGO_BIN_EXE_shoal-chaos")),
+        args: vec!["--serve-tcp".into(), http_addr(idx).to_string()],
         env: vec![],
-        log_path: tag.root_dir().join(format!("http-{idx}.log")),
+        log_path: tag.root_dir().join(format!("server-{idx}.log")),
         clock_offset_s: None,
     };
-    ManagedProcess::spawn(spec, tag).expect("start http server")
+    ManagedProcess::spawn(spec, tag).expect("start tcp server")
 }
 
 fn http_addr(idx: usize) -> SocketAddr {
@@ -70,7 +66,7 @@ fn wait_serving(net: &TestNetwork, idx: usize) {
     let from = (idx + 1) % net.n_nodes();
     assert!(
         poll_until(Duration::from_secs(15), 50, || reaches(net, from, idx)),
-        "http server of node {idx} never became reachable"
+        "tcp server of node {idx} never became reachable"
     );
 }
 
@@ -86,7 +82,7 @@ fn namespaces_partitions_signals_clock_skew_full_disk_and_nothing_left_behind() 
         std::fs::create_dir_all(tag.root_dir()).unwrap();
         let net = TestNetwork::create(&tag, 3).expect("create test network");
 
-        tracing::info!("--- start an HTTP server in each node namespace, expect all to reach all");
+        tracing::info!("--- start a TCP server in each node namespace, expect all to reach all");
         let mut servers: Vec<ManagedProcess> = (0..3).map(|i| http_server(&net, &tag, i)).collect();
         for idx in 0..3 {
             wait_serving(&net, idx);
