@@ -197,6 +197,23 @@ impl UserspaceInbox {
 /// Join requests handed from the receive thread to the join server.
 pub(crate) type JoinQueue = tokio::sync::mpsc::Receiver<(Vec<u8>, SocketAddr)>;
 
+/// The WireGuard UDP socket. In userspace mode it is registered with tokio so that quinn's
+/// endpoint task can read it; in tun mode a dedicated thread reads it, and registering it
+/// would wake tokio's reactor for every packet for nothing.
+enum WgSocket {
+    Plain(UdpSocket),
+    Async(AsyncFd<UdpSocket>),
+}
+
+impl WgSocket {
+    fn get(&self) -> &UdpSocket {
+        match self {
+            Self::Plain(socket) => socket,
+            Self::Async(fd) => fd.get_ref(),
+        }
+    }
+}
+
 /// Where decrypted packets go.
 pub(crate) enum Sink {
     Userspace(Arc<UserspaceInbox>),
@@ -208,8 +225,7 @@ pub(crate) struct Engine {
     identity: Identity,
     own_public: boringtun::x25519::PublicKey,
     pub(crate) mesh_addr: Ipv4Addr,
-    /// Registered with tokio so that userspace mode can read it from quinn's own task.
-    socket: RwLock<Option<AsyncFd<UdpSocket>>>,
+    socket: RwLock<Option<WgSocket>>,
     pub(crate) local_addr: SocketAddr,
     peers: RwLock<Peers>,
     rate_limiter: Arc<RateLimiter>,
@@ -240,29 +256,11 @@ pub(crate) fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     }
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
-    // With CAP_NET_ADMIN (tun mode) go past net.core.{r,w}mem_max: a burst that overflows the
-    // receive buffer is lost, and TCP inside the tunnel takes that as congestion.
-    force_buffer_size(&socket, libc::SO_RCVBUFFORCE);
-    force_buffer_size(&socket, libc::SO_SNDBUFFORCE);
+    // Deliberately not forced past net.core.{r,w}mem_max (SO_RCVBUFFORCE): measured, the
+    // deeper queue only added latency inside the tunnel and lowered iperf3 throughput.
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
-}
-
-fn force_buffer_size(socket: &socket2::Socket, option: libc::c_int) {
-    use std::os::fd::AsRawFd;
-    let size = SOCKET_BUFFER_BYTES as libc::c_int;
-    // SAFETY: a valid socket fd, and a pointer to a c_int with its correct length. Failure
-    // (no CAP_NET_ADMIN) leaves the size set above.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            option,
-            std::ptr::addr_of!(size).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
 }
 
 fn wait_fd(fd: std::os::fd::BorrowedFd<'_>, flags: PollFlags, timeout_ms: u16) -> bool {
@@ -280,12 +278,16 @@ impl Engine {
         persistent_keepalive_s: Option<u16>,
     ) -> io::Result<(Arc<Self>, JoinQueue)> {
         let local_addr = socket.local_addr()?;
-        // Needs a tokio runtime (Mesh::start is async).
-        // SAFETY: the AsyncFd owns the UdpSocket, whose fd stays open and unchanged until
-        // the AsyncFd is dropped (only `stop` drops it, as a whole).
-        let socket =
-            unsafe { AsyncFd::register_with_interest(socket, tokio::io::Interest::READABLE) }
-                .map_err(|e| io::Error::other(e.to_string()))?;
+        let socket = match sink {
+            Sink::Tun(_) => WgSocket::Plain(socket),
+            // Needs a tokio runtime (Mesh::start is async).
+            // SAFETY: the AsyncFd owns the UdpSocket, whose fd stays open and unchanged
+            // until the AsyncFd is dropped (only `stop` drops it, as a whole).
+            Sink::Userspace(_) => WgSocket::Async(
+                unsafe { AsyncFd::register_with_interest(socket, tokio::io::Interest::READABLE) }
+                    .map_err(|e| io::Error::other(e.to_string()))?,
+            ),
+        };
         let own_public = boringtun::x25519::PublicKey::from(identity.public_key().0);
         let (join_tx, join_rx) = tokio::sync::mpsc::channel(JOIN_QUEUE_MAX);
         let engine = Arc::new(Self {
@@ -476,7 +478,7 @@ impl Engine {
         // Recursive: the userspace receive path sends replies while holding a read guard of
         // its own, and a queued writer (stop) must not deadlock it.
         let guard = self.socket.read_recursive();
-        let Some(socket) = guard.as_ref().map(AsyncFd::get_ref) else {
+        let Some(socket) = guard.as_ref().map(WgSocket::get) else {
             return;
         };
         match socket.send_to(datagram, to) {
@@ -526,7 +528,7 @@ impl Engine {
             while handled < RX_BATCH_MAX {
                 let received = {
                     let guard = self.socket.read();
-                    let Some(fd) = guard.as_ref() else {
+                    let Some(WgSocket::Async(fd)) = guard.as_ref() else {
                         return Poll::Pending;
                     };
                     let mut ready = match fd.poll_read_ready(cx) {
@@ -561,7 +563,7 @@ impl Engine {
         while !self.stopped() {
             let received = {
                 let guard = self.socket.read();
-                let Some(socket) = guard.as_ref().map(AsyncFd::get_ref) else {
+                let Some(socket) = guard.as_ref().map(WgSocket::get) else {
                     break;
                 };
                 match socket.recv_from(&mut datagram) {
