@@ -2,6 +2,7 @@
 //! dir, started, killed, paused and restarted by the nemesis. Field order is drop order:
 //! processes die before their data dirs are unmounted and before the network goes.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -64,6 +65,9 @@ pub struct Cluster {
     pub mesh: String,
     /// Where the bootstrap node writes the admin key.
     pub admin_token_path: PathBuf,
+    /// Every agent pid the run started, with its node: processes an agent spawned carry its
+    /// pid in their tree marker, also after the agent was killed.
+    pub agent_pids: BTreeMap<i32, NodeIdx>,
 }
 
 impl Cluster {
@@ -102,6 +106,7 @@ impl Cluster {
             shoal: shoal.to_path_buf(),
             mesh: mesh.to_string(),
             admin_token_path: root.join("admin.token"),
+            agent_pids: BTreeMap::new(),
         })
     }
 
@@ -154,6 +159,7 @@ impl Cluster {
             clock_offset_s,
         };
         let process = ManagedProcess::spawn(spec, &self.tag)?;
+        self.agent_pids.insert(process.pid(), idx);
         let node = &mut self.nodes[idx];
         node.process = Some(process);
         node.expected_up = true;

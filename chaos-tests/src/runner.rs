@@ -33,7 +33,7 @@ use shoal_chaos::history::{
 use shoal_chaos::nemesis::{pick, FaultMode, NemesisConfig, Schedule, ScheduledFault};
 use shoal_chaos::partition::Grudge;
 use shoal_chaos::report::{Report, RunInfo};
-use shoal_chaos::workload::{Workload, WorkloadConfig};
+use shoal_chaos::workload::{producer_key, producer_pattern, Workload, WorkloadConfig};
 
 use crate::api::{Api, ClusterInfo, NodeInfo, Process, TokenCreated, Workstation};
 use crate::cluster::{Cluster, Role};
@@ -132,6 +132,8 @@ struct Ctx {
     ids: Mutex<BTreeMap<String, String>>,
     /// Ids of workstations whose delete was acknowledged.
     deleted_ids: Mutex<Vec<String>>,
+    /// Keys of workstations whose delete was acknowledged.
+    deleted_keys: Mutex<Vec<String>>,
     /// Per workstation key, the offset to resume its log follow from.
     follow_next: Mutex<BTreeMap<String, u64>>,
     op_seq: AtomicU64,
@@ -317,6 +319,7 @@ async fn run_async(
         api_fast: Api::new(String::new(), Duration::from_millis(OBSERVE_TIMEOUT_MS))?,
         ids: Mutex::new(BTreeMap::new()),
         deleted_ids: Mutex::new(Vec::new()),
+        deleted_keys: Mutex::new(Vec::new()),
         follow_next: Mutex::new(BTreeMap::new()),
         op_seq: AtomicU64::new(0),
         stop_clients: AtomicBool::new(false),
@@ -592,6 +595,7 @@ async fn execute(ctx: &Ctx, node: NodeIdx, kind: &OpKind) -> Result<(), (Outcome
                 .await
                 .map_err(err)?;
             lock(&ctx.deleted_ids).push(id);
+            lock(&ctx.deleted_keys).push(key.clone());
             Ok(())
         }
         OpKind::ResizeWorkstation {
@@ -703,7 +707,27 @@ async fn observe_once(ctx: &Ctx) {
             .filter_map(|&i| cluster.nodes[i].id.clone())
             .collect()
     };
+    let host_running = host_workstation_processes(&lock(&ctx.cluster).agent_pids);
     let mut history = lock(&ctx.history);
+    // Host evidence: the workload's log producer of each workstation, found by its command
+    // line, attributed to the node whose agent spawned it (by the executor's tree marker).
+    for (idx, key) in &host_running {
+        let node = lock(&ctx.cluster).nodes[*idx]
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("node-{idx}"));
+        let generation = workstations
+            .iter()
+            .find(|w| w.name.as_deref() == Some(key.as_str()))
+            .map(|w| w.generation)
+            .unwrap_or(0);
+        history.running.push(RunningObservation {
+            at_ms,
+            node,
+            key: key.clone(),
+            generation,
+        });
+    }
     for ws in &workstations {
         if let (Some(node), Some(key), "running") = (&ws.node, &ws.name, ws.state.as_str()) {
             history.running.push(RunningObservation {
@@ -1136,7 +1160,13 @@ fn scan_leftovers(ctx: &Ctx) -> LeftoverScan {
             .filter_map(|i| cluster.pid(i))
             .collect()
     };
-    let names = |text: &str| deleted_ids.iter().any(|id| text.contains(id.as_str()));
+    let deleted_keys = lock(&ctx.deleted_keys).clone();
+    let names = |text: &str| {
+        deleted_ids.iter().any(|id| text.contains(id.as_str()))
+            || deleted_keys
+                .iter()
+                .any(|key| text.contains(&producer_pattern(key)))
+    };
     let mut scan = LeftoverScan {
         at_ms: ctx.clock.now_ms(),
         deleted_ids: deleted_ids.clone(),
@@ -1179,6 +1209,44 @@ fn scan_leftovers(ctx: &Ctx) -> LeftoverScan {
         }
     }
     scan
+}
+
+/// The executor's process tree marker: `<agent pid>.<serial>`.
+const TREE_MARKER_VAR: &str = "SHOAL_PROCESS_TREE=";
+
+/// Workload log producers running on the host, as (node, workstation key).
+fn host_workstation_processes(agent_pids: &BTreeMap<i32, NodeIdx>) -> Vec<(NodeIdx, String)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().parse::<i32>().is_err() {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let Some(key) = producer_key(&cmdline).map(str::to_string) else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let owner = environ.split(|&b| b == 0).find_map(|var| {
+            let var = std::str::from_utf8(var).ok()?;
+            let marker = var.strip_prefix(TREE_MARKER_VAR)?;
+            let agent_pid: i32 = marker.split('.').next()?.parse().ok()?;
+            agent_pids.get(&agent_pid).copied()
+        });
+        if let Some(idx) = owner {
+            found.push((idx, key));
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
 }
 
 /// Depth-limited walk of the cgroup tree for directories naming a deleted workstation.

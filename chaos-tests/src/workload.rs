@@ -29,6 +29,26 @@ impl Default for WorkloadConfig {
     }
 }
 
+/// The shell script of a workstation's log producer: numbered lines (so gaps and duplicates
+/// are visible), and the workstation's key in its command line (so the harness can find the
+/// process on the host and tell which workstation it belongs to).
+pub fn producer_script(key: &str) -> String {
+    format!("i=0; while [ $i -lt 100000 ]; do echo {key}-$i; i=$((i+1)); sleep 0.1; done")
+}
+
+/// The text of a producer's command line that names workstation `key` (and no other key).
+pub fn producer_pattern(key: &str) -> String {
+    format!("do echo {key}-$i;")
+}
+
+/// The workstation key of a producer's command line, if it is one.
+pub fn producer_key(cmdline: &str) -> Option<&str> {
+    cmdline
+        .split_once("do echo ")
+        .and_then(|(_, rest)| rest.split_once("-$i;"))
+        .map(|(key, _)| key)
+}
+
 /// Generates operations from a seed.
 #[derive(Debug)]
 pub struct Workload {
@@ -81,10 +101,7 @@ impl Workload {
                 }
                 6..=7 if has_live => {
                     let key = self.pick_live();
-                    // A log producer: numbered lines, so gaps and duplicates are visible.
-                    let script = format!(
-                        "i=0; while [ $i -lt 100000 ]; do echo {key}-$i; i=$((i+1)); sleep 0.1; done"
-                    );
+                    let script = producer_script(&key);
                     return OpKind::ExecProcess {
                         key,
                         argv: vec!["sh".into(), "-c".into(), script],
@@ -161,6 +178,16 @@ mod tests {
                 prop_assert!(a.live_keys().len() <= WorkloadConfig::default().workstations_max);
             }
         }
+    }
+
+    #[test]
+    fn producer_command_line_names_exactly_its_workstation() {
+        let cmdline = format!("sh -c {}", producer_script("c0w1"));
+        assert_eq!(producer_key(&cmdline), Some("c0w1"));
+        assert!(cmdline.contains(&producer_pattern("c0w1")));
+        assert!(!cmdline.contains(&producer_pattern("c0w10")));
+        assert!(!format!("sh -c {}", producer_script("c0w10")).contains(&producer_pattern("c0w1")));
+        assert_eq!(producer_key("sleep 100"), None);
     }
 
     #[test]
