@@ -202,6 +202,9 @@ pub struct LogBuffer {
     start: u64,
     /// Offset just after the newest byte ever written.
     end: u64,
+    /// `end % ring.len()`, kept up to date incrementally: a 64-bit division per append costs as
+    /// much as copying a small write.
+    write_position: usize,
 }
 
 impl std::fmt::Debug for LogBuffer {
@@ -241,6 +244,7 @@ impl LogBuffer {
             records_max,
             start: start_offset,
             end: start_offset,
+            write_position: (start_offset % capacity_bytes as u64) as usize,
         }
     }
 
@@ -295,8 +299,9 @@ impl LogBuffer {
             self.index.clear();
             self.end += skipped;
             self.start = self.end;
+            self.write_position = (self.end % capacity as u64) as usize;
         }
-        let position = (self.end % capacity as u64) as usize;
+        let position = self.write_position;
         let first_part = kept.len().min(capacity - position);
         self.ring[position..position + first_part].copy_from_slice(&kept[..first_part]);
         let rest = kept.len() - first_part;
@@ -324,7 +329,7 @@ impl LogBuffer {
         fill: impl FnOnce(&mut [u8]) -> Result<usize, E>,
     ) -> Result<usize, E> {
         let capacity = self.ring.len();
-        let position = (self.end % capacity as u64) as usize;
+        let position = self.write_position;
         let len = len_max.max(1).min(capacity - position);
         let written = fill(&mut self.ring[position..position + len])?;
         // A `fill` that claims more than it was given is a bug in the caller.
@@ -363,6 +368,13 @@ impl LogBuffer {
             });
         }
         self.end += len;
+        let position = self.write_position + len as usize;
+        self.write_position = if position >= capacity as usize {
+            position - capacity as usize
+        } else {
+            position
+        };
+        debug_assert_eq!(self.write_position as u64, self.end % capacity);
         self.trim_to(self.end.saturating_sub(capacity));
         self.start = self.index.front().map_or(self.end, |oldest| oldest.offset);
         debug_assert!(self.end - self.start <= capacity);
