@@ -3,9 +3,27 @@
 
 use super::Verdict;
 use crate::history::History;
+use crate::nemesis::FaultMode;
 
-/// Checks the expectations attached to the fault records of `history`.
-pub fn check(history: &History) -> Verdict {
+/// The fault modes that owe a reaction.
+pub const MODES_WITH_REACTION: [FaultMode; 3] = [
+    FaultMode::CorruptRaftData,
+    FaultMode::RemovedNodeReturns,
+    FaultMode::DiskFull,
+];
+
+const STATEMENT: &str = "Every fault that owes a reaction got it (corrupt Raft data refuses to start; a removed node stays out; a full disk does not crash the node).";
+
+/// Checks the expectations attached to the fault records of `history`; `scheduled` are the
+/// modes the run scheduled (if none owes a reaction, the invariant is not applicable).
+pub fn check(history: &History, scheduled: &[FaultMode]) -> Verdict {
+    if !scheduled.iter().any(|m| MODES_WITH_REACTION.contains(m)) {
+        return Verdict::not_applicable(
+            "fault_reactions",
+            STATEMENT,
+            "no scheduled fault mode owes a reaction",
+        );
+    }
     let with_expectation: Vec<_> = history
         .faults
         .iter()
@@ -27,7 +45,7 @@ pub fn check(history: &History) -> Verdict {
         .collect();
     Verdict::new(
         "fault_reactions",
-        "Every fault that owes a reaction got it (corrupt Raft data refuses to start; a removed node stays out).",
+        STATEMENT,
         with_expectation.len(),
         violations,
     )
@@ -37,7 +55,6 @@ pub fn check(history: &History) -> Verdict {
 mod tests {
     use super::*;
     use crate::history::{Expectation, FaultRecord};
-    use crate::nemesis::FaultMode;
 
     fn record(met: bool) -> FaultRecord {
         FaultRecord {
@@ -61,7 +78,16 @@ mod tests {
             faults: vec![record(true)],
             ..History::default()
         };
-        assert!(check(&h).ok);
+        assert!(check(&h, &[FaultMode::CorruptRaftData]).ok);
+    }
+
+    #[test]
+    fn scheduled_reaction_mode_that_produced_no_record_fails_but_none_scheduled_is_not_applicable()
+    {
+        assert!(!check(&History::default(), &[FaultMode::DiskFull]).ok);
+        let verdict = check(&History::default(), &[FaultMode::KillLeader]);
+        assert!(verdict.ok);
+        assert!(verdict.measured.unwrap().starts_with("not applicable"));
     }
 
     #[test]
@@ -70,7 +96,7 @@ mod tests {
             faults: vec![record(true), record(false)],
             ..History::default()
         };
-        let verdict = check(&h);
+        let verdict = check(&h, &[FaultMode::CorruptRaftData]);
         assert_eq!(verdict.n_violations, 1);
         assert!(verdict.violations[0].contains("node became ready"));
     }
