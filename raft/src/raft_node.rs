@@ -218,6 +218,7 @@ struct Inner {
     confirmed_at_ms: Arc<AtomicU64>,
     shutdown_tx: watch::Sender<bool>,
     leader_task: Mutex<Option<JoinHandle<()>>>,
+    database_closed: watch::Receiver<()>,
 }
 
 /// One Raft node of the control plane. Cheap to clone.
@@ -256,6 +257,7 @@ impl RaftNode {
     ) -> Result<RaftNode, StartError> {
         let (log_store, state_machine) = open_store(data_dir).await?;
         let shared = state_machine.shared();
+        let database_closed = log_store.subscribe_closed();
         let raft_config = openraft::Config {
             cluster_name: "shoal".to_string(),
             heartbeat_interval: config.heartbeat_interval_ms,
@@ -297,6 +299,7 @@ impl RaftNode {
             confirmed_at_ms: Arc::new(AtomicU64::new(NEVER)),
             shutdown_tx,
             leader_task: Mutex::new(None),
+            database_closed,
         });
         let node = RaftNode { inner };
         let task = tokio::spawn(leader_loop(node.clone_for_task()));
@@ -599,35 +602,33 @@ impl RaftNode {
                 timeout_ms: self.inner.config.admin_timeout_ms,
             })?
             .map_err(|e| WriteError::Stopped(e.to_string()))?;
+        // openraft's state machine worker and in-flight blocking store calls release the
+        // database shortly after the core stops; wait until it is closed, so that the data dir
+        // can be opened again (a restart in the same process) as soon as this returns.
+        let mut closed = self.inner.database_closed.clone();
+        tokio::time::timeout(self.admin_timeout(), async {
+            while closed.changed().await.is_ok() {}
+        })
+        .await
+        .map_err(|_| WriteError::Timeout {
+            timeout_ms: self.inner.config.admin_timeout_ms,
+        })?;
         tracing::info!(node_id = self.inner.id, "raft node stopped");
         Ok(())
     }
 }
 
-/// Opens the store; while a previous instance in this process is still releasing the file
-/// (redb allows one open per process), retries for up to 5 s.
+/// Opens the store off the async executor (it reads and verifies the whole file).
 async fn open_store(
     data_dir: &Path,
 ) -> Result<(store::LogStore, store::StateMachineStore), StoreError> {
-    let mut attempts = 0u32;
-    loop {
-        let dir = data_dir.to_path_buf();
-        let result = tokio::task::spawn_blocking(move || store::open(&dir))
-            .await
-            .map_err(|e| StoreError::Database {
-                path: data_dir.join(store::DB_FILE_NAME),
-                detail: e.to_string(),
-            })?;
-        match result {
-            Err(StoreError::Database { detail, .. })
-                if detail.contains("already open") && attempts < 100 =>
-            {
-                attempts += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => return other,
-        }
-    }
+    let dir = data_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || store::open(&dir))
+        .await
+        .map_err(|e| StoreError::Database {
+            path: data_dir.join(store::DB_FILE_NAME),
+            detail: e.to_string(),
+        })?
 }
 
 struct LeaderTask {

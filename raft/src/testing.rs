@@ -55,6 +55,11 @@ impl TestRouter {
         self.routes.lock().isolated.insert(id);
     }
 
+    /// True while a node is isolated.
+    pub fn is_isolated(&self, id: NodeId) -> bool {
+        self.routes.lock().isolated.contains(&id)
+    }
+
     /// Reconnects an isolated node.
     pub fn heal(&self, id: NodeId) {
         self.routes.lock().isolated.remove(&id);

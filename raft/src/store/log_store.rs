@@ -29,12 +29,18 @@ use crate::types::Vote;
 /// The Raft log, vote and committed id, durable in redb. Cloning shares the database.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<redb::Database>,
+    db: Arc<super::Database>,
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<redb::Database>) -> Self {
+    pub(crate) fn new(db: Arc<super::Database>) -> Self {
         Self { db }
+    }
+
+    /// Fails its `changed()` once the database file is closed and may be opened again (redb
+    /// allows one open per process).
+    pub fn subscribe_closed(&self) -> tokio::sync::watch::Receiver<()> {
+        self.db.subscribe_closed()
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(

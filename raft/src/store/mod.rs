@@ -66,6 +66,28 @@ pub enum StoreError {
     },
 }
 
+/// The open redb database plus a close signal: `closed` is dropped after the database (fields
+/// drop in order), so a holder of [`Database::subscribe_closed`] learns when the file lock is
+/// really released, not merely when the last `Arc` went away.
+pub struct Database {
+    db: redb::Database,
+    closed: tokio::sync::watch::Sender<()>,
+}
+
+impl Database {
+    /// A receiver whose `changed()` fails once the database is closed.
+    pub fn subscribe_closed(&self) -> tokio::sync::watch::Receiver<()> {
+        self.closed.subscribe()
+    }
+}
+
+impl std::ops::Deref for Database {
+    type Target = redb::Database;
+    fn deref(&self) -> &redb::Database {
+        &self.db
+    }
+}
+
 pub(crate) fn db_err(e: impl Into<redb::Error>) -> String {
     e.into().to_string()
 }
@@ -100,7 +122,10 @@ pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError
             .map_err(|e| database_err(db_err(e)))?;
     }
     write.commit().map_err(|e| database_err(db_err(e)))?;
-    let db = Arc::new(db);
+    let db = Arc::new(Database {
+        db,
+        closed: tokio::sync::watch::channel(()).0,
+    });
     let snapshot = verify(&db, &path)?;
     let log_store = LogStore::new(db.clone());
     let state_machine = StateMachineStore::new(db, snapshot);
@@ -124,11 +149,19 @@ fn verify(db: &redb::Database, path: &Path) -> Result<Option<StoredSnapshot>, St
         codec::decode_checked::<Vote>(value.value())
             .map_err(|e| corrupt("vote".to_string(), e.to_string()))?;
     }
-    for key in [KEY_COMMITTED, KEY_LAST_PURGED] {
-        if let Some(value) = meta.get(key).map_err(|e| database_err(db_err(e)))? {
-            codec::decode_checked::<LogId>(value.value())
-                .map_err(|e| corrupt(key.to_string(), e.to_string()))?;
-        }
+    if let Some(value) = meta
+        .get(KEY_COMMITTED)
+        .map_err(|e| database_err(db_err(e)))?
+    {
+        codec::decode_checked::<Option<LogId>>(value.value())
+            .map_err(|e| corrupt(KEY_COMMITTED.to_string(), e.to_string()))?;
+    }
+    if let Some(value) = meta
+        .get(KEY_LAST_PURGED)
+        .map_err(|e| database_err(db_err(e)))?
+    {
+        codec::decode_checked::<LogId>(value.value())
+            .map_err(|e| corrupt(KEY_LAST_PURGED.to_string(), e.to_string()))?;
     }
     let log = read.open_table(LOG).map_err(|e| database_err(db_err(e)))?;
     let mut previous: Option<u64> = None;

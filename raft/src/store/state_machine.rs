@@ -74,13 +74,13 @@ pub struct SmShared {
 
 /// The state machine handed to openraft.
 pub struct StateMachineStore {
-    db: Arc<redb::Database>,
+    db: Arc<super::Database>,
     shared: Arc<SmShared>,
     snapshot_seq: u64,
 }
 
 impl StateMachineStore {
-    pub(crate) fn new(db: Arc<redb::Database>, snapshot: Option<StoredSnapshot>) -> Self {
+    pub(crate) fn new(db: Arc<super::Database>, snapshot: Option<StoredSnapshot>) -> Self {
         let mut applied = Applied::default();
         if let Some(snapshot) = snapshot {
             // `open` verified it; a decode failure here cannot happen, but is not a panic.
@@ -134,7 +134,7 @@ impl StateMachineStore {
 
 /// Builds a snapshot from the current state.
 pub struct SnapshotBuilder {
-    db: Arc<redb::Database>,
+    db: Arc<super::Database>,
     shared: Arc<SmShared>,
     seq: u64,
 }
