@@ -107,6 +107,8 @@ fn nemesis_config(cli: &Cli, soak: Option<std::time::Duration>) -> NemesisConfig
         heal_ms_min: 1_500,
         heal_ms_max: 3_000,
         faults_max,
+        // Past the default 10 s heartbeat grace: the node is marked down, work re-placed.
+        node_lost_ms: 15_000,
     }
 }
 

@@ -81,6 +81,11 @@ pub struct NemesisConfig {
     pub heal_ms_max: u64,
     /// Upper bound on the number of faults in one schedule.
     pub faults_max: u32,
+    /// A third of the follower and worker kills last this long instead (longer than the
+    /// cluster's heartbeat grace, so the node is marked `down` and its workstations are
+    /// re-placed); 0 disables it.
+    #[serde(default)]
+    pub node_lost_ms: u64,
 }
 
 /// One fault in the schedule.
@@ -154,7 +159,14 @@ impl Schedule {
         let mut faults = Vec::new();
         let mut t_ms = config.warmup_ms;
         let next = |mode: FaultMode, t_ms: &mut u64, rng: &mut StdRng| -> Option<ScheduledFault> {
-            let duration_ms = rng.gen_range(config.fault_ms_min..=config.fault_ms_max);
+            let mut duration_ms = rng.gen_range(config.fault_ms_min..=config.fault_ms_max);
+            let node_lost = rng.gen_ratio(1, 3);
+            if node_lost
+                && config.node_lost_ms > 0
+                && matches!(mode, FaultMode::KillFollower | FaultMode::KillWorker)
+            {
+                duration_ms = config.node_lost_ms;
+            }
             let heal_ms = rng.gen_range(config.heal_ms_min..=config.heal_ms_max);
             let target_pick = rng.gen::<u64>();
             let start_ms = *t_ms;
@@ -234,6 +246,7 @@ mod tests {
             heal_ms_min: 1_000,
             heal_ms_max: 3_000,
             faults_max: 500,
+            node_lost_ms: 15_000,
         }
     }
 
@@ -294,7 +307,9 @@ mod tests {
                 let gap_ms = if i == 0 { 0 } else { cfg.heal_ms_min };
                 prop_assert!(fault.start_ms >= end_prev + gap_ms);
                 prop_assert!(fault.start_ms + fault.duration_ms <= cfg.faults_end_ms_max);
-                prop_assert!((cfg.fault_ms_min..=cfg.fault_ms_max).contains(&fault.duration_ms));
+                let node_lost = fault.duration_ms == cfg.node_lost_ms
+                    && matches!(fault.mode, FaultMode::KillFollower | FaultMode::KillWorker);
+                prop_assert!(node_lost || (cfg.fault_ms_min..=cfg.fault_ms_max).contains(&fault.duration_ms));
                 end_prev = fault.start_ms + fault.duration_ms;
             }
         }
