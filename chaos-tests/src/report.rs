@@ -10,6 +10,11 @@ use crate::checkers::Verdict;
 use crate::history::{FaultRecord, History, Outcome};
 use crate::stats::FailoverStats;
 
+/// Failover target (issue 7): median leader kill → first acknowledged write.
+pub const FAILOVER_P50_TARGET_MS: u64 = 300;
+/// Failover target: 99th percentile.
+pub const FAILOVER_P99_TARGET_MS: u64 = 1_000;
+
 /// Operation counts by outcome.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutcomeCounts {
@@ -157,6 +162,14 @@ impl Report {
             fmt_ms(self.failover.p99_ms),
             self.failover.n_without_ack
         );
+        if let (Some(p50), Some(p99)) = (self.failover.p50_ms, self.failover.p99_ms) {
+            let met = p50 <= FAILOVER_P50_TARGET_MS && p99 <= FAILOVER_P99_TARGET_MS;
+            let _ = writeln!(
+                out,
+                "failover target p50 <= {FAILOVER_P50_TARGET_MS} ms, p99 <= {FAILOVER_P99_TARGET_MS} ms: {}",
+                if met { "met" } else { "NOT met" }
+            );
+        }
         for note in &self.notes {
             let _ = writeln!(out, "note: {note}");
         }
