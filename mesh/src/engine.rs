@@ -38,6 +38,7 @@ use crate::identity::{Identity, NodePublicKey};
 use crate::ip_packet::{self, Ipv4Packet};
 use crate::join_wire;
 use crate::peer_table::{PeerChange, PeerSpec, PeerTable, PeerTableError};
+use crate::udp_gso;
 
 /// How often blocked threads wake to check for shutdown.
 pub(crate) const STOP_POLL_MS: u16 = 100;
@@ -728,31 +729,163 @@ impl Engine {
     }
 
     fn tun_rx_loop(self: Arc<Self>, tun: &TunSocket) {
-        let mut buf = vec![0u8; BUF_BYTES];
+        let mut packet_buf = vec![0u8; BUF_BYTES];
+        let mut batch = GsoBatch::new();
         // SAFETY: the TunSocket outlives this loop (we hold an Arc to it in the caller).
         let fd =
             unsafe { std::os::fd::BorrowedFd::borrow_raw(std::os::fd::AsRawFd::as_raw_fd(tun)) };
         while !self.stopped() {
-            match tun.read(&mut buf) {
+            match tun.read(&mut packet_buf) {
                 Ok(packet) => {
                     if let Some(IpAddr::V4(dst)) = Tunn::dst_address(packet) {
                         let len = packet.len();
-                        self.send_ip(&buf[..len], dst);
+                        self.queue_for_batch(&packet_buf[..len], dst, &mut batch);
                     }
                 }
                 Err(boringtun::device::Error::IfaceRead(e))
                     if e.kind() == io::ErrorKind::WouldBlock =>
                 {
+                    // The burst is over: send what was gathered, then sleep.
+                    self.flush_batch(&mut batch);
                     wait_fd(fd, PollFlags::POLLIN, STOP_POLL_MS);
                 }
                 Err(e) => {
                     // E.g. the interface was deleted under us: do not spin.
+                    self.flush_batch(&mut batch);
                     tracing::debug!(error = %e, "tun read error");
                     std::thread::sleep(Duration::from_millis(u64::from(STOP_POLL_MS)));
                 }
             }
         }
         tracing::debug!("mesh-tun-rx stopped");
+    }
+
+    /// Encrypts a packet read from the TUN device into the batch; equal-sized datagrams to
+    /// one endpoint accumulate into one GSO send.
+    fn queue_for_batch(&self, packet: &[u8], dst: Ipv4Addr, batch: &mut GsoBatch) {
+        let Some(peer) = self.peer_by_addr(dst) else {
+            bump(&self.counters.packets_no_route);
+            return;
+        };
+        if packet.len() + 64 > BUF_BYTES {
+            return;
+        }
+        if batch.used + packet.len() + 256 > batch.buf.len() {
+            self.flush_batch(batch);
+        }
+        let start = batch.used;
+        let len = match peer
+            .tunn
+            .lock()
+            .encapsulate(packet, &mut batch.buf[start..])
+        {
+            TunnResult::WriteToNetwork(datagram) => datagram.len(),
+            _ => return,
+        };
+        let Some(endpoint) = *peer.endpoint.lock() else {
+            return;
+        };
+        let joins = batch.count > 0
+            && batch.endpoint == Some(endpoint)
+            && batch.segment_bytes == len
+            && batch.count < udp_gso::GSO_SEGMENTS_MAX
+            && batch.used + len - batch.start <= udp_gso::GSO_BYTES_MAX;
+        if joins {
+            batch.used += len;
+            batch.count += 1;
+            return;
+        }
+        // Send the previous group; this datagram starts a new one where it already lies.
+        self.send_group(batch);
+        batch.start = start;
+        batch.used = start + len;
+        batch.count = 1;
+        batch.segment_bytes = len;
+        batch.endpoint = Some(endpoint);
+    }
+
+    fn flush_batch(&self, batch: &mut GsoBatch) {
+        self.send_group(batch);
+        batch.start = 0;
+        batch.used = 0;
+        batch.count = 0;
+        batch.endpoint = None;
+    }
+
+    fn send_group(&self, batch: &mut GsoBatch) {
+        let Some(endpoint) = batch.endpoint else {
+            return;
+        };
+        if batch.count == 0 {
+            return;
+        }
+        let group = &batch.buf[batch.start..batch.used];
+        if batch.count > 1 && batch.gso_enabled {
+            match self.send_gso(group, batch.segment_bytes, endpoint) {
+                Ok(()) => return,
+                Err(e) => {
+                    // Old kernel or a device without UDP GSO: send one by one from now on.
+                    tracing::info!(error = %e, "UDP GSO unavailable, sending datagrams one by one");
+                    batch.gso_enabled = false;
+                }
+            }
+        }
+        for datagram in group.chunks(batch.segment_bytes) {
+            self.send_raw(datagram, endpoint);
+        }
+    }
+
+    fn send_gso(&self, group: &[u8], segment_bytes: usize, to: SocketAddr) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let guard = self.socket.read_recursive();
+        let Some(socket) = guard.as_ref().map(WgSocket::get) else {
+            return Ok(());
+        };
+        let to = match (to, self.local_addr) {
+            // A dual-stack socket needs IPv4 destinations in their IPv6-mapped form.
+            (SocketAddr::V4(v4), SocketAddr::V6(_)) => {
+                SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+            }
+            (to, _) => to,
+        };
+        let segment = u16::try_from(segment_bytes).map_err(io::Error::other)?;
+        match udp_gso::send_segments(socket.as_raw_fd(), group, segment, to) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if wait_fd(socket.as_fd(), PollFlags::POLLOUT, 5) {
+                    let _ = udp_gso::send_segments(socket.as_raw_fd(), group, segment, to);
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Encrypted datagrams gathered from one TUN burst (see `queue_for_batch`).
+struct GsoBatch {
+    buf: Vec<u8>,
+    /// Start of the current group of equal-sized datagrams to one endpoint.
+    start: usize,
+    /// End of the bytes written.
+    used: usize,
+    count: usize,
+    segment_bytes: usize,
+    endpoint: Option<SocketAddr>,
+    gso_enabled: bool,
+}
+
+impl GsoBatch {
+    fn new() -> Self {
+        Self {
+            buf: vec![0u8; 2 * udp_gso::GSO_BYTES_MAX + BUF_BYTES],
+            start: 0,
+            used: 0,
+            count: 0,
+            segment_bytes: 0,
+            endpoint: None,
+            gso_enabled: true,
+        }
     }
 }
 

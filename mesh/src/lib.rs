@@ -31,6 +31,7 @@ pub mod transport;
 mod tun_device;
 mod tunnel_socket;
 mod uapi;
+mod udp_gso;
 
 pub use admission::{Admission, JoinAccepted, JoinCandidate, JoinRefusal};
 pub use engine::MeshStats;
