@@ -60,3 +60,21 @@ async fn exit_code_stdin_env_and_files_reach_the_program() -> anyhow::Result<()>
     host.assert_clean();
     Ok(())
 }
+
+#[tokio::test]
+async fn repeated_true_runs_leave_nothing_behind() -> anyhow::Result<()> {
+    if !root_or_skip("repeated_true_runs_leave_nothing_behind") {
+        return Ok(());
+    }
+    let host = TestHost::start("repeat")?;
+    let request = RunRequest {
+        argv: Some(vec!["/bin/true".to_string()]),
+        ..RunRequest::default()
+    };
+    for index in 0..10 {
+        let result = host.run(&request, &format!("true{index}")).await?;
+        assert_eq!(result.verdict, Verdict::Ok, "{result:?}");
+    }
+    host.assert_clean();
+    Ok(())
+}

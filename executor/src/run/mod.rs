@@ -164,8 +164,10 @@ pub async fn execute(
         home: None,
     })?;
     let isolation = sandbox.isolation().label();
+    let created_at = context.clock.now();
     let mut observed = supervise(&sandbox, &run, context.clock.as_ref()).await;
     let stats = sandbox.stats();
+    let supervised_at = context.clock.now();
     let destroy = tokio::task::spawn_blocking(move || sandbox.destroy()).await;
     let destroy_error = match destroy {
         Ok(Ok(())) => None,
@@ -176,7 +178,8 @@ pub async fn execute(
         tracing::error!(run = %id, %error, "run sandbox cleanup failed");
         observed.message.get_or_insert(error);
     }
-    let total = context.clock.now().saturating_duration_since(started_at);
+    let finished_at = context.clock.now();
+    let total = finished_at.saturating_duration_since(started_at);
     let wall = observed.wall.unwrap_or_default();
     let facts = RunFacts {
         setup_failed: observed.setup_failed,
@@ -202,6 +205,10 @@ pub async fn execute(
         wall_ms = wall.as_millis() as u64,
         cpu_ms,
         peak_memory_bytes = stats.memory_peak_bytes,
+        create_us = created_at.saturating_duration_since(started_at).as_micros() as u64,
+        start_us = observed.start.unwrap_or_default().as_micros() as u64,
+        supervise_us = supervised_at.saturating_duration_since(created_at).as_micros() as u64,
+        destroy_us = finished_at.saturating_duration_since(supervised_at).as_micros() as u64,
         "run finished"
     );
     Ok(RunResult {
@@ -236,6 +243,8 @@ struct Observed {
     setup_failed: bool,
     message: Option<String>,
     wall: Option<Duration>,
+    /// From the clone of init to the program's start (namespaces, mounts, files).
+    start: Option<Duration>,
     rusage_cpu_ms: u64,
 }
 
@@ -262,8 +271,10 @@ async fn supervise(sandbox: &Sandbox, run: &ValidatedRun, clock: &dyn Clock) -> 
         setup_failed: false,
         message: None,
         wall: None,
+        start: None,
         rusage_cpu_ms: 0,
     };
+    let cloned_at = clock.now();
     let fail = |observed: &mut Observed, message: String| {
         observed.setup_failed = true;
         observed.message = Some(message);
@@ -339,6 +350,11 @@ async fn supervise(sandbox: &Sandbox, run: &ValidatedRun, clock: &dyn Clock) -> 
     let has_cgroup = sandbox.cgroup_path().is_some();
     let cpu_budget_ns = run.cpu_time_ms.saturating_mul(1_000_000);
     let mut drain_deadline: Option<Instant> = None;
+    // A program cannot use more CPU than its quota allows: the budget cannot be reached before
+    // budget / quota of wall time, so the first check waits until then.
+    let earliest_cpu_exhaustion_ms = run.cpu_time_ms.saturating_mul(1000) / run.cpu_millis.max(1);
+    let mut next_cpu_check =
+        released_at + Duration::from_millis(earliest_cpu_exhaustion_ms).max(CPU_CHECK_INTERVAL);
     loop {
         let now = clock.now();
         let start = program_started_at.unwrap_or(released_at);
@@ -346,9 +362,12 @@ async fn supervise(sandbox: &Sandbox, run: &ValidatedRun, clock: &dyn Clock) -> 
             if now.saturating_duration_since(start) >= timeout {
                 observed.killed_for = Some(KillReason::WallTimeout);
                 kill_init();
-            } else if has_cgroup && sandbox.stats().cpu_usage_ns >= cpu_budget_ns {
-                observed.killed_for = Some(KillReason::CpuBudget);
-                kill_init();
+            } else if has_cgroup && now >= next_cpu_check {
+                next_cpu_check = now + CPU_CHECK_INTERVAL;
+                if sandbox.cpu_usage_ns() >= cpu_budget_ns {
+                    observed.killed_for = Some(KillReason::CpuBudget);
+                    kill_init();
+                }
             }
         }
         if init_exited && !stdout_open && !stderr_open && !report_open {
@@ -360,8 +379,8 @@ async fn supervise(sandbox: &Sandbox, run: &ValidatedRun, clock: &dyn Clock) -> 
             }
         }
         let mut wake = start + timeout;
-        if has_cgroup {
-            wake = wake.min(now + CPU_CHECK_INTERVAL);
+        if has_cgroup && !init_exited {
+            wake = wake.min(next_cpu_check);
         }
         if let Some(deadline) = drain_deadline {
             wake = wake.min(deadline);
@@ -416,6 +435,7 @@ async fn supervise(sandbox: &Sandbox, run: &ValidatedRun, clock: &dyn Clock) -> 
             kill_init();
         }
     }
+    observed.start = program_started_at.map(|started| started.saturating_duration_since(cloned_at));
     if let (Some(started), Some(ended)) = (program_started_at, program_ended_at) {
         observed.wall = Some(ended.saturating_duration_since(started));
     }

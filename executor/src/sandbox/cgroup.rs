@@ -151,6 +151,23 @@ impl SandboxCgroup {
         Ok(sandbox_cgroup)
     }
 
+    /// Creates a group below this one without limits of its own (they are inherited from this
+    /// group): used to tell one process tree of a workstation from the others.
+    pub fn create_child(&self, name: &str) -> Result<Self, SandboxError> {
+        let relative_path = format!("{}/{name}", self.relative_path);
+        let cgroup = Cgroup::new_with_specified_controllers(
+            cgroups_rs::hierarchies::auto(),
+            &relative_path,
+            Some(controllers(self.version)),
+        )
+        .map_err(|error| cgroup_error("create", &relative_path, error))?;
+        Ok(SandboxCgroup {
+            cgroup,
+            version: self.version,
+            relative_path,
+        })
+    }
+
     /// Loads an existing group (for cleaning up what an earlier run of the node left).
     fn load(version: CgroupVersion, relative_path: &str) -> Self {
         SandboxCgroup {
@@ -229,6 +246,11 @@ impl SandboxCgroup {
         path.exists().then_some(path)
     }
 
+    /// The cgroup interface.
+    pub fn version(&self) -> CgroupVersion {
+        self.version
+    }
+
     /// The group's path relative to the controllers' roots.
     pub fn relative_path(&self) -> &str {
         &self.relative_path
@@ -238,9 +260,14 @@ impl SandboxCgroup {
     pub fn add_process(&self, pid: i32) -> Result<(), SandboxError> {
         let pid =
             u64::try_from(pid).map_err(|_| cgroup_error("add", &self.relative_path, "bad pid"))?;
-        self.cgroup
-            .add_task_by_tgid(CgroupPid::from(pid))
-            .map_err(|error| cgroup_error("add process", &self.relative_path, error))
+        let result = match self.version {
+            // The process is single-threaded (just cloned, not yet released). Writing its tid
+            // to v1's `tasks` moves it without taking the thread-group rwsem, whose RCU grace
+            // period made each `cgroup.procs` write cost milliseconds (one per hierarchy).
+            CgroupVersion::V1 => self.cgroup.add_task(CgroupPid::from(pid)),
+            CgroupVersion::V2 => self.cgroup.add_task_by_tgid(CgroupPid::from(pid)),
+        };
+        result.map_err(|error| cgroup_error("add process", &self.relative_path, error))
     }
 
     /// Process ids currently in the group (in any controller on v1).
@@ -254,6 +281,26 @@ impl SandboxCgroup {
         pids.sort_unstable();
         pids.dedup();
         pids
+    }
+
+    /// CPU time used so far, in nanoseconds (one file read: cheap enough to poll).
+    pub fn cpu_usage_ns(&self) -> u64 {
+        let read = |path: Option<PathBuf>| {
+            path.and_then(|path| std::fs::read_to_string(path).ok())
+                .unwrap_or_default()
+        };
+        match self.version {
+            CgroupVersion::V1 => read(self.file_path::<CpuAcctController>("cpuacct.usage"))
+                .trim()
+                .parse()
+                .unwrap_or(0),
+            CgroupVersion::V2 => read(self.file_path::<CpuController>("cpu.stat"))
+                .lines()
+                .find_map(|line| line.strip_prefix("usage_usec "))
+                .and_then(|value| value.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+                .saturating_mul(1000),
+        }
     }
 
     /// Reads what the kernel counted.
@@ -361,6 +408,18 @@ impl SandboxCgroup {
     }
 }
 
+/// Removes the group at `relative_path` and every group below it, killing their processes.
+pub fn remove_recursive(version: CgroupVersion, relative_path: &str) -> Result<(), SandboxError> {
+    for name in children(version, relative_path) {
+        remove_recursive(version, &format!("{relative_path}/{name}"))?;
+    }
+    let group = SandboxCgroup::load(version, relative_path);
+    if group.exists() {
+        group.remove()?;
+    }
+    Ok(())
+}
+
 /// Names of the groups below `prefix` (e.g. `shoal-node1`), in any hierarchy.
 pub fn children(version: CgroupVersion, prefix: &str) -> Vec<String> {
     let mut names = Vec::new();
@@ -385,15 +444,7 @@ pub fn children(version: CgroupVersion, prefix: &str) -> Vec<String> {
 /// Removes every group below `prefix` and `prefix` itself, killing what still runs there.
 /// Returns how many sandbox groups were removed.
 pub fn remove_tree(version: CgroupVersion, prefix: &str) -> Result<usize, SandboxError> {
-    let mut removed = 0;
-    for name in children(version, prefix) {
-        let group = SandboxCgroup::load(version, &format!("{prefix}/{name}"));
-        group.remove()?;
-        removed += 1;
-    }
-    let top = SandboxCgroup::load(version, prefix);
-    if top.exists() {
-        top.remove()?;
-    }
+    let removed = children(version, prefix).len();
+    remove_recursive(version, prefix)?;
     Ok(removed)
 }

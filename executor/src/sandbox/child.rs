@@ -203,6 +203,10 @@ pub(crate) struct InitPlan {
     pub clone_flags: libc::c_int,
     /// Setup steps in order.
     pub steps: Vec<Step>,
+    /// Index of the first step that must run inside the sandbox's cgroup (writing files
+    /// charges memory): the child waits there for the parent's second go, so that moving it
+    /// into the cgroup (milliseconds for a v1 memory cgroup) overlaps with the mount setup.
+    pub placement_barrier: usize,
     /// What to do afterwards.
     pub mode: InitMode,
 }
@@ -315,10 +319,13 @@ pub(crate) fn start_init(
             return Err(error);
         }
     };
+    // First go: set up the namespaces while we place the child into its cgroup.
+    release(&sync_write, pid)?;
     if let Err(error) = place(pid) {
         abandon(pid);
         return Err(error);
     }
+    // Second go: the child is in its cgroup; it may write files and fork the program.
     release(&sync_write, pid)?;
     Ok(Started {
         pid,
@@ -525,6 +532,11 @@ unsafe fn stdio_to_dev_null() {
 }
 
 unsafe fn wait_for_go(sync_read: RawFd) {
+    wait_for_byte(sync_read);
+    libc::close(sync_read);
+}
+
+unsafe fn wait_for_byte(sync_read: RawFd) {
     let mut byte = 0u8;
     loop {
         let count = libc::read(sync_read, (&mut byte as *mut u8).cast(), 1);
@@ -537,7 +549,6 @@ unsafe fn wait_for_go(sync_read: RawFd) {
         // The parent gave up on us (closed the pipe without a go).
         libc::_exit(1);
     }
-    libc::close(sync_read);
 }
 
 unsafe fn init_main(
@@ -549,18 +560,29 @@ unsafe fn init_main(
     for fd in parent_ends {
         libc::close(*fd);
     }
-    wait_for_go(sync_read);
+    // If the node dies, its sandboxes die with it (killing init kills the PID namespace). If it
+    // died before this line, the sync pipe reads EOF below and we exit.
+    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+    wait_for_byte(sync_read);
     match &plan.mode {
         InitMode::RunProgram(program) => {
-            close_all_except(&[report_fd, program.stdout_fd, program.stderr_fd]);
+            close_all_except(&[sync_read, report_fd, program.stdout_fd, program.stderr_fd]);
         }
-        InitMode::Reaper => close_all_except(&[report_fd]),
+        InitMode::Reaper => close_all_except(&[sync_read, report_fd]),
     }
     stdio_to_dev_null();
+    let mut placed = false;
     for (index, step) in plan.steps.iter().enumerate() {
+        if index >= plan.placement_barrier && !placed {
+            wait_for_go(sync_read);
+            placed = true;
+        }
         if let Err(error) = run_step(step) {
             fail(report_fd, index as i32, error);
         }
+    }
+    if !placed {
+        wait_for_go(sync_read);
     }
     match &plan.mode {
         InitMode::RunProgram(program) => {

@@ -13,6 +13,7 @@ mod child;
 mod probe;
 mod rootfs;
 mod seccomp;
+mod spawner;
 mod uid;
 
 use std::ffi::CString;
@@ -22,9 +23,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use cgroup::{CgroupLimits, CgroupStats, CgroupVersion};
+pub use cgroup::{CgroupLimits, CgroupStats, CgroupVersion, SandboxCgroup};
 pub use probe::{IsolationLevel, IsolationReport, NamespaceSupport};
 pub use rootfs::HOME_IN_SANDBOX;
+pub use spawner::SandboxSpawner;
 pub use uid::{UidLease, UidPool};
 
 pub(crate) use child::{
@@ -290,6 +292,7 @@ impl SandboxHost {
             uid,
             work_dir: None,
             reaper: Mutex::new(None),
+            n_spawned: std::sync::atomic::AtomicU64::new(0),
             destroyed: false,
         };
         if let (Some(home), Some(uid)) = (&sandbox.home, &sandbox.uid) {
@@ -312,6 +315,28 @@ impl SandboxHost {
             sandbox.work_dir = Some(dir);
         }
         Ok(sandbox)
+    }
+}
+
+/// The steps up to pivot_root (mounts, which charge next to nothing) may run before the init
+/// process is in its cgroup; everything after must not.
+fn placement_barrier(steps: &[Step]) -> usize {
+    steps
+        .iter()
+        .position(|step| matches!(step, Step::PivotRoot { .. }))
+        .map(|index| index + 1)
+        .unwrap_or(0)
+}
+
+impl Drop for SandboxHost {
+    /// Every sandbox holds the host, so this runs after the last one is gone: remove the node's
+    /// (by now empty) cgroup prefix so that a stopped node leaves nothing behind.
+    fn drop(&mut self) {
+        if let Some(version) = self.report.cgroup {
+            if let Err(error) = cgroup::remove_recursive(version, &self.cgroup_prefix) {
+                tracing::warn!(%error, prefix = %self.cgroup_prefix, "cannot remove the node's cgroups");
+            }
+        }
     }
 }
 
@@ -364,6 +389,7 @@ pub struct Sandbox {
     uid: Option<UidLease>,
     work_dir: Option<PathBuf>,
     reaper: Mutex<Option<Reaper>>,
+    n_spawned: std::sync::atomic::AtomicU64,
     destroyed: bool,
 }
 
@@ -389,6 +415,15 @@ pub struct SandboxFile {
     pub content: Vec<u8>,
     /// Mode bits (e.g. 0o644, 0o755).
     pub mode: u32,
+}
+
+/// A process started in a workstation sandbox.
+#[derive(Debug)]
+pub struct SpawnedInSandbox {
+    /// Host pid (a child of the caller).
+    pub pid: libc::pid_t,
+    /// The cgroup holding the process and everything it starts (None without cgroups).
+    pub tree: Option<cgroup::SandboxCgroup>,
 }
 
 /// A run's init process once started.
@@ -431,6 +466,14 @@ impl Sandbox {
             .as_ref()
             .map(cgroup::SandboxCgroup::stats)
             .unwrap_or_default()
+    }
+
+    /// CPU time used by the sandbox so far in nanoseconds (0 without cgroups).
+    pub fn cpu_usage_ns(&self) -> u64 {
+        self.cgroup
+            .as_ref()
+            .map(cgroup::SandboxCgroup::cpu_usage_ns)
+            .unwrap_or(0)
     }
 
     /// Host pids currently in the sandbox's cgroup.
@@ -635,9 +678,11 @@ impl Sandbox {
             stderr_fd,
         )?;
         program_plan.raise_oom_score = true;
+        let steps = self.init_steps(files)?;
         let plan = InitPlan {
             clone_flags: self.clone_flags(),
-            steps: self.init_steps(files)?,
+            placement_barrier: placement_barrier(&steps),
+            steps,
             mode: InitMode::RunProgram(Box::new(program_plan)),
         };
         let Started { pid, pidfd, report } = child::start_init(&plan, |pid| self.place(pid))?;
@@ -666,9 +711,11 @@ impl Sandbox {
         if reaper.is_some() || self.clone_flags() == 0 {
             return Ok(());
         }
+        let steps = self.init_steps(&[])?;
         let plan = InitPlan {
             clone_flags: self.clone_flags(),
-            steps: self.init_steps(&[])?,
+            placement_barrier: placement_barrier(&steps),
+            steps,
             mode: InitMode::Reaper,
         };
         let started = child::start_init(&plan, |pid| self.place(pid))?;
@@ -715,15 +762,16 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Starts a process in this (workstation) sandbox. The process is a child of the calling
-    /// process (wait for it with waitpid/pidfd); its stdout and stderr go to the given fds and
-    /// its stdin is /dev/null. Returns its host pid.
+    /// Starts a process in this (workstation) sandbox, in a cgroup of its own below the
+    /// sandbox's (its process tree; limits are the sandbox's). The process is a child of the
+    /// calling process (wait for it with waitpid/pidfd); its stdout and stderr go to the given
+    /// fds and its stdin is /dev/null.
     pub fn spawn(
         &self,
         program: &ProgramSpec,
         stdout_fd: RawFd,
         stderr_fd: RawFd,
-    ) -> Result<libc::pid_t, SandboxError> {
+    ) -> Result<SpawnedInSandbox, SandboxError> {
         self.start_reaper()?;
         let mut plan = self.program_plan(
             program,
@@ -733,6 +781,15 @@ impl Sandbox {
             stderr_fd,
         )?;
         plan.raise_oom_score = true;
+        let tree = match &self.cgroup {
+            Some(cgroup) => {
+                let serial = self
+                    .n_spawned
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Some(cgroup.create_child(&format!("p-{serial}"))?)
+            }
+            None => None,
+        };
         let reaper = self.reaper.lock().map_err(|_| SandboxError::Spawn {
             what: "reaper".to_string(),
             reason: "lock poisoned".to_string(),
@@ -747,8 +804,21 @@ impl Sandbox {
                     .collect()
             })
             .unwrap_or_default();
-        let (pid, reports) =
-            child::start_in_namespaces(&namespace_fds, &plan, |pid| self.place(pid))?;
+        let place = |pid| match &tree {
+            Some(tree) => tree.add_process(pid),
+            None => Ok(()),
+        };
+        let started = child::start_in_namespaces(&namespace_fds, &plan, place);
+        drop(reaper);
+        let (pid, reports) = match started {
+            Ok(started) => started,
+            Err(error) => {
+                if let Some(tree) = &tree {
+                    let _ = tree.remove();
+                }
+                return Err(error);
+            }
+        };
         if let Some(report) = reports
             .iter()
             .find(|report| report.tag == REPORT_EXEC_FAILED || report.tag == REPORT_SETUP_FAILED)
@@ -757,23 +827,37 @@ impl Sandbox {
             let mut status = 0;
             // SAFETY: reaping our own (already exited) child.
             unsafe { libc::waitpid(pid, &mut status, 0) };
+            if let Some(tree) = &tree {
+                let _ = tree.remove();
+            }
             return Err(SandboxError::Spawn {
                 what: program.argv.first().cloned().unwrap_or_default(),
                 reason: describe_failure(&[*report], &[]),
             });
         }
-        Ok(pid)
+        Ok(SpawnedInSandbox { pid, tree })
     }
 
     /// Kills every process of the sandbox (the whole cgroup, and the init process).
     pub fn kill_all(&self) -> Result<(), SandboxError> {
         if let Ok(mut reaper) = self.reaper.lock() {
             if let Some(reaper) = reaper.take() {
-                // SAFETY: killing and reaping our own child.
-                unsafe {
-                    libc::kill(reaper.pid, libc::SIGKILL);
-                    let mut status = 0;
-                    libc::waitpid(reaper.pid, &mut status, 0);
+                // SAFETY: killing our own child.
+                unsafe { libc::kill(reaper.pid, libc::SIGKILL) };
+                // The namespace's init only finishes exiting once every process of its PID
+                // namespace is reaped, and workstation processes are the caller's children,
+                // reaped by their exit futures on the caller's runtime, which may be the very
+                // thread running this. Waiting here could deadlock: reap it on the side.
+                let pid = reaper.pid;
+                let waiter = std::thread::Builder::new()
+                    .name("sandbox-init-reap".to_string())
+                    .spawn(move || {
+                        let mut status = 0;
+                        // SAFETY: reaping our own child.
+                        unsafe { libc::waitpid(pid, &mut status, 0) };
+                    });
+                if let Err(error) = waiter {
+                    tracing::warn!(%error, pid, "cannot start the reaping thread; init stays a zombie");
                 }
             }
         }
@@ -796,7 +880,8 @@ impl Sandbox {
         self.destroyed = true;
         self.kill_all()?;
         if let Some(cgroup) = &self.cgroup {
-            cgroup.remove()?;
+            // Process-tree groups of a workstation first, then the sandbox's own.
+            cgroup::remove_recursive(cgroup.version(), cgroup.relative_path())?;
         }
         if let Some(dir) = &self.work_dir {
             if dir.exists() {
