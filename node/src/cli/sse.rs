@@ -56,7 +56,8 @@ impl SseParser {
     pub fn feed(&mut self, chunk: &[u8]) -> Result<Vec<SseEvent>, SseError> {
         let mut events = Vec::new();
         let mut rest = chunk;
-        if self.after_cr {
+        // An empty chunk says nothing about whether `\n` follows a pending `\r`.
+        if self.after_cr && !rest.is_empty() {
             self.after_cr = false;
             if let Some(stripped) = rest.strip_prefix(b"\n") {
                 rest = stripped;
@@ -202,6 +203,14 @@ mod tests {
     #[test]
     fn crlf_split_across_chunks_is_one_line_ending() {
         let events = parse_all(&[b"data: a\r", b"\ndata: b\r", b"\n\r", b"\n"]);
+        assert_eq!(events, vec![event("message", "a\nb", None)]);
+    }
+
+    /// Regression: an empty chunk between `\r` and `\n` made the `\n` an empty line, which
+    /// split one event in two (found by `generated_events_survive_any_line_endings_and_cuts`).
+    #[test]
+    fn an_empty_chunk_between_cr_and_lf_does_not_split_an_event() {
+        let events = parse_all(&[b"data: a\r", b"", b"\ndata: b\r\n\r\n"]);
         assert_eq!(events, vec![event("message", "a\nb", None)]);
     }
 
