@@ -94,6 +94,7 @@ pub struct FileConfig {
     runs_concurrent_max: Option<usize>,
     log_subscribers_per_workstation_max: Option<usize>,
     shutdown_grace_ms: Option<u64>,
+    log_keepalive_ms: Option<u64>,
 }
 
 /// The configuration the agent runs with.
@@ -143,6 +144,8 @@ pub struct AgentConfig {
     pub log_subscribers_per_workstation_max: usize,
     /// How long a graceful shutdown waits for processes to stop before killing them.
     pub shutdown_grace_ms: u64,
+    /// An idle log stream gets an SSE comment this often (SPEC.md: at least every 15 s).
+    pub log_keepalive_ms: u64,
 }
 
 impl AgentConfig {
@@ -200,6 +203,7 @@ impl AgentConfig {
                 .log_subscribers_per_workstation_max
                 .unwrap_or(64),
             shutdown_grace_ms: file.shutdown_grace_ms.unwrap_or(5_000),
+            log_keepalive_ms: file.log_keepalive_ms.unwrap_or(10_000),
         };
         config.check()?;
         Ok(config)
@@ -212,6 +216,9 @@ impl AgentConfig {
         }
         if self.heartbeat_interval_ms == 0 || self.heartbeat_grace_ms < self.heartbeat_interval_ms {
             bail!("heartbeat_grace_ms must be at least heartbeat_interval_ms, which must be > 0");
+        }
+        if self.log_keepalive_ms == 0 || self.log_keepalive_ms > 15_000 {
+            bail!("log_keepalive_ms must be between 1 and 15000 (SPEC.md: at least every 15 s)");
         }
         if self.api_workers == 0 || self.api_workers > 64 {
             bail!("api_workers must be between 1 and 64");
@@ -293,6 +300,7 @@ mod tests {
             file.runs_concurrent_max.is_some(),
             file.log_subscribers_per_workstation_max.is_some(),
             file.shutdown_grace_ms.is_some(),
+            file.log_keepalive_ms.is_some(),
         ];
         assert!(shown.iter().all(|shown| *shown));
         assert!(text.contains("# admin_token_file = "));

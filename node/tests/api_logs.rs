@@ -216,3 +216,34 @@ async fn twenty_mib_of_output_keeps_exactly_5242880_bytes_and_reports_dropped_ex
     assert_eq!(dropped["bytes"], json!(total - 5_242_880));
     Ok(())
 }
+
+#[tokio::test]
+async fn an_idle_log_stream_gets_keepalive_comments() -> anyhow::Result<()> {
+    common::init_tracing();
+    let agent = Agent::bootstrap_with_config("log_keepalive_ms = 200\n")?;
+    let api = agent.client(&agent.admin_key()?);
+    let ws = create_workstation(&api).await?;
+    let response = api
+        .http
+        .get(format!(
+            "{}/v1/workstations/{ws}/logs?follow=true",
+            api.base_url
+        ))
+        .bearer_auth(api.key.clone().unwrap_or_default())
+        .send()
+        .await?;
+    info!("--- nothing is written; comments keep arriving");
+    let mut stream = response.bytes_stream();
+    let mut text = String::new();
+    while text.matches(": keepalive").count() < 2 {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the stream ended"))??;
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        !text.contains("event:"),
+        "no event on an idle stream: {text}"
+    );
+    Ok(())
+}

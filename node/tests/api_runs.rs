@@ -128,3 +128,24 @@ async fn every_verdict_is_reported_with_the_isolation_actually_applied() -> anyh
     assert_eq!(result["stdout"], json!("data\n"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_beyond_the_nodes_concurrency_bound_get_429_with_retry_after() -> anyhow::Result<()> {
+    common::init_tracing();
+    let agent = Agent::bootstrap_with_config("runs_concurrent_max = 1\n")?;
+    let api = agent.client(&agent.admin_key()?);
+    info!("--- two runs of 3 s at once: one gets the only slot, the other is refused");
+    let body = json!({"argv": ["sleep", "3"], "timeout_ms": 20_000});
+    let (first, second) = tokio::join!(api.post("/v1/runs", &body), api.post("/v1/runs", &body));
+    let mut answers = [first?, second?];
+    answers.sort_by_key(|answer| answer.status);
+    assert_eq!(answers[0].status, 200, "{}", answers[0].text);
+    assert_eq!(answers[0].body["verdict"], json!("ok"));
+    assert_eq!(answers[1].status, 429, "{}", answers[1].text);
+    assert_eq!(answers[1].error_code(), "rate_limited");
+    assert!(answers[1].retry_after.is_some());
+    info!("--- the slot is free again");
+    let again = api.post("/v1/runs", &json!({"argv": ["true"]})).await?;
+    assert_eq!(again.status, 200);
+    Ok(())
+}

@@ -225,3 +225,73 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::api_types::{
+        CreateKeyRequest, CreateProcessRequest, CreateTokenRequest, CreateWorkstationRequest,
+        ResizeWorkstationRequest, RunRequest,
+    };
+    use proptest::prelude::*;
+
+    fn parse_all(body: &[u8]) {
+        fn check<T: serde::de::DeserializeOwned>(body: &[u8]) {
+            if let Err(err) = parse_json::<T>(body) {
+                assert_eq!(err.code(), "invalid_input", "{err}");
+            }
+        }
+        check::<CreateWorkstationRequest>(body);
+        check::<ResizeWorkstationRequest>(body);
+        check::<CreateProcessRequest>(body);
+        check::<RunRequest>(body);
+        check::<CreateKeyRequest>(body);
+        check::<CreateTokenRequest>(body);
+    }
+
+    /// Arbitrary JSON-ish text: objects with known and unknown keys and values of every type.
+    fn json_like() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            Just("cpu_millis".to_string()),
+            Just("memory_bytes".to_string()),
+            Just("argv".to_string()),
+            Just("code".to_string()),
+            Just("files".to_string()),
+            Just("tenant".to_string()),
+            Just("restart".to_string()),
+            "[a-z_\\\\\"]{0,12}",
+        ];
+        let value = prop_oneof![
+            Just("null".to_string()),
+            Just("-1".to_string()),
+            Just("1e400".to_string()),
+            Just("18446744073709551616".to_string()),
+            Just("\"x\"".to_string()),
+            Just("[\"a\", 1]".to_string()),
+            Just("{\"path\": 1}".to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            "\"[^\"]{0,8}\"",
+        ];
+        proptest::collection::vec((key, value), 0..6).prop_map(|pairs| {
+            let fields: Vec<String> = pairs
+                .into_iter()
+                .map(|(key, value)| format!("\"{key}\": {value}"))
+                .collect();
+            format!("{{{}}}", fields.join(", "))
+        })
+    }
+
+    proptest! {
+        /// No byte string makes a body parser panic, and every refusal is a 400.
+        #[test]
+        fn arbitrary_bytes_are_refused_cleanly(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            parse_all(&body);
+        }
+
+        /// Mistyped, oversized and unknown fields in JSON objects are refused cleanly too.
+        #[test]
+        fn arbitrary_json_objects_are_refused_cleanly(body in json_like()) {
+            parse_all(body.as_bytes());
+        }
+    }
+}

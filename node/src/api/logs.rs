@@ -18,9 +18,6 @@ use crate::api_types::{DroppedEvent, ErrorBody, ExitEvent, LogsPage, LogsQuery};
 
 /// Most bytes of record data in one JSON answer (and the default).
 pub const LOGS_PAGE_BYTES_MAX: u64 = 5_242_880;
-/// An SSE comment is sent at least this often so that idle streams stay open through proxies
-/// (SPEC.md: at least every 15 s).
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// SSE chunks queued towards one slow client before the producer waits (the executor's own
 /// follower queue then pauses it and reports `dropped`).
 const SSE_CHUNKS_QUEUED_MAX: usize = 16;
@@ -81,6 +78,8 @@ pub async fn logs(
         None => query.from.unwrap_or(0),
     };
     let mut follower = agent.host.follow(&ws.id, from).await?;
+    // An SSE comment at least this often keeps idle streams open through proxies.
+    let keepalive_interval = Duration::from_millis(agent.config.log_keepalive_ms);
     let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(SSE_CHUNKS_QUEUED_MAX);
     tokio::spawn(async move {
         // An initial comment makes the response start at once (clients see the stream open).
@@ -91,7 +90,7 @@ pub async fn logs(
         {
             return;
         }
-        let mut keepalive = tokio::time::interval(KEEPALIVE_INTERVAL);
+        let mut keepalive = tokio::time::interval(keepalive_interval);
         keepalive.tick().await;
         loop {
             let chunk = tokio::select! {

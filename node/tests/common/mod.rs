@@ -69,6 +69,22 @@ impl Agent {
         Ok(agent)
     }
 
+    /// Bootstraps with a config file holding `toml`.
+    pub fn bootstrap_with_config(toml: &str) -> anyhow::Result<Agent> {
+        let temp = tempfile::tempdir().context("temp dir")?;
+        let data_dir = temp.path().join("node");
+        let config = temp.path().join("shoal.toml");
+        std::fs::write(&config, toml).context("writing the config")?;
+        let config_text = config.to_string_lossy().to_string();
+        let mut agent = Agent::start(
+            &data_dir,
+            &["--bootstrap", "--config", &config_text],
+            free_tcp_port(),
+        )?;
+        agent._temp = Some(temp);
+        Ok(agent)
+    }
+
     /// Starts an agent on `data_dir` with extra flags, serving the API on `api_port`.
     pub fn start(data_dir: &Path, extra: &[&str], api_port: u16) -> anyhow::Result<Agent> {
         let listen_port = free_udp_port();

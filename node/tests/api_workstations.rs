@@ -1,0 +1,237 @@
+//! A workstation's life through the API of a real agent: create, resize within and beyond its
+//! node, signal and kill processes, filter logs by process, delete; and the pool's refusals
+//! (422 never fits, 503 with Retry-After when full now).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, Agent, Api};
+use serde_json::{json, Value};
+use tracing::info;
+
+async fn process_state(api: &Api, ws: &str, proc: &str) -> anyhow::Result<Value> {
+    let answer = api.get(&format!("/v1/workstations/{ws}/processes")).await?;
+    Ok(answer
+        .body
+        .as_array()
+        .and_then(|processes| processes.iter().find(|p| p["id"] == json!(proc)).cloned())
+        .unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn resize_signal_kill_filter_and_delete_a_workstation() -> anyhow::Result<()> {
+    common::init_tracing();
+    let agent = Agent::bootstrap()?;
+    let api = agent.client(&agent.admin_key()?);
+    let node = api.get(&format!("/v1/nodes/{}", agent.node_id)).await?;
+    let node_memory = node.body["capacity"]["memory_bytes"].as_u64().unwrap_or(0);
+    assert!(node_memory > 1 << 30);
+
+    info!("--- create, then resize in place");
+    let ws = api
+        .post(
+            "/v1/workstations",
+            &json!({"cpu_millis": 100, "memory_bytes": 64 << 20, "name": "box"}),
+        )
+        .await?;
+    assert_eq!(ws.status, 201, "{}", ws.text);
+    let id = ws.body["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(ws.body["generation"], json!(1));
+    assert_eq!(ws.body["home_volume"], json!("node-local"));
+    let resized = api
+        .patch(
+            &format!("/v1/workstations/{id}"),
+            &json!({"cpu_millis": 200, "memory_bytes": 128 << 20}),
+        )
+        .await?;
+    assert_eq!(resized.status, 200, "{}", resized.text);
+    assert_eq!(resized.body["cpu_millis"], json!(200));
+    assert_eq!(
+        resized.body["cpu_limit_millis"],
+        json!(200),
+        "the limit follows the reservation up"
+    );
+    let reserved = api.get("/v1/cluster").await?.body["pool"]["memory_bytes"]["reserved"].clone();
+    assert_eq!(reserved, json!(128u64 << 20));
+
+    info!("--- resizes that cannot be done change nothing");
+    let too_big = api
+        .patch(
+            &format!("/v1/workstations/{id}"),
+            &json!({"memory_bytes": node_memory * 2}),
+        )
+        .await?;
+    assert_eq!(too_big.status, 422, "{}", too_big.text);
+    let bad_limit = api
+        .patch(
+            &format!("/v1/workstations/{id}"),
+            &json!({"cpu_limit_millis": 50}),
+        )
+        .await?;
+    assert_eq!(bad_limit.status, 400);
+    assert_eq!(
+        api.get(&format!("/v1/workstations/{id}")).await?.body,
+        resized.body
+    );
+
+    info!("--- a second workstation that does not fit now: 503 with Retry-After");
+    let hog = api
+        .post(
+            "/v1/workstations",
+            &json!({"cpu_millis": 100, "memory_bytes": node_memory - (64 << 20)}),
+        )
+        .await?;
+    assert_eq!(hog.status, 503, "{}", hog.text);
+    assert!(hog.retry_after.is_some());
+    assert_eq!(hog.error_code(), "unavailable");
+
+    info!("--- two processes; the log can be filtered by process");
+    let talker = api
+        .post(
+            &format!("/v1/workstations/{id}/processes"),
+            &json!({"argv": ["sh", "-c", "echo from-talker; exec sleep 600"], "env": {"A": "1"}}),
+        )
+        .await?;
+    assert_eq!(talker.status, 201, "{}", talker.text);
+    let talker_id = talker.body["id"].as_str().unwrap_or_default().to_string();
+    let trapper = api
+        .post(
+            &format!("/v1/workstations/{id}/processes"),
+            &json!({"argv": ["sh", "-c", "trap 'echo got-usr1' USR1; echo ready; while true; do sleep 0.05; done"], "restart": "always"}),
+        )
+        .await?;
+    let trapper_id = trapper.body["id"].as_str().unwrap_or_default().to_string();
+    eventually(Duration::from_secs(10), || {
+        let api = api.clone();
+        let path = format!("/v1/workstations/{id}/logs?proc={trapper_id}");
+        async move {
+            let page = api.get(&path).await?;
+            let text: String = page.body["records"]
+                .as_array()
+                .map(|records| records.iter().filter_map(|r| r["data"].as_str()).collect())
+                .unwrap_or_default();
+            Ok(text.contains("ready").then_some(()))
+        }
+    })
+    .await?;
+    let filtered = api
+        .get(&format!("/v1/workstations/{id}/logs?proc={talker_id}"))
+        .await?;
+    let records = filtered.body["records"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!records.is_empty());
+    assert!(records.iter().all(|r| r["proc"] == json!(talker_id)));
+
+    info!("--- USR1 is delivered and the process keeps running");
+    let signalled = api
+        .delete(&format!(
+            "/v1/workstations/{id}/processes/{trapper_id}?signal=USR1"
+        ))
+        .await?;
+    assert_eq!(signalled.status, 204, "{}", signalled.text);
+    eventually(Duration::from_secs(10), || {
+        let api = api.clone();
+        let path = format!("/v1/workstations/{id}/logs?proc={trapper_id}");
+        async move {
+            let page = api.get(&path).await?;
+            Ok(page.text.contains("got-usr1").then_some(()))
+        }
+    })
+    .await?;
+    assert_eq!(
+        process_state(&api, &id, &trapper_id).await?["state"],
+        json!("running")
+    );
+
+    info!("--- TERM stops an `always` process for good");
+    let killed = api
+        .delete(&format!("/v1/workstations/{id}/processes/{trapper_id}"))
+        .await?;
+    assert_eq!(killed.status, 204, "{}", killed.text);
+    let state = process_state(&api, &id, &trapper_id).await?;
+    assert_eq!(state["state"], json!("exited"), "{state}");
+    assert_eq!(state["reason"], json!("killed"));
+
+    info!("--- delete: gone from the API, its processes stopped, the audit keeps it");
+    let deleted = api.delete(&format!("/v1/workstations/{id}")).await?;
+    assert_eq!(deleted.status, 204);
+    assert_eq!(
+        api.get(&format!("/v1/workstations/{id}")).await?.status,
+        404
+    );
+    assert_eq!(
+        api.get(&format!("/v1/workstations/{id}/logs"))
+            .await?
+            .status,
+        404
+    );
+    let pool = api.get("/v1/cluster").await?.body["pool"]["memory_bytes"]["reserved"].clone();
+    assert_eq!(pool, json!(0));
+    let audit = api.get("/v1/audit").await?;
+    let actions: Vec<&str> = audit
+        .body
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter_map(|e| e["action"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    for action in [
+        "workstation.create",
+        "workstation.resize",
+        "process.create",
+        "process.kill",
+        "workstation.delete",
+    ] {
+        assert!(
+            actions.contains(&action),
+            "audit lacks {action}: {actions:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_with_an_open_log_stream_ends_the_stream_and_exits_cleanly() -> anyhow::Result<()> {
+    common::init_tracing();
+    let mut agent = Agent::bootstrap()?;
+    let api = agent.client(&agent.admin_key()?);
+    let ws = api
+        .post(
+            "/v1/workstations",
+            &json!({"cpu_millis": 100, "memory_bytes": 64 << 20}),
+        )
+        .await?;
+    let id = ws.body["id"].as_str().unwrap_or_default().to_string();
+    let proc = api
+        .post(
+            &format!("/v1/workstations/{id}/processes"),
+            &json!({"argv": ["sleep", "600"]}),
+        )
+        .await?;
+    assert_eq!(proc.status, 201);
+
+    info!("--- a follower is connected");
+    let response = api
+        .http
+        .get(format!(
+            "{}/v1/workstations/{id}/logs?follow=true",
+            api.base_url
+        ))
+        .bearer_auth(api.key.clone().unwrap_or_default())
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let reading = tokio::spawn(async move { response.bytes().await.map(|b| b.len()) });
+
+    info!("--- SIGTERM: exit 0 within the grace, and the stream ends");
+    assert_eq!(agent.terminate(Duration::from_secs(20))?, Some(0));
+    let ended = tokio::time::timeout(Duration::from_secs(10), reading).await;
+    assert!(ended.is_ok(), "the log stream did not end");
+    Ok(())
+}
