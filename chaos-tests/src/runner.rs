@@ -707,7 +707,15 @@ async fn observe_once(ctx: &Ctx) {
             .filter_map(|&i| cluster.nodes[i].id.clone())
             .collect()
     };
-    let host_running = host_workstation_processes(&lock(&ctx.cluster).agent_pids);
+    let host_running = {
+        let cluster = lock(&ctx.cluster);
+        let node_ids: Vec<(NodeIdx, String)> = cluster
+            .nodes
+            .iter()
+            .filter_map(|n| n.id.clone().map(|id| (n.idx, id)))
+            .collect();
+        host_workstation_processes(&cluster.agent_pids, &node_ids)
+    };
     let mut history = lock(&ctx.history);
     // Host evidence: the workload's log producer of each workstation, found by its command
     // line, attributed to the node whose agent spawned it (by the executor's tree marker).
@@ -1214,8 +1222,13 @@ fn scan_leftovers(ctx: &Ctx) -> LeftoverScan {
 /// The executor's process tree marker: `<agent pid>.<serial>`.
 const TREE_MARKER_VAR: &str = "SHOAL_PROCESS_TREE=";
 
-/// Workload log producers running on the host, as (node, workstation key).
-fn host_workstation_processes(agent_pids: &BTreeMap<i32, NodeIdx>) -> Vec<(NodeIdx, String)> {
+/// Workload log producers running on the host, as (node, workstation key). A process is
+/// attributed to a node by the executor's process-tree marker (host spawner: it names the
+/// agent's pid) or by its cgroup (sandbox spawner: `shoal-<node id>/...`).
+fn host_workstation_processes(
+    agent_pids: &BTreeMap<i32, NodeIdx>,
+    node_ids: &[(NodeIdx, String)],
+) -> Vec<(NodeIdx, String)> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return found;
@@ -1231,15 +1244,19 @@ fn host_workstation_processes(agent_pids: &BTreeMap<i32, NodeIdx>) -> Vec<(NodeI
         let Some(key) = producer_key(&cmdline).map(str::to_string) else {
             continue;
         };
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        let owner = environ.split(|&b| b == 0).find_map(|var| {
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let by_marker = environ.split(|&b| b == 0).find_map(|var| {
             let var = std::str::from_utf8(var).ok()?;
             let marker = var.strip_prefix(TREE_MARKER_VAR)?;
             let agent_pid: i32 = marker.split('.').next()?.parse().ok()?;
             agent_pids.get(&agent_pid).copied()
         });
+        let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+        let by_cgroup = node_ids
+            .iter()
+            .find(|(_, id)| cgroup.contains(&format!("shoal-{id}/")))
+            .map(|(idx, _)| *idx);
+        let owner = by_marker.or(by_cgroup);
         if let Some(idx) = owner {
             found.push((idx, key));
         }
