@@ -38,6 +38,13 @@ fn main() -> anyhow::Result<()> {
         println!("run_latency: needs root (namespaces, cgroups); skipped");
         return Ok(());
     }
+    if std::env::var_os("RUST_LOG").is_some() {
+        // Per-run phase timings (create_us, start_us, supervise_us, destroy_us) on stderr.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let runs: usize = std::env::var("RUNS")
         .ok()
         .and_then(|value| value.parse().ok())

@@ -225,3 +225,37 @@ async fn concurrent_runs_get_distinct_uids() -> anyhow::Result<()> {
     host.assert_clean();
     Ok(())
 }
+
+#[tokio::test]
+async fn minimal_dev_has_working_memory_devices_only() -> anyhow::Result<()> {
+    if !root_or_skip("minimal_dev_has_working_memory_devices_only") {
+        return Ok(());
+    }
+    let host = TestHost::start("dev")?;
+    let script =
+        "echo x > /dev/null && head -c 4 /dev/urandom | wc -c && head -c 3 /dev/zero | wc -c \
+                  && (echo x > /dev/full) 2>/dev/null || echo full-refused; ls /dev | tr '\\n' ' '";
+    let result = host.run(&sh(script), "dev").await?;
+    assert_eq!(result.verdict, Verdict::Ok, "{result:?}");
+    let lines: Vec<&str> = result.stdout.lines().collect();
+    assert_eq!(
+        lines.first().map(|line| line.trim()),
+        Some("4"),
+        "{}",
+        result.stdout
+    );
+    assert_eq!(
+        lines.get(1).map(|line| line.trim()),
+        Some("3"),
+        "{}",
+        result.stdout
+    );
+    assert_eq!(lines.get(2).copied(), Some("full-refused"));
+    let listed: Vec<&str> = lines.get(3).unwrap_or(&"").split_whitespace().collect();
+    assert_eq!(
+        listed,
+        ["fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout", "urandom", "zero"]
+    );
+    host.assert_clean();
+    Ok(())
+}

@@ -55,8 +55,12 @@ pub(crate) enum Step {
     Mkdir { path: CString, mode: libc::mode_t },
     /// symlink(2).
     Symlink { target: CString, link: CString },
-    /// Creates an empty file (a bind-mount target).
-    Touch { path: CString },
+    /// Creates a character device node (cheaper than a bind mount, at setup and teardown).
+    CharDevice {
+        path: CString,
+        major: u32,
+        minor: u32,
+    },
     /// pivot_root into `new_root`, detaching the old root.
     PivotRoot { new_root: CString },
     /// Creates a directory owned by the program's user (never following symlinks).
@@ -95,7 +99,7 @@ impl Step {
             ),
             Step::Mkdir { path, .. } => format!("mkdir {}", text(path)),
             Step::Symlink { link, .. } => format!("symlink {}", text(link)),
-            Step::Touch { path } => format!("create {}", text(path)),
+            Step::CharDevice { path, .. } => format!("mknod {}", text(path)),
             Step::PivotRoot { new_root } => format!("pivot_root {}", text(new_root)),
             Step::OwnedDir { path, .. } => format!("mkdir {}", text(path)),
             Step::OwnedFile { path, .. } => format!("write {}", text(path)),
@@ -142,6 +146,8 @@ pub(crate) struct ProgramPlan {
     pub seccomp: Option<Vec<libc::sock_filter>>,
     /// Drop the capability bounding set, ambient and inheritable sets.
     pub drop_capabilities: bool,
+    /// Highest capability number the kernel knows (/proc/sys/kernel/cap_last_cap).
+    pub capability_last: u32,
     /// Set no_new_privs (always possible, also without root).
     pub no_new_privs: bool,
     /// Raise oom_score_adj to 1000: in an OOM (the sandbox's or the host's) the user's program
@@ -183,6 +189,7 @@ impl ProgramPlan {
             stderr_fd,
             seccomp: None,
             drop_capabilities: false,
+            capability_last: 63,
             no_new_privs: true,
             raise_oom_score: false,
         }
@@ -656,17 +663,14 @@ unsafe fn run_step(step: &Step) -> Result<(), i32> {
             }
         }
         Step::Symlink { target, link } => check(libc::symlink(target.as_ptr(), link.as_ptr())),
-        Step::Touch { path } => {
-            let fd = libc::open(
+        Step::CharDevice { path, major, minor } => {
+            check(libc::mknod(
                 path.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-                0o644,
-            );
-            if fd < 0 {
-                return Err(errno());
-            }
-            libc::close(fd);
-            Ok(())
+                libc::S_IFCHR | 0o666,
+                libc::makedev(*major, *minor),
+            ))?;
+            // mknod applies the umask; the nodes must be usable by the program's user.
+            check(libc::chmod(path.as_ptr(), 0o666))
         }
         Step::PivotRoot { new_root } => {
             check(libc::chdir(new_root.as_ptr()))?;
@@ -855,8 +859,8 @@ unsafe fn exec_program(program: &ProgramPlan, report_fd: RawFd) -> ! {
         step_failed(errno());
     }
     if program.drop_capabilities {
-        for capability in 0..64 {
-            libc::prctl(libc::PR_CAPBSET_DROP, capability, 0, 0, 0);
+        for capability in 0..=program.capability_last {
+            libc::prctl(libc::PR_CAPBSET_DROP, capability as libc::c_ulong, 0, 0, 0);
         }
         libc::prctl(
             libc::PR_CAP_AMBIENT,

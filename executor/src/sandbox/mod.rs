@@ -120,6 +120,7 @@ pub struct SandboxHost {
     work_dir: PathBuf,
     uid_pool: Arc<UidPool>,
     seccomp_filter: Vec<libc::sock_filter>,
+    capability_last: u32,
 }
 
 impl std::fmt::Debug for SandboxHost {
@@ -235,6 +236,11 @@ impl SandboxHost {
             work_dir,
             uid_pool: UidPool::new(first_uid, config.uid_count),
             seccomp_filter: seccomp::build_filter(),
+            // Unknown: drop every number a 64-bit mask can hold (EINVAL above the last is fine).
+            capability_last: std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+                .ok()
+                .and_then(|text| text.trim().parse().ok())
+                .unwrap_or(63),
         }))
     }
 
@@ -656,6 +662,7 @@ impl Sandbox {
         );
         plan.seccomp = report.seccomp.then(|| self.host.seccomp_filter.clone());
         plan.drop_capabilities = report.root;
+        plan.capability_last = self.host.capability_last;
         plan.no_new_privs = true;
         Ok(plan)
     }

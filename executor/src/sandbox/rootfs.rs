@@ -14,8 +14,14 @@ use super::SandboxError;
 /// Host directories shown read-only (when they exist; symlinks such as /bin -> usr/bin on
 /// merged-/usr systems are recreated as symlinks).
 const SYSTEM_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
-/// Device nodes bind-mounted from the host.
-const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
+/// Device nodes created in the sandbox's /dev: (name, major, minor) of the memory devices.
+const DEVICES: &[(&str, u32, u32)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+];
 /// Entries of the host's /etc copied into the sandbox's /etc: what programs and interpreters
 /// need to start (dynamic loader, name service, time zone, certificates, alternatives,
 /// runtime configuration). Everything else, notably shadow, gshadow, sudoers, ssh host keys,
@@ -186,17 +192,11 @@ impl RootLayout {
             flags: libc::MS_NOSUID | libc::MS_NOEXEC,
             data: Some(text(DEV_TMPFS_OPTIONS)),
         });
-        for device in DEVICES {
-            let target = under(&format!("dev/{device}"))?;
-            steps.push(Step::Touch {
-                path: target.clone(),
-            });
-            steps.push(Step::Mount {
-                source: Some(cstring(&Path::new("/dev").join(device))?),
-                target,
-                fstype: None,
-                flags: libc::MS_BIND,
-                data: None,
+        for (device, major, minor) in DEVICES {
+            steps.push(Step::CharDevice {
+                path: under(&format!("dev/{device}"))?,
+                major: *major,
+                minor: *minor,
             });
         }
         for (link, target) in [
@@ -210,18 +210,13 @@ impl RootLayout {
                 link: under(link)?,
             });
         }
+        // POSIX shared memory (shm_open, Python's multiprocessing) lives in /tmp's tmpfs: one
+        // mount less to set up and tear down per run, and one size limit for both.
+        steps.push(Step::Symlink {
+            target: text("/tmp"),
+            link: under("dev/shm")?,
+        });
         let tmp_options = format!("size={tmp_bytes},mode=1777");
-        steps.push(Step::Mkdir {
-            path: under("dev/shm")?,
-            mode: 0o1777,
-        });
-        steps.push(Step::Mount {
-            source: Some(text("tmpfs")),
-            target: under("dev/shm")?,
-            fstype: Some(text("tmpfs")),
-            flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            data: Some(text(&tmp_options)),
-        });
         steps.push(Step::Mount {
             source: None,
             target: under("dev")?,
