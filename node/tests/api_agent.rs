@@ -28,11 +28,12 @@ async fn sigterm_stops_cleanly_and_a_restart_on_the_same_data_dir_is_the_same_no
         .await?;
     assert_eq!(ws.status, 201);
     let ws_id = ws.body["id"].as_str().unwrap_or_default().to_string();
-    let marker = agent.data_dir.join("marker");
+    // A sleep with an argument no other test uses, so that it can be found in /proc.
+    let sleeper = ["sleep", "6007"];
     let always = api
         .post(
             &format!("/v1/workstations/{ws_id}/processes"),
-            &json!({"argv": ["sh", "-c", format!("echo up; echo $$ >> {}; exec sleep 600", marker.display())], "restart": "always"}),
+            &json!({"argv": ["sh", "-c", "echo up; exec sleep 6007"], "restart": "always"}),
         )
         .await?;
     assert_eq!(always.status, 201, "{}", always.text);
@@ -48,18 +49,20 @@ async fn sigterm_stops_cleanly_and_a_restart_on_the_same_data_dir_is_the_same_no
         let ws_id = ws_id.clone();
         async move {
             let page = api.get(&format!("/v1/workstations/{ws_id}/logs")).await?;
-            Ok((page.body["next"].as_u64().unwrap_or(0) > 0).then_some(page.body))
+            let running = common::count_processes_with_argv(&sleeper) == 1;
+            Ok((running && page.body["next"].as_u64().unwrap_or(0) > 0).then_some(page.body))
         }
     })
     .await?;
-    let pid_text = std::fs::read_to_string(&marker)?;
-    let first_pid: i32 = pid_text.trim().parse()?;
 
     info!("--- SIGTERM: exit code 0, the processes are gone");
     let code = agent.terminate(Duration::from_secs(20))?;
     assert_eq!(code, Some(0));
-    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(first_pid), None).is_ok();
-    assert!(!alive, "the workstation's process outlived the agent");
+    assert_eq!(
+        common::count_processes_with_argv(&sleeper),
+        0,
+        "the workstation's process outlived the agent"
+    );
 
     info!("--- restart on the same data dir, without --bootstrap");
     let data_dir = agent.data_dir.clone();

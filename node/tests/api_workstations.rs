@@ -39,6 +39,19 @@ async fn resize_signal_kill_filter_and_delete_a_workstation() -> anyhow::Result<
     let id = ws.body["id"].as_str().unwrap_or_default().to_string();
     assert_eq!(ws.body["generation"], json!(1));
     assert_eq!(ws.body["home_volume"], json!("node-local"));
+    let nodes = api.get("/v1/nodes").await?;
+    let node_isolation = nodes.body[0]["isolation"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let isolation = ws.body["isolation"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        node_isolation.ends_with(&format!("workstations: {isolation}")),
+        "{node_isolation} vs {isolation}"
+    );
     let resized = api
         .patch(
             &format!("/v1/workstations/{id}"),
@@ -125,6 +138,36 @@ async fn resize_signal_kill_filter_and_delete_a_workstation() -> anyhow::Result<
     assert!(!records.is_empty());
     assert!(records.iter().all(|r| r["proc"] == json!(talker_id)));
 
+    if isolation == "full" {
+        info!("--- full isolation: processes run unprivileged in their home volume");
+        let probe = api
+            .post(
+                &format!("/v1/workstations/{id}/processes"),
+                &json!({"argv": ["sh", "-c", "echo uid=$(id -u) home=$HOME; echo kept > f; ls /root 2>&1 | head -1"]}),
+            )
+            .await?;
+        let probe_id = probe.body["id"].as_str().unwrap_or_default().to_string();
+        let text = eventually(Duration::from_secs(10), || {
+            let api = api.clone();
+            let path = format!("/v1/workstations/{id}/logs?proc={probe_id}");
+            async move {
+                let page = api.get(&path).await?;
+                let text: String = page.body["records"]
+                    .as_array()
+                    .map(|records| records.iter().filter_map(|r| r["data"].as_str()).collect())
+                    .unwrap_or_default();
+                Ok(text.contains("/root").then_some(text))
+            }
+        })
+        .await?;
+        assert!(!text.contains("uid=0 "), "{text}");
+        assert!(
+            text.contains("No such file"),
+            "the host's /root is not visible: {text}"
+        );
+        assert!(agent.data_dir.join("homes").join(&id).join("f").is_file());
+    }
+
     info!("--- USR1 is delivered and the process keeps running");
     let signalled = api
         .delete(&format!(
@@ -170,6 +213,10 @@ async fn resize_signal_kill_filter_and_delete_a_workstation() -> anyhow::Result<
     );
     let pool = api.get("/v1/cluster").await?.body["pool"]["memory_bytes"]["reserved"].clone();
     assert_eq!(pool, json!(0));
+    assert!(
+        !agent.data_dir.join("homes").join(&id).exists(),
+        "the home volume is removed"
+    );
     let audit = api.get("/v1/audit").await?;
     let actions: Vec<&str> = audit
         .body

@@ -1,5 +1,8 @@
 //! The workstations this node hosts: one executor `WorkstationActor` per workstation, all on
 //! one dedicated actix arbiter, keyed by workstation id and fenced by placement generation.
+//! Each workstation's processes run in its own long-lived executor sandbox (namespaces, uid,
+//! cgroup limits at its *limit*) with its home volume under `<data_dir>/homes/<id>`; the
+//! sandbox is destroyed when the actor (the last holder of its spawner) goes away.
 //!
 //! The host is a thin driver: it turns the durable spec (model.rs) into executor messages and
 //! executor answers into API types. It never decides placement.
@@ -16,6 +19,7 @@ use shoal_executor::clock::{Clock, SystemClock};
 use shoal_executor::log_buffer::{LogRecord as ExecRecord, Stream};
 use shoal_executor::process_id::ProcId;
 use shoal_executor::restart_policy::RestartPolicy as ExecRestart;
+use shoal_executor::sandbox::{self, SandboxHost, SandboxLimits, SandboxSpawner, SandboxSpec};
 use shoal_executor::spawner::{ProcessSpec as ExecSpec, Spawner};
 use shoal_executor::workstation::{
     Follow, ListProcesses, LogFollower, LogRange, ProcessState as ExecState, ProcessStatus,
@@ -34,6 +38,11 @@ use crate::config::AgentConfig;
 /// Log offsets of successive actor starts of one workstation are this many bits apart.
 pub const LOG_EPOCH_SHIFT: u32 = 40;
 
+/// Processes (and threads) of one workstation sandbox.
+const WORKSTATION_PROCESSES_MAX: u64 = 1_024;
+/// Largest private `/tmp` of a workstation sandbox (it is memory, within the memory limit).
+const WORKSTATION_TMP_BYTES_MAX: u64 = 1 << 30;
+
 /// Grace between SIGTERM and SIGKILL when a process is killed through the API with TERM.
 const KILL_GRACE_MS: u64 = 5_000;
 
@@ -49,7 +58,8 @@ struct Hosted {
 #[derive(Debug)]
 pub struct Host {
     isolation: String,
-    spawner: Arc<dyn Spawner>,
+    sandbox_host: Arc<SandboxHost>,
+    homes_dir: std::path::PathBuf,
     clock: Arc<dyn Clock>,
     limits: WorkstationLimits,
     arbiter: actix::ArbiterHandle,
@@ -57,13 +67,10 @@ pub struct Host {
 }
 
 impl Host {
-    /// Starts the host's arbiter. Processes run unsandboxed on this build (`isolation: none`).
-    pub fn new(
-        config: &AgentConfig,
-        node_id: &str,
-        spawner: Arc<dyn Spawner>,
-    ) -> anyhow::Result<Host> {
-        let _ = node_id;
+    /// Starts the host's arbiter; workstations get sandboxes from `sandbox_host`.
+    pub fn new(config: &AgentConfig, sandbox_host: Arc<SandboxHost>) -> anyhow::Result<Host> {
+        let homes_dir = config.data_dir.join("homes");
+        std::fs::create_dir_all(&homes_dir)?;
         let limits = WorkstationLimits {
             processes_max: config.processes_per_workstation_max,
             followers_max: config.log_subscribers_per_workstation_max,
@@ -71,8 +78,9 @@ impl Host {
         };
         let arbiter = actix::Arbiter::new().handle();
         Ok(Host {
-            isolation: "none".to_string(),
-            spawner,
+            isolation: sandbox_host.isolation().label(),
+            sandbox_host,
+            homes_dir,
             clock: Arc::new(SystemClock),
             limits,
             arbiter,
@@ -109,7 +117,10 @@ impl Host {
             }
         };
         for ws in placed {
-            self.ensure(&ws);
+            if let Err(err) = self.ensure(&ws) {
+                warn!(workstation = %ws.id, error = %err, "could not restore workstation");
+                continue;
+            }
             for spec in ws.processes.values() {
                 if !spec.killed && spec.restart != RestartPolicy::Never {
                     if let Err(err) = self.start_process(&ws.id, spec).await {
@@ -121,17 +132,38 @@ impl Host {
         }
     }
 
-    /// Makes sure the workstation's actor runs at the record's generation; an actor of an older
-    /// generation is stopped first (fencing).
-    pub fn ensure(&self, ws: &WorkstationRecord) {
+    /// Makes sure the workstation's actor runs at the record's generation, in a sandbox of its
+    /// own; an actor of an older generation is stopped first (fencing).
+    pub fn ensure(&self, ws: &WorkstationRecord) -> Result<(), ApiError> {
         let mut hosted = self.hosted.lock();
         if let Some(current) = hosted.get(&ws.id) {
             if current.generation == ws.generation {
-                return;
+                return Ok(());
             }
             current.addr.do_send(Shutdown { grace_ms: 0 });
         }
-        let spawner = Arc::clone(&self.spawner);
+        let home = self.homes_dir.join(&ws.id);
+        std::fs::create_dir_all(&home)
+            .map_err(|err| ApiError::Internal(format!("creating the home volume: {err}")))?;
+        let sandbox = self
+            .sandbox_host
+            .create(SandboxSpec {
+                name: ws.id.clone(),
+                limits: SandboxLimits {
+                    memory_bytes: ws.memory_limit_bytes,
+                    cpu_millis: ws.cpu_limit_millis,
+                    max_processes: WORKSTATION_PROCESSES_MAX,
+                    tmp_bytes: ws.memory_limit_bytes.min(WORKSTATION_TMP_BYTES_MAX),
+                },
+                home: Some(home),
+            })
+            .map_err(|err| match err {
+                sandbox::SandboxError::UidsExhausted => {
+                    ApiError::unavailable(format!("no sandbox user id is free on this node: {err}"))
+                }
+                other => ApiError::Internal(format!("creating the workstation's sandbox: {other}")),
+            })?;
+        let spawner: Arc<dyn Spawner> = Arc::new(SandboxSpawner::new(Arc::new(sandbox)));
         let clock = Arc::clone(&self.clock);
         let limits = self.limits;
         // Offsets never go back: each start of the actor on this node (a node restart loses the
@@ -149,6 +181,28 @@ impl Host {
                 log_start_offset,
             },
         );
+        Ok(())
+    }
+
+    /// Checks before committing a process that its program can be found: a bare name in the
+    /// sandbox's PATH, or an absolute path in the host system directories the sandbox shows.
+    /// Paths in the home volume or `/tmp` are not checked (they exist only inside).
+    pub fn check_program(program: &str) -> Result<(), ApiError> {
+        let missing = || ApiError::field("argv", format!("program `{program}` not found"));
+        if !program.contains('/') {
+            let found = sandbox::SANDBOX_PATH
+                .split(':')
+                .any(|dir| std::path::Path::new(dir).join(program).is_file());
+            return if found { Ok(()) } else { Err(missing()) };
+        }
+        let inside_only = program.starts_with(sandbox::HOME_IN_SANDBOX)
+            || program.starts_with("/tmp")
+            || !program.starts_with('/');
+        if inside_only || std::path::Path::new(program).is_file() {
+            Ok(())
+        } else {
+            Err(missing())
+        }
     }
 
     fn addr(&self, ws_id: &str) -> Result<Addr<WorkstationActor>, ApiError> {
@@ -282,11 +336,17 @@ impl Host {
             .map_err(workstation_error)
     }
 
-    /// Stops a workstation's processes and its actor, and forgets it.
+    /// Stops a workstation's processes and its actor (which destroys its sandbox), forgets it
+    /// and removes its home volume.
     pub async fn remove(&self, ws_id: &str, grace_ms: u64) {
         let hosted = self.hosted.lock().remove(ws_id);
         if let Some(hosted) = hosted {
             let _ = hosted.addr.send(Shutdown { grace_ms }).await;
+        }
+        let home = self.homes_dir.join(ws_id);
+        let removed = tokio::task::spawn_blocking(move || sandbox::remove_home(&home)).await;
+        if let Ok(Err(err)) = removed {
+            warn!(workstation = %ws_id, error = %err, "could not remove the home volume");
         }
     }
 

@@ -22,7 +22,6 @@ use anyhow::{bail, Context};
 use shoal_executor::clock::SystemClock;
 use shoal_executor::run::{Languages, RunContext, RunPolicy};
 use shoal_executor::sandbox::{SandboxHost, SandboxHostConfig};
-use shoal_executor::spawner::{HostSpawner, Spawner};
 use tracing::{info, warn};
 
 use crate::api::metrics::Metrics;
@@ -113,22 +112,14 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
     let store = open_or_create_store(&config, &random)?;
     let node_id = store.read(|model| model.node_id.clone());
     let (usage, mut system) = Usage::probe();
-    // One host spawner for the whole node: it tells process trees apart by a per-spawner
-    // serial, so two of them in one process could mistake each other's trees.
-    let spawner: Arc<dyn Spawner> = Arc::new(HostSpawner::new());
-    let host = Host::new(&config, &node_id, spawner).context("starting the workstation host")?;
     info!(
         node = %node_id,
         cluster = %store.read(|m| m.cluster_id.clone()),
-        isolation = %host.isolation(),
         mesh = ?config.mesh,
         cpu_millis = usage.capacity_cpu_millis,
         memory_bytes = usage.capacity_memory_bytes,
         "node starting"
     );
-    if host.isolation() == "none" {
-        warn!("workstation processes run WITHOUT a sandbox on this build (isolation: none)");
-    }
     // The sandbox host probes what isolation this host permits, logs it, and removes what an
     // earlier run of this node left behind (cgroups, work directories).
     let sandbox_host = SandboxHost::start(SandboxHostConfig::new(
@@ -137,6 +128,8 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
     ))
     .map_err(|err| anyhow::anyhow!("preparing the sandbox host: {err}"))?;
     let run_isolation = sandbox_host.isolation().label();
+    let host =
+        Host::new(&config, Arc::clone(&sandbox_host)).context("starting the workstation host")?;
     info!(runs = %run_isolation, workstations = %host.isolation(), "isolation applied to user code");
     let run_context = RunContext {
         host: sandbox_host,

@@ -151,7 +151,14 @@ pub async fn create(
         );
         Ok(())
     })?;
-    agent.host.ensure(&record);
+    if let Err(err) = agent.host.ensure(&record) {
+        // The sandbox could not be made: undo the placement, so that nothing changes.
+        let _ = agent.store.write(|model| {
+            model.workstations.remove(&record.id);
+            Ok(())
+        });
+        return Err(err);
+    }
     tracing::info!(workstation = %record.id, tenant = %record.tenant, node = %record.node, "workstation created");
     Ok(HttpResponse::Created().json(view(&agent, &record).await))
 }
@@ -284,6 +291,7 @@ pub async fn create_process(
     refuse_if_stopping(&agent)?;
     let ws = visible(&agent, &caller, &id)?;
     check_process(&request)?;
+    crate::agent::host::Host::check_program(&request.argv[0])?;
     let live = ws.processes.values().filter(|spec| !spec.killed).count();
     if live >= agent.config.processes_per_workstation_max {
         return Err(ApiError::RateLimited {

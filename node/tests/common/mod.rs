@@ -401,3 +401,27 @@ where
         Err(_) => bail!("condition not met within {timeout:?}"),
     }
 }
+
+/// How many processes on the host run exactly `argv` (read from /proc; processes in other
+/// PID namespaces are visible here too).
+pub fn count_processes_with_argv(argv: &[&str]) -> usize {
+    let wanted: Vec<u8> = argv
+        .iter()
+        .flat_map(|arg| arg.bytes().chain([0u8]))
+        .collect();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .filter(|cmdline| *cmdline == wanted)
+        .count()
+}
