@@ -120,7 +120,8 @@ pub struct NodeInfo {
     pub last_heartbeat_unix_ms: Option<u64>,
     /// Number of workstations placed on the node.
     pub n_workstations: u64,
-    /// The isolation level the node can apply to user code (e.g. `none`, `namespaces+cgroups`).
+    /// The isolation the node applies to user code, as its sandbox probe found it:
+    /// `runs: <level>; workstations: <level>`, each `full` or `partial: <missing layers>`.
     pub isolation: String,
 }
 
@@ -324,7 +325,7 @@ pub struct Workstation {
     /// Where the home volume lives: always `node-local` for now (it is not recovered when its
     /// node is lost).
     pub home_volume: String,
-    /// The isolation level actually applied to its processes.
+    /// The isolation level actually applied to its processes (`full` or `partial: ...`).
     pub isolation: String,
     /// The log offset the next output byte will get.
     pub log_next_offset: u64,
