@@ -78,3 +78,12 @@ async fn repeated_true_runs_leave_nothing_behind() -> anyhow::Result<()> {
     host.assert_clean();
     Ok(())
 }
+
+/// Compile-time proof that a run can be spawned on a multi-threaded runtime (actix/tokio need
+/// `Send` futures): this function only has to type-check.
+#[allow(dead_code)]
+fn execute_future_is_send(context: &shoal_executor::run::RunContext, request: &RunRequest) {
+    fn is_send<T: Send>(_: &T) {}
+    let future = shoal_executor::run::execute(context, request, "send-check");
+    is_send(&future);
+}

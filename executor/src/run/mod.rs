@@ -320,9 +320,25 @@ async fn supervise(sandbox: &Sandbox, run: &ValidatedRun, clock: &dyn Clock) -> 
     drop(stdout_write);
     drop(stderr_write);
     let init_pid = process.init_pid;
+    // Without a PID namespace, killing init does not kill the program: it runs in a session
+    // of its own (setsid before exec), so its process group is killed too. A daemon that
+    // starts yet another session escapes that; the isolation label says so ("no pid
+    // namespace").
+    let own_pid_namespace =
+        sandbox.isolation().namespaces.pid && sandbox.isolation().private_filesystem;
+    let program_group = std::sync::atomic::AtomicI32::new(0);
     let kill_init = || {
         // SAFETY: our own child, not yet reaped (we reap it only after this loop).
         unsafe { libc::kill(init_pid, libc::SIGKILL) };
+        if !own_pid_namespace && program_group.load(std::sync::atomic::Ordering::Relaxed) > 1 {
+            // SAFETY: kill(2) on the program's process group, which setsid made its own.
+            unsafe {
+                libc::kill(
+                    -program_group.load(std::sync::atomic::Ordering::Relaxed),
+                    libc::SIGKILL,
+                )
+            };
+        }
     };
     let streams = receiver(stdout_read).and_then(|out| Ok((out, receiver(stderr_read)?)));
     let report = receiver(process.report);
@@ -403,7 +419,10 @@ async fn supervise(sandbox: &Sandbox, run: &ValidatedRun, clock: &dyn Clock) -> 
                         let record: Vec<u8> = report_bytes.drain(..sandbox::REPORT_RECORD_BYTES).collect();
                         let Some(record) = sandbox::Report::decode(&record) else { continue };
                         match record.tag {
-                            sandbox::REPORT_STARTED => program_started_at = Some(clock.now()),
+                            sandbox::REPORT_STARTED => {
+                                program_started_at = Some(clock.now());
+                                program_group.store(record.a, std::sync::atomic::Ordering::Relaxed);
+                            }
                             sandbox::REPORT_EXITED => {
                                 program_ended_at = Some(clock.now());
                                 observed.exit = decode_status(record.a);
@@ -422,6 +441,11 @@ async fn supervise(sandbox: &Sandbox, run: &ValidatedRun, clock: &dyn Clock) -> 
                 }
                 init_exited = true;
                 observed.rusage_cpu_ms = reap(init_pid);
+                if !own_pid_namespace && program_group.load(std::sync::atomic::Ordering::Relaxed) > 1 {
+                    // Whatever the program left in its process group goes with the run.
+                    // SAFETY: kill(2) on the program's own process group.
+                    unsafe { libc::kill(-program_group.load(std::sync::atomic::Ordering::Relaxed), libc::SIGKILL) };
+                }
                 program_ended_at.get_or_insert_with(|| clock.now());
                 // With a PID namespace every writer is gone now; without one a daemon may
                 // hold the pipes: give them a bounded moment.
