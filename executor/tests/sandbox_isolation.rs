@@ -259,3 +259,35 @@ async fn minimal_dev_has_working_memory_devices_only() -> anyhow::Result<()> {
     host.assert_clean();
     Ok(())
 }
+
+#[tokio::test]
+async fn every_run_gets_a_fresh_network_namespace_with_loopback_up() -> anyhow::Result<()> {
+    if !root_or_skip("every_run_gets_a_fresh_network_namespace_with_loopback_up") {
+        return Ok(());
+    }
+    let host = TestHost::start("netns")?;
+    let host_namespace = std::fs::read_link("/proc/self/ns/net")?;
+    let code = "import os, socket\n\
+                print(os.readlink('/proc/self/ns/net'))\n\
+                server = socket.socket()\n\
+                server.bind(('127.0.0.1', 0))\n\
+                server.listen()\n\
+                socket.create_connection(server.getsockname(), timeout=2)\n\
+                print('loopback up')\n";
+    let mut seen = Vec::new();
+    tracing::info!("--- five runs in a row (made ahead of time or at clone, each used once)");
+    for index in 0..5 {
+        let result = host
+            .run(&code_request("python", code), &format!("netns{index}"))
+            .await?;
+        assert_eq!(result.verdict, Verdict::Ok, "{result:?}");
+        let mut lines = result.stdout.lines();
+        let namespace = lines.next().unwrap_or_default().to_string();
+        assert_eq!(lines.next(), Some("loopback up"), "{}", result.stdout);
+        assert_ne!(std::path::Path::new(&namespace), host_namespace);
+        assert!(!seen.contains(&namespace), "namespace {namespace} reused");
+        seen.push(namespace);
+    }
+    host.assert_clean();
+    Ok(())
+}

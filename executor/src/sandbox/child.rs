@@ -81,6 +81,8 @@ pub(crate) enum Step {
     Hostname { name: CString },
     /// Brings the loopback interface of the new network namespace up.
     LoopbackUp,
+    /// Joins the network namespace behind `fd` (prepared ahead of time) and closes the fd.
+    JoinNetwork { fd: RawFd },
     /// Protects the init process from the OOM killer (the program is the one to kill).
     ProtectFromOom,
     /// unshare(CLONE_NEWCGROUP): the program sees its own cgroup as the root.
@@ -105,6 +107,7 @@ impl Step {
             Step::OwnedFile { path, .. } => format!("write {}", text(path)),
             Step::Hostname { .. } => "sethostname".to_string(),
             Step::LoopbackUp => "bring up loopback".to_string(),
+            Step::JoinNetwork { .. } => "join the network namespace".to_string(),
             Step::ProtectFromOom => "oom_score_adj".to_string(),
             Step::UnshareCgroup => "unshare cgroup namespace".to_string(),
         }
@@ -571,11 +574,26 @@ unsafe fn init_main(
     // died before this line, the sync pipe reads EOF below and we exit.
     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
     wait_for_byte(sync_read);
+    // A prepared network namespace's fd must survive the fd cleanup until it is joined.
+    let network_fd = plan
+        .steps
+        .iter()
+        .find_map(|step| match step {
+            Step::JoinNetwork { fd } => Some(*fd),
+            _ => None,
+        })
+        .unwrap_or(sync_read);
     match &plan.mode {
         InitMode::RunProgram(program) => {
-            close_all_except(&[sync_read, report_fd, program.stdout_fd, program.stderr_fd]);
+            close_all_except(&[
+                sync_read,
+                report_fd,
+                program.stdout_fd,
+                program.stderr_fd,
+                network_fd,
+            ]);
         }
-        InitMode::Reaper => close_all_except(&[sync_read, report_fd]),
+        InitMode::Reaper => close_all_except(&[sync_read, report_fd, network_fd]),
     }
     stdio_to_dev_null();
     let mut placed = false;
@@ -734,6 +752,11 @@ unsafe fn run_step(step: &Step) -> Result<(), i32> {
             Ok(())
         }
         Step::UnshareCgroup => check(libc::unshare(libc::CLONE_NEWCGROUP)),
+        Step::JoinNetwork { fd } => {
+            let result = check(libc::setns(*fd, libc::CLONE_NEWNET));
+            libc::close(*fd);
+            result
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod cgroup;
 mod child;
+mod netns_pool;
 mod probe;
 mod rootfs;
 mod seccomp;
@@ -121,6 +122,7 @@ pub struct SandboxHost {
     uid_pool: Arc<UidPool>,
     seccomp_filter: Vec<libc::sock_filter>,
     capability_last: u32,
+    netns_pool: Option<Arc<netns_pool::NetnsPool>>,
 }
 
 impl std::fmt::Debug for SandboxHost {
@@ -228,6 +230,11 @@ impl SandboxHost {
                 "sandbox isolation is partial on this host: running with what is permitted"
             ),
         }
+        let netns_pool = if report.private_filesystem && report.namespaces.network {
+            netns_pool::NetnsPool::start()
+        } else {
+            None
+        };
         Ok(Arc::new(SandboxHost {
             node_id: config.node_id,
             cgroup_prefix,
@@ -237,6 +244,7 @@ impl SandboxHost {
             uid_pool: UidPool::new(first_uid, config.uid_count),
             seccomp_filter: seccomp::build_filter(),
             // Unknown: drop every number a 64-bit mask can hold (EINVAL above the last is fine).
+            netns_pool,
             capability_last: std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
                 .ok()
                 .and_then(|text| text.trim().parse().ok())
@@ -338,6 +346,9 @@ impl Drop for SandboxHost {
     /// Every sandbox holds the host, so this runs after the last one is gone: remove the node's
     /// (by now empty) cgroup prefix so that a stopped node leaves nothing behind.
     fn drop(&mut self) {
+        if let Some(pool) = &self.netns_pool {
+            pool.stop();
+        }
         if let Some(version) = self.report.cgroup {
             if let Err(error) = cgroup::remove_recursive(version, &self.cgroup_prefix) {
                 tracing::warn!(%error, prefix = %self.cgroup_prefix, "cannot remove the node's cgroups");
@@ -685,9 +696,24 @@ impl Sandbox {
             stderr_fd,
         )?;
         program_plan.raise_oom_score = true;
-        let steps = self.init_steps(files)?;
+        let mut steps = self.init_steps(files)?;
+        let mut clone_flags = self.clone_flags();
+        // A network namespace made ahead of time, joined first thing (before loopback is up).
+        let network = match &self.host.netns_pool {
+            Some(pool) if clone_flags & libc::CLONE_NEWNET != 0 => pool.take(),
+            _ => None,
+        };
+        if let Some(network) = &network {
+            clone_flags &= !libc::CLONE_NEWNET;
+            steps.insert(
+                0,
+                Step::JoinNetwork {
+                    fd: network.as_raw_fd(),
+                },
+            );
+        }
         let plan = InitPlan {
-            clone_flags: self.clone_flags(),
+            clone_flags,
             placement_barrier: placement_barrier(&steps),
             steps,
             mode: InitMode::RunProgram(Box::new(program_plan)),
