@@ -84,6 +84,7 @@ pub struct FileConfig {
     log_format: Option<String>,
     api_body_bytes_max: Option<usize>,
     api_header_read_timeout_ms: Option<u64>,
+    api_body_read_timeout_ms: Option<u64>,
     api_workers: Option<usize>,
     heartbeat_interval_ms: Option<u64>,
     heartbeat_grace_ms: Option<u64>,
@@ -124,6 +125,8 @@ pub struct AgentConfig {
     pub api_body_bytes_max: usize,
     /// How long a client may take to send a request's head before it is dropped.
     pub api_header_read_timeout_ms: u64,
+    /// How long a request body may take to arrive (400 after that).
+    pub api_body_read_timeout_ms: u64,
     /// actix-web worker threads.
     pub api_workers: usize,
     /// Heartbeat period.
@@ -191,6 +194,7 @@ impl AgentConfig {
             log_format,
             api_body_bytes_max: file.api_body_bytes_max.unwrap_or(256 * 1024),
             api_header_read_timeout_ms: file.api_header_read_timeout_ms.unwrap_or(10_000),
+            api_body_read_timeout_ms: file.api_body_read_timeout_ms.unwrap_or(10_000),
             api_workers: file.api_workers.unwrap_or(2),
             heartbeat_interval_ms: file.heartbeat_interval_ms.unwrap_or(1_000),
             heartbeat_grace_ms: file.heartbeat_grace_ms.unwrap_or(10_000),
@@ -219,6 +223,9 @@ impl AgentConfig {
         }
         if self.log_keepalive_ms == 0 || self.log_keepalive_ms > 15_000 {
             bail!("log_keepalive_ms must be between 1 and 15000 (SPEC.md: at least every 15 s)");
+        }
+        if self.api_body_read_timeout_ms == 0 || self.api_header_read_timeout_ms == 0 {
+            bail!("api_header_read_timeout_ms and api_body_read_timeout_ms must be > 0");
         }
         if self.api_workers == 0 || self.api_workers > 64 {
             bail!("api_workers must be between 1 and 64");
@@ -290,6 +297,7 @@ mod tests {
             file.log_format.is_some(),
             file.api_body_bytes_max.is_some(),
             file.api_header_read_timeout_ms.is_some(),
+            file.api_body_read_timeout_ms.is_some(),
             file.api_workers.is_some(),
             file.heartbeat_interval_ms.is_some(),
             file.heartbeat_grace_ms.is_some(),

@@ -345,3 +345,25 @@ async fn a_tenant_cannot_see_or_touch_another_tenants_workstations_processes_run
         .any(|entry| entry["action"] == json!("workstation.create"))));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_body_that_trickles_in_is_refused_after_its_deadline() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    common::init_tracing();
+    let agent = Agent::bootstrap_with_config("api_body_read_timeout_ms = 300\n")?;
+    let key = agent.admin_key()?;
+    info!("--- announce 100 bytes, send 10, then wait");
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", agent.api_port)).await?;
+    let head = format!(
+        "POST /v1/workstations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"cpu_mil"
+    );
+    stream.write_all(head.as_bytes()).await?;
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut answer))
+        .await??;
+    let text = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("did not arrive within 300 ms"), "{text}");
+    Ok(())
+}

@@ -8,9 +8,14 @@ use futures::StreamExt;
 
 use super::error::{parse_json, ApiError};
 
-/// The body size limit, registered as app data.
+/// The body size limit and read deadline, registered as app data.
 #[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
+pub struct BodyLimit {
+    /// Largest body, bytes.
+    pub bytes_max: usize,
+    /// How long the whole body may take to arrive.
+    pub read_timeout: std::time::Duration,
+}
 
 /// A parsed JSON request body.
 #[derive(Debug)]
@@ -21,10 +26,10 @@ impl<T: serde::de::DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Future = LocalBoxFuture<'static, Result<JsonBody<T>, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req
+        let (limit, read_timeout) = req
             .app_data::<web::Data<BodyLimit>>()
-            .map(|limit| limit.0)
-            .unwrap_or(256 * 1024);
+            .map(|limit| (limit.bytes_max, limit.read_timeout))
+            .unwrap_or((256 * 1024, std::time::Duration::from_secs(10)));
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -37,16 +42,28 @@ impl<T: serde::de::DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             if declared.is_some_and(|length| length > limit as u64) {
                 return Err(too_large());
             }
-            let mut body = web::BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|err| {
-                    ApiError::InvalidInput(format!("could not read the request body: {err}"))
-                })?;
-                if body.len() + chunk.len() > limit {
-                    return Err(too_large());
+            // A body that trickles in would hold its connection open: it gets a deadline.
+            let reading = async {
+                let mut body = web::BytesMut::new();
+                while let Some(chunk) = payload.next().await {
+                    let chunk = chunk.map_err(|err| {
+                        ApiError::InvalidInput(format!("could not read the request body: {err}"))
+                    })?;
+                    if body.len() + chunk.len() > limit {
+                        return Err(too_large());
+                    }
+                    body.extend_from_slice(&chunk);
                 }
-                body.extend_from_slice(&chunk);
-            }
+                Ok(body)
+            };
+            let body = tokio::time::timeout(read_timeout, reading)
+                .await
+                .map_err(|_| {
+                    ApiError::InvalidInput(format!(
+                        "the request body did not arrive within {} ms",
+                        read_timeout.as_millis()
+                    ))
+                })??;
             parse_json::<T>(&body).map(JsonBody)
         })
     }

@@ -41,12 +41,16 @@ pub fn server(agent: Arc<Agent>) -> anyhow::Result<Server> {
     let workers = agent.config.api_workers;
     let body_limit = agent.config.api_body_bytes_max;
     let header_read_timeout_ms = agent.config.api_header_read_timeout_ms;
+    let body_read_timeout_ms = agent.config.api_body_read_timeout_ms;
     let data = web::Data::from(Arc::clone(&agent));
     let server = HttpServer::new(move || {
         let metrics_agent = data.clone();
         App::new()
             .app_data(data.clone())
-            .app_data(web::Data::new(BodyLimit(body_limit)))
+            .app_data(web::Data::new(BodyLimit {
+                bytes_max: body_limit,
+                read_timeout: Duration::from_millis(body_read_timeout_ms),
+            }))
             .app_data(
                 web::PathConfig::default()
                     .error_handler(|err, _| ApiError::InvalidInput(format!("path: {err}")).into()),
