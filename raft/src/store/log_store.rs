@@ -61,9 +61,11 @@ impl LogStore {
         db: &redb::Database,
         key: &str,
         value: &T,
+        durability: redb::Durability,
     ) -> Result<(), StorageError> {
         let bytes = codec::encode_checked(value).map_err(io_write)?;
-        let write = db.begin_write().map_err(|e| io_write(db_err(e)))?;
+        let mut write = db.begin_write().map_err(|e| io_write(db_err(e)))?;
+        write.set_durability(durability);
         {
             let mut table = write.open_table(META).map_err(|e| io_write(db_err(e)))?;
             table
@@ -157,7 +159,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     );
                 }
             }
-            LogStore::write_meta(&db, KEY_VOTE, &vote)
+            LogStore::write_meta(&db, KEY_VOTE, &vote, redb::Durability::Immediate)
         })
         .await
     }
@@ -169,7 +171,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let db = self.db.clone();
-        blocking(move || LogStore::write_meta(&db, KEY_COMMITTED, &committed)).await
+        // The committed id is an optimisation (openraft re-applies committed entries at start
+        // instead of waiting to re-learn the commit index), not a safety property, so it is
+        // written without its own fsync: redb makes it durable with the next durable commit
+        // (the next append or vote), and a crash loses at most this hint.
+        blocking(move || {
+            LogStore::write_meta(&db, KEY_COMMITTED, &committed, redb::Durability::None)
+        })
+        .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

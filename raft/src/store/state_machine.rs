@@ -188,9 +188,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut responses = Vec::new();
-        let last_index = {
-            let mut applied = self.shared.applied.write();
+        // Applying a large batch is CPU work (tens of ms for thousands of placements): run it
+        // on the blocking pool, so that the async workers keep serving heartbeats and timers
+        // and a busy state machine does not cause needless elections.
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let shared = self.shared.clone();
+        let (responses, last_index) = tokio::task::spawn_blocking(move || {
+            let mut responses = Vec::with_capacity(entries.len());
+            let mut applied = shared.applied.write();
             for entry in entries {
                 applied.last_applied = Some(entry.log_id);
                 match entry.payload {
@@ -205,8 +210,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                 }
             }
-            applied.last_applied.map_or(0, |id| id.index)
-        };
+            let last_index = applied.last_applied.map_or(0, |id| id.index);
+            (responses, last_index)
+        })
+        .await
+        .map_err(io_write)?;
         self.shared.applied_index.send_replace(last_index);
         Ok(responses)
     }
