@@ -153,8 +153,17 @@ pub async fn create(
     })?;
     if let Err(err) = agent.host.ensure(&record) {
         // The sandbox could not be made: undo the placement, so that nothing changes.
+        // The audit log keeps both lines: the placement and why it was undone.
         let _ = agent.store.write(|model| {
             model.workstations.remove(&record.id);
+            model.audit(
+                clock::now_unix_ms(),
+                &caller.prefix,
+                &caller.tenant,
+                "workstation.delete",
+                &format!("workstation/{}", record.id),
+                err.code(),
+            );
             Ok(())
         });
         return Err(err);
