@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use shoal_chaos::checkers::{check_all, CheckConfig};
 use shoal_chaos::clock::RunClock;
-use shoal_chaos::env::cleanup::RunGuard;
+use shoal_chaos::env::cleanup::{self, RunGuard};
 use shoal_chaos::env::datadir;
 use shoal_chaos::env::probe::enter_netns;
 use shoal_chaos::env::RunTag;
@@ -242,7 +242,14 @@ impl Ctx {
             }
             if let Some(info) = self.cluster_info(idx).await {
                 if info.leader.is_some() {
-                    lock(&self.cluster).nodes[idx].id = Some(info.answered_by.clone());
+                    let mut cluster = lock(&self.cluster);
+                    // The node keeps its cgroups under `shoal-<node id>` (SPEC "Isolation");
+                    // recorded so that cleanup removes them, also after a crash.
+                    let name = format!("shoal-{}", info.answered_by);
+                    if let Err(error) = cleanup::record_cgroup_name(&cluster.tag, &name) {
+                        warn!(%error, "could not record the node's cgroup name");
+                    }
+                    cluster.nodes[idx].id = Some(info.answered_by.clone());
                     return Ok(info.answered_by);
                 }
             }

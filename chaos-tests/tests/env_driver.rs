@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shoal_chaos::clock::{poll_until, wall_clock_unix_s};
@@ -238,6 +238,17 @@ fn cleanup_removes_what_a_crashed_run_left_behind() {
             &tag,
         )
         .unwrap();
+        // A cgroup like the ones a node creates, holding the process, recorded in the run dir.
+        let cgroup_name = format!("shoalchaos-cg-{}", tag.as_str());
+        let hierarchy = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            PathBuf::from("/sys/fs/cgroup")
+        } else {
+            PathBuf::from("/sys/fs/cgroup/pids")
+        };
+        let cgroup = hierarchy.join(&cgroup_name);
+        std::fs::create_dir(&cgroup).unwrap();
+        std::fs::write(cgroup.join("cgroup.procs"), sleeper.pid().to_string()).unwrap();
+        cleanup::record_cgroup_name(&tag, &cgroup_name).unwrap();
         std::mem::forget(sleeper);
         std::mem::forget(disk);
         std::mem::forget(net);
@@ -249,6 +260,7 @@ fn cleanup_removes_what_a_crashed_run_left_behind() {
     assert!(!found.processes.is_empty(), "{found:?}");
     assert_eq!(found.mounts.len(), 1, "{found:?}");
     assert_eq!(found.dirs.len(), 1, "{found:?}");
+    assert_eq!(found.cgroups.len(), 1, "{found:?}");
     cleanup::remove(&Scope::Run(tag.clone()));
     let left = cleanup::find(&Scope::Run(tag.clone()));
     assert!(left.is_empty(), "left behind: {left:?}");

@@ -26,6 +26,8 @@ pub struct Leftovers {
     pub mounts: Vec<String>,
     /// Directories under the temp dir.
     pub dirs: Vec<PathBuf>,
+    /// Cgroup directories the run's nodes created (named in the run dir's `cgroups` file).
+    pub cgroups: Vec<PathBuf>,
 }
 
 impl Leftovers {
@@ -35,6 +37,7 @@ impl Leftovers {
             && self.processes.is_empty()
             && self.mounts.is_empty()
             && self.dirs.is_empty()
+            && self.cgroups.is_empty()
     }
 }
 
@@ -83,7 +86,7 @@ pub fn find(scope: &Scope) -> Leftovers {
     processes.sort_unstable();
     processes.dedup();
     let mounts = mounts_matching(&prefix);
-    let dirs = fs::read_dir(std::env::temp_dir())
+    let dirs: Vec<PathBuf> = fs::read_dir(std::env::temp_dir())
         .map(|entries| {
             entries
                 .filter_map(Result::ok)
@@ -92,11 +95,91 @@ pub fn find(scope: &Scope) -> Leftovers {
                 .collect()
         })
         .unwrap_or_default();
+    let cgroups = dirs
+        .iter()
+        .flat_map(|dir| {
+            fs::read_to_string(dir.join(CGROUPS_FILE))
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .flat_map(|name: String| cgroup_dirs_named(&name))
+        .collect();
     Leftovers {
         namespaces,
         processes,
         mounts,
         dirs,
+        cgroups,
+    }
+}
+
+/// The file in a run's directory listing the top-level cgroup names its nodes use, one a line,
+/// so that a later `--cleanup` finds them (the names carry node ids, not the run's tag).
+pub const CGROUPS_FILE: &str = "cgroups";
+
+/// Records that the run's nodes create cgroups named `name` (e.g. `shoal-<node id>`).
+pub fn record_cgroup_name(tag: &RunTag, name: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(tag.root_dir().join(CGROUPS_FILE))?;
+    writeln!(file, "{name}")
+}
+
+/// The cgroup root and every v1 controller hierarchy under it.
+fn cgroup_hierarchies() -> Vec<PathBuf> {
+    let root = PathBuf::from("/sys/fs/cgroup");
+    let mut all = vec![root.clone()];
+    if let Ok(entries) = fs::read_dir(&root) {
+        all.extend(
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_dir()),
+        );
+    }
+    all
+}
+
+/// Existing top-level cgroup directories named `name` in any hierarchy.
+fn cgroup_dirs_named(name: &str) -> Vec<PathBuf> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return Vec::new();
+    }
+    cgroup_hierarchies()
+        .into_iter()
+        .map(|h| h.join(name))
+        .filter(|p| p.join("cgroup.procs").exists())
+        .collect()
+}
+
+/// Kills the processes in a cgroup tree and removes its directories, deepest first.
+fn remove_cgroup_tree(dir: &std::path::Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.filter_map(Result::ok) {
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    let pids: Vec<i32> = procs
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    for &pid in &pids {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    poll_until(Duration::from_secs(2), 20, || {
+        fs::read_to_string(dir.join("cgroup.procs"))
+            .map(|p| p.trim().is_empty())
+            .unwrap_or(true)
+    });
+    if let Err(error) = fs::remove_dir(dir) {
+        warn!(dir = %dir.display(), %error, "could not remove cgroup");
     }
 }
 
@@ -128,6 +211,9 @@ pub fn remove(scope: &Scope) -> Leftovers {
         if let Err(error) = run("ip", &["netns", "del", ns]) {
             warn!(ns = ns.as_str(), %error, "could not delete namespace");
         }
+    }
+    for cgroup in &found.cgroups {
+        remove_cgroup_tree(cgroup);
     }
     for dir in &found.dirs {
         if let Err(error) = fs::remove_dir_all(dir) {
