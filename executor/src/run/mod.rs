@@ -320,6 +320,12 @@ async fn supervise(sandbox: &Sandbox, run: &ValidatedRun, clock: &dyn Clock) -> 
     drop(stdout_write);
     drop(stderr_write);
     let init_pid = process.init_pid;
+    // If this future is dropped mid-run (the caller gave up), the guard kills and reaps init:
+    // its PID namespace dies with it and no zombie is left.
+    let mut init_guard = InitGuard {
+        pid: init_pid,
+        reaped: false,
+    };
     // Without a PID namespace, killing init does not kill the program: it runs in a session
     // of its own (setsid before exec), so its process group is killed too. A daemon that
     // starts yet another session escapes that; the isolation label says so ("no pid
@@ -350,6 +356,7 @@ async fn supervise(sandbox: &Sandbox, run: &ValidatedRun, clock: &dyn Clock) -> 
         (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
             kill_init();
             reap(init_pid);
+            init_guard.reaped = true;
             fail(&mut observed, format!("cannot watch the run: {error}"));
             return observed;
         }
@@ -441,6 +448,7 @@ async fn supervise(sandbox: &Sandbox, run: &ValidatedRun, clock: &dyn Clock) -> 
                 }
                 init_exited = true;
                 observed.rusage_cpu_ms = reap(init_pid);
+                init_guard.reaped = true;
                 if !own_pid_namespace && program_group.load(std::sync::atomic::Ordering::Relaxed) > 1 {
                     // Whatever the program left in its process group goes with the run.
                     // SAFETY: kill(2) on the program's own process group.
@@ -467,6 +475,23 @@ async fn supervise(sandbox: &Sandbox, run: &ValidatedRun, clock: &dyn Clock) -> 
         observed.exit = Some(ProgramExit::Signal(libc::SIGKILL));
     }
     observed
+}
+
+/// Kills and reaps a run's init process unless it was reaped already.
+struct InitGuard {
+    pid: libc::pid_t,
+    reaped: bool,
+}
+
+impl Drop for InitGuard {
+    fn drop(&mut self) {
+        if !self.reaped {
+            // SAFETY: our own child, not reaped yet. Every other process of the run lives in
+            // init's PID namespace as its descendant, so init's exit completes promptly.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            reap(self.pid);
+        }
+    }
 }
 
 /// Reaps the init process; returns the CPU time (ms) it and its reaped descendants used.
