@@ -186,6 +186,50 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
+        // A SIGKILLed agent cannot remove its cgroups; its sandboxes' processes die with it
+        // (pdeathsig) or are killed here, and the `shoal-<node id>` trees go with them, so that
+        // the tests leave the host as they found it.
+        if !self.node_id.is_empty() {
+            remove_node_cgroups(&self.node_id);
+        }
+    }
+}
+
+/// Kills whatever is left in the cgroup trees `shoal-<node_id>` of every mounted controller and
+/// removes them, deepest first. Bounded: a directory that will not go after a few tries is left.
+pub fn remove_node_cgroups(node_id: &str) {
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for controller in controllers.flatten() {
+        let root = controller.path().join(format!("shoal-{node_id}"));
+        if root.is_dir() {
+            remove_cgroup_tree(&root);
+        }
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().map(|kind| kind.is_dir()).unwrap_or(false) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    for _attempt in 0..50 {
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in procs.lines().filter_map(|line| line.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
