@@ -219,7 +219,10 @@ fn remove_cgroup_tree(dir: &Path) {
     }
     for _attempt in 0..50 {
         if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            for pid in procs.lines().filter_map(|line| line.trim().parse::<i32>().ok()) {
+            for pid in procs
+                .lines()
+                .filter_map(|line| line.trim().parse::<i32>().ok())
+            {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
