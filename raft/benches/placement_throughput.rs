@@ -81,7 +81,10 @@ async fn main() -> anyhow::Result<()> {
     );
     drop(state);
 
-    println!("== 3-node cluster, redb on disk (fsync), in-process transport");
+    println!(
+        "== 3-node cluster, redb on disk (fsync), in-process transport, election timeout override: {:?}",
+        std::env::var("SHOAL_BENCH_ELECTION_MS").ok()
+    );
     let dir = tempfile::tempdir()?;
     let router = TestRouter::new();
     let clock = Arc::new(SystemClock::new());
@@ -92,6 +95,17 @@ async fn main() -> anyhow::Result<()> {
         config.auto_membership = false;
         // Three replicas share two cores here: allow a slow commit instead of failing the run.
         config.write_timeout_ms = 30_000;
+        // The election timeout must exceed the disk's fsync latency (a follower's heartbeat
+        // waits behind its previous append in openraft 0.9); on a loaded shared disk the
+        // default 150-300 ms is too short, so a run can set SHOAL_BENCH_ELECTION_MS=1000.
+        if let Some(ms) = std::env::var("SHOAL_BENCH_ELECTION_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            config.election_timeout_ms_min = ms;
+            config.election_timeout_ms_max = ms * 2;
+            config.heartbeat_interval_ms = ms / 3;
+        }
         let node = RaftNode::start(
             config,
             &dir.path().join(format!("n{id}")),
