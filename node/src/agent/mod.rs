@@ -2,10 +2,13 @@
 //! local workstation host, the usage sampler and the HTTP control API, and stops them in order
 //! on SIGTERM/SIGINT.
 //!
-//! Scope of this build: a single-server cluster. The node bootstraps, keeps its state in its
-//! data dir and comes back as the same node after a restart; `--join` is refused with a clear
-//! message until the Raft and mesh integration lands (see the crate's report).
+//! Scope of this build: the node starts its userspace WireGuard mesh and its Raft node (see
+//! [`cluster`]) and bootstraps a one-node Raft cluster in which it is registered as server and
+//! worker, heartbeating into the leader's soft state. The API's records (keys, tokens,
+//! workstations, audit) still live in the single-server store (`store.rs`); moving them onto
+//! Raft commands, and `--join`, are the next steps (see the crate's report).
 
+pub mod cluster;
 pub mod host;
 pub mod model;
 pub mod random;
@@ -34,7 +37,6 @@ use store::Store;
 use usage::Usage;
 
 /// Everything a request handler can reach. Shared by all actix workers (`web::Data`).
-#[derive(Debug)]
 pub struct Agent {
     /// Resolved configuration.
     pub config: AgentConfig,
@@ -56,6 +58,16 @@ pub struct Agent {
     pub runs_in_flight: AtomicUsize,
     /// Set when a graceful shutdown began: new work is refused with 503.
     pub shutting_down: AtomicBool,
+    /// This node's Raft node (leader, term, members, the cluster's node list).
+    pub raft: shoal_raft::RaftNode,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Agent {
@@ -131,6 +143,9 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
     let host =
         Host::new(&config, Arc::clone(&sandbox_host)).context("starting the workstation host")?;
     info!(runs = %run_isolation, workstations = %host.isolation(), "isolation applied to user code");
+    let mut cluster =
+        cluster::ClusterNode::start(&config, &store.read(|m| m.cluster_id.clone()), &usage, true)
+            .await?;
     let run_context = RunContext {
         host: sandbox_host,
         languages: Arc::new(Languages::discover()),
@@ -148,7 +163,16 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
         metrics: Metrics::default(),
         runs_in_flight: AtomicUsize::new(0),
         shutting_down: AtomicBool::new(false),
+        raft: cluster.raft.clone(),
     });
+    let heartbeat_agent = Arc::clone(&agent);
+    cluster.start_heartbeats(
+        Arc::new(move || {
+            let (cpu_millis, memory_bytes) = heartbeat_agent.usage.used();
+            shoal_raft::model::Resources::new(cpu_millis, memory_bytes)
+        }),
+        Duration::from_millis(config.heartbeat_interval_ms),
+    );
     agent.host.restore(&agent).await;
 
     // Usage sampler: the single-node stand-in for heartbeats.
@@ -180,6 +204,7 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
     handle.stop(true).await;
     sampler.abort();
     let _ = server_task.await;
+    cluster.shutdown().await;
     info!("stopped");
     Ok(())
 }

@@ -107,10 +107,13 @@ fn add(resource: &mut PoolResource, capacity: u64, reserved: u64, used: u64) {
     security(("bearer" = [])), tag = "cluster")]
 pub async fn cluster(_caller: Caller, agent: web::Data<Agent>) -> Result<HttpResponse, ApiError> {
     let nodes = nodes(&agent);
+    let status = agent.raft.status();
+    // This build's API names nodes by the single-server store's id; Raft knows only itself.
+    let leader = (status.leader == Some(status.id)).then(|| agent.node_id.clone());
     Ok(HttpResponse::Ok().json(ClusterInfo {
         cluster_id: agent.store.read(|model| model.cluster_id.clone()),
-        leader: Some(agent.node_id.clone()),
-        term: 1,
+        leader,
+        term: status.term.max(1),
         servers: vec![agent.node_id.clone()],
         pool: pool(&nodes),
         answered_by: agent.node_id.clone(),

@@ -1,0 +1,296 @@
+//! The node's place in the cluster: its userspace WireGuard mesh and its Raft node (redb under
+//! `<data_dir>/raft`), joined by [`crate::mesh_rpc`] (Raft RPCs and forwarded writes over mesh
+//! QUIC). The bootstrapping node creates a one-node Raft cluster with itself registered as
+//! server and worker; a restart with the same data dir reopens the same mesh identity and the
+//! same Raft store, so the node comes back as itself with its state.
+//!
+//! Two small drivers run beside Raft: the peer loop (the mesh's peer list follows the committed
+//! node list) and the heartbeat loop (every `heartbeat_interval_ms`, capacity and live usage
+//! into the leader's soft state, so that the failure detector sees this node alive).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use shoal_mesh::{Mesh, MeshConfig, NodePublicKey, PeerSpec, DEFAULT_QUIC_PORT};
+use shoal_raft::command::{Admission, NodeRegistration};
+use shoal_raft::model::{ClusterSettings, NodeState, Resources, Roles};
+use shoal_raft::soft_state::Heartbeat;
+use shoal_raft::{NodeAddr, NodeId, RaftConfig, RaftNode};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::usage::Usage;
+use crate::config::AgentConfig;
+use crate::mesh_rpc::{MeshRaftTransport, NodeRpcHandler};
+
+/// The file in the data dir that remembers this node's Raft id and mesh address.
+const MEMBER_FILE: &str = "member.json";
+
+/// How long a restarting node waits for a Raft leader before it serves the API anyway.
+const LEADER_WAIT_AT_START: Duration = Duration::from_secs(5);
+
+/// What a node must remember about itself to come back as the same member after a restart.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberFile {
+    /// Raft node id (1 for the bootstrapping node).
+    pub raft_id: NodeId,
+    /// Its address in the overlay range.
+    pub mesh_addr: Ipv4Addr,
+    /// Prefix length of the overlay range.
+    pub mesh_prefix_len: u8,
+}
+
+impl MemberFile {
+    fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join(MEMBER_FILE)
+    }
+
+    /// Reads the member file, if the node was started before.
+    pub fn load(data_dir: &Path) -> anyhow::Result<Option<MemberFile>> {
+        let path = Self::path(data_dir);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .with_context(|| format!("{} is corrupt", path.display())),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Writes the member file atomically (temp file, fsync, rename).
+    pub fn store(&self, data_dir: &Path) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let path = Self::path(data_dir);
+        let temp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(self)?;
+        let mut file =
+            std::fs::File::create(&temp).with_context(|| format!("writing {}", temp.display()))?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temp, &path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+}
+
+/// The running mesh and Raft node of this agent.
+pub struct ClusterNode {
+    /// The userspace WireGuard mesh (shared with the peer loop).
+    pub mesh: Arc<Mesh>,
+    /// This node's Raft node.
+    pub raft: RaftNode,
+    /// The member file.
+    pub member: MemberFile,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ClusterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterNode")
+            .field("member", &self.member)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The settings a bootstrapping node commits.
+fn settings_of(config: &AgentConfig) -> ClusterSettings {
+    ClusterSettings {
+        voter_target: 3,
+        heartbeat_grace_ms: config.heartbeat_grace_ms,
+        ..ClusterSettings::default()
+    }
+}
+
+/// The first address of the overlay range: the bootstrapping node's mesh address (the state
+/// machine hands out host offsets from 1).
+fn first_mesh_addr(settings: &ClusterSettings) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(settings.overlay_addr).saturating_add(1))
+}
+
+fn roles_of(config: &AgentConfig) -> Roles {
+    Roles {
+        server: config.role_server,
+        worker: config.role_worker,
+    }
+}
+
+impl ClusterNode {
+    /// Starts the mesh and Raft. On a fresh data dir with `bootstrap` it creates the one-node
+    /// cluster `cluster_id`; with a member file it reopens the node it names.
+    pub async fn start(
+        config: &AgentConfig,
+        cluster_id: &str,
+        usage: &Usage,
+        bootstrap: bool,
+    ) -> anyhow::Result<ClusterNode> {
+        let settings = settings_of(config);
+        let (member, fresh) = match MemberFile::load(&config.data_dir)? {
+            Some(member) => (member, false),
+            None if bootstrap => (
+                MemberFile {
+                    raft_id: 1,
+                    mesh_addr: first_mesh_addr(&settings),
+                    mesh_prefix_len: settings.overlay_prefix_len,
+                },
+                true,
+            ),
+            None => bail!(
+                "{} holds no cluster member yet: pass --bootstrap",
+                config.data_dir.display()
+            ),
+        };
+        let handler = NodeRpcHandler::new();
+        let mut mesh_config = MeshConfig::new(
+            config.data_dir.join("mesh"),
+            config.listen,
+            member.mesh_addr,
+        );
+        mesh_config.mesh_prefix_len = member.mesh_prefix_len;
+        let mesh = Mesh::start(mesh_config, handler.clone())
+            .await
+            .with_context(|| format!("starting the mesh on {}", config.listen))?;
+        let raft = RaftNode::start(
+            RaftConfig::new(member.raft_id),
+            &config.data_dir.join("raft"),
+            Arc::new(MeshRaftTransport::new(mesh.transport())),
+            Arc::new(shoal_raft::clock::SystemClock::default()),
+        )
+        .await
+        .context("starting raft")?;
+        handler.set_raft(raft.clone());
+        if fresh {
+            let registration = NodeRegistration {
+                admission: Admission::Bootstrap,
+                wg_public_key: mesh.public_key().to_base64(),
+                endpoint: mesh.local_udp_addr().to_string(),
+                rpc_port: DEFAULT_QUIC_PORT,
+                api_addr: Some(config.api.to_string()),
+                roles: roles_of(config),
+                capacity: Resources::new(usage.capacity_cpu_millis, usage.capacity_memory_bytes),
+                reserve: Resources::new(
+                    config.node_reserve_cpu_millis,
+                    config.node_reserve_memory_bytes,
+                ),
+            };
+            raft.bootstrap(
+                NodeAddr::new(format!("{}:{DEFAULT_QUIC_PORT}", member.mesh_addr)),
+                cluster_id,
+                settings,
+                registration,
+            )
+            .await
+            .context("bootstrapping the raft cluster")?;
+            member.store(&config.data_dir)?;
+            info!(raft_id = member.raft_id, mesh_addr = %member.mesh_addr, "raft cluster bootstrapped");
+        } else {
+            info!(raft_id = member.raft_id, mesh_addr = %member.mesh_addr, "raft member reopened");
+            // Answer the first API request with a known leader where one can be elected
+            // quickly; a member of a cluster without quorum goes on without one.
+            let mut metrics = raft.metrics();
+            let elected = tokio::time::timeout(
+                LEADER_WAIT_AT_START,
+                metrics.wait_for(|m| m.current_leader.is_some()),
+            )
+            .await;
+            if !matches!(elected, Ok(Ok(_))) {
+                warn!("no raft leader known yet; serving without one");
+            }
+        }
+        let mut node = ClusterNode {
+            mesh: Arc::new(mesh),
+            raft,
+            member,
+            tasks: Vec::new(),
+        };
+        node.tasks.push(tokio::spawn(peer_loop(
+            node.raft.clone(),
+            Arc::clone(&node.mesh),
+        )));
+        Ok(node)
+    }
+
+    /// Starts the heartbeat loop: every `period`, this node's capacity and live usage go to the
+    /// leader's soft state (directly when this node leads).
+    pub fn start_heartbeats(
+        &mut self,
+        usage: Arc<dyn Fn() -> Resources + Send + Sync>,
+        period: Duration,
+    ) {
+        let raft = self.raft.clone();
+        let id = self.member.raft_id;
+        self.tasks.push(tokio::spawn(async move {
+            loop {
+                let heartbeat = Heartbeat {
+                    used: usage(),
+                    load_milli: 0,
+                    workstations: Vec::new(),
+                };
+                if raft.status().is_leader {
+                    if let Err(err) = raft.heartbeat(id, heartbeat) {
+                        debug!(error = %err, "heartbeat not acknowledged");
+                    }
+                }
+                tokio::time::sleep(period).await;
+            }
+        }));
+    }
+
+    /// The mesh's peer list as the committed node list says: every other node that has not
+    /// left.
+    pub fn peers_of(raft: &RaftNode, own_key: &str) -> Vec<PeerSpec> {
+        raft.read(|state| {
+            state
+                .nodes
+                .values()
+                .filter(|node| node.state != NodeState::Left && node.wg_public_key != own_key)
+                .filter_map(|node| {
+                    Some(PeerSpec {
+                        public_key: NodePublicKey::parse(&node.wg_public_key).ok()?,
+                        endpoint: node.endpoint.parse::<SocketAddr>().ok(),
+                        mesh_addr: node.mesh_addr,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Stops the loops, Raft and the mesh.
+    pub async fn shutdown(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Err(err) = self.raft.shutdown().await {
+            warn!(error = %err, "raft did not stop cleanly");
+        }
+        match Arc::try_unwrap(self.mesh) {
+            Ok(mesh) => mesh.shutdown().await,
+            // A task still holds it (aborted, not yet dropped): dropping it stops the threads.
+            Err(_) => debug!("mesh dropped instead of shut down"),
+        }
+    }
+}
+
+async fn peer_loop(raft: RaftNode, mesh: Arc<Mesh>) {
+    let own_key = mesh.public_key().to_base64();
+    let mut applied = raft.subscribe_applied();
+    let mut last: Option<Vec<PeerSpec>> = None;
+    loop {
+        let current = ClusterNode::peers_of(&raft, &own_key);
+        if last.as_ref() != Some(&current) {
+            match mesh.set_peers(&current) {
+                Ok(()) => info!(
+                    n_peers = current.len(),
+                    "mesh peers follow the committed node list"
+                ),
+                Err(err) => warn!(error = %err, "could not set the mesh peers"),
+            }
+            last = Some(current);
+        }
+        if applied.changed().await.is_err() {
+            return;
+        }
+    }
+}
