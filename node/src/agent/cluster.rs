@@ -8,21 +8,24 @@
 //! node list) and the heartbeat loop (every `heartbeat_interval_ms`, capacity and live usage
 //! into the leader's soft state, so that the failure detector sees this node alive).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use shoal_mesh::{Mesh, MeshConfig, NodePublicKey, PeerSpec, DEFAULT_QUIC_PORT};
+use shoal_mesh::{
+    join_cluster, Identity, JoinOptions, JoinToken, Mesh, MeshConfig, PeerSpec, DEFAULT_QUIC_PORT,
+};
 use shoal_raft::command::{Admission, NodeRegistration};
-use shoal_raft::model::{ClusterSettings, NodeState, Resources, Roles};
+use shoal_raft::model::{ClusterSettings, Resources, Roles};
 use shoal_raft::soft_state::Heartbeat;
 use shoal_raft::{NodeAddr, NodeId, RaftConfig, RaftNode};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::admission::{peers_from_state, RaftAdmission};
 use super::usage::Usage;
 use crate::config::AgentConfig;
 use crate::mesh_rpc::{MeshRaftTransport, NodeRpcHandler};
@@ -118,18 +121,38 @@ fn roles_of(config: &AgentConfig) -> Roles {
 }
 
 impl ClusterNode {
-    /// Starts the mesh and Raft. On a fresh data dir with `bootstrap` it creates the one-node
-    /// cluster `cluster_id`; with a member file it reopens the node it names.
+    /// Starts the mesh and Raft. With a member file it reopens the node it names; otherwise
+    /// `--join TOKEN` proves the token to the member it names and starts as the node the
+    /// cluster admitted, and `--bootstrap` creates the one-node cluster `cluster_id`.
     pub async fn start(
         config: &AgentConfig,
         cluster_id: &str,
         usage: &Usage,
-        bootstrap: bool,
     ) -> anyhow::Result<ClusterNode> {
         let settings = settings_of(config);
+        let mut initial_peers: Vec<PeerSpec> = Vec::new();
         let (member, fresh) = match MemberFile::load(&config.data_dir)? {
             Some(member) => (member, false),
-            None if bootstrap => (
+            None if config.join.is_some() => {
+                let text = config.join.as_deref().unwrap_or_default();
+                let token = JoinToken::parse(text).context("reading the join token")?;
+                let identity = Identity::load_or_create(&config.data_dir.join("mesh"))
+                    .context("creating the node's mesh identity")?;
+                info!(member = ?token.member_endpoints, "joining the cluster");
+                let accepted = join_cluster(&identity, &token, &JoinOptions::new(config.listen))
+                    .await
+                    .context("joining the cluster")?;
+                info!(node_id = accepted.node_id, mesh_addr = %accepted.mesh_addr, "admitted");
+                initial_peers = accepted.peers;
+                let member = MemberFile {
+                    raft_id: accepted.node_id,
+                    mesh_addr: accepted.mesh_addr,
+                    mesh_prefix_len: accepted.mesh_prefix_len,
+                };
+                member.store(&config.data_dir)?;
+                (member, false)
+            }
+            None if config.bootstrap => (
                 MemberFile {
                     raft_id: 1,
                     mesh_addr: first_mesh_addr(&settings),
@@ -161,6 +184,14 @@ impl ClusterNode {
         .await
         .context("starting raft")?;
         handler.set_raft(raft.clone());
+        if !initial_peers.is_empty() {
+            mesh.set_peers(&initial_peers)
+                .context("adding the cluster's members as peers")?;
+        }
+        mesh.set_admission(Arc::new(RaftAdmission {
+            raft: raft.clone(),
+            transport: mesh.transport(),
+        }));
         if fresh {
             let registration = NodeRegistration {
                 admission: Admission::Bootstrap,
@@ -186,7 +217,7 @@ impl ClusterNode {
             member.store(&config.data_dir)?;
             info!(raft_id = member.raft_id, mesh_addr = %member.mesh_addr, "raft cluster bootstrapped");
         } else {
-            info!(raft_id = member.raft_id, mesh_addr = %member.mesh_addr, "raft member reopened");
+            info!(raft_id = member.raft_id, mesh_addr = %member.mesh_addr, "raft member started");
             // Answer the first API request with a known leader where one can be elected
             // quickly; a member of a cluster without quorum goes on without one.
             let mut metrics = raft.metrics();
@@ -238,25 +269,6 @@ impl ClusterNode {
         }));
     }
 
-    /// The mesh's peer list as the committed node list says: every other node that has not
-    /// left.
-    pub fn peers_of(raft: &RaftNode, own_key: &str) -> Vec<PeerSpec> {
-        raft.read(|state| {
-            state
-                .nodes
-                .values()
-                .filter(|node| node.state != NodeState::Left && node.wg_public_key != own_key)
-                .filter_map(|node| {
-                    Some(PeerSpec {
-                        public_key: NodePublicKey::parse(&node.wg_public_key).ok()?,
-                        endpoint: node.endpoint.parse::<SocketAddr>().ok(),
-                        mesh_addr: node.mesh_addr,
-                    })
-                })
-                .collect()
-        })
-    }
-
     /// Stops the loops, Raft and the mesh.
     pub async fn shutdown(self) {
         for task in &self.tasks {
@@ -278,8 +290,11 @@ async fn peer_loop(raft: RaftNode, mesh: Arc<Mesh>) {
     let mut applied = raft.subscribe_applied();
     let mut last: Option<Vec<PeerSpec>> = None;
     loop {
-        let current = ClusterNode::peers_of(&raft, &own_key);
-        if last.as_ref() != Some(&current) {
+        // A node that just joined has not received the log yet: its peers are the ones the
+        // join answer named until the committed node list reaches it.
+        let known = raft.read(|state| !state.nodes.is_empty());
+        let current = peers_from_state(&raft, &own_key);
+        if known && last.as_ref() != Some(&current) {
             match mesh.set_peers(&current) {
                 Ok(()) => info!(
                     n_peers = current.len(),

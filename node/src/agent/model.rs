@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::api::error::ApiError;
 use crate::api_types::{
-    AuditEntry, KeyInfo, NetworkPolicy, RestartPolicy, TokenInfo, Workstation, WorkstationState,
+    AuditEntry, NetworkPolicy, RestartPolicy, TokenInfo, Workstation, WorkstationState,
 };
 
 /// At most this many audit entries are kept (the oldest are dropped first).
@@ -44,20 +44,6 @@ pub struct KeyRecord {
     pub created_unix_ms: u64,
     /// Revoked.
     pub revoked: bool,
-}
-
-impl KeyRecord {
-    /// The public listing.
-    pub fn info(&self) -> KeyInfo {
-        KeyInfo {
-            id: self.id.clone(),
-            prefix: self.prefix.clone(),
-            tenant: self.tenant.clone(),
-            admin: self.admin,
-            created_unix_ms: self.created_unix_ms,
-            revoked: self.revoked,
-        }
-    }
 }
 
 /// A join token as stored: its SHA-256, never the token.
@@ -249,13 +235,6 @@ impl Model {
         while self.audit.len() > AUDIT_ENTRIES_MAX {
             self.audit.pop_front();
         }
-    }
-
-    /// Finds the live key whose SHA-256 is `sha256`.
-    pub fn key_by_hash(&self, sha256: &str) -> Option<&KeyRecord> {
-        self.keys
-            .values()
-            .find(|key| !key.revoked && key.sha256 == sha256)
     }
 
     /// Adds a key record.
