@@ -13,6 +13,12 @@ use tracing::info;
 
 /// Bounded waits: joins, elections and replication on a shared 2-core machine.
 const CLUSTER_WAIT: Duration = Duration::from_secs(60);
+/// The cluster's heartbeat grace in this test.
+const GRACE_MS: u64 = 2_000;
+
+fn node_named<'a>(nodes: &'a Value, id: &str) -> Option<&'a Value> {
+    nodes.as_array()?.iter().find(|node| node["id"] == id)
+}
 
 async fn cluster_of(api: &Api) -> Option<Value> {
     match api.get("/v1/cluster").await {
@@ -27,10 +33,16 @@ async fn two_nodes_join_with_a_token_and_the_api_survives_kill_9_of_the_leader(
     common::init_tracing();
     let temp = tempfile::tempdir()?;
 
-    info!("--- node 0 bootstraps, a join token is minted through its API");
+    info!("--- node 0 bootstraps (heartbeat grace 2 s), a join token is minted through its API");
+    let config = temp.path().join("shoal.toml");
+    std::fs::write(
+        &config,
+        format!("heartbeat_interval_ms = 200\nheartbeat_grace_ms = {GRACE_MS}\n"),
+    )?;
+    let config_text = config.to_string_lossy().to_string();
     let mut node0 = Agent::start(
         &temp.path().join("node-0"),
-        &["--bootstrap"],
+        &["--bootstrap", "--config", &config_text],
         common::free_tcp_port(),
     )?;
     let admin_key = node0.admin_key()?;
@@ -44,12 +56,12 @@ async fn two_nodes_join_with_a_token_and_the_api_survives_kill_9_of_the_leader(
     info!("--- nodes 1 and 2 join with the token over the mesh");
     let node1 = Agent::start(
         &temp.path().join("node-1"),
-        &["--join", &token_text],
+        &["--join", &token_text, "--config", &config_text],
         common::free_tcp_port(),
     )?;
     let node2 = Agent::start(
         &temp.path().join("node-2"),
-        &["--join", &token_text],
+        &["--join", &token_text, "--config", &config_text],
         common::free_tcp_port(),
     )?;
     let api1 = node1.client(&admin_key);
@@ -75,6 +87,42 @@ async fn two_nodes_join_with_a_token_and_the_api_survives_kill_9_of_the_leader(
         })
         .await?;
         assert_eq!(nodes.as_array().map_or(0, Vec::len), 3, "{nodes}");
+    }
+
+    info!("--- joined nodes committed their capacity and API address");
+    let joined_ids = [node1.node_id.clone(), node2.node_id.clone()];
+    eventually(CLUSTER_WAIT, || async {
+        let Ok(answer) = api0.get("/v1/nodes").await else {
+            return Ok(None);
+        };
+        let complete = joined_ids.iter().all(|id| {
+            node_named(&answer.body, id).is_some_and(|node| {
+                node["capacity"]["cpu_millis"].as_u64().unwrap_or(0) > 0
+                    && node["api_addr"].as_str().is_some()
+            })
+        });
+        Ok(complete.then_some(()))
+    })
+    .await?;
+
+    info!("--- heartbeats over the mesh keep every node ready past the grace");
+    // A node marked down during a slow join reports ready again once it heartbeats.
+    eventually(CLUSTER_WAIT, || async {
+        let Ok(answer) = api0.get("/v1/nodes").await else {
+            return Ok(None);
+        };
+        let ready = joined_ids
+            .iter()
+            .all(|id| node_named(&answer.body, id).is_some_and(|node| node["state"] == "ready"));
+        Ok(ready.then_some(()))
+    })
+    .await?;
+    // Proving that nothing happens takes time: three graces without a `down`.
+    tokio::time::sleep(Duration::from_millis(3 * GRACE_MS)).await;
+    let nodes = api0.get("/v1/nodes").await?.body;
+    for id in &joined_ids {
+        let state = node_named(&nodes, id).map(|node| node["state"].clone());
+        assert_eq!(state, Some(json!("ready")), "{id}: {nodes}");
     }
 
     info!("--- a write through a follower is forwarded to the leader and replicated");
@@ -106,6 +154,16 @@ async fn two_nodes_join_with_a_token_and_the_api_survives_kill_9_of_the_leader(
         new_leader == node1.node_id || new_leader == node2.node_id,
         "{new_leader}"
     );
+    info!("--- the new leader's failure detector marks the killed node down after the grace");
+    eventually(CLUSTER_WAIT, || async {
+        let Ok(answer) = api1.get("/v1/nodes").await else {
+            return Ok(None);
+        };
+        let down =
+            node_named(&answer.body, &node0.node_id).is_some_and(|node| node["state"] == "down");
+        Ok(down.then_some(()))
+    })
+    .await?;
     let after = eventually(CLUSTER_WAIT, || async {
         let answer = api2.post("/v1/keys", &json!({"tenant": "bob"})).await;
         Ok(answer.ok().filter(|a| a.status == 201))

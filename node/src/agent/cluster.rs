@@ -18,23 +18,29 @@ use serde::{Deserialize, Serialize};
 use shoal_mesh::{
     join_cluster, Identity, JoinOptions, JoinToken, Mesh, MeshConfig, PeerSpec, DEFAULT_QUIC_PORT,
 };
+use shoal_raft::command::PlacementHints;
 use shoal_raft::command::{Admission, NodeRegistration};
-use shoal_raft::model::{ClusterSettings, Resources, Roles};
+use shoal_raft::model::{ClusterSettings, NodeState, Resources, Roles};
 use shoal_raft::soft_state::Heartbeat;
-use shoal_raft::{NodeAddr, NodeId, RaftConfig, RaftNode};
+use shoal_raft::{Action, Command, NodeAddr, NodeId, RaftConfig, RaftNode};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::admission::{peers_from_state, RaftAdmission};
 use super::usage::Usage;
 use crate::config::AgentConfig;
-use crate::mesh_rpc::{MeshRaftTransport, NodeRpcHandler};
+use crate::mesh_rpc::{
+    forward_write, send_heartbeat, HeartbeatReply, MeshRaftTransport, NodeRpcHandler,
+};
 
 /// The file in the data dir that remembers this node's Raft id and mesh address.
 const MEMBER_FILE: &str = "member.json";
 
 /// How long a restarting node waits for a Raft leader before it serves the API anyway.
 const LEADER_WAIT_AT_START: Duration = Duration::from_secs(5);
+
+/// How many times a node tries to commit its capacity (every 500 ms: about 2 minutes).
+const INFO_UPDATE_ATTEMPTS_MAX: u32 = 240;
 
 /// What a node must remember about itself to come back as the same member after a restart.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -243,14 +249,16 @@ impl ClusterNode {
         Ok(node)
     }
 
-    /// Starts the heartbeat loop: every `period`, this node's capacity and live usage go to the
-    /// leader's soft state (directly when this node leads).
+    /// Starts the heartbeat loop: every `period`, this node's live usage goes to the leader's
+    /// soft state over the mesh (directly when this node leads), so that the failure detector
+    /// sees it alive.
     pub fn start_heartbeats(
         &mut self,
         usage: Arc<dyn Fn() -> Resources + Send + Sync>,
         period: Duration,
     ) {
         let raft = self.raft.clone();
+        let transport = self.mesh.transport();
         let id = self.member.raft_id;
         self.tasks.push(tokio::spawn(async move {
             loop {
@@ -259,13 +267,73 @@ impl ClusterNode {
                     load_milli: 0,
                     workstations: Vec::new(),
                 };
-                if raft.status().is_leader {
-                    if let Err(err) = raft.heartbeat(id, heartbeat) {
-                        debug!(error = %err, "heartbeat not acknowledged");
+                let sending = send_heartbeat(&raft, &transport, heartbeat);
+                match tokio::time::timeout(period.max(Duration::from_secs(1)), sending).await {
+                    Ok(HeartbeatReply::Acked { .. }) => {
+                        // Marked down while silent (a slow join, a pause): the leader hears
+                        // it again, so it reports ready. This build hosts no Raft-placed
+                        // workstations yet, so there is nothing stale to stop first.
+                        let down = raft.read(|state| {
+                            state
+                                .nodes
+                                .get(&id)
+                                .is_some_and(|node| node.state == NodeState::Down)
+                        });
+                        if down {
+                            let command = Command::new(
+                                crate::clock::now_unix_ms(),
+                                format!("node-{id}"),
+                                Action::MarkNodeReady {
+                                    node: id,
+                                    hints: PlacementHints::default(),
+                                },
+                            );
+                            match forward_write(&raft, &transport, command).await {
+                                Ok(Ok(_)) => info!("back after being marked down: ready again"),
+                                Ok(Err(refusal)) => warn!(reason = %refusal, "ready refused"),
+                                Err(err) => debug!(error = %err, "ready not committed yet"),
+                            }
+                        }
                     }
+                    Ok(HeartbeatReply::Refused(why)) => debug!(reason = %why, "heartbeat refused"),
+                    Err(_) => debug!("heartbeat timed out"),
                 }
                 tokio::time::sleep(period).await;
             }
+        }));
+    }
+
+    /// Commits this node's capacity, reserve and API address (after a join, and at every start
+    /// so that a changed `--api` or host is seen), retrying until a leader takes it.
+    pub fn start_info_update(&mut self, config: &AgentConfig, usage: &Usage) {
+        let raft = self.raft.clone();
+        let transport = self.mesh.transport();
+        let action = Action::UpdateNodeInfo {
+            node: self.member.raft_id,
+            api_addr: Some(config.api.to_string()),
+            capacity: Resources::new(usage.capacity_cpu_millis, usage.capacity_memory_bytes),
+            reserve: Resources::new(
+                config.node_reserve_cpu_millis,
+                config.node_reserve_memory_bytes,
+            ),
+        };
+        self.tasks.push(tokio::spawn(async move {
+            for attempt in 1..=INFO_UPDATE_ATTEMPTS_MAX {
+                let command = Command::new(crate::clock::now_unix_ms(), "system", action.clone());
+                match forward_write(&raft, &transport, command).await {
+                    Ok(Ok(_)) => {
+                        info!("node capacity and API address committed");
+                        return;
+                    }
+                    Ok(Err(refusal)) => {
+                        warn!(reason = %refusal, "node capacity refused");
+                        return;
+                    }
+                    Err(err) => debug!(attempt, error = %err, "node capacity not committed yet"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            warn!("gave up committing this node's capacity and API address");
         }));
     }
 

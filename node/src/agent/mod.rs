@@ -165,6 +165,7 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
     if let Some(admin_key) = admin_key {
         commit_admin_key(&cluster.raft, &admin_key).await?;
     }
+    cluster.start_info_update(&config, &usage);
     let node_id = format!("node-{}", cluster.member.raft_id);
     info!(
         node = %node_id,
