@@ -89,7 +89,7 @@ async fn two_nodes_join_with_a_token_and_the_api_survives_kill_9_of_the_leader(
         assert_eq!(nodes.as_array().map_or(0, Vec::len), 3, "{nodes}");
     }
 
-    info!("--- joined nodes committed their capacity and API address");
+    info!("--- joined nodes committed their capacity and API address; the leader sees their usage");
     let joined_ids = [node1.node_id.clone(), node2.node_id.clone()];
     eventually(CLUSTER_WAIT, || async {
         let Ok(answer) = api0.get("/v1/nodes").await else {
@@ -99,6 +99,7 @@ async fn two_nodes_join_with_a_token_and_the_api_survives_kill_9_of_the_leader(
             node_named(&answer.body, id).is_some_and(|node| {
                 node["capacity"]["cpu_millis"].as_u64().unwrap_or(0) > 0
                     && node["api_addr"].as_str().is_some()
+                    && node["used"]["memory_bytes"].as_u64().unwrap_or(0) > 0
             })
         });
         Ok(complete.then_some(()))

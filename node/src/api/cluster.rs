@@ -77,6 +77,23 @@ fn this_node(agent: &Agent) -> NodeInfo {
 pub fn nodes(agent: &Agent) -> Vec<NodeInfo> {
     use shoal_raft::model::NodeState as RaftState;
     let own_id = agent.raft.id();
+    // Live usage is soft state, known on the leader from heartbeats. Read before the applied
+    // state, so that the two locks are never held together.
+    let live_usage: std::collections::BTreeMap<u64, Resources> =
+        agent.raft.with_soft_state(|soft| {
+            soft.iter()
+                .filter_map(|(id, live)| {
+                    let heartbeat = live.last.as_ref()?;
+                    Some((
+                        *id,
+                        Resources {
+                            cpu_millis: heartbeat.used.cpu_millis,
+                            memory_bytes: heartbeat.used.memory_bytes,
+                        },
+                    ))
+                })
+                .collect()
+        });
     let others: Vec<NodeInfo> = agent.raft.read(|state| {
         state
             .nodes
@@ -102,7 +119,8 @@ pub fn nodes(agent: &Agent) -> Vec<NodeInfo> {
                     cpu_millis: node.reserved.cpu_millis,
                     memory_bytes: node.reserved.memory_bytes,
                 },
-                used: Resources::default(),
+                // Live usage is soft state: known on the leader, from heartbeats.
+                used: live_usage.get(&node.id).copied().unwrap_or_default(),
                 last_heartbeat_unix_ms: None,
                 n_workstations: state.workstations_on(node.id).count() as u64,
                 isolation: String::new(),
