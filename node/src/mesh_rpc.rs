@@ -7,9 +7,9 @@
 //!   [`ForwardReply`].
 //!
 //! [`MeshRaftTransport`] is the client side for Raft; [`forward_write`] is the follower's
-//! write path; [`NodeRpcHandler`] serves both. Status of the integration: these pieces are
-//! tested together over real userspace meshes and real Raft nodes (see the tests below); the
-//! agent itself still runs a single-server cluster with its own durable store.
+//! write path; [`NodeRpcHandler`] serves both, and [`TAG_HEARTBEAT`] (a node's heartbeat
+//! into the leader's soft state, see [`send_heartbeat`]). The agent (`agent/cluster.rs`) runs
+//! its Raft node over this transport.
 
 use std::net::Ipv4Addr;
 use std::sync::{Arc, OnceLock};

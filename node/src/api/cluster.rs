@@ -287,7 +287,13 @@ pub async fn create_token(
     if request.uses == Some(0) {
         return Err(ApiError::field("uses", "must be at least 1"));
     }
-    let role = request.role.clone().unwrap_or_else(|| "worker".to_string());
+    // Server by default: a server node beyond the voter target stays a Raft learner, which
+    // still receives the whole state (keys, nodes) that its API serves. A worker-only node is
+    // not a Raft member and in this build has no replicated state to serve.
+    let role = request
+        .role
+        .clone()
+        .unwrap_or_else(|| "server,worker".to_string());
     let (server, worker) = parse_roles(&role).map_err(|err| ApiError::field("role", err))?;
     let now = clock::now_unix_ms();
     // A mesh join token names this member (its WireGuard key and UDP endpoint); the cluster
