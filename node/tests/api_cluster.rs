@@ -173,3 +173,42 @@ async fn two_nodes_join_with_a_token_and_the_api_survives_kill_9_of_the_leader(
     assert!(after.body["key"].as_str().is_some(), "{}", after.text);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_join_token_is_refused_and_changes_nothing() -> anyhow::Result<()> {
+    common::init_tracing();
+    let temp = tempfile::tempdir()?;
+    let node0 = Agent::start(
+        &temp.path().join("node-0"),
+        &["--bootstrap"],
+        common::free_tcp_port(),
+    )?;
+    let api0 = node0.client(&node0.admin_key()?);
+
+    info!("--- a token is minted and revoked");
+    let token = api0.post("/v1/tokens", &json!({"uses": 1})).await?;
+    assert_eq!(token.status, 201, "{}", token.text);
+    let token_text = token.body["token"].as_str().unwrap_or_default().to_string();
+    let token_id = token.body["id"].as_str().unwrap_or_default().to_string();
+    let revoked = api0
+        .raw(
+            reqwest::Method::DELETE,
+            &format!("/v1/tokens/{token_id}"),
+            None,
+        )
+        .await?;
+    assert_eq!(revoked.status, 204, "{}", revoked.text);
+
+    info!("--- a node presenting it is refused: it exits without becoming ready");
+    let joined = Agent::start(
+        &temp.path().join("node-1"),
+        &["--join", &token_text],
+        common::free_tcp_port(),
+    );
+    assert!(joined.is_err(), "a revoked token admitted a node");
+    let nodes = api0.get("/v1/nodes").await?.body;
+    assert_eq!(nodes.as_array().map_or(0, Vec::len), 1, "{nodes}");
+    let tokens = api0.get("/v1/tokens").await?.body;
+    assert_eq!(tokens[0]["uses"], json!(0), "{tokens}");
+    Ok(())
+}

@@ -126,3 +126,31 @@ impl Admission for RaftAdmission {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_refusals_keep_their_reason_and_others_are_retryable() {
+        let rejected = |reason: &str| Refusal::TokenRejected {
+            reason: reason.to_string(),
+        };
+        assert_eq!(refusal_of(&rejected("expired")), JoinRefusal::TokenExpired);
+        assert_eq!(refusal_of(&rejected("revoked")), JoinRefusal::TokenRevoked);
+        assert_eq!(refusal_of(&rejected("exhausted")), JoinRefusal::TokenUsedUp);
+        assert_eq!(refusal_of(&rejected("unknown")), JoinRefusal::InvalidToken);
+        assert!(matches!(
+            refusal_of(&Refusal::NotInitialized),
+            JoinRefusal::Unavailable(_)
+        ));
+    }
+
+    #[test]
+    fn the_token_hash_is_the_hex_of_the_mesh_hash_of_the_secret() {
+        let secret = [7u8; 32];
+        let hash = token_secret_sha256(&secret);
+        assert_eq!(hash.len(), 64);
+        assert_eq!(hash, hex::encode(shoal_mesh::token::hash_secret(&secret)));
+    }
+}
