@@ -12,6 +12,7 @@ pub mod admission;
 pub mod cluster;
 pub mod host;
 pub mod model;
+pub mod placement;
 pub mod random;
 pub mod store;
 pub mod usage;
@@ -65,6 +66,8 @@ pub struct Agent {
     pub transport: shoal_mesh::Transport,
     /// This node's WireGuard public key (named in the join tokens it mints).
     pub mesh_public_key: shoal_mesh::NodePublicKey,
+    /// Serialises [`placement::reconcile`] runs.
+    pub reconcile_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -112,7 +115,24 @@ impl Agent {
                 Refusal::NotFound { kind, id } => ApiError::not_found(kind, id),
                 Refusal::InvalidArgument { field, reason } => ApiError::field(field, reason),
                 Refusal::Conflict { reason } => ApiError::Conflict(reason.clone()),
-                Refusal::Unsatisfiable { .. } => ApiError::Unsatisfiable(refusal.to_string()),
+                Refusal::Unsatisfiable {
+                    requested,
+                    largest_allocatable,
+                } => ApiError::Unsatisfiable(format!(
+                    "the reservation ({} millicores, {} bytes) is larger than any node \
+                     (largest allocatable: {} millicores, {} bytes)",
+                    requested.cpu_millis,
+                    requested.memory_bytes,
+                    largest_allocatable.cpu_millis,
+                    largest_allocatable.memory_bytes
+                )),
+                Refusal::NoCapacity { requested } => ApiError::Unavailable {
+                    message: format!(
+                        "no node has room for {} millicores and {} bytes right now",
+                        requested.cpu_millis, requested.memory_bytes
+                    ),
+                    retry_after_secs: 5,
+                },
                 _ => ApiError::unavailable(refusal.to_string()),
             }
         })
@@ -206,6 +226,7 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
         raft: cluster.raft.clone(),
         transport: cluster.mesh.transport(),
         mesh_public_key: cluster.mesh.public_key(),
+        reconcile_lock: tokio::sync::Mutex::new(()),
     });
     let heartbeat_agent = Arc::clone(&agent);
     cluster.start_heartbeats(
@@ -216,6 +237,7 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
         Duration::from_millis(config.heartbeat_interval_ms),
     );
     agent.host.restore(&agent).await;
+    let reconciler = tokio::spawn(placement::reconcile_loop(Arc::clone(&agent)));
 
     // Usage sampler: the single-node stand-in for heartbeats.
     let sampler_agent = Arc::clone(&agent);
@@ -245,6 +267,7 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
         .await;
     handle.stop(true).await;
     sampler.abort();
+    reconciler.abort();
     let _ = server_task.await;
     cluster.shutdown().await;
     info!("stopped");
