@@ -8,7 +8,7 @@ mod config;
 
 // The shared modules live in the library half so that tests and other crates can use them;
 // re-exported here so that binary modules say `crate::api_types` either way.
-pub use shoal_node::{api_types, clock};
+pub use shoal_node::{api_types, clock, mesh_rpc};
 
 use clap::{Parser, Subcommand};
 

@@ -7,9 +7,9 @@
 //!   [`ForwardReply`].
 //!
 //! [`MeshRaftTransport`] is the client side for Raft; [`forward_write`] is the follower's
-//! write path; [`NodeRpcHandler`] serves both. Status of the integration: these pieces are
-//! tested together over real userspace meshes and real Raft nodes (see the tests below); the
-//! agent itself still runs a single-server cluster with its own durable store.
+//! write path; [`NodeRpcHandler`] serves both, and [`TAG_HEARTBEAT`] (a node's heartbeat
+//! into the leader's soft state, see [`send_heartbeat`]). The agent (`agent/cluster.rs`) runs
+//! its Raft node over this transport.
 
 use std::net::Ipv4Addr;
 use std::sync::{Arc, OnceLock};
@@ -26,6 +26,9 @@ use shoal_raft::{
 pub const TAG_RAFT: u8 = 1;
 /// Frame tag of a forwarded write.
 pub const TAG_WRITE: u8 = 2;
+/// Frame tag of a heartbeat (a node's id and its [`shoal_raft::soft_state::Heartbeat`]) sent
+/// to the leader, answered with a [`HeartbeatReply`].
+pub const TAG_HEARTBEAT: u8 = 3;
 /// How many times a forwarded write follows a `NotLeader` answer before giving up (an
 /// election moved the leader while the write was in flight).
 pub const FORWARD_HOPS_MAX: usize = 3;
@@ -44,6 +47,18 @@ pub enum ForwardReply {
     },
     /// The write failed at the leader (timeout, shutdown); the text says why.
     Failed(String),
+}
+
+/// The leader's answer to a heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum HeartbeatReply {
+    /// Recorded by the leader of `term`: the sender may renew its lease.
+    Acked {
+        /// The leader's term.
+        term: u64,
+    },
+    /// Not recorded; the text says why (not the leader, leadership unconfirmed, unknown node).
+    Refused(String),
 }
 
 /// Why a write could not be completed through forwarding.
@@ -152,6 +167,67 @@ impl NodeRpcHandler {
     }
 }
 
+impl NodeRpcHandler {
+    fn handle_heartbeat(&self, from: &PeerInfo, body: &[u8]) -> HeartbeatReply {
+        let Some(raft) = self.raft.get() else {
+            return HeartbeatReply::Refused("raft not started yet".to_string());
+        };
+        let (node, heartbeat): (NodeId, shoal_raft::soft_state::Heartbeat) =
+            match shoal_raft::codec::decode(body) {
+                Ok(decoded) => decoded,
+                Err(err) => return HeartbeatReply::Refused(format!("undecodable: {err}")),
+            };
+        // A node speaks only for itself: its id must own the mesh address it sends from.
+        let owns = raft.read(|state| {
+            state
+                .nodes
+                .get(&node)
+                .is_some_and(|record| record.mesh_addr == from.mesh_addr)
+        });
+        if !owns {
+            return HeartbeatReply::Refused(format!(
+                "node {node} is not at mesh address {}",
+                from.mesh_addr
+            ));
+        }
+        match raft.heartbeat(node, heartbeat) {
+            Ok(ack) => HeartbeatReply::Acked { term: ack.term },
+            Err(err) => HeartbeatReply::Refused(err.to_string()),
+        }
+    }
+}
+
+/// Sends this node's heartbeat to the leader over the mesh (or records it directly when this
+/// node leads).
+pub async fn send_heartbeat(
+    raft: &RaftNode,
+    transport: &Transport,
+    heartbeat: shoal_raft::soft_state::Heartbeat,
+) -> HeartbeatReply {
+    let status = raft.status();
+    let Some(leader) = status.leader else {
+        return HeartbeatReply::Refused("no leader known".to_string());
+    };
+    if leader == status.id {
+        return match raft.heartbeat(status.id, heartbeat) {
+            Ok(ack) => HeartbeatReply::Acked { term: ack.term },
+            Err(err) => HeartbeatReply::Refused(err.to_string()),
+        };
+    }
+    let Some(ip) = raft.read(|state| state.nodes.get(&leader).map(|node| node.mesh_addr)) else {
+        return HeartbeatReply::Refused(format!("leader {leader} not in the node list"));
+    };
+    let body = match shoal_raft::codec::encode(&(status.id, heartbeat)) {
+        Ok(body) => body,
+        Err(err) => return HeartbeatReply::Refused(format!("encoding: {err}")),
+    };
+    match transport.request(ip, frame(TAG_HEARTBEAT, &body)).await {
+        Ok(reply) => shoal_raft::codec::decode(&reply)
+            .unwrap_or_else(|err| HeartbeatReply::Refused(format!("undecodable reply: {err}"))),
+        Err(err) => HeartbeatReply::Refused(format!("leader unreachable: {err}")),
+    }
+}
+
 #[async_trait::async_trait]
 impl RpcHandler for NodeRpcHandler {
     async fn handle(&self, from: PeerInfo, request: Bytes) -> Bytes {
@@ -167,6 +243,10 @@ impl RpcHandler for NodeRpcHandler {
             },
             TAG_WRITE => {
                 let reply = self.handle_write(body).await;
+                Bytes::from(shoal_raft::codec::encode(&reply).unwrap_or_default())
+            }
+            TAG_HEARTBEAT => {
+                let reply = self.handle_heartbeat(&from, body);
                 Bytes::from(shoal_raft::codec::encode(&reply).unwrap_or_default())
             }
             other => {

@@ -169,6 +169,15 @@ fn apply_one(state: &mut ClusterState, at_ms: u64, action: &Action) -> (String, 
             format!("node/{node}"),
             mark_node_ready(state, at_ms, *node, hints),
         ),
+        Action::UpdateNodeInfo {
+            node,
+            api_addr,
+            capacity,
+            reserve,
+        } => (
+            format!("node/{node}"),
+            update_node_info(state, *node, api_addr, capacity, reserve),
+        ),
         Action::DrainNode { node } => (format!("node/{node}"), drain_node(state, at_ms, *node)),
         Action::DrainStep {
             node,
@@ -518,6 +527,39 @@ fn register_node(
         mesh_addr,
         existing: false,
     })
+}
+
+fn update_node_info(
+    state: &mut ClusterState,
+    node_id: NodeId,
+    api_addr: &Option<String>,
+    capacity: &Resources,
+    reserve: &Resources,
+) -> CommandResponse {
+    if api_addr
+        .as_ref()
+        .is_some_and(|addr| addr.len() > limits::ADDR_BYTES_MAX)
+    {
+        return Err(Refusal::invalid("api_addr", "too long"));
+    }
+    let Some(node) = state.nodes.get(&node_id) else {
+        return Err(Refusal::not_found("node", node_id));
+    };
+    if node.state == NodeState::Left {
+        return Err(Refusal::conflict(format!("node {node_id} has left")));
+    }
+    if !capacity.saturating_sub(reserve).fits(&node.reserved) {
+        return Err(Refusal::conflict(format!(
+            "node {node_id}'s placed reservations {:?} would not fit the new capacity",
+            node.reserved
+        )));
+    }
+    state.update_node(node_id, |node| {
+        node.api_addr = api_addr.clone();
+        node.capacity = *capacity;
+        node.reserve = *reserve;
+    });
+    Ok(Outcome::Done)
 }
 
 fn set_node_state(state: &mut ClusterState, at_ms: u64, node: NodeId, new: NodeState) {

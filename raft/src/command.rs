@@ -160,6 +160,19 @@ pub enum Action {
         /// Hints for placing pending workstations onto nodes.
         hints: PlacementHints,
     },
+    /// A node states its own capacity, reserve and API address (a joined node knows them only
+    /// once it runs; the join packet does not carry them). Refused if the new allocatable
+    /// capacity would not hold the reservations already placed on the node.
+    UpdateNodeInfo {
+        /// The node.
+        node: NodeId,
+        /// Where it serves the HTTP API.
+        api_addr: Option<String>,
+        /// Host capacity.
+        capacity: Resources,
+        /// Node's own reserve.
+        reserve: Resources,
+    },
     /// Stop new placements on a node.
     DrainNode {
         /// The node.
@@ -288,6 +301,7 @@ impl Action {
             Action::UpdateSettings { .. } => "cluster.settings",
             Action::RegisterNode(_) => "node.register",
             Action::MarkNodeReady { .. } => "node.ready",
+            Action::UpdateNodeInfo { .. } => "node.update",
             Action::DrainNode { .. } => "node.drain",
             Action::DrainStep { .. } => "node.drain_step",
             Action::RemoveNode { .. } => "node.remove",

@@ -862,3 +862,42 @@ proptest! {
         prop_assert_eq!(replica_a.encode().unwrap(), replica_b.encode().unwrap());
     }
 }
+
+#[test]
+fn a_node_updates_its_capacity_and_api_address_but_never_below_its_placed_reservations() {
+    let mut state = init();
+    must(
+        &mut state,
+        &cmd(
+            1,
+            reg(Admission::Bootstrap, "k1", Roles::SERVER_WORKER, 0, 0),
+        ),
+    );
+    let update = |cpu_millis: u64, memory_bytes: u64| Action::UpdateNodeInfo {
+        node: 1,
+        api_addr: Some("127.0.0.1:7071".into()),
+        capacity: Resources::new(cpu_millis, memory_bytes),
+        reserve: Resources::new(0, 0),
+    };
+    check(
+        &mut state,
+        vec![
+            (create(ws("t", 1_000, GIB)), &refused("unsatisfiable")),
+            (update(4_000, 8 * GIB), &is_ok),
+            (create(ws("t", 3_000, GIB)), &placed_on(1, 1)),
+            (update(2_000, 8 * GIB), &refused("conflict")),
+            (
+                Action::UpdateNodeInfo {
+                    node: 9,
+                    api_addr: None,
+                    capacity: Resources::new(1, 1),
+                    reserve: Resources::new(0, 0),
+                },
+                &refused("not_found"),
+            ),
+        ],
+    );
+    let node = &state.nodes[&1];
+    assert_eq!(node.capacity, Resources::new(4_000, 8 * GIB));
+    assert_eq!(node.api_addr.as_deref(), Some("127.0.0.1:7071"));
+}

@@ -2,12 +2,17 @@
 //! local workstation host, the usage sampler and the HTTP control API, and stops them in order
 //! on SIGTERM/SIGINT.
 //!
-//! Scope of this build: a single-server cluster. The node bootstraps, keeps its state in its
-//! data dir and comes back as the same node after a restart; `--join` is refused with a clear
-//! message until the Raft and mesh integration lands (see the crate's report).
+//! Scope of this build: the node starts its userspace WireGuard mesh and its Raft node (see
+//! [`cluster`]) and bootstraps a one-node Raft cluster in which it is registered as server and
+//! worker, heartbeating into the leader's soft state. The API's records (keys, tokens,
+//! workstations, audit) still live in the single-server store (`store.rs`); moving them onto
+//! Raft commands, and `--join`, are the next steps (see the crate's report).
 
+pub mod admission;
+pub mod cluster;
 pub mod host;
 pub mod model;
+pub mod placement;
 pub mod random;
 pub mod store;
 pub mod usage;
@@ -34,7 +39,6 @@ use store::Store;
 use usage::Usage;
 
 /// Everything a request handler can reach. Shared by all actix workers (`web::Data`).
-#[derive(Debug)]
 pub struct Agent {
     /// Resolved configuration.
     pub config: AgentConfig,
@@ -56,6 +60,22 @@ pub struct Agent {
     pub runs_in_flight: AtomicUsize,
     /// Set when a graceful shutdown began: new work is refused with 503.
     pub shutting_down: AtomicBool,
+    /// This node's Raft node (leader, term, members, the cluster's node list).
+    pub raft: shoal_raft::RaftNode,
+    /// The mesh transport (forwarded writes, node-to-node requests).
+    pub transport: shoal_mesh::Transport,
+    /// This node's WireGuard public key (named in the join tokens it mints).
+    pub mesh_public_key: shoal_mesh::NodePublicKey,
+    /// Serialises [`placement::reconcile`] runs.
+    pub reconcile_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Agent {
@@ -69,6 +89,53 @@ impl Agent {
                 .capacity_memory_bytes
                 .saturating_sub(self.config.node_reserve_memory_bytes),
         )
+    }
+
+    /// Proposes `action` through Raft (forwarded to the leader if this node does not lead)
+    /// and maps a refusal to the API's error.
+    pub async fn propose(
+        &self,
+        actor: &str,
+        action: shoal_raft::Action,
+    ) -> Result<shoal_raft::Outcome, crate::api::error::ApiError> {
+        use crate::api::error::ApiError;
+        use crate::mesh_rpc::ForwardError;
+        let command = shoal_raft::Command::new(clock::now_unix_ms(), actor, action);
+        let response = crate::mesh_rpc::forward_write(&self.raft, &self.transport, command)
+            .await
+            .map_err(|err| match err {
+                ForwardError::NoLeader | ForwardError::Unreachable(_) => {
+                    ApiError::unavailable(format!("no Raft leader reachable right now: {err}"))
+                }
+                ForwardError::Failed(why) => ApiError::unavailable(why),
+            })?;
+        response.map_err(|refusal| {
+            use shoal_raft::Refusal;
+            match &refusal {
+                Refusal::NotFound { kind, id } => ApiError::not_found(kind, id),
+                Refusal::InvalidArgument { field, reason } => ApiError::field(field, reason),
+                Refusal::Conflict { reason } => ApiError::Conflict(reason.clone()),
+                Refusal::Unsatisfiable {
+                    requested,
+                    largest_allocatable,
+                } => ApiError::Unsatisfiable(format!(
+                    "the reservation ({} millicores, {} bytes) is larger than any node \
+                     (largest allocatable: {} millicores, {} bytes)",
+                    requested.cpu_millis,
+                    requested.memory_bytes,
+                    largest_allocatable.cpu_millis,
+                    largest_allocatable.memory_bytes
+                )),
+                Refusal::NoCapacity { requested } => ApiError::Unavailable {
+                    message: format!(
+                        "no node has room for {} millicores and {} bytes right now",
+                        requested.cpu_millis, requested.memory_bytes
+                    ),
+                    retry_after_secs: 5,
+                },
+                _ => ApiError::unavailable(refusal.to_string()),
+            }
+        })
     }
 
     /// A new id: `prefix` and 16 hex digits.
@@ -109,9 +176,17 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let random = Random::from_entropy();
-    let store = open_or_create_store(&config, &random)?;
-    let node_id = store.read(|model| model.node_id.clone());
+    let (store, admin_key) = open_or_create_store(&config, &random)?;
+    // The sandbox names (cgroups, uids, dirs) use the store's random id, unique per host.
+    let sandbox_name = store.read(|model| model.node_id.clone());
     let (usage, mut system) = Usage::probe();
+    let mut cluster =
+        cluster::ClusterNode::start(&config, &store.read(|m| m.cluster_id.clone()), &usage).await?;
+    if let Some(admin_key) = admin_key {
+        commit_admin_key(&cluster.raft, &admin_key).await?;
+    }
+    cluster.start_info_update(&config, &usage);
+    let node_id = format!("node-{}", cluster.member.raft_id);
     info!(
         node = %node_id,
         cluster = %store.read(|m| m.cluster_id.clone()),
@@ -123,7 +198,7 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
     // The sandbox host probes what isolation this host permits, logs it, and removes what an
     // earlier run of this node left behind (cgroups, work directories).
     let sandbox_host = SandboxHost::start(SandboxHostConfig::new(
-        node_id.clone(),
+        sandbox_name,
         config.data_dir.join("sandbox"),
     ))
     .map_err(|err| anyhow::anyhow!("preparing the sandbox host: {err}"))?;
@@ -148,8 +223,21 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
         metrics: Metrics::default(),
         runs_in_flight: AtomicUsize::new(0),
         shutting_down: AtomicBool::new(false),
+        raft: cluster.raft.clone(),
+        transport: cluster.mesh.transport(),
+        mesh_public_key: cluster.mesh.public_key(),
+        reconcile_lock: tokio::sync::Mutex::new(()),
     });
+    let heartbeat_agent = Arc::clone(&agent);
+    cluster.start_heartbeats(
+        Arc::new(move || {
+            let (cpu_millis, memory_bytes) = heartbeat_agent.usage.used();
+            shoal_raft::model::Resources::new(cpu_millis, memory_bytes)
+        }),
+        Duration::from_millis(config.heartbeat_interval_ms),
+    );
     agent.host.restore(&agent).await;
+    let reconciler = tokio::spawn(placement::reconcile_loop(Arc::clone(&agent)));
 
     // Usage sampler: the single-node stand-in for heartbeats.
     let sampler_agent = Arc::clone(&agent);
@@ -179,7 +267,9 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
         .await;
     handle.stop(true).await;
     sampler.abort();
+    reconciler.abort();
     let _ = server_task.await;
+    cluster.shutdown().await;
     info!("stopped");
     Ok(())
 }
@@ -199,18 +289,44 @@ async fn wait_for_signal() {
     }
 }
 
-fn open_or_create_store(config: &AgentConfig, random: &Random) -> anyhow::Result<Store> {
+/// Commits the bootstrap admin key to Raft (the API authenticates against Raft's keys).
+async fn commit_admin_key(raft: &shoal_raft::RaftNode, admin_key: &str) -> anyhow::Result<()> {
+    let response = raft
+        .write(shoal_raft::Command::new(
+            clock::now_unix_ms(),
+            "system",
+            shoal_raft::Action::CreateApiKey {
+                secret_sha256: sha256_hex(admin_key),
+                prefix: secret_prefix(admin_key),
+                tenant: "admin".to_string(),
+                admin: true,
+            },
+        ))
+        .await
+        .map_err(|err| anyhow::anyhow!("committing the admin key: {err}"))?;
+    response.map_err(|refusal| anyhow::anyhow!("committing the admin key: {refusal}"))?;
+    Ok(())
+}
+
+/// The node's store, and the admin key when this start bootstrapped a new cluster.
+fn open_or_create_store(
+    config: &AgentConfig,
+    random: &Random,
+) -> anyhow::Result<(Store, Option<String>)> {
     if let Some(store) = Store::open(&config.data_dir)? {
         if config.join.is_some() || config.bootstrap {
             info!("data dir already holds a node: --bootstrap/--join ignored, same node again");
         }
-        return Ok(store);
+        return Ok((store, None));
     }
     if config.join.is_some() {
-        bail!(
-            "joining an existing cluster needs the Raft/mesh integration, which this build \
-             does not have yet; run a single node with --bootstrap"
-        );
+        // A joining node's records come from the cluster; its local store holds only what
+        // this build still keeps per node (workstations it hosts, its audit lines).
+        let model = Model {
+            node_id: format!("n-{}", random.hex(6)),
+            ..Model::default()
+        };
+        return Ok((Store::create(&config.data_dir, model)?, None));
     }
     if !config.bootstrap {
         bail!(
@@ -252,7 +368,7 @@ fn open_or_create_store(config: &AgentConfig, random: &Random) -> anyhow::Result
     write_secret(&token_path, &admin_key)?;
     let store = Store::create(&config.data_dir, model)?;
     info!(path = %token_path.display(), key_id = %key_id, "bootstrapped a new cluster; admin API key written");
-    Ok(store)
+    Ok((store, Some(admin_key)))
 }
 
 fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {

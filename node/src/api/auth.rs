@@ -70,11 +70,13 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
         return Err(ApiError::Unauthorized("invalid API key".to_string()));
     }
     let hash = sha256_hex(key);
+    // Keys live in Raft's applied state (replicated to every server), so any node
+    // authenticates any key the cluster committed.
     agent
-        .store
-        .read(|model| {
-            model.key_by_hash(&hash).map(|record| Caller {
-                key_id: record.id.clone(),
+        .raft
+        .read(|state| {
+            state.api_key_by_hash(&hash).map(|record| Caller {
+                key_id: record.id.to_string(),
                 prefix: record.prefix.clone(),
                 tenant: record.tenant.clone(),
                 admin: record.admin,

@@ -5,7 +5,7 @@ use actix_web::{web, HttpResponse};
 use super::auth::{Admin, Caller};
 use super::body::JsonBody;
 use super::error::ApiError;
-use crate::agent::model::{secret_prefix, sha256_hex, KeyRecord, TokenRecord};
+use crate::agent::model::{secret_prefix, sha256_hex, TokenRecord};
 use crate::agent::Agent;
 use crate::api_types::{
     AuditEntry, AuditQuery, ClusterInfo, CreateKeyRequest, CreateTokenRequest, ErrorBody,
@@ -42,7 +42,12 @@ fn this_node(agent: &Agent) -> NodeInfo {
         id: agent.node_id.clone(),
         role: role.to_string(),
         state: NodeState::Ready,
-        mesh_addr: None,
+        mesh_addr: agent.raft.read(|state| {
+            state
+                .nodes
+                .get(&agent.raft.id())
+                .map(|n| n.mesh_addr.to_string())
+        }),
         api_addr: Some(agent.config.api.to_string()),
         endpoint: Some(agent.config.listen.to_string()),
         capacity: Resources {
@@ -67,9 +72,64 @@ fn this_node(agent: &Agent) -> NodeInfo {
     }
 }
 
-/// The nodes of the cluster (this build: the one node).
+/// The nodes of the cluster: this node as it sees itself (live usage), the others as the
+/// committed node list and the leader's soft state describe them.
 pub fn nodes(agent: &Agent) -> Vec<NodeInfo> {
-    vec![this_node(agent)]
+    use shoal_raft::model::NodeState as RaftState;
+    let own_id = agent.raft.id();
+    // Live usage is soft state, known on the leader from heartbeats. Read before the applied
+    // state, so that the two locks are never held together.
+    let live_usage: std::collections::BTreeMap<u64, Resources> =
+        agent.raft.with_soft_state(|soft| {
+            soft.iter()
+                .filter_map(|(id, live)| {
+                    let heartbeat = live.last.as_ref()?;
+                    Some((
+                        *id,
+                        Resources {
+                            cpu_millis: heartbeat.used.cpu_millis,
+                            memory_bytes: heartbeat.used.memory_bytes,
+                        },
+                    ))
+                })
+                .collect()
+        });
+    let others: Vec<NodeInfo> = agent.raft.read(|state| {
+        state
+            .nodes
+            .values()
+            .filter(|node| node.id != own_id)
+            .map(|node| NodeInfo {
+                id: format!("node-{}", node.id),
+                role: node.roles.to_string(),
+                state: match node.state {
+                    RaftState::Ready => NodeState::Ready,
+                    RaftState::Draining => NodeState::Draining,
+                    RaftState::Down => NodeState::Down,
+                    RaftState::Left => NodeState::Left,
+                },
+                mesh_addr: Some(node.mesh_addr.to_string()),
+                api_addr: node.api_addr.clone(),
+                endpoint: Some(node.endpoint.clone()),
+                capacity: Resources {
+                    cpu_millis: node.allocatable().cpu_millis,
+                    memory_bytes: node.allocatable().memory_bytes,
+                },
+                reserved: Resources {
+                    cpu_millis: node.reserved.cpu_millis,
+                    memory_bytes: node.reserved.memory_bytes,
+                },
+                // Live usage is soft state: known on the leader, from heartbeats.
+                used: live_usage.get(&node.id).copied().unwrap_or_default(),
+                last_heartbeat_unix_ms: None,
+                n_workstations: state.workstations_on(node.id).count() as u64,
+                isolation: String::new(),
+            })
+            .collect()
+    });
+    let mut all = vec![this_node(agent)];
+    all.extend(others);
+    all
 }
 
 /// The pool totals over `ready` and `draining` nodes.
@@ -107,11 +167,21 @@ fn add(resource: &mut PoolResource, capacity: u64, reserved: u64, used: u64) {
     security(("bearer" = [])), tag = "cluster")]
 pub async fn cluster(_caller: Caller, agent: web::Data<Agent>) -> Result<HttpResponse, ApiError> {
     let nodes = nodes(&agent);
+    let status = agent.raft.status();
+    // This build's API names nodes by the single-server store's id; Raft knows only itself.
+    let leader = status.leader.map(|id| format!("node-{id}"));
     Ok(HttpResponse::Ok().json(ClusterInfo {
-        cluster_id: agent.store.read(|model| model.cluster_id.clone()),
-        leader: Some(agent.node_id.clone()),
-        term: 1,
-        servers: vec![agent.node_id.clone()],
+        cluster_id: agent
+            .raft
+            .read(|state| state.cluster_id.clone())
+            .unwrap_or_else(|| agent.store.read(|model| model.cluster_id.clone())),
+        leader,
+        term: status.term.max(1),
+        servers: status
+            .voters
+            .iter()
+            .map(|id| format!("node-{id}"))
+            .collect(),
         pool: pool(&nodes),
         answered_by: agent.node_id.clone(),
     }))
@@ -217,17 +287,45 @@ pub async fn create_token(
     if request.uses == Some(0) {
         return Err(ApiError::field("uses", "must be at least 1"));
     }
-    let role = request.role.clone().unwrap_or_else(|| "worker".to_string());
-    parse_roles(&role).map_err(|err| ApiError::field("role", err))?;
+    // Server by default: a server node beyond the voter target stays a Raft learner, which
+    // still receives the whole state (keys, nodes) that its API serves. A worker-only node is
+    // not a Raft member and in this build has no replicated state to serve.
+    let role = request
+        .role
+        .clone()
+        .unwrap_or_else(|| "server,worker".to_string());
+    let (server, worker) = parse_roles(&role).map_err(|err| ApiError::field("role", err))?;
     let now = clock::now_unix_ms();
-    let secret = format!("shoaljoin_{}", agent.random.hex(24));
+    // A mesh join token names this member (its WireGuard key and UDP endpoint); the cluster
+    // keeps only the SHA-256 of its secret, in Raft.
+    let token = shoal_mesh::JoinToken::generate(
+        agent.mesh_public_key,
+        vec![agent.config.listen.to_string()],
+    );
+    let outcome = agent
+        .propose(
+            &caller.prefix,
+            shoal_raft::Action::CreateToken {
+                secret_sha256: crate::agent::admission::token_secret_sha256(&token.secret),
+                roles: shoal_raft::model::Roles { server, worker },
+                ttl_ms,
+                uses_max: request
+                    .uses
+                    .unwrap_or(shoal_raft::command::limits::TOKEN_USES_MAX),
+            },
+        )
+        .await?;
+    let shoal_raft::Outcome::TokenCreated { id, expires_ms } = outcome else {
+        return Err(ApiError::Internal(format!("unexpected answer {outcome:?}")));
+    };
+    let secret = token.to_string();
     let record = TokenRecord {
-        id: agent.new_id("tok"),
-        prefix: secret_prefix(&secret),
-        sha256: sha256_hex(&secret),
+        id: id.to_string(),
+        prefix: format!("{}.{}", shoal_mesh::token::TOKEN_PREFIX, token.id),
+        sha256: crate::agent::admission::token_secret_sha256(&token.secret),
         role,
         created_unix_ms: now,
-        expires_unix_ms: now.saturating_add(ttl_ms),
+        expires_unix_ms: expires_ms,
         uses_max: request.uses,
         uses: 0,
         revoked: false,
@@ -257,9 +355,28 @@ pub async fn create_token(
     responses((status = 200, body = Vec<TokenInfo>), (status = 403, body = ErrorBody)),
     security(("bearer" = [])), tag = "tokens")]
 pub async fn list_tokens(_admin: Admin, agent: web::Data<Agent>) -> Result<HttpResponse, ApiError> {
-    let tokens: Vec<TokenInfo> = agent
-        .store
-        .read(|model| model.tokens.values().map(TokenRecord::info).collect());
+    let tokens: Vec<TokenInfo> = agent.raft.read(|state| {
+        state
+            .tokens
+            .values()
+            .map(|token| TokenInfo {
+                id: token.id.to_string(),
+                prefix: agent.store.read(|model| {
+                    model
+                        .tokens
+                        .get(&token.id.to_string())
+                        .map(|record| record.prefix.clone())
+                        .unwrap_or_default()
+                }),
+                role: token.roles.to_string(),
+                created_unix_ms: token.created_ms,
+                expires_unix_ms: token.expires_ms,
+                uses_max: Some(token.uses_max),
+                uses: token.uses_max.saturating_sub(token.uses_left),
+                revoked: token.revoked,
+            })
+            .collect()
+    });
     Ok(HttpResponse::Ok().json(tokens))
 }
 
@@ -273,12 +390,18 @@ pub async fn revoke_token(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let now = clock::now_unix_ms();
+    let token_id: shoal_raft::model::TokenId =
+        id.parse().map_err(|_| ApiError::not_found("token", &id))?;
+    agent
+        .propose(
+            &caller.prefix,
+            shoal_raft::Action::RevokeToken { id: token_id },
+        )
+        .await?;
     agent.store.write(|model| {
-        let token = model
-            .tokens
-            .get_mut(id.as_str())
-            .ok_or_else(|| ApiError::not_found("token", &id))?;
-        token.revoked = true;
+        if let Some(token) = model.tokens.get_mut(id.as_str()) {
+            token.revoked = true;
+        }
         model.audit(
             now,
             &caller.prefix,
@@ -316,19 +439,30 @@ pub async fn create_key(
     }
     let now = clock::now_unix_ms();
     let secret = format!("shoal_{}", agent.random.hex(32));
-    let record = KeyRecord {
-        id: agent.new_id("key"),
+    let outcome = agent
+        .propose(
+            &caller.prefix,
+            shoal_raft::Action::CreateApiKey {
+                secret_sha256: sha256_hex(&secret),
+                prefix: secret_prefix(&secret),
+                tenant: tenant.to_string(),
+                admin: request.admin,
+            },
+        )
+        .await?;
+    let shoal_raft::Outcome::ApiKeyCreated { id } = outcome else {
+        return Err(ApiError::Internal(format!("unexpected answer {outcome:?}")));
+    };
+    let info = KeyInfo {
+        id: id.to_string(),
         prefix: secret_prefix(&secret),
-        sha256: sha256_hex(&secret),
         tenant: tenant.to_string(),
         admin: request.admin,
         created_unix_ms: now,
         revoked: false,
     };
-    let info = record.info();
-    let resource = format!("key/{}", record.id);
+    let resource = format!("key/{}", info.id);
     agent.store.write(|model| {
-        model.add_key(record)?;
         model.audit(
             now,
             &caller.prefix,
@@ -347,9 +481,20 @@ pub async fn create_key(
     responses((status = 200, body = Vec<KeyInfo>), (status = 403, body = ErrorBody)),
     security(("bearer" = [])), tag = "keys")]
 pub async fn list_keys(_admin: Admin, agent: web::Data<Agent>) -> Result<HttpResponse, ApiError> {
-    let keys: Vec<KeyInfo> = agent
-        .store
-        .read(|model| model.keys.values().map(KeyRecord::info).collect());
+    let keys: Vec<KeyInfo> = agent.raft.read(|state| {
+        state
+            .api_keys
+            .values()
+            .map(|key| KeyInfo {
+                id: key.id.to_string(),
+                prefix: key.prefix.clone(),
+                tenant: key.tenant.clone(),
+                admin: key.admin,
+                created_unix_ms: key.created_ms,
+                revoked: key.revoked,
+            })
+            .collect()
+    });
     Ok(HttpResponse::Ok().json(keys))
 }
 
@@ -367,12 +512,15 @@ pub async fn revoke_key(
         return Err(ApiError::Conflict("a key cannot revoke itself".to_string()));
     }
     let now = clock::now_unix_ms();
+    let key_id: shoal_raft::model::ApiKeyId =
+        id.parse().map_err(|_| ApiError::not_found("key", &id))?;
+    agent
+        .propose(
+            &caller.prefix,
+            shoal_raft::Action::RevokeApiKey { id: key_id },
+        )
+        .await?;
     agent.store.write(|model| {
-        let key = model
-            .keys
-            .get_mut(id.as_str())
-            .ok_or_else(|| ApiError::not_found("key", &id))?;
-        key.revoked = true;
         model.audit(
             now,
             &caller.prefix,

@@ -1,7 +1,5 @@
 //! `/v1/workstations` and their processes.
 
-use std::collections::BTreeMap;
-
 use actix_web::{web, HttpResponse};
 
 use super::auth::Caller;
@@ -10,10 +8,11 @@ use super::error::ApiError;
 use super::refuse_if_stopping;
 use crate::agent::host::{parse_signal, process_json};
 use crate::agent::model::{ProcessSpec, Sizing, WorkstationRecord};
+use crate::agent::placement;
 use crate::agent::Agent;
 use crate::api_types::{
     CreateProcessRequest, CreateWorkstationRequest, ErrorBody, KillQuery, Process,
-    ResizeWorkstationRequest, Workstation,
+    ResizeWorkstationRequest, Workstation, WorkstationState,
 };
 use crate::clock;
 
@@ -65,18 +64,65 @@ fn check_resources(
 }
 
 /// Finds a workstation the caller may see, or 404 (also for other tenants' workstations, so
-/// that ids do not leak across tenants).
+/// that ids do not leak across tenants). Raft says whether it exists and whose it is; the
+/// hosting record is this node's if it hosts it, else built from Raft's placement.
 fn visible(agent: &Agent, caller: &Caller, id: &str) -> Result<WorkstationRecord, ApiError> {
-    agent
+    let not_found = || ApiError::not_found("workstation", id);
+    let ws_id: shoal_raft::model::WorkstationId = id.parse().map_err(|_| not_found())?;
+    let placed = agent
+        .raft
+        .read(|state| state.workstations.get(&ws_id).cloned())
+        .filter(|ws| caller.can_access(&ws.tenant))
+        .ok_or_else(not_found)?;
+    Ok(agent
         .store
         .read(|model| model.workstations.get(id).cloned())
-        .filter(|ws| caller.can_access(&ws.tenant))
-        .ok_or_else(|| ApiError::not_found("workstation", id))
+        .unwrap_or_else(|| {
+            placement::record_of(
+                &placed,
+                &placed.node.map(placement::node_name).unwrap_or_default(),
+            )
+        }))
+}
+
+/// Whether this node hosts the workstation (its actor, processes and log are here).
+fn hosted_here(agent: &Agent, ws: &WorkstationRecord) -> bool {
+    agent
+        .store
+        .read(|model| model.workstations.contains_key(&ws.id))
+}
+
+/// Refuses what needs the hosting node when another node hosts the workstation.
+fn require_here(agent: &Agent, ws: &WorkstationRecord) -> Result<(), ApiError> {
+    if hosted_here(agent, ws) {
+        Ok(())
+    } else {
+        Err(ApiError::unavailable(format!(
+            "workstation `{}` is hosted on {}; ask that node's API (forwarding over the mesh \
+             is not in this build)",
+            ws.id, ws.node
+        )))
+    }
 }
 
 async fn view(agent: &Agent, ws: &WorkstationRecord) -> Workstation {
+    if !hosted_here(agent, ws) {
+        return ws.view(WorkstationState::Pending, "", 0);
+    }
     let (state, next) = agent.host.state(&ws.id).await;
     ws.view(state, agent.host.isolation(), next)
+}
+
+/// The failure of `ws_id` (and `proc`) in a reconcile run, if any.
+fn failure_of(
+    failures: Vec<placement::Failure>,
+    ws_id: &str,
+    proc: Option<u64>,
+) -> Option<ApiError> {
+    failures
+        .into_iter()
+        .find(|(id, failed_proc, _)| id == ws_id && *failed_proc == proc)
+        .map(|(_, _, err)| err)
 }
 
 /// Creates a workstation and places it.
@@ -107,40 +153,75 @@ pub async fn create(
         }
     }
     let now = clock::now_unix_ms();
-    let record = WorkstationRecord {
-        id: agent.new_id("ws"),
-        name: request.name.clone(),
-        tenant: caller.tenant.clone(),
-        node: agent.node_id.clone(),
-        generation: 1,
-        cpu_millis: request.cpu_millis,
-        memory_bytes: request.memory_bytes,
-        cpu_limit_millis,
-        memory_limit_bytes,
-        network: request.network.unwrap_or_default(),
-        created_unix_ms: now,
-        processes: BTreeMap::new(),
-        next_process_id: 1,
-        log_epoch: 0,
-    };
-    let (cpu, mem) = agent.allocatable();
-    let hosted_now = agent.store.read(|model| {
-        model
-            .workstations
-            .values()
-            .filter(|ws| ws.node == agent.node_id)
-            .count()
-    });
+    let hosted_now = agent.store.read(|model| model.workstations.len());
     if hosted_now >= agent.config.workstations_per_node_max {
         return Err(ApiError::Unavailable {
             message: "no node can host another workstation right now".to_string(),
             retry_after_secs: 5,
         });
     }
-    let resource = format!("workstation/{}", record.id);
-    let placed = record.clone();
+    // The leader's scheduler places it (pure, in the state machine) on a node with room.
+    let outcome = agent
+        .propose(
+            &caller.prefix,
+            shoal_raft::Action::CreateWorkstation {
+                request: shoal_raft::command::WorkstationRequest {
+                    tenant: caller.tenant.clone(),
+                    name: request.name.clone().unwrap_or_default(),
+                    spec: shoal_raft::model::WorkstationSpec {
+                        reservation: shoal_raft::model::Resources::new(
+                            request.cpu_millis,
+                            request.memory_bytes,
+                        ),
+                        limit: shoal_raft::model::Limit {
+                            cpu_limit_millis,
+                            memory_limit_bytes,
+                        },
+                        network: placement::raft_network_of(request.network.unwrap_or_default()),
+                    },
+                },
+                hints: shoal_raft::command::PlacementHints::default(),
+            },
+        )
+        .await
+        .map_err(|err| match err {
+            ApiError::Unavailable { message, .. } => ApiError::Unavailable {
+                message,
+                retry_after_secs: 5,
+            },
+            other => other,
+        })?;
+    let shoal_raft::Outcome::WorkstationPlaced(placed) = outcome else {
+        return Err(ApiError::Internal(format!("unexpected answer {outcome:?}")));
+    };
+    let id = placed.id.to_string();
+    let resource = format!("workstation/{id}");
+    if placed.node == agent.raft.id() {
+        let failures = placement::reconcile(&agent).await;
+        if let Some(err) = failure_of(failures, &id, None) {
+            // The sandbox could not be made: undo the placement, so that nothing changes.
+            // The audit log keeps both lines: the placement and why it was undone.
+            let _ = agent
+                .propose(
+                    &caller.prefix,
+                    shoal_raft::Action::DeleteWorkstation { id: placed.id },
+                )
+                .await;
+            let _ = agent.store.write(|model| {
+                model.audit(
+                    clock::now_unix_ms(),
+                    &caller.prefix,
+                    &caller.tenant,
+                    "workstation.delete",
+                    &resource,
+                    err.code(),
+                );
+                Ok(())
+            });
+            return Err(err);
+        }
+    }
     agent.store.write(|model| {
-        model.place_workstation(placed, cpu, mem)?;
         model.audit(
             now,
             &caller.prefix,
@@ -151,24 +232,8 @@ pub async fn create(
         );
         Ok(())
     })?;
-    if let Err(err) = agent.host.ensure(&record) {
-        // The sandbox could not be made: undo the placement, so that nothing changes.
-        // The audit log keeps both lines: the placement and why it was undone.
-        let _ = agent.store.write(|model| {
-            model.workstations.remove(&record.id);
-            model.audit(
-                clock::now_unix_ms(),
-                &caller.prefix,
-                &caller.tenant,
-                "workstation.delete",
-                &format!("workstation/{}", record.id),
-                err.code(),
-            );
-            Ok(())
-        });
-        return Err(err);
-    }
-    tracing::info!(workstation = %record.id, tenant = %record.tenant, node = %record.node, "workstation created");
+    let record = visible(&agent, &caller, &id)?;
+    tracing::info!(workstation = %id, tenant = %record.tenant, node = %record.node, "workstation created");
     Ok(HttpResponse::Created().json(view(&agent, &record).await))
 }
 
@@ -176,14 +241,18 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/workstations",
     responses((status = 200, body = Vec<Workstation>)), security(("bearer" = [])), tag = "workstations")]
 pub async fn list(caller: Caller, agent: web::Data<Agent>) -> Result<HttpResponse, ApiError> {
-    let records: Vec<WorkstationRecord> = agent.store.read(|model| {
-        model
+    let ids: Vec<String> = agent.raft.read(|state| {
+        state
             .workstations
             .values()
             .filter(|ws| caller.can_access(&ws.tenant))
-            .cloned()
+            .map(|ws| ws.id.to_string())
             .collect()
     });
+    let records: Vec<WorkstationRecord> = ids
+        .iter()
+        .filter_map(|id| visible(&agent, &caller, id).ok())
+        .collect();
     let mut views = Vec::with_capacity(records.len());
     for ws in &records {
         views.push(view(&agent, ws).await);
@@ -233,16 +302,57 @@ pub async fn resize(
         memory_limit_bytes,
     )?;
     let (cpu, mem) = agent.allocatable();
+    let largest = agent.raft.read(|state| {
+        state
+            .nodes
+            .values()
+            .map(|node| node.allocatable())
+            .fold((cpu, mem), |(c, m), a| {
+                (c.max(a.cpu_millis), m.max(a.memory_bytes))
+            })
+    });
+    if cpu_millis > largest.0 || memory_bytes > largest.1 {
+        return Err(ApiError::Unsatisfiable(
+            "the new reservation is larger than any node".to_string(),
+        ));
+    }
+    let ws_id: shoal_raft::model::WorkstationId = ws
+        .id
+        .parse()
+        .map_err(|_| ApiError::not_found("workstation", &ws.id))?;
+    agent
+        .propose(
+            &caller.prefix,
+            shoal_raft::Action::ResizeWorkstation {
+                id: ws_id,
+                reservation: shoal_raft::model::Resources::new(cpu_millis, memory_bytes),
+                limit: shoal_raft::model::Limit {
+                    cpu_limit_millis,
+                    memory_limit_bytes,
+                },
+            },
+        )
+        .await
+        .map_err(|err| match err {
+            ApiError::Unavailable { message, .. } => ApiError::Unavailable {
+                message,
+                retry_after_secs: 5,
+            },
+            other => other,
+        })?;
     let now = clock::now_unix_ms();
     let resource = format!("workstation/{}", ws.id);
-    let updated = agent.store.write(|model| {
+    agent.store.write(|model| {
         let sizing = Sizing {
             cpu_millis,
             memory_bytes,
             cpu_limit_millis,
             memory_limit_bytes,
         };
-        model.resize_workstation(&ws.id, sizing, cpu, mem)?;
+        // Raft checked the room; the hosting record follows.
+        if model.workstations.contains_key(&ws.id) {
+            model.resize_workstation(&ws.id, sizing, u64::MAX, u64::MAX)?;
+        }
         model.audit(
             now,
             &caller.prefix,
@@ -251,9 +361,9 @@ pub async fn resize(
             &resource,
             "ok",
         );
-        Ok(model.workstations.get(&ws.id).cloned())
+        Ok(())
     })?;
-    let updated = updated.ok_or_else(|| ApiError::not_found("workstation", &ws.id))?;
+    let updated = visible(&agent, &caller, &ws.id)?;
     Ok(HttpResponse::Ok().json(view(&agent, &updated).await))
 }
 
@@ -267,11 +377,21 @@ pub async fn delete(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let ws = visible(&agent, &caller, &id)?;
-    agent.host.remove(&ws.id, 2_000).await;
+    let ws_id: shoal_raft::model::WorkstationId = ws
+        .id
+        .parse()
+        .map_err(|_| ApiError::not_found("workstation", &ws.id))?;
+    agent
+        .propose(
+            &caller.prefix,
+            shoal_raft::Action::DeleteWorkstation { id: ws_id },
+        )
+        .await?;
+    // The hosting node stops it when its reconcile sees the deletion; here at once.
+    placement::reconcile(&agent).await;
     let now = clock::now_unix_ms();
     let resource = format!("workstation/{}", ws.id);
     agent.store.write(|model| {
-        model.workstations.remove(&ws.id);
         model.audit(
             now,
             &caller.prefix,
@@ -313,34 +433,60 @@ pub async fn create_process(
     }
     let now = clock::now_unix_ms();
     let ws_id = ws.id.clone();
-    let spec = agent.store.write(|model| {
-        let ws = model
-            .workstations
-            .get_mut(&ws_id)
-            .ok_or_else(|| ApiError::not_found("workstation", &ws_id))?;
-        let spec = ProcessSpec {
-            id: ws.next_process_id,
-            argv: request.argv.clone(),
-            env: request.env.clone().unwrap_or_default(),
-            cwd: request.cwd.clone(),
-            restart: request.restart.unwrap_or_default(),
-            created_unix_ms: now,
-            killed: false,
-        };
-        ws.next_process_id += 1;
-        ws.processes.insert(spec.id, spec.clone());
-        Ok(spec)
-    })?;
-    let resource = format!("workstation/{ws_id}/process/{}", spec.id);
-    if let Err(err) = agent.host.start_process(&ws_id, &spec).await {
-        // The start failed (e.g. program not found): undo, so that nothing changes.
-        let _ = agent.store.write(|model| {
-            if let Some(ws) = model.workstations.get_mut(&ws_id) {
-                ws.processes.remove(&spec.id);
-            }
-            Ok(())
-        });
-        return Err(err);
+    let raft_ws_id: shoal_raft::model::WorkstationId = ws_id
+        .parse()
+        .map_err(|_| ApiError::not_found("workstation", &ws_id))?;
+    let restart = match request.restart.unwrap_or_default() {
+        crate::api_types::RestartPolicy::Never => shoal_raft::model::RestartPolicy::Never,
+        crate::api_types::RestartPolicy::OnFailure => shoal_raft::model::RestartPolicy::OnFailure,
+        crate::api_types::RestartPolicy::Always => shoal_raft::model::RestartPolicy::Always,
+    };
+    let outcome = agent
+        .propose(
+            &caller.prefix,
+            shoal_raft::Action::AddProcess {
+                workstation: raft_ws_id,
+                argv: request.argv.clone(),
+                env: request.env.clone().unwrap_or_default(),
+                cwd: request.cwd.clone(),
+                restart,
+            },
+        )
+        .await?;
+    let shoal_raft::Outcome::ProcessAdded { id: proc_id } = outcome else {
+        return Err(ApiError::Internal(format!("unexpected answer {outcome:?}")));
+    };
+    let resource = format!("workstation/{ws_id}/process/{}", proc_id.0);
+    let spec = ProcessSpec {
+        id: proc_id.0,
+        argv: request.argv.clone(),
+        env: request.env.clone().unwrap_or_default(),
+        cwd: request.cwd.clone(),
+        restart: request.restart.unwrap_or_default(),
+        created_unix_ms: now,
+        killed: false,
+    };
+    if hosted_here(&agent, &ws) {
+        let failures = placement::reconcile(&agent).await;
+        if let Some(err) = failure_of(failures, &ws_id, Some(proc_id.0)) {
+            // The start failed (e.g. program not found): undo, so that nothing changes.
+            let _ = agent
+                .propose(
+                    &caller.prefix,
+                    shoal_raft::Action::RemoveProcess {
+                        workstation: raft_ws_id,
+                        process: proc_id,
+                    },
+                )
+                .await;
+            let _ = agent.store.write(|model| {
+                if let Some(ws) = model.workstations.get_mut(&ws_id) {
+                    ws.processes.remove(&proc_id.0);
+                }
+                Ok(())
+            });
+            return Err(err);
+        }
     }
     agent.store.write(|model| {
         model.audit(
@@ -353,7 +499,11 @@ pub async fn create_process(
         );
         Ok(())
     })?;
-    let statuses = agent.host.processes(&ws_id).await.unwrap_or_default();
+    let statuses = if hosted_here(&agent, &ws) {
+        agent.host.processes(&ws_id).await.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let status = statuses.iter().find(|status| status.id.0 == spec.id);
     Ok(HttpResponse::Created().json(process_json(&ws_id, &spec, status)))
 }
@@ -426,6 +576,7 @@ pub async fn kill_process(
 ) -> Result<HttpResponse, ApiError> {
     let (ws_id, proc_text) = path.into_inner();
     let ws = visible(&agent, &caller, &ws_id)?;
+    require_here(&agent, &ws)?;
     let proc_id: u64 = proc_text
         .parse()
         .map_err(|_| ApiError::not_found("process", &proc_text))?;

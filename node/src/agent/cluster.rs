@@ -1,0 +1,379 @@
+//! The node's place in the cluster: its userspace WireGuard mesh and its Raft node (redb under
+//! `<data_dir>/raft`), joined by [`crate::mesh_rpc`] (Raft RPCs and forwarded writes over mesh
+//! QUIC). The bootstrapping node creates a one-node Raft cluster with itself registered as
+//! server and worker; a restart with the same data dir reopens the same mesh identity and the
+//! same Raft store, so the node comes back as itself with its state.
+//!
+//! Two small drivers run beside Raft: the peer loop (the mesh's peer list follows the committed
+//! node list) and the heartbeat loop (every `heartbeat_interval_ms`, capacity and live usage
+//! into the leader's soft state, so that the failure detector sees this node alive).
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use shoal_mesh::{
+    join_cluster, Identity, JoinOptions, JoinToken, Mesh, MeshConfig, PeerSpec, DEFAULT_QUIC_PORT,
+};
+use shoal_raft::command::PlacementHints;
+use shoal_raft::command::{Admission, NodeRegistration};
+use shoal_raft::model::{ClusterSettings, NodeState, Resources, Roles};
+use shoal_raft::soft_state::Heartbeat;
+use shoal_raft::{Action, Command, NodeAddr, NodeId, RaftConfig, RaftNode};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::admission::{peers_from_state, RaftAdmission};
+use super::usage::Usage;
+use crate::config::AgentConfig;
+use crate::mesh_rpc::{
+    forward_write, send_heartbeat, HeartbeatReply, MeshRaftTransport, NodeRpcHandler,
+};
+
+/// The file in the data dir that remembers this node's Raft id and mesh address.
+const MEMBER_FILE: &str = "member.json";
+
+/// How long a restarting node waits for a Raft leader before it serves the API anyway.
+const LEADER_WAIT_AT_START: Duration = Duration::from_secs(5);
+
+/// How many times a node tries to commit its capacity (every 500 ms: about 2 minutes).
+const INFO_UPDATE_ATTEMPTS_MAX: u32 = 240;
+
+/// What a node must remember about itself to come back as the same member after a restart.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberFile {
+    /// Raft node id (1 for the bootstrapping node).
+    pub raft_id: NodeId,
+    /// Its address in the overlay range.
+    pub mesh_addr: Ipv4Addr,
+    /// Prefix length of the overlay range.
+    pub mesh_prefix_len: u8,
+}
+
+impl MemberFile {
+    fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join(MEMBER_FILE)
+    }
+
+    /// Reads the member file, if the node was started before.
+    pub fn load(data_dir: &Path) -> anyhow::Result<Option<MemberFile>> {
+        let path = Self::path(data_dir);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .with_context(|| format!("{} is corrupt", path.display())),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Writes the member file atomically (temp file, fsync, rename).
+    pub fn store(&self, data_dir: &Path) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let path = Self::path(data_dir);
+        let temp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(self)?;
+        let mut file =
+            std::fs::File::create(&temp).with_context(|| format!("writing {}", temp.display()))?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temp, &path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+}
+
+/// The running mesh and Raft node of this agent.
+pub struct ClusterNode {
+    /// The userspace WireGuard mesh (shared with the peer loop).
+    pub mesh: Arc<Mesh>,
+    /// This node's Raft node.
+    pub raft: RaftNode,
+    /// The member file.
+    pub member: MemberFile,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ClusterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterNode")
+            .field("member", &self.member)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The settings a bootstrapping node commits.
+fn settings_of(config: &AgentConfig) -> ClusterSettings {
+    ClusterSettings {
+        voter_target: 3,
+        heartbeat_grace_ms: config.heartbeat_grace_ms,
+        ..ClusterSettings::default()
+    }
+}
+
+/// The first address of the overlay range: the bootstrapping node's mesh address (the state
+/// machine hands out host offsets from 1).
+fn first_mesh_addr(settings: &ClusterSettings) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(settings.overlay_addr).saturating_add(1))
+}
+
+fn roles_of(config: &AgentConfig) -> Roles {
+    Roles {
+        server: config.role_server,
+        worker: config.role_worker,
+    }
+}
+
+impl ClusterNode {
+    /// Starts the mesh and Raft. With a member file it reopens the node it names; otherwise
+    /// `--join TOKEN` proves the token to the member it names and starts as the node the
+    /// cluster admitted, and `--bootstrap` creates the one-node cluster `cluster_id`.
+    pub async fn start(
+        config: &AgentConfig,
+        cluster_id: &str,
+        usage: &Usage,
+    ) -> anyhow::Result<ClusterNode> {
+        let settings = settings_of(config);
+        let mut initial_peers: Vec<PeerSpec> = Vec::new();
+        let (member, fresh) = match MemberFile::load(&config.data_dir)? {
+            Some(member) => (member, false),
+            None if config.join.is_some() => {
+                let text = config.join.as_deref().unwrap_or_default();
+                let token = JoinToken::parse(text).context("reading the join token")?;
+                let identity = Identity::load_or_create(&config.data_dir.join("mesh"))
+                    .context("creating the node's mesh identity")?;
+                info!(member = ?token.member_endpoints, "joining the cluster");
+                let accepted = join_cluster(&identity, &token, &JoinOptions::new(config.listen))
+                    .await
+                    .context("joining the cluster")?;
+                info!(node_id = accepted.node_id, mesh_addr = %accepted.mesh_addr, "admitted");
+                initial_peers = accepted.peers;
+                let member = MemberFile {
+                    raft_id: accepted.node_id,
+                    mesh_addr: accepted.mesh_addr,
+                    mesh_prefix_len: accepted.mesh_prefix_len,
+                };
+                member.store(&config.data_dir)?;
+                (member, false)
+            }
+            None if config.bootstrap => (
+                MemberFile {
+                    raft_id: 1,
+                    mesh_addr: first_mesh_addr(&settings),
+                    mesh_prefix_len: settings.overlay_prefix_len,
+                },
+                true,
+            ),
+            None => bail!(
+                "{} holds no cluster member yet: pass --bootstrap",
+                config.data_dir.display()
+            ),
+        };
+        let handler = NodeRpcHandler::new();
+        let mut mesh_config = MeshConfig::new(
+            config.data_dir.join("mesh"),
+            config.listen,
+            member.mesh_addr,
+        );
+        mesh_config.mesh_prefix_len = member.mesh_prefix_len;
+        let mesh = Mesh::start(mesh_config, handler.clone())
+            .await
+            .with_context(|| format!("starting the mesh on {}", config.listen))?;
+        let raft = RaftNode::start(
+            RaftConfig::new(member.raft_id),
+            &config.data_dir.join("raft"),
+            Arc::new(MeshRaftTransport::new(mesh.transport())),
+            Arc::new(shoal_raft::clock::SystemClock::default()),
+        )
+        .await
+        .context("starting raft")?;
+        handler.set_raft(raft.clone());
+        if !initial_peers.is_empty() {
+            mesh.set_peers(&initial_peers)
+                .context("adding the cluster's members as peers")?;
+        }
+        mesh.set_admission(Arc::new(RaftAdmission {
+            raft: raft.clone(),
+            transport: mesh.transport(),
+        }));
+        if fresh {
+            let registration = NodeRegistration {
+                admission: Admission::Bootstrap,
+                wg_public_key: mesh.public_key().to_base64(),
+                endpoint: mesh.local_udp_addr().to_string(),
+                rpc_port: DEFAULT_QUIC_PORT,
+                api_addr: Some(config.api.to_string()),
+                roles: roles_of(config),
+                capacity: Resources::new(usage.capacity_cpu_millis, usage.capacity_memory_bytes),
+                reserve: Resources::new(
+                    config.node_reserve_cpu_millis,
+                    config.node_reserve_memory_bytes,
+                ),
+            };
+            raft.bootstrap(
+                NodeAddr::new(format!("{}:{DEFAULT_QUIC_PORT}", member.mesh_addr)),
+                cluster_id,
+                settings,
+                registration,
+            )
+            .await
+            .context("bootstrapping the raft cluster")?;
+            member.store(&config.data_dir)?;
+            info!(raft_id = member.raft_id, mesh_addr = %member.mesh_addr, "raft cluster bootstrapped");
+        } else {
+            info!(raft_id = member.raft_id, mesh_addr = %member.mesh_addr, "raft member started");
+            // Answer the first API request with a known leader where one can be elected
+            // quickly; a member of a cluster without quorum goes on without one.
+            let mut metrics = raft.metrics();
+            let elected = tokio::time::timeout(
+                LEADER_WAIT_AT_START,
+                metrics.wait_for(|m| m.current_leader.is_some()),
+            )
+            .await;
+            if !matches!(elected, Ok(Ok(_))) {
+                warn!("no raft leader known yet; serving without one");
+            }
+        }
+        let mut node = ClusterNode {
+            mesh: Arc::new(mesh),
+            raft,
+            member,
+            tasks: Vec::new(),
+        };
+        node.tasks.push(tokio::spawn(peer_loop(
+            node.raft.clone(),
+            Arc::clone(&node.mesh),
+        )));
+        Ok(node)
+    }
+
+    /// Starts the heartbeat loop: every `period`, this node's live usage goes to the leader's
+    /// soft state over the mesh (directly when this node leads), so that the failure detector
+    /// sees it alive.
+    pub fn start_heartbeats(
+        &mut self,
+        usage: Arc<dyn Fn() -> Resources + Send + Sync>,
+        period: Duration,
+    ) {
+        let raft = self.raft.clone();
+        let transport = self.mesh.transport();
+        let id = self.member.raft_id;
+        self.tasks.push(tokio::spawn(async move {
+            loop {
+                let heartbeat = Heartbeat {
+                    used: usage(),
+                    load_milli: 0,
+                    workstations: Vec::new(),
+                };
+                let sending = send_heartbeat(&raft, &transport, heartbeat);
+                match tokio::time::timeout(period.max(Duration::from_secs(1)), sending).await {
+                    Ok(HeartbeatReply::Acked { .. }) => {
+                        // Marked down while silent (a slow join, a pause): the leader hears
+                        // it again, so it reports ready. This build hosts no Raft-placed
+                        // workstations yet, so there is nothing stale to stop first.
+                        let down = raft.read(|state| {
+                            state
+                                .nodes
+                                .get(&id)
+                                .is_some_and(|node| node.state == NodeState::Down)
+                        });
+                        if down {
+                            let command = Command::new(
+                                crate::clock::now_unix_ms(),
+                                format!("node-{id}"),
+                                Action::MarkNodeReady {
+                                    node: id,
+                                    hints: PlacementHints::default(),
+                                },
+                            );
+                            match forward_write(&raft, &transport, command).await {
+                                Ok(Ok(_)) => info!("back after being marked down: ready again"),
+                                Ok(Err(refusal)) => warn!(reason = %refusal, "ready refused"),
+                                Err(err) => debug!(error = %err, "ready not committed yet"),
+                            }
+                        }
+                    }
+                    Ok(HeartbeatReply::Refused(why)) => debug!(reason = %why, "heartbeat refused"),
+                    Err(_) => debug!("heartbeat timed out"),
+                }
+                tokio::time::sleep(period).await;
+            }
+        }));
+    }
+
+    /// Commits this node's capacity, reserve and API address (after a join, and at every start
+    /// so that a changed `--api` or host is seen), retrying until a leader takes it.
+    pub fn start_info_update(&mut self, config: &AgentConfig, usage: &Usage) {
+        let raft = self.raft.clone();
+        let transport = self.mesh.transport();
+        let action = Action::UpdateNodeInfo {
+            node: self.member.raft_id,
+            api_addr: Some(config.api.to_string()),
+            capacity: Resources::new(usage.capacity_cpu_millis, usage.capacity_memory_bytes),
+            reserve: Resources::new(
+                config.node_reserve_cpu_millis,
+                config.node_reserve_memory_bytes,
+            ),
+        };
+        self.tasks.push(tokio::spawn(async move {
+            for attempt in 1..=INFO_UPDATE_ATTEMPTS_MAX {
+                let command = Command::new(crate::clock::now_unix_ms(), "system", action.clone());
+                match forward_write(&raft, &transport, command).await {
+                    Ok(Ok(_)) => {
+                        info!("node capacity and API address committed");
+                        return;
+                    }
+                    Ok(Err(refusal)) => {
+                        warn!(reason = %refusal, "node capacity refused");
+                        return;
+                    }
+                    Err(err) => debug!(attempt, error = %err, "node capacity not committed yet"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            warn!("gave up committing this node's capacity and API address");
+        }));
+    }
+
+    /// Stops the loops, Raft and the mesh.
+    pub async fn shutdown(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Err(err) = self.raft.shutdown().await {
+            warn!(error = %err, "raft did not stop cleanly");
+        }
+        match Arc::try_unwrap(self.mesh) {
+            Ok(mesh) => mesh.shutdown().await,
+            // A task still holds it (aborted, not yet dropped): dropping it stops the threads.
+            Err(_) => debug!("mesh dropped instead of shut down"),
+        }
+    }
+}
+
+async fn peer_loop(raft: RaftNode, mesh: Arc<Mesh>) {
+    let own_key = mesh.public_key().to_base64();
+    let mut applied = raft.subscribe_applied();
+    let mut last: Option<Vec<PeerSpec>> = None;
+    loop {
+        // A node that just joined has not received the log yet: its peers are the ones the
+        // join answer named until the committed node list reaches it.
+        let known = raft.read(|state| !state.nodes.is_empty());
+        let current = peers_from_state(&raft, &own_key);
+        if known && last.as_ref() != Some(&current) {
+            match mesh.set_peers(&current) {
+                Ok(()) => info!(
+                    n_peers = current.len(),
+                    "mesh peers follow the committed node list"
+                ),
+                Err(err) => warn!(error = %err, "could not set the mesh peers"),
+            }
+            last = Some(current);
+        }
+        if applied.changed().await.is_err() {
+            return;
+        }
+    }
+}
