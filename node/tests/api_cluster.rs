@@ -141,6 +141,47 @@ async fn two_nodes_join_with_a_token_and_the_api_survives_kill_9_of_the_leader(
     })
     .await?;
 
+    info!("--- a workstation created via node 2 is placed by the leader's scheduler and runs");
+    let ws = api2
+        .post(
+            "/v1/workstations",
+            &json!({"cpu_millis": 100, "memory_bytes": 64 << 20}),
+        )
+        .await?;
+    assert_eq!(ws.status, 201, "{}", ws.text);
+    let ws_id = ws.body["id"].as_str().unwrap_or_default().to_string();
+    let host = ws.body["node"].as_str().unwrap_or_default().to_string();
+    let proc = api2
+        .post(
+            &format!("/v1/workstations/{ws_id}/processes"),
+            &json!({"argv": ["sh", "-c", "echo hello-over-the-mesh; exec sleep 600"]}),
+        )
+        .await?;
+    assert_eq!(proc.status, 201, "{}", proc.text);
+
+    info!("--- its log and processes are readable through a node that does not host it");
+    let agents = [(&node0, &api0), (&node1, &api1), (&node2, &api2)];
+    let (reader_node, reader) = agents
+        .iter()
+        .find(|(agent, _)| agent.node_id != host)
+        .map(|(agent, api)| (agent.node_id.clone(), (*api).clone()))
+        .ok_or_else(|| anyhow::anyhow!("no node other than {host}"))?;
+    info!(host = %host, reader = %reader_node, "reading remotely");
+    let logs_path = format!("/v1/workstations/{ws_id}/logs?from=0");
+    eventually(CLUSTER_WAIT, || async {
+        let Ok(answer) = reader.get(&logs_path).await else {
+            return Ok(None);
+        };
+        let text = answer.body["records"].to_string();
+        Ok(text.contains("hello-over-the-mesh").then_some(()))
+    })
+    .await?;
+    let processes = reader
+        .get(&format!("/v1/workstations/{ws_id}/processes"))
+        .await?;
+    assert_eq!(processes.status, 200, "{}", processes.text);
+    assert_eq!(processes.body[0]["state"], "running", "{}", processes.text);
+
     info!("--- kill -9 the leader; the survivors elect a new one and keep answering");
     node0.kill9();
     let new_leader = eventually(CLUSTER_WAIT, || async {

@@ -14,6 +14,7 @@ pub mod host;
 pub mod model;
 pub mod placement;
 pub mod random;
+pub mod remote;
 pub mod store;
 pub mod usage;
 
@@ -238,6 +239,9 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
     );
     agent.host.restore(&agent).await;
     let reconciler = tokio::spawn(placement::reconcile_loop(Arc::clone(&agent)));
+    cluster.handler.set_app(Arc::new(remote::AgentApp {
+        agent: Arc::clone(&agent),
+    }));
 
     // Usage sampler: the single-node stand-in for heartbeats.
     let sampler_agent = Arc::clone(&agent);

@@ -37,11 +37,16 @@ pub async fn logs(
     query: web::Query<LogsQuery>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let ws = agent
+    let ws = match agent
         .store
         .read(|model| model.workstations.get(id.as_str()).cloned())
-        .filter(|ws| caller.can_access(&ws.tenant))
-        .ok_or_else(|| ApiError::not_found("workstation", &id))?;
+    {
+        Some(ws) => ws,
+        None => return remote_logs(&caller, &agent, &id, &query, &request).await,
+    };
+    if !caller.can_access(&ws.tenant) {
+        return Err(ApiError::not_found("workstation", &id));
+    }
     let wants_sse = query.follow.unwrap_or(false)
         || request
             .headers()
@@ -157,4 +162,63 @@ pub fn sse_chunk(event: &LogEvent, proc_filter: Option<&str>) -> Option<Bytes> {
         }
     };
     Some(Bytes::from(text))
+}
+
+/// The log of a workstation hosted on another node: a page read there over the mesh.
+async fn remote_logs(
+    caller: &Caller,
+    agent: &Agent,
+    id: &str,
+    query: &LogsQuery,
+    request: &HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    use crate::agent::remote::{ask_host, RemoteReply, RemoteRequest};
+    let ws_id: Option<shoal_raft::model::WorkstationId> = id.parse().ok();
+    let visible = agent.raft.read(|state| {
+        ws_id
+            .and_then(|ws_id| state.workstations.get(&ws_id))
+            .is_some_and(|ws| caller.can_access(&ws.tenant))
+    });
+    if !visible {
+        return Err(ApiError::not_found("workstation", id));
+    }
+    let wants_sse = query.follow.unwrap_or(false)
+        || request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/event-stream"));
+    if wants_sse {
+        return Err(ApiError::unavailable(format!(
+            "workstation `{id}` is hosted on another node; following its log from here is not \
+             in this build (read pages with `from`, or follow through its node's API)"
+        )));
+    }
+    let limit_bytes = query.limit_bytes.unwrap_or(LOGS_PAGE_BYTES_MAX);
+    if limit_bytes == 0 || limit_bytes > LOGS_PAGE_BYTES_MAX {
+        return Err(ApiError::field(
+            "limit_bytes",
+            format!("must be between 1 and {LOGS_PAGE_BYTES_MAX}"),
+        ));
+    }
+    let reply = ask_host(
+        agent,
+        id,
+        &RemoteRequest::Logs {
+            ws: id.to_string(),
+            from: query.from.unwrap_or(0),
+            limit_bytes: limit_bytes as usize,
+        },
+    )
+    .await?;
+    match reply {
+        RemoteReply::Logs(mut page) => {
+            if let Some(proc) = &query.proc {
+                page.records.retain(|record| &record.proc == proc);
+            }
+            Ok(HttpResponse::Ok().json(page))
+        }
+        RemoteReply::Failed(why) => Err(ApiError::unavailable(why)),
+        RemoteReply::Processes(_) => Err(ApiError::Internal("mismatched mesh answer".into())),
+    }
 }

@@ -552,6 +552,20 @@ pub async fn list_processes(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let ws = visible(&agent, &caller, &id)?;
+    if !hosted_here(&agent, &ws) {
+        use crate::agent::remote::{ask_host, RemoteReply, RemoteRequest};
+        let reply = ask_host(
+            &agent,
+            &ws.id,
+            &RemoteRequest::Processes { ws: ws.id.clone() },
+        )
+        .await?;
+        return match reply {
+            RemoteReply::Processes(processes) => Ok(HttpResponse::Ok().json(processes)),
+            RemoteReply::Failed(why) => Err(ApiError::unavailable(why)),
+            RemoteReply::Logs(_) => Err(ApiError::Internal("mismatched mesh answer".into())),
+        };
+    }
     let statuses = agent.host.processes(&ws.id).await.unwrap_or_default();
     let processes: Vec<Process> = ws
         .processes
