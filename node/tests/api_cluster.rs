@@ -181,6 +181,28 @@ async fn two_nodes_join_with_a_token_and_the_api_survives_kill_9_of_the_leader(
         .await?;
     assert_eq!(processes.status, 200, "{}", processes.text);
     assert_eq!(processes.body[0]["state"], "running", "{}", processes.text);
+    let proc_id = processes.body[0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let killed = reader
+        .raw(
+            reqwest::Method::DELETE,
+            &format!("/v1/workstations/{ws_id}/processes/{proc_id}?signal=KILL"),
+            None,
+        )
+        .await?;
+    assert_eq!(killed.status, 204, "{}", killed.text);
+    eventually(CLUSTER_WAIT, || async {
+        let Ok(answer) = reader
+            .get(&format!("/v1/workstations/{ws_id}/processes"))
+            .await
+        else {
+            return Ok(None);
+        };
+        Ok((answer.body[0]["state"] == "exited").then_some(()))
+    })
+    .await?;
 
     info!("--- kill -9 the leader; the survivors elect a new one and keep answering");
     node0.kill9();

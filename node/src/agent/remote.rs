@@ -30,6 +30,15 @@ pub enum RemoteRequest {
         /// The workstation.
         ws: String,
     },
+    /// Signals a process (TERM and KILL stop it for good).
+    Kill {
+        /// The workstation.
+        ws: String,
+        /// The process.
+        proc: u64,
+        /// Signal name (`TERM`, `KILL`, ...).
+        signal: String,
+    },
 }
 
 /// The hosting node's answer.
@@ -39,6 +48,8 @@ pub enum RemoteReply {
     Logs(LogsPage),
     /// Processes.
     Processes(Vec<Process>),
+    /// Done.
+    Done,
     /// The request failed there; the text says why.
     Failed(String),
 }
@@ -61,6 +72,20 @@ impl AgentApp {
                 Ok(page) => RemoteReply::Logs(page),
                 Err(err) => RemoteReply::Failed(err.to_string()),
             },
+            RemoteRequest::Kill { ws, proc, signal } => {
+                let signal = match super::host::parse_signal(&signal) {
+                    Ok(signal) => signal,
+                    Err(err) => return RemoteReply::Failed(err.to_string()),
+                };
+                let stops = matches!(
+                    signal,
+                    nix::sys::signal::Signal::SIGTERM | nix::sys::signal::Signal::SIGKILL
+                );
+                match crate::api::workstations::kill_here(agent, &ws, proc, signal, stops).await {
+                    Ok(()) => RemoteReply::Done,
+                    Err(err) => RemoteReply::Failed(err.to_string()),
+                }
+            }
             RemoteRequest::Processes { ws } => {
                 let Some(record) = agent
                     .store

@@ -219,6 +219,8 @@ async fn remote_logs(
             Ok(HttpResponse::Ok().json(page))
         }
         RemoteReply::Failed(why) => Err(ApiError::unavailable(why)),
-        RemoteReply::Processes(_) => Err(ApiError::Internal("mismatched mesh answer".into())),
+        RemoteReply::Processes(_) | RemoteReply::Done => {
+            Err(ApiError::Internal("mismatched mesh answer".into()))
+        }
     }
 }
