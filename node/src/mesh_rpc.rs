@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use shoal_mesh::{PeerInfo, RpcHandler, Transport};
+use shoal_mesh::{PeerInfo, RpcHandler, StreamReceiver, StreamSender, Transport};
 use shoal_raft::network::RaftTransport;
 use shoal_raft::{
     Command, CommandResponse, NodeAddr, NodeId, RaftNode, TransportError, WriteError,
@@ -144,6 +144,18 @@ pub struct NodeRpcHandler {
 pub trait AppHandler: Send + Sync + 'static {
     /// Answers one request from `from`.
     async fn handle(&self, from: PeerInfo, body: &[u8]) -> Bytes;
+
+    /// Serves one long-lived stream opened by `from` with `open` (e.g. following a log).
+    async fn handle_stream(&self, from: PeerInfo, open: &[u8], sender: StreamSender);
+}
+
+/// Opens an application stream to the node at mesh address `ip`.
+pub async fn app_stream(
+    transport: &Transport,
+    ip: Ipv4Addr,
+    open: &[u8],
+) -> Result<(StreamSender, StreamReceiver), shoal_mesh::TransportError> {
+    transport.open_stream(ip, frame(TAG_APP, open)).await
 }
 
 /// Sends an application request to the node at mesh address `ip`.
@@ -283,6 +295,18 @@ impl RpcHandler for NodeRpcHandler {
                 tracing::debug!(from = %from.mesh_addr, tag = other, "unknown mesh RPC tag");
                 Bytes::new()
             }
+        }
+    }
+
+    async fn handle_stream(
+        &self,
+        from: PeerInfo,
+        open: Bytes,
+        sender: StreamSender,
+        _receiver: StreamReceiver,
+    ) {
+        if let (Some((&TAG_APP, body)), Some(app)) = (open.split_first(), self.app.get()) {
+            app.handle_stream(from, body, sender).await;
         }
     }
 }

@@ -159,7 +159,7 @@ async fn two_nodes_join_with_a_token_and_the_api_survives_kill_9_of_the_leader(
         .await?;
     assert_eq!(proc.status, 201, "{}", proc.text);
 
-    info!("--- its log and processes are readable through a node that does not host it");
+    info!("--- its log (page and SSE follow), processes and kill work through a node that does not host it");
     let agents = [(&node0, &api0), (&node1, &api1), (&node2, &api2)];
     let (reader_node, reader) = agents
         .iter()
@@ -176,6 +176,26 @@ async fn two_nodes_join_with_a_token_and_the_api_survives_kill_9_of_the_leader(
         Ok(text.contains("hello-over-the-mesh").then_some(()))
     })
     .await?;
+    let mut follow = reader
+        .http
+        .get(format!("{}{logs_path}&follow=true", reader.base_url))
+        .bearer_auth(&admin_key)
+        .send()
+        .await?;
+    assert_eq!(follow.status().as_u16(), 200);
+    let mut streamed = String::new();
+    tokio::time::timeout(CLUSTER_WAIT, async {
+        while !streamed.contains("hello-over-the-mesh") {
+            match follow.chunk().await? {
+                Some(chunk) => streamed.push_str(&String::from_utf8_lossy(&chunk)),
+                None => anyhow::bail!("the stream ended early: {streamed}"),
+            }
+        }
+        Ok(())
+    })
+    .await??;
+    assert!(streamed.contains("event: log\nid: "), "{streamed}");
+    drop(follow);
     let processes = reader
         .get(&format!("/v1/workstations/{ws_id}/processes"))
         .await?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use shoal_mesh::PeerInfo;
+use shoal_mesh::{PeerInfo, StreamSender};
 
 use super::Agent;
 use crate::api::error::ApiError;
@@ -29,6 +29,15 @@ pub enum RemoteRequest {
     Processes {
         /// The workstation.
         ws: String,
+    },
+    /// Follows the log from `from` (a stream of SSE chunks, see `api::logs::sse_chunk`).
+    Follow {
+        /// The workstation.
+        ws: String,
+        /// First offset.
+        from: u64,
+        /// Only this process's records.
+        proc: Option<String>,
     },
     /// Signals a process (TERM and KILL stop it for good).
     Kill {
@@ -72,6 +81,9 @@ impl AgentApp {
                 Ok(page) => RemoteReply::Logs(page),
                 Err(err) => RemoteReply::Failed(err.to_string()),
             },
+            RemoteRequest::Follow { .. } => {
+                RemoteReply::Failed("follow is a stream, not a request".to_string())
+            }
             RemoteRequest::Kill { ws, proc, signal } => {
                 let signal = match super::host::parse_signal(&signal) {
                     Ok(signal) => signal,
@@ -117,6 +129,27 @@ impl AppHandler for AgentApp {
             Err(err) => RemoteReply::Failed(format!("undecodable request: {err}")),
         };
         Bytes::from(serde_json::to_vec(&reply).unwrap_or_default())
+    }
+
+    async fn handle_stream(&self, _from: PeerInfo, open: &[u8], mut sender: StreamSender) {
+        let Ok(RemoteRequest::Follow { ws, from, proc }) =
+            serde_json::from_slice::<RemoteRequest>(open)
+        else {
+            return;
+        };
+        let Ok(mut follower) = self.agent.host.follow(&ws, from).await else {
+            return;
+        };
+        // The hosting node renders the SSE chunks; the caller's node relays them as they are.
+        while let Some(event) = follower.recv().await {
+            if let Some(chunk) = crate::api::logs::sse_chunk(&event, proc.as_deref()) {
+                if sender.send(&chunk).await.is_err() {
+                    // The caller went away: dropping the follower unsubscribes.
+                    return;
+                }
+            }
+        }
+        sender.finish();
     }
 }
 
