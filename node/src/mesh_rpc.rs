@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use shoal_mesh::{PeerInfo, RpcHandler, Transport};
+use shoal_mesh::{PeerInfo, RpcHandler, StreamReceiver, StreamSender, Transport};
 use shoal_raft::network::RaftTransport;
 use shoal_raft::{
     Command, CommandResponse, NodeAddr, NodeId, RaftNode, TransportError, WriteError,
@@ -29,6 +29,9 @@ pub const TAG_WRITE: u8 = 2;
 /// Frame tag of a heartbeat (a node's id and its [`shoal_raft::soft_state::Heartbeat`]) sent
 /// to the leader, answered with a [`HeartbeatReply`].
 pub const TAG_HEARTBEAT: u8 = 3;
+/// Frame tag of an application request (the agent's own node-to-node calls, e.g. reading a
+/// workstation's log on the node that hosts it), served by the [`AppHandler`].
+pub const TAG_APP: u8 = 4;
 /// How many times a forwarded write follows a `NotLeader` answer before giving up (an
 /// election moved the leader while the write was in flight).
 pub const FORWARD_HOPS_MAX: usize = 3;
@@ -132,6 +135,36 @@ impl RaftTransport for MeshRaftTransport {
 #[derive(Default)]
 pub struct NodeRpcHandler {
     raft: OnceLock<RaftNode>,
+    app: OnceLock<Arc<dyn AppHandler>>,
+}
+
+/// The agent's side of [`TAG_APP`] requests: bytes in, bytes out (the agent defines the
+/// encoding). Only mesh members reach it.
+#[async_trait::async_trait]
+pub trait AppHandler: Send + Sync + 'static {
+    /// Answers one request from `from`.
+    async fn handle(&self, from: PeerInfo, body: &[u8]) -> Bytes;
+
+    /// Serves one long-lived stream opened by `from` with `open` (e.g. following a log).
+    async fn handle_stream(&self, from: PeerInfo, open: &[u8], sender: StreamSender);
+}
+
+/// Opens an application stream to the node at mesh address `ip`.
+pub async fn app_stream(
+    transport: &Transport,
+    ip: Ipv4Addr,
+    open: &[u8],
+) -> Result<(StreamSender, StreamReceiver), shoal_mesh::TransportError> {
+    transport.open_stream(ip, frame(TAG_APP, open)).await
+}
+
+/// Sends an application request to the node at mesh address `ip`.
+pub async fn app_request(
+    transport: &Transport,
+    ip: Ipv4Addr,
+    body: &[u8],
+) -> Result<Bytes, shoal_mesh::TransportError> {
+    transport.request(ip, frame(TAG_APP, body)).await
 }
 
 impl NodeRpcHandler {
@@ -143,6 +176,11 @@ impl NodeRpcHandler {
     /// Attaches the started Raft node.
     pub fn set_raft(&self, raft: RaftNode) {
         let _ = self.raft.set(raft);
+    }
+
+    /// Attaches the agent's application handler.
+    pub fn set_app(&self, app: Arc<dyn AppHandler>) {
+        let _ = self.app.set(app);
     }
 
     async fn handle_write(&self, body: &[u8]) -> ForwardReply {
@@ -249,10 +287,26 @@ impl RpcHandler for NodeRpcHandler {
                 let reply = self.handle_heartbeat(&from, body);
                 Bytes::from(shoal_raft::codec::encode(&reply).unwrap_or_default())
             }
+            TAG_APP => match self.app.get() {
+                Some(app) => app.handle(from, body).await,
+                None => Bytes::new(),
+            },
             other => {
                 tracing::debug!(from = %from.mesh_addr, tag = other, "unknown mesh RPC tag");
                 Bytes::new()
             }
+        }
+    }
+
+    async fn handle_stream(
+        &self,
+        from: PeerInfo,
+        open: Bytes,
+        sender: StreamSender,
+        _receiver: StreamReceiver,
+    ) {
+        if let (Some((&TAG_APP, body)), Some(app)) = (open.split_first(), self.app.get()) {
+            app.handle_stream(from, body, sender).await;
         }
     }
 }

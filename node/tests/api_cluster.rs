@@ -141,6 +141,89 @@ async fn two_nodes_join_with_a_token_and_the_api_survives_kill_9_of_the_leader(
     })
     .await?;
 
+    info!("--- a workstation created via node 2 is placed by the leader's scheduler and runs");
+    let ws = api2
+        .post(
+            "/v1/workstations",
+            &json!({"cpu_millis": 100, "memory_bytes": 64 << 20}),
+        )
+        .await?;
+    assert_eq!(ws.status, 201, "{}", ws.text);
+    let ws_id = ws.body["id"].as_str().unwrap_or_default().to_string();
+    let host = ws.body["node"].as_str().unwrap_or_default().to_string();
+    let proc = api2
+        .post(
+            &format!("/v1/workstations/{ws_id}/processes"),
+            &json!({"argv": ["sh", "-c", "echo hello-over-the-mesh; exec sleep 600"]}),
+        )
+        .await?;
+    assert_eq!(proc.status, 201, "{}", proc.text);
+
+    info!("--- its log (page and SSE follow), processes and kill work through a node that does not host it");
+    let agents = [(&node0, &api0), (&node1, &api1), (&node2, &api2)];
+    let (reader_node, reader) = agents
+        .iter()
+        .find(|(agent, _)| agent.node_id != host)
+        .map(|(agent, api)| (agent.node_id.clone(), (*api).clone()))
+        .ok_or_else(|| anyhow::anyhow!("no node other than {host}"))?;
+    info!(host = %host, reader = %reader_node, "reading remotely");
+    let logs_path = format!("/v1/workstations/{ws_id}/logs?from=0");
+    eventually(CLUSTER_WAIT, || async {
+        let Ok(answer) = reader.get(&logs_path).await else {
+            return Ok(None);
+        };
+        let text = answer.body["records"].to_string();
+        Ok(text.contains("hello-over-the-mesh").then_some(()))
+    })
+    .await?;
+    let mut follow = reader
+        .http
+        .get(format!("{}{logs_path}&follow=true", reader.base_url))
+        .bearer_auth(&admin_key)
+        .send()
+        .await?;
+    assert_eq!(follow.status().as_u16(), 200);
+    let mut streamed = String::new();
+    tokio::time::timeout(CLUSTER_WAIT, async {
+        while !streamed.contains("hello-over-the-mesh") {
+            match follow.chunk().await? {
+                Some(chunk) => streamed.push_str(&String::from_utf8_lossy(&chunk)),
+                None => anyhow::bail!("the stream ended early: {streamed}"),
+            }
+        }
+        Ok(())
+    })
+    .await??;
+    assert!(streamed.contains("event: log\nid: "), "{streamed}");
+    drop(follow);
+    let processes = reader
+        .get(&format!("/v1/workstations/{ws_id}/processes"))
+        .await?;
+    assert_eq!(processes.status, 200, "{}", processes.text);
+    assert_eq!(processes.body[0]["state"], "running", "{}", processes.text);
+    let proc_id = processes.body[0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let killed = reader
+        .raw(
+            reqwest::Method::DELETE,
+            &format!("/v1/workstations/{ws_id}/processes/{proc_id}?signal=KILL"),
+            None,
+        )
+        .await?;
+    assert_eq!(killed.status, 204, "{}", killed.text);
+    eventually(CLUSTER_WAIT, || async {
+        let Ok(answer) = reader
+            .get(&format!("/v1/workstations/{ws_id}/processes"))
+            .await
+        else {
+            return Ok(None);
+        };
+        Ok((answer.body[0]["state"] == "exited").then_some(()))
+    })
+    .await?;
+
     info!("--- kill -9 the leader; the survivors elect a new one and keep answering");
     node0.kill9();
     let new_leader = eventually(CLUSTER_WAIT, || async {

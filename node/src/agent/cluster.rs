@@ -91,6 +91,8 @@ pub struct ClusterNode {
     pub mesh: Arc<Mesh>,
     /// This node's Raft node.
     pub raft: RaftNode,
+    /// The serving side of node-to-node RPCs.
+    pub handler: Arc<NodeRpcHandler>,
     /// The member file.
     pub member: MemberFile,
     tasks: Vec<JoinHandle<()>>,
@@ -239,6 +241,7 @@ impl ClusterNode {
         let mut node = ClusterNode {
             mesh: Arc::new(mesh),
             raft,
+            handler,
             member,
             tasks: Vec::new(),
         };

@@ -2,11 +2,12 @@
 //! local workstation host, the usage sampler and the HTTP control API, and stops them in order
 //! on SIGTERM/SIGINT.
 //!
-//! Scope of this build: the node starts its userspace WireGuard mesh and its Raft node (see
-//! [`cluster`]) and bootstraps a one-node Raft cluster in which it is registered as server and
-//! worker, heartbeating into the leader's soft state. The API's records (keys, tokens,
-//! workstations, audit) still live in the single-server store (`store.rs`); moving them onto
-//! Raft commands, and `--join`, are the next steps (see the crate's report).
+//! Cluster: the node runs its userspace WireGuard mesh and its Raft node ([`cluster`]);
+//! it bootstraps a one-node Raft cluster or joins one with a token ([`admission`] is the
+//! member side). Keys, tokens, nodes and workstation placements are Raft state; each node
+//! hosts the workstations placed on it ([`placement`]) and serves the others' through the
+//! mesh ([`remote`]). The node-local store keeps hosting records and the audit lines of the
+//! API (see the crate's report for what is still node-local).
 
 pub mod admission;
 pub mod cluster;
@@ -14,6 +15,7 @@ pub mod host;
 pub mod model;
 pub mod placement;
 pub mod random;
+pub mod remote;
 pub mod store;
 pub mod usage;
 
@@ -238,6 +240,9 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
     );
     agent.host.restore(&agent).await;
     let reconciler = tokio::spawn(placement::reconcile_loop(Arc::clone(&agent)));
+    cluster.handler.set_app(Arc::new(remote::AgentApp {
+        agent: Arc::clone(&agent),
+    }));
 
     // Usage sampler: the single-node stand-in for heartbeats.
     let sampler_agent = Arc::clone(&agent);

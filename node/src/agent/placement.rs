@@ -44,6 +44,16 @@ fn restart_of(policy: shoal_raft::model::RestartPolicy) -> RestartPolicy {
     }
 }
 
+/// The first log epoch whose offsets (`epoch << LOG_EPOCH_SHIFT`) are at or above `floor`: a
+/// re-placed workstation's log continues above anything its old node can have written.
+pub fn log_epoch_above(floor: u64) -> u64 {
+    if floor == 0 {
+        0
+    } else {
+        (floor >> super::host::LOG_EPOCH_SHIFT).saturating_add(1)
+    }
+}
+
 /// The hosting record of a Raft workstation placed on `node`.
 pub fn record_of(ws: &RaftWorkstation, node: &str) -> WorkstationRecord {
     let processes: BTreeMap<u64, ProcessSpec> = ws
@@ -78,7 +88,7 @@ pub fn record_of(ws: &RaftWorkstation, node: &str) -> WorkstationRecord {
         created_unix_ms: ws.created_ms,
         next_process_id: ws.next_process_id,
         processes,
-        log_epoch: 0,
+        log_epoch: log_epoch_above(ws.log_offset_floor),
     }
 }
 
@@ -199,6 +209,21 @@ pub async fn reconcile_loop(agent: std::sync::Arc<Agent>) {
         reconcile(&agent).await;
         if applied.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A re-placed workstation's log starts at or above the floor Raft committed.
+        #[test]
+        fn the_log_epoch_starts_at_or_above_the_floor(floor in 0u64..(1 << 60)) {
+            let start = log_epoch_above(floor) << super::super::host::LOG_EPOCH_SHIFT;
+            prop_assert!(start >= floor);
         }
     }
 }

@@ -37,11 +37,16 @@ pub async fn logs(
     query: web::Query<LogsQuery>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let ws = agent
+    let ws = match agent
         .store
         .read(|model| model.workstations.get(id.as_str()).cloned())
-        .filter(|ws| caller.can_access(&ws.tenant))
-        .ok_or_else(|| ApiError::not_found("workstation", &id))?;
+    {
+        Some(ws) => ws,
+        None => return remote_logs(&caller, &agent, &id, &query, &request).await,
+    };
+    if !caller.can_access(&ws.tenant) {
+        return Err(ApiError::not_found("workstation", &id));
+    }
     let wants_sse = query.follow.unwrap_or(false)
         || request
             .headers()
@@ -157,4 +162,131 @@ pub fn sse_chunk(event: &LogEvent, proc_filter: Option<&str>) -> Option<Bytes> {
         }
     };
     Some(Bytes::from(text))
+}
+
+/// The log of a workstation hosted on another node: a page read there over the mesh.
+async fn remote_logs(
+    caller: &Caller,
+    agent: &Agent,
+    id: &str,
+    query: &LogsQuery,
+    request: &HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    use crate::agent::remote::{ask_host, RemoteReply, RemoteRequest};
+    let ws_id: Option<shoal_raft::model::WorkstationId> = id.parse().ok();
+    let visible = agent.raft.read(|state| {
+        ws_id
+            .and_then(|ws_id| state.workstations.get(&ws_id))
+            .is_some_and(|ws| caller.can_access(&ws.tenant))
+    });
+    if !visible {
+        return Err(ApiError::not_found("workstation", id));
+    }
+    let wants_sse = query.follow.unwrap_or(false)
+        || request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/event-stream"));
+    if wants_sse {
+        return remote_follow(agent, id, query, request).await;
+    }
+    let limit_bytes = query.limit_bytes.unwrap_or(LOGS_PAGE_BYTES_MAX);
+    if limit_bytes == 0 || limit_bytes > LOGS_PAGE_BYTES_MAX {
+        return Err(ApiError::field(
+            "limit_bytes",
+            format!("must be between 1 and {LOGS_PAGE_BYTES_MAX}"),
+        ));
+    }
+    let reply = ask_host(
+        agent,
+        id,
+        &RemoteRequest::Logs {
+            ws: id.to_string(),
+            from: query.from.unwrap_or(0),
+            limit_bytes: limit_bytes as usize,
+        },
+    )
+    .await?;
+    match reply {
+        RemoteReply::Logs(mut page) => {
+            if let Some(proc) = &query.proc {
+                page.records.retain(|record| &record.proc == proc);
+            }
+            Ok(HttpResponse::Ok().json(page))
+        }
+        RemoteReply::Failed(why) => Err(ApiError::unavailable(why)),
+        RemoteReply::Processes(_) | RemoteReply::Done => {
+            Err(ApiError::Internal("mismatched mesh answer".into()))
+        }
+    }
+}
+
+/// Follows the log of a workstation hosted on another node: that node renders the SSE chunks
+/// and streams them over the mesh; this node relays them and adds the keepalive comments.
+async fn remote_follow(
+    agent: &Agent,
+    id: &str,
+    query: &LogsQuery,
+    request: &HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    use crate::agent::remote::RemoteRequest;
+    let from = match request.headers().get("Last-Event-ID") {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .ok_or_else(|| {
+                ApiError::InvalidInput("header `Last-Event-ID` must be a log offset".to_string())
+            })?,
+        None => query.from.unwrap_or(0),
+    };
+    let ip = agent.raft.read(|state| {
+        let ws_id: shoal_raft::model::WorkstationId = id.parse().ok()?;
+        let node = state.workstations.get(&ws_id)?.node?;
+        state.nodes.get(&node).map(|record| record.mesh_addr)
+    });
+    let ip = ip.ok_or_else(|| ApiError::unavailable(format!("workstation `{id}` has no node")))?;
+    let open = serde_json::to_vec(&RemoteRequest::Follow {
+        ws: id.to_string(),
+        from,
+        proc: query.proc.clone(),
+    })
+    .map_err(|err| ApiError::Internal(format!("encoding a mesh request: {err}")))?;
+    let (stream_sender, mut stream) = crate::mesh_rpc::app_stream(&agent.transport, ip, &open)
+        .await
+        .map_err(|err| ApiError::unavailable(format!("the hosting node is unreachable: {err}")))?;
+    let keepalive_interval = Duration::from_millis(agent.config.log_keepalive_ms);
+    let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(SSE_CHUNKS_QUEUED_MAX);
+    tokio::spawn(async move {
+        // Held open for the stream's life: the hosting node reads nothing from it.
+        let _stream_sender = stream_sender;
+        if sender
+            .send(Ok(Bytes::from_static(b": shoal log stream\n\n")))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut keepalive = tokio::time::interval(keepalive_interval);
+        keepalive.tick().await;
+        loop {
+            let chunk = tokio::select! {
+                frame = stream.recv() => match frame {
+                    Ok(Some(chunk)) => chunk,
+                    // The hosting node ended the stream (deleted, stopping, unreachable).
+                    Ok(None) | Err(_) => break,
+                },
+                _ = keepalive.tick() => Bytes::from_static(b": keepalive\n\n"),
+            };
+            if sender.send(Ok(chunk)).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(tokio_stream::wrappers::ReceiverStream::new(receiver)))
 }

@@ -92,19 +92,6 @@ fn hosted_here(agent: &Agent, ws: &WorkstationRecord) -> bool {
         .read(|model| model.workstations.contains_key(&ws.id))
 }
 
-/// Refuses what needs the hosting node when another node hosts the workstation.
-fn require_here(agent: &Agent, ws: &WorkstationRecord) -> Result<(), ApiError> {
-    if hosted_here(agent, ws) {
-        Ok(())
-    } else {
-        Err(ApiError::unavailable(format!(
-            "workstation `{}` is hosted on {}; ask that node's API (forwarding over the mesh \
-             is not in this build)",
-            ws.id, ws.node
-        )))
-    }
-}
-
 async fn view(agent: &Agent, ws: &WorkstationRecord) -> Workstation {
     if !hosted_here(agent, ws) {
         return ws.view(WorkstationState::Pending, "", 0);
@@ -552,6 +539,22 @@ pub async fn list_processes(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let ws = visible(&agent, &caller, &id)?;
+    if !hosted_here(&agent, &ws) {
+        use crate::agent::remote::{ask_host, RemoteReply, RemoteRequest};
+        let reply = ask_host(
+            &agent,
+            &ws.id,
+            &RemoteRequest::Processes { ws: ws.id.clone() },
+        )
+        .await?;
+        return match reply {
+            RemoteReply::Processes(processes) => Ok(HttpResponse::Ok().json(processes)),
+            RemoteReply::Failed(why) => Err(ApiError::unavailable(why)),
+            RemoteReply::Logs(_) | RemoteReply::Done => {
+                Err(ApiError::Internal("mismatched mesh answer".into()))
+            }
+        };
+    }
     let statuses = agent.host.processes(&ws.id).await.unwrap_or_default();
     let processes: Vec<Process> = ws
         .processes
@@ -562,6 +565,29 @@ pub async fn list_processes(
         })
         .collect();
     Ok(HttpResponse::Ok().json(processes))
+}
+
+/// Signals a process hosted on this node; TERM and KILL mark it killed (not restarted).
+pub async fn kill_here(
+    agent: &Agent,
+    ws_id: &str,
+    proc_id: u64,
+    signal: nix::sys::signal::Signal,
+    stops: bool,
+) -> Result<(), ApiError> {
+    if stops {
+        agent.store.write(|model| {
+            if let Some(spec) = model
+                .workstations
+                .get_mut(ws_id)
+                .and_then(|ws| ws.processes.get_mut(&proc_id))
+            {
+                spec.killed = true;
+            }
+            Ok(())
+        })?;
+    }
+    agent.host.kill_process(ws_id, proc_id, signal).await
 }
 
 /// Signals a process (`?signal=TERM` by default; TERM and KILL stop it for good).
@@ -576,7 +602,6 @@ pub async fn kill_process(
 ) -> Result<HttpResponse, ApiError> {
     let (ws_id, proc_text) = path.into_inner();
     let ws = visible(&agent, &caller, &ws_id)?;
-    require_here(&agent, &ws)?;
     let proc_id: u64 = proc_text
         .parse()
         .map_err(|_| ApiError::not_found("process", &proc_text))?;
@@ -590,19 +615,22 @@ pub async fn kill_process(
     );
     let now = clock::now_unix_ms();
     let resource = format!("workstation/{}/process/{proc_id}", ws.id);
-    if stops {
-        agent.store.write(|model| {
-            if let Some(spec) = model
-                .workstations
-                .get_mut(&ws.id)
-                .and_then(|ws| ws.processes.get_mut(&proc_id))
-            {
-                spec.killed = true;
-            }
-            Ok(())
-        })?;
-    }
-    let result = agent.host.kill_process(&ws.id, proc_id, signal).await;
+    let result = if hosted_here(&agent, &ws) {
+        kill_here(&agent, &ws.id, proc_id, signal, stops).await
+    } else {
+        use crate::agent::remote::{ask_host, RemoteReply, RemoteRequest};
+        let request = RemoteRequest::Kill {
+            ws: ws.id.clone(),
+            proc: proc_id,
+            signal: query.signal.clone().unwrap_or_else(|| "TERM".to_string()),
+        };
+        match ask_host(&agent, &ws.id, &request).await {
+            Ok(RemoteReply::Done) => Ok(()),
+            Ok(RemoteReply::Failed(why)) => Err(ApiError::unavailable(why)),
+            Ok(_) => Err(ApiError::Internal("mismatched mesh answer".into())),
+            Err(err) => Err(err),
+        }
+    };
     let outcome = match &result {
         Ok(()) => "ok",
         Err(err) => err.code(),
