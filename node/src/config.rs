@@ -24,8 +24,9 @@ use serde::Deserialize;
 ///   created and its full text written to PATH (mode 0600); on a restart the file is kept as it
 ///   is (the key stays valid). The key can mint join tokens for further nodes with
 ///   `POST /v1/tokens`.
-/// - The agent prints one line `shoal-agent ready node=<id> api=<addr>` on stdout once its
-///   API listens, so that a parent process can wait for it instead of polling.
+/// - The agent prints one line `shoal-agent ready node=<id> api=<addr> cgroup=<name>` on stdout
+///   once its API listens, so that a parent process can wait for it instead of polling, and
+///   knows the cgroup tree (`shoal-<local sandbox id>`) that holds the node's sandboxes.
 /// - SIGTERM or SIGINT stops it gracefully; it exits 0.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct AgentArgs {

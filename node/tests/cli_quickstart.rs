@@ -92,7 +92,7 @@ fn tick_number(line: &str) -> Option<u64> {
 fn the_readme_quickstart_works_command_for_command() -> anyhow::Result<()> {
     cli_support::init_tracing();
     info!("--- set-up: a local cluster (`shoal dev`)");
-    let cluster = DevCluster::start(1, Duration::from_secs(60))?;
+    let cluster = DevCluster::start(3, Duration::from_secs(90))?;
     let (addr, key) = (cluster.addr.clone(), cluster.admin_key.clone());
     let (addr, key) = (addr.as_str(), key.as_str());
 

@@ -205,6 +205,7 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
     ))
     .map_err(|err| anyhow::anyhow!("preparing the sandbox host: {err}"))?;
     let run_isolation = sandbox_host.isolation().label();
+    let cgroup_prefix = sandbox_host.cgroup_prefix().to_string();
     let host =
         Host::new(&config, Arc::clone(&sandbox_host)).context("starting the workstation host")?;
     info!(runs = %run_isolation, workstations = %host.isolation(), "isolation applied to user code");
@@ -259,7 +260,10 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
     let server = crate::api::server(Arc::clone(&agent))?;
     let handle = server.handle();
     let server_task = tokio::spawn(server);
-    println!("shoal-agent ready node={node_id} api={}", config.api);
+    println!(
+        "shoal-agent ready node={node_id} api={} cgroup={cgroup_prefix}",
+        config.api
+    );
     let _ = std::io::stdout().flush();
     info!(node = %node_id, api = %config.api, "control API listening");
 

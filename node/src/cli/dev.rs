@@ -611,6 +611,7 @@ fn print_banner(plan: &DevPlan, admin: &ApiClient, admin_key: &str) {
             let mut levels: Vec<String> = items(&answer, "nodes")
                 .into_iter()
                 .map(|node| text(node, &["isolation"]))
+                .filter(|level| !level.is_empty() && level != "-")
                 .collect();
             levels.sort();
             levels.dedup();
@@ -629,10 +630,19 @@ fn print_banner(plan: &DevPlan, admin: &ApiClient, admin_key: &str) {
         }
     );
     for node in &plan.nodes {
+        // The cluster names its nodes (`node-<raft id>`) in join order, which need not be the
+        // order of the data dirs: ask each node who it is.
+        let name = ApiClient::new(
+            &format!("http://{}", node.api),
+            Some(admin_key.to_string()),
+            Duration::from_secs(5),
+        )
+        .and_then(|client| client.get("/v1/cluster"))
+        .map(|cluster| text(&cluster, &["answered_by"]))
+        .unwrap_or_else(|_| "-".to_string());
         let _ = writeln!(
             out,
-            "  node-{}  http://{}  ({})",
-            node.idx,
+            "  {name}  http://{}  ({})",
             node.api,
             node.data_dir.display()
         );

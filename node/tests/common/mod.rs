@@ -56,6 +56,8 @@ pub struct Agent {
     pub data_dir: PathBuf,
     /// The node id from its ready line.
     pub node_id: String,
+    /// The cgroup tree of the node's sandboxes, from its ready line.
+    pub cgroup_name: String,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -119,6 +121,7 @@ impl Agent {
             listen_port,
             data_dir: data_dir.to_path_buf(),
             node_id: String::new(),
+            cgroup_name: String::new(),
             _temp: None,
         };
         loop {
@@ -128,6 +131,11 @@ impl Agent {
             };
             if let Some(rest) = line.strip_prefix("shoal-agent ready node=") {
                 agent.node_id = rest.split_whitespace().next().unwrap_or("").to_string();
+                agent.cgroup_name = rest
+                    .split_whitespace()
+                    .find_map(|field| field.strip_prefix("cgroup="))
+                    .unwrap_or("")
+                    .to_string();
                 break;
             }
         }
@@ -189,20 +197,21 @@ impl Drop for Agent {
         // A SIGKILLed agent cannot remove its cgroups; its sandboxes' processes die with it
         // (pdeathsig) or are killed here, and the `shoal-<node id>` trees go with them, so that
         // the tests leave the host as they found it.
-        if !self.node_id.is_empty() {
-            remove_node_cgroups(&self.node_id);
+        if self.cgroup_name.starts_with("shoal-") {
+            remove_cgroup_trees(&self.cgroup_name);
         }
     }
 }
 
-/// Kills whatever is left in the cgroup trees `shoal-<node_id>` of every mounted controller and
-/// removes them, deepest first. Bounded: a directory that will not go after a few tries is left.
-pub fn remove_node_cgroups(node_id: &str) {
+/// Kills whatever is left in the cgroup trees called `cgroup_name` of every mounted controller
+/// and removes them, deepest first. Bounded: a directory that will not go after a few tries is
+/// left.
+pub fn remove_cgroup_trees(cgroup_name: &str) {
     let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
         return;
     };
     for controller in controllers.flatten() {
-        let root = controller.path().join(format!("shoal-{node_id}"));
+        let root = controller.path().join(cgroup_name);
         if root.is_dir() {
             remove_cgroup_tree(&root);
         }
