@@ -238,6 +238,9 @@ fn remove_cgroup_tree(dir: &Path) {
                 );
             }
         }
+        // An agent killed while it held a v1 group frozen (its kill sequence is freeze, SIGKILL,
+        // thaw) leaves the group frozen: thaw it so that the SIGKILLs above can take effect.
+        let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
         if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
             return;
         }
