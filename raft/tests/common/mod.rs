@@ -184,6 +184,26 @@ impl Cluster {
         Ok(())
     }
 
+    /// The encoded states of every running node once they are byte-identical, after all
+    /// applied `index`. The leader's own task may commit further entries (membership steps)
+    /// while the replicas are read, so one read can catch them at different indexes; the
+    /// property is that they converge, within [`WAIT`], or the call fails with the last states.
+    pub async fn converged_states(&self, index: u64) -> anyhow::Result<Vec<Vec<u8>>> {
+        let clock = SystemClock::new();
+        let deadline_ms =
+            clock.monotonic_ms() + u64::try_from(WAIT.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            let states = self.states(index).await?;
+            if states.windows(2).all(|pair| pair[0] == pair[1]) {
+                return Ok(states);
+            }
+            if clock.monotonic_ms() >= deadline_ms {
+                bail!("replicas still differ after {WAIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The encoded state of every running node, after all applied `index`.
     pub async fn states(&self, index: u64) -> anyhow::Result<Vec<Vec<u8>>> {
         self.wait_applied(index).await?;
