@@ -16,7 +16,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use shoal_mesh::{
-    join_cluster, Identity, JoinOptions, JoinToken, Mesh, MeshConfig, PeerSpec, DEFAULT_QUIC_PORT,
+    join_cluster, DataPlane, Identity, JoinOptions, JoinToken, Mesh, MeshConfig, PeerSpec,
+    DEFAULT_IFNAME, DEFAULT_QUIC_PORT,
 };
 use shoal_raft::command::PlacementHints;
 use shoal_raft::command::{Admission, NodeRegistration};
@@ -28,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use super::admission::{peers_from_state, RaftAdmission};
 use super::usage::Usage;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, MeshMode};
 use crate::mesh_rpc::{
     forward_write, send_heartbeat, HeartbeatReply, MeshRaftTransport, NodeRpcHandler,
 };
@@ -121,6 +122,17 @@ fn first_mesh_addr(settings: &ClusterSettings) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(settings.overlay_addr).saturating_add(1))
 }
 
+/// The mesh data plane the agent was asked for. `tun` creates the interface
+/// `shoal0` ([`DEFAULT_IFNAME`]) in the agent's network namespace (one Shoal node per namespace).
+fn data_plane_of(mode: MeshMode) -> DataPlane {
+    match mode {
+        MeshMode::Tun => DataPlane::Tun {
+            ifname: DEFAULT_IFNAME.to_string(),
+        },
+        MeshMode::Userspace => DataPlane::Userspace,
+    }
+}
+
 fn roles_of(config: &AgentConfig) -> Roles {
     Roles {
         server: config.role_server,
@@ -180,6 +192,7 @@ impl ClusterNode {
             member.mesh_addr,
         );
         mesh_config.mesh_prefix_len = member.mesh_prefix_len;
+        mesh_config.data_plane = data_plane_of(config.mesh);
         let mesh = Mesh::start(mesh_config, handler.clone())
             .await
             .with_context(|| format!("starting the mesh on {}", config.listen))?;
