@@ -126,3 +126,102 @@ async fn killing_one_process_tree_spares_its_siblings_and_destroy_kills_all() ->
     host.assert_clean();
     Ok(())
 }
+
+#[tokio::test]
+async fn resizing_a_live_workstation_changes_its_limits_and_refuses_memory_below_usage(
+) -> anyhow::Result<()> {
+    if !root_or_skip(
+        "resizing_a_live_workstation_changes_its_limits_and_refuses_memory_below_usage",
+    ) {
+        return Ok(());
+    }
+    let host = TestHost::start("ws-resize")?;
+    let sandbox = Arc::new(host.host.create(SandboxSpec {
+        name: "ws-3".to_string(),
+        limits: SandboxLimits {
+            memory_bytes: 256 << 20,
+            cpu_millis: 1000,
+            max_processes: 64,
+            tmp_bytes: 128 << 20,
+        },
+        home: None,
+    })?);
+    let spawner = SandboxSpawner::new(Arc::clone(&sandbox));
+    tracing::info!("--- a running process holds 48 MiB in /tmp (memory that cannot be reclaimed)");
+    let filler = spawner.spawn(
+        &ProcessSpec::new([
+            "/bin/sh",
+            "-c",
+            "head -c 50331648 /dev/zero > /tmp/fill && echo filled && exec sleep 1000",
+        ]),
+        "ws-3/filler",
+    )?;
+    let mut stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(filler.stdout)?;
+    let mut line = [0u8; 7];
+    tokio::time::timeout(Duration::from_secs(20), stdout.read_exact(&mut line)).await??;
+    assert_eq!(&line, b"filled\n");
+    let before = sandbox
+        .cgroup_limits()
+        .ok_or_else(|| anyhow::anyhow!("no cgroup limits"))?;
+    assert_eq!(before.memory_bytes, 256 << 20);
+    assert_eq!(before.cpu_millis, 1000);
+
+    tracing::info!("--- raise memory and CPU, lower pids: the live cgroup's files change");
+    let raised = sandbox::CgroupLimits {
+        memory_bytes: 512 << 20,
+        cpu_millis: 2500,
+        max_processes: 48,
+    };
+    sandbox.update_limits(raised)?;
+    assert_eq!(sandbox.cgroup_limits(), Some(raised));
+    assert_eq!(sandbox.limits().memory_bytes, 512 << 20);
+
+    tracing::info!("--- lower memory to 96 MiB (above the usage): applied");
+    let lowered = sandbox::CgroupLimits {
+        memory_bytes: 96 << 20,
+        cpu_millis: 500,
+        max_processes: 48,
+    };
+    sandbox.update_limits(lowered)?;
+    assert_eq!(sandbox.cgroup_limits(), Some(lowered));
+
+    tracing::info!("--- lower memory to 16 MiB (below the 48 MiB held): refused, nothing killed");
+    let too_low = sandbox::CgroupLimits {
+        memory_bytes: 16 << 20,
+        cpu_millis: 500,
+        max_processes: 48,
+    };
+    let refused = tokio::task::spawn_blocking({
+        let sandbox = Arc::clone(&sandbox);
+        move || sandbox.update_limits(too_low)
+    })
+    .await?;
+    match refused {
+        Err(sandbox::SandboxError::MemoryBelowUsage {
+            limit_bytes,
+            usage_bytes,
+            ..
+        }) => {
+            assert_eq!(limit_bytes, 16 << 20);
+            assert!(usage_bytes > 16 << 20, "usage {usage_bytes}");
+        }
+        other => anyhow::bail!("expected MemoryBelowUsage, got {other:?}"),
+    }
+    assert_eq!(
+        sandbox.cgroup_limits(),
+        Some(lowered),
+        "the limit stays as it was"
+    );
+    assert_eq!(sandbox.limits().memory_bytes, 96 << 20);
+    assert!(filler.tree.is_alive()?, "the resize killed nothing");
+    assert_eq!(sandbox.stats().oom_kills, 0);
+
+    tracing::info!("--- deleting the workstation leaves nothing");
+    drop(spawner);
+    let sandbox = Arc::try_unwrap(sandbox).map_err(|_| anyhow::anyhow!("sandbox still shared"))?;
+    sandbox.destroy()?;
+    let exit = tokio::time::timeout(Duration::from_secs(20), filler.exit).await??;
+    assert_eq!(exit.signal, Some(libc::SIGKILL));
+    host.assert_clean();
+    Ok(())
+}

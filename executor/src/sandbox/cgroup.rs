@@ -214,6 +214,11 @@ impl SandboxCgroup {
                 let _ = memory.set_swappiness(0);
             }
         }
+        self.apply_cpu_and_pids(limits)
+    }
+
+    fn apply_cpu_and_pids(&self, limits: CgroupLimits) -> Result<(), SandboxError> {
+        let path = self.relative_path.as_str();
         let cpu: &CpuController = self
             .cgroup
             .controller_of()
@@ -233,6 +238,122 @@ impl SandboxCgroup {
         ))
         .map_err(|error| cgroup_error("pids limit", path, error))?;
         Ok(())
+    }
+
+    /// Changes the limits of a live group (a workstation's resize).
+    ///
+    /// Raising memory always works. Lowering it lets the kernel reclaim what it can (page
+    /// cache); if the group still holds more than the new limit (anonymous memory, /tmp files),
+    /// the change is refused with [`SandboxError::MemoryBelowUsage`] and the memory limit stays
+    /// as it was: a resize never makes the kernel OOM-kill a workstation's processes. CPU quota
+    /// and pids limit are then written as given (a pids limit below the current count only
+    /// stops new forks).
+    pub fn update_limits(&self, limits: CgroupLimits) -> Result<(), SandboxError> {
+        let path = self.relative_path.as_str();
+        let memory: &MemController = self
+            .cgroup
+            .controller_of()
+            .ok_or_else(|| cgroup_error("memory", path, "no memory controller"))?;
+        let memory_bytes = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
+        let below_usage = |usage_bytes: u64| SandboxError::MemoryBelowUsage {
+            path: path.to_string(),
+            limit_bytes: limits.memory_bytes,
+            usage_bytes,
+        };
+        match self.version {
+            CgroupVersion::V1 => {
+                let has_memsw = self
+                    .file_path::<MemController>("memory.memsw.limit_in_bytes")
+                    .is_some();
+                let current_bytes = self.read_number::<MemController>("memory.limit_in_bytes");
+                if current_bytes.is_some_and(|current| limits.memory_bytes >= current) {
+                    // memory+swap must never be below memory: raise it first.
+                    if has_memsw {
+                        memory
+                            .set_memswap_limit(memory_bytes)
+                            .map_err(|error| cgroup_error("swap limit", path, error))?;
+                    }
+                    memory
+                        .set_limit(memory_bytes)
+                        .map_err(|error| cgroup_error("memory limit", path, error))?;
+                } else {
+                    // The kernel reclaims, then answers EBUSY if the usage still does not fit.
+                    if let Err(error) = memory.set_limit(memory_bytes) {
+                        let usage = self
+                            .read_number::<MemController>("memory.usage_in_bytes")
+                            .unwrap_or(0);
+                        return Err(if usage > limits.memory_bytes {
+                            below_usage(usage)
+                        } else {
+                            cgroup_error("memory limit", path, error)
+                        });
+                    }
+                    if has_memsw {
+                        memory
+                            .set_memswap_limit(memory_bytes)
+                            .map_err(|error| cgroup_error("swap limit", path, error))?;
+                    }
+                }
+            }
+            CgroupVersion::V2 => {
+                // memory.max below the usage makes the kernel OOM-kill; memory.high only
+                // reclaims. So: high first, look at what is left, then max (or refuse).
+                let high = |value: MaxValue| {
+                    memory.set_mem(cgroups_rs::memory::SetMemory {
+                        high: Some(value),
+                        ..Default::default()
+                    })
+                };
+                high(MaxValue::Value(memory_bytes))
+                    .map_err(|error| cgroup_error("memory high", path, error))?;
+                let usage = self
+                    .read_number::<MemController>("memory.current")
+                    .unwrap_or(0);
+                let result = if usage > limits.memory_bytes {
+                    Err(below_usage(usage))
+                } else {
+                    memory
+                        .set_limit(memory_bytes)
+                        .map_err(|error| cgroup_error("memory limit", path, error))
+                };
+                high(MaxValue::Max).map_err(|error| cgroup_error("memory high", path, error))?;
+                result?;
+            }
+        }
+        self.apply_cpu_and_pids(limits)
+    }
+
+    /// The memory limit, CPU quota and pids limit the kernel holds for the group (for checks
+    /// and tests; None where a file is missing or unreadable).
+    pub fn current_limits(&self) -> Option<CgroupLimits> {
+        let memory_file = match self.version {
+            CgroupVersion::V1 => "memory.limit_in_bytes",
+            CgroupVersion::V2 => "memory.max",
+        };
+        let memory_bytes = self.read_number::<MemController>(memory_file)?;
+        let quota_us = match self.version {
+            CgroupVersion::V1 => self.read_number::<CpuController>("cpu.cfs_quota_us")?,
+            CgroupVersion::V2 => {
+                let text =
+                    std::fs::read_to_string(self.file_path::<CpuController>("cpu.max")?).ok()?;
+                text.split_whitespace().next()?.parse().ok()?
+            }
+        };
+        Some(CgroupLimits {
+            memory_bytes,
+            cpu_millis: quota_us.saturating_mul(1000) / CPU_PERIOD_US,
+            max_processes: self.read_number::<PidController>("pids.max")?,
+        })
+    }
+
+    /// A file of controller `C` holding one number.
+    fn read_number<'a, C>(&'a self, file: &str) -> Option<u64>
+    where
+        &'a C: From<&'a cgroups_rs::Subsystem>,
+        C: Controller + cgroups_rs::ControllIdentifier + 'a,
+    {
+        let path = self.file_path::<C>(file)?;
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
     }
 
     /// The path of one of the group's files in controller `C`, if the file exists.
@@ -391,6 +512,33 @@ impl SandboxCgroup {
         ))
     }
 
+    /// Thaws the group if it is frozen (best effort: a group that cannot be thawed fails its
+    /// kill rounds with a clear error instead).
+    fn thaw(&self) {
+        match self.version {
+            CgroupVersion::V1 => {
+                let freezer: Option<&FreezerController> = self.cgroup.controller_of();
+                if let Some(freezer) = freezer {
+                    if !matches!(
+                        freezer.state(),
+                        Ok(cgroups_rs::freezer::FreezerState::Thawed)
+                    ) {
+                        if let Err(error) = freezer.thaw() {
+                            tracing::warn!(%error, path = %self.relative_path, "cannot thaw cgroup");
+                        }
+                    }
+                }
+            }
+            CgroupVersion::V2 => {
+                // v2's freezer is a core file (`cgroup.freeze`); `cgroup.kill` reaches frozen
+                // tasks anyway, thawing just makes their exit prompt.
+                if let Some(path) = self.file_path::<MemController>("cgroup.freeze") {
+                    let _ = std::fs::write(path, "0");
+                }
+            }
+        }
+    }
+
     /// Kills what is left and removes the group from every hierarchy.
     pub fn remove(&self) -> Result<(), SandboxError> {
         self.kill_all()?;
@@ -409,11 +557,19 @@ impl SandboxCgroup {
 }
 
 /// Removes the group at `relative_path` and every group below it, killing their processes.
+///
+/// Groups are thawed top-down before anything is killed: a node killed between the freeze and
+/// the thaw of `kill_all` leaves a v1 group frozen, a frozen v1 group freezes its whole
+/// subtree (thawing a child does not help while its parent is frozen), and SIGKILL only takes
+/// effect once a task is thawed. So: thaw (this group, then its children), kill, remove.
 pub fn remove_recursive(version: CgroupVersion, relative_path: &str) -> Result<(), SandboxError> {
+    let group = SandboxCgroup::load(version, relative_path);
+    if group.exists() {
+        group.thaw();
+    }
     for name in children(version, relative_path) {
         remove_recursive(version, &format!("{relative_path}/{name}"))?;
     }
-    let group = SandboxCgroup::load(version, relative_path);
     if group.exists() {
         group.remove()?;
     }

@@ -73,6 +73,21 @@ pub enum SandboxError {
         /// Why.
         reason: String,
     },
+    /// A live sandbox's memory limit cannot be lowered below what it holds (after the kernel
+    /// reclaimed what it could); the limit was left unchanged. Retrying after its processes
+    /// freed memory can help.
+    #[error(
+        "cannot lower the memory limit of {path} to {limit_bytes} bytes: its processes hold \
+         {usage_bytes} bytes that cannot be reclaimed; the limit is unchanged"
+    )]
+    MemoryBelowUsage {
+        /// The cgroup's relative path.
+        path: String,
+        /// The requested limit.
+        limit_bytes: u64,
+        /// What the group holds.
+        usage_bytes: u64,
+    },
     /// The node's uid range is used up (retrying later can help).
     #[error("no free sandbox user id in the node's range")]
     UidsExhausted,
@@ -300,7 +315,7 @@ impl SandboxHost {
         let mut sandbox = Sandbox {
             host: Arc::clone(self),
             name: spec.name,
-            limits: spec.limits,
+            limits: Mutex::new(spec.limits),
             home: spec.home,
             cgroup,
             uid,
@@ -400,7 +415,8 @@ struct Reaper {
 pub struct Sandbox {
     host: Arc<SandboxHost>,
     name: String,
-    limits: SandboxLimits,
+    /// Changed by [`Sandbox::update_limits`]; read when a process starts.
+    limits: Mutex<SandboxLimits>,
     home: Option<PathBuf>,
     cgroup: Option<cgroup::SandboxCgroup>,
     uid: Option<UidLease>,
@@ -472,9 +488,46 @@ impl Sandbox {
         &self.host.report
     }
 
-    /// The limits.
+    /// The limits (as last updated).
     pub fn limits(&self) -> SandboxLimits {
-        self.limits
+        match self.limits.lock() {
+            Ok(limits) => *limits,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    /// Changes the memory limit, CPU quota and pids limit of the live sandbox (a workstation's
+    /// resize): its cgroup's files are rewritten, running processes keep running under the new
+    /// limits. Lowering memory below what the sandbox holds is refused with
+    /// [`SandboxError::MemoryBelowUsage`] and leaves the memory limit as it was. The private
+    /// /tmp keeps its size (it is mounted once, inside the sandbox). Without cgroups only
+    /// processes started later see the change (their RLIMIT_DATA).
+    pub fn update_limits(&self, limits: CgroupLimits) -> Result<(), SandboxError> {
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.update_limits(limits)?;
+        }
+        let mut current = match self.limits.lock() {
+            Ok(current) => current,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        current.memory_bytes = limits.memory_bytes;
+        current.cpu_millis = limits.cpu_millis;
+        current.max_processes = limits.max_processes;
+        tracing::info!(
+            sandbox = %self.name,
+            memory_bytes = limits.memory_bytes,
+            cpu_millis = limits.cpu_millis,
+            max_processes = limits.max_processes,
+            "sandbox limits updated"
+        );
+        Ok(())
+    }
+
+    /// The limits the kernel holds for the sandbox's cgroup right now (None without cgroups).
+    pub fn cgroup_limits(&self) -> Option<CgroupLimits> {
+        self.cgroup
+            .as_ref()
+            .and_then(cgroup::SandboxCgroup::current_limits)
     }
 
     /// What the kernel counted for the sandbox's cgroup (zeros without cgroups).
@@ -547,7 +600,7 @@ impl Sandbox {
     fn init_steps(&self, files: &[SandboxFile]) -> Result<Vec<Step>, SandboxError> {
         let report = &self.host.report;
         let mut steps = match &self.host.layout {
-            Some(layout) => layout.steps(self.limits.tmp_bytes, self.home.as_deref())?,
+            Some(layout) => layout.steps(self.limits().tmp_bytes, self.home.as_deref())?,
             None => Vec::new(),
         };
         let (uid, gid) = self.credentials().unwrap_or_else(|| {
@@ -653,12 +706,12 @@ impl Sandbox {
             // count.
             rlimits.push((
                 libc::RLIMIT_NPROC,
-                self.limits.max_processes.saturating_mul(2),
+                self.limits().max_processes.saturating_mul(2),
             ));
         }
         if report.cgroup.is_none() {
             // Without a memory cgroup, bound the data segment instead (weaker, per process).
-            rlimits.push((libc::RLIMIT_DATA, self.limits.memory_bytes));
+            rlimits.push((libc::RLIMIT_DATA, self.limits().memory_bytes));
         }
         let mut plan = ProgramPlan::new(
             exe_candidates,
