@@ -219,6 +219,10 @@ pub fn remove_cgroup_trees(cgroup_name: &str) {
 }
 
 fn remove_cgroup_tree(dir: &Path) {
+    // An agent killed while it held a v1 group frozen (its kill sequence is freeze, SIGKILL,
+    // thaw) leaves the group frozen, and a frozen parent keeps its whole subtree frozen: thaw
+    // top-down, before recursing, so that the SIGKILLs below take effect at every depth.
+    let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             if entry.file_type().map(|kind| kind.is_dir()).unwrap_or(false) {
@@ -238,8 +242,6 @@ fn remove_cgroup_tree(dir: &Path) {
                 );
             }
         }
-        // An agent killed while it held a v1 group frozen (its kill sequence is freeze, SIGKILL,
-        // thaw) leaves the group frozen: thaw it so that the SIGKILLs above can take effect.
         let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
         if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
             return;
