@@ -3,7 +3,8 @@
 //!
 //! Code map:
 //! - pure cores: [`apply`] (the state machine), [`scheduler`] (placement), [`membership`]
-//!   (which Raft membership change comes next), [`failure_detector`] / [`soft_state`]
+//!   (which Raft membership change comes next; who succeeds a leader that steps down),
+//!   [`drain`] (the next step of a draining node), [`failure_detector`] / [`soft_state`]
 //!   (heartbeats), [`lease`] (node-side fencing);
 //! - storage: [`store`] (redb log store and state machine, checksummed), [`codec`];
 //! - drivers: [`RaftNode`] (wraps `openraft::Raft`), [`network`] (the transport seam),
@@ -17,6 +18,7 @@ pub mod apply;
 pub mod clock;
 pub mod codec;
 pub mod command;
+pub mod drain;
 pub mod failure_detector;
 pub mod lease;
 pub mod membership;
@@ -40,6 +42,7 @@ pub use model::NodeId;
 pub use network::RaftTransport;
 pub use network::RpcHandle;
 pub use network::TransportError;
+pub use raft_node::HandOver;
 pub use raft_node::HeartbeatAck;
 pub use raft_node::HeartbeatError;
 pub use raft_node::MembershipError;

@@ -65,3 +65,97 @@ pub fn next_step(
     }
     None
 }
+
+/// The voter a leader that steps down hands its leadership to, as seen in the leader's
+/// replication progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Successor {
+    /// The voter.
+    pub id: NodeId,
+    /// True when it has every entry the leader has (`matched >= last_log_index`): only then
+    /// can it win the election with the leader's vote.
+    pub up_to_date: bool,
+}
+
+/// Picks the successor of leader `leader`: the voter other than the leader whose matched log
+/// index is highest (a tie goes to the lowest id), and whether it holds the leader's whole
+/// log. `matched` is the leader's replication progress (`None` entries have matched nothing).
+/// `None` when there is no other voter.
+pub fn choose_successor(
+    leader: NodeId,
+    voters: &BTreeSet<NodeId>,
+    matched: &std::collections::BTreeMap<NodeId, Option<u64>>,
+    last_log_index: Option<u64>,
+) -> Option<Successor> {
+    let mut best: Option<(Option<u64>, std::cmp::Reverse<NodeId>)> = None;
+    for &id in voters.iter().filter(|id| **id != leader) {
+        let index = matched.get(&id).copied().flatten();
+        let rank = (index, std::cmp::Reverse(id));
+        if best.is_none_or(|current| rank > current) {
+            best = Some(rank);
+        }
+    }
+    best.map(|(index, std::cmp::Reverse(id))| Successor {
+        id,
+        up_to_date: index >= last_log_index,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn check(
+        voters: &[NodeId],
+        matched: &[(NodeId, Option<u64>)],
+        last: Option<u64>,
+        expected: Option<(NodeId, bool)>,
+    ) {
+        let voters: BTreeSet<NodeId> = voters.iter().copied().collect();
+        let matched: BTreeMap<NodeId, Option<u64>> = matched.iter().copied().collect();
+        let got = choose_successor(1, &voters, &matched, last).map(|s| (s.id, s.up_to_date));
+        assert_eq!(
+            got, expected,
+            "voters {voters:?} matched {matched:?} last {last:?}"
+        );
+    }
+
+    #[test]
+    fn the_successor_is_the_most_caught_up_other_voter() {
+        // Alone: nobody to hand over to.
+        check(&[1], &[], Some(5), None);
+        // The most caught-up voter wins; up to date only if it has the leader's last entry.
+        check(
+            &[1, 2, 3],
+            &[(2, Some(4)), (3, Some(5))],
+            Some(5),
+            Some((3, true)),
+        );
+        check(
+            &[1, 2, 3],
+            &[(2, Some(4)), (3, Some(3))],
+            Some(5),
+            Some((2, false)),
+        );
+        // A tie goes to the lowest id.
+        check(
+            &[1, 2, 3],
+            &[(2, Some(5)), (3, Some(5))],
+            Some(5),
+            Some((2, true)),
+        );
+        // A voter with no progress recorded yet ranks lowest but can still be named.
+        check(&[1, 3], &[], Some(5), Some((3, false)));
+        // Learners are not in `voters` and never chosen, whatever they matched.
+        check(
+            &[1, 2],
+            &[(2, Some(1)), (4, Some(9))],
+            Some(9),
+            Some((2, false)),
+        );
+        // An empty log: every voter is up to date.
+        check(&[1, 2], &[(2, None)], None, Some((2, true)));
+    }
+}

@@ -43,6 +43,10 @@ pub enum RaftRpc {
     Vote(VoteRequest<u64>),
     /// One chunk of a snapshot.
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// Sent by a leader that is stepping down to the voter it chose as its successor (Raft's
+    /// `TimeoutNow`): start an election now. openraft 0.9 has no leadership transfer; see
+    /// `RaftNode::hand_over_leadership`.
+    ElectNow,
 }
 
 /// The reply to a [`RaftRpc`].
@@ -56,6 +60,8 @@ pub enum RaftRpcReply {
     InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
     /// The request could not be decoded (or was too large).
     BadRequest(String),
+    /// Reply to `ElectNow`: the election was started, or why not.
+    ElectNow(Result<(), String>),
 }
 
 /// Why a transport could not deliver an RPC.
@@ -128,6 +134,9 @@ impl RpcHandle {
             RaftRpc::Vote(req) => RaftRpcReply::Vote(self.raft.vote(req).await),
             RaftRpc::InstallSnapshot(req) => {
                 RaftRpcReply::InstallSnapshot(self.raft.install_snapshot(req).await)
+            }
+            RaftRpc::ElectNow => {
+                RaftRpcReply::ElectNow(self.raft.trigger().elect().await.map_err(|e| e.to_string()))
             }
         }
     }

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -208,6 +209,27 @@ pub struct RaftStatus {
 
 const NEVER: u64 = u64::MAX;
 
+/// Attempts of [`RaftNode::hand_over_leadership`].
+const HAND_OVER_ATTEMPTS_MAX: u32 = 3;
+
+/// What [`RaftNode::hand_over_leadership`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandOver {
+    /// This node did not lead: there was nothing to hand over.
+    NotLeader,
+    /// This node is the only voter: nobody can take over (the cluster stops with it).
+    NoOtherVoter,
+    /// This node no longer leads and the named node does (normally the chosen successor).
+    HandedTo(NodeId),
+}
+
+enum SuccessorWait {
+    Found(NodeId, NodeAddr),
+    NoOtherVoter,
+    NotLeading(Option<NodeId>),
+    TimedOut,
+}
+
 struct Inner {
     id: NodeId,
     config: RaftConfig,
@@ -219,6 +241,10 @@ struct Inner {
     shutdown_tx: watch::Sender<bool>,
     leader_task: Mutex<Option<JoinHandle<()>>>,
     database_closed: watch::Receiver<()>,
+    transport: Arc<dyn RaftTransport>,
+    /// Set while this leader hands its leadership over: writes are refused (clients retry at
+    /// the successor) and the leader task pauses.
+    handing_over: Arc<AtomicBool>,
 }
 
 /// One Raft node of the control plane. Cheap to clone.
@@ -274,7 +300,9 @@ impl RaftNode {
         let raft = openraft::Raft::new(
             config.node_id,
             Arc::new(raft_config),
-            NetworkFactory { transport },
+            NetworkFactory {
+                transport: transport.clone(),
+            },
             log_store,
             state_machine,
         )
@@ -300,6 +328,8 @@ impl RaftNode {
             shutdown_tx,
             leader_task: Mutex::new(None),
             database_closed,
+            transport,
+            handing_over: Arc::new(AtomicBool::new(false)),
         });
         let node = RaftNode { inner };
         let task = tokio::spawn(leader_loop(node.clone_for_task()));
@@ -318,6 +348,7 @@ impl RaftNode {
             detector: self.inner.detector.clone(),
             confirmed_at_ms: self.inner.confirmed_at_ms.clone(),
             shutdown_rx: self.inner.shutdown_tx.subscribe(),
+            handing_over: self.inner.handing_over.clone(),
         }
     }
 
@@ -400,6 +431,11 @@ impl RaftNode {
 
     /// Proposes a command and waits until it is committed and applied here.
     pub async fn write(&self, command: Command) -> Result<CommandResponse, WriteError> {
+        if self.inner.handing_over.load(Ordering::Acquire) {
+            // Stepping down: a new entry now would make the successor's log shorter than ours
+            // and cost it our vote. The caller retries once the successor leads.
+            return Err(forward(None, None));
+        }
         let timeout_ms = self.inner.config.write_timeout_ms;
         match tokio::time::timeout(
             Duration::from_millis(timeout_ms),
@@ -541,6 +577,172 @@ impl RaftNode {
             .map_err(|e| WriteError::Stopped(e.to_string()))
     }
 
+    /// Hands this node's leadership to an up-to-date voter before it stops (SIGTERM), so that
+    /// the cluster has a leader again within one round trip instead of after the followers'
+    /// lease and election timeouts.
+    ///
+    /// openraft 0.9 has no leadership transfer, so this is Raft's `TimeoutNow` built from what
+    /// 0.9 offers: the leader refuses new writes and pauses its leader task; waits until the
+    /// voter with the most of its log ([`membership::choose_successor`]) has all of it; turns
+    /// its own heartbeats off; and sends that voter [`crate::network::RaftRpc::ElectNow`], on
+    /// which it calls `trigger().elect()`. Its vote request reaches the old leader, whose own
+    /// vote lease has expired and whose log is no longer than the candidate's, so the old
+    /// leader grants it and becomes a follower: with its vote and the candidate's own, a
+    /// three-voter cluster has a quorum at once (larger clusters gather the rest once the
+    /// followers' leases lapse, since no more heartbeats come). Up to
+    /// `HAND_OVER_ATTEMPTS_MAX` attempts; heartbeats and writes are enabled again afterwards
+    /// (a follower sends none, and a node that still leads goes on leading).
+    pub async fn hand_over_leadership(&self) -> Result<HandOver, WriteError> {
+        if !self.status().is_leader {
+            return Ok(HandOver::NotLeader);
+        }
+        self.inner.handing_over.store(true, Ordering::Release);
+        self.inner.confirmed_at_ms.store(NEVER, Ordering::Release);
+        let result = self.hand_over_attempts().await;
+        self.inner.raft.runtime_config().heartbeat(true);
+        self.inner.handing_over.store(false, Ordering::Release);
+        match &result {
+            Ok(outcome) => {
+                tracing::info!(node_id = self.inner.id, ?outcome, "leadership hand-over")
+            }
+            Err(e) => {
+                tracing::warn!(node_id = self.inner.id, error = %e, "leadership hand-over failed")
+            }
+        }
+        result
+    }
+
+    async fn hand_over_attempts(&self) -> Result<HandOver, WriteError> {
+        let raft = &self.inner.raft;
+        // A successor catches up within a few heartbeats and an election that starts wins in
+        // one round trip; four election timeouts (at least 1 s) bound each step.
+        let election_ms = self.inner.config.election_timeout_ms_max;
+        let step_timeout = Duration::from_millis(election_ms.saturating_mul(4).max(1_000));
+        let mut last_failure = String::from("no attempt made");
+        for attempt in 1..=HAND_OVER_ATTEMPTS_MAX {
+            let successor = match self.wait_for_successor(step_timeout).await {
+                SuccessorWait::Found(id, addr) => (id, addr),
+                SuccessorWait::NoOtherVoter => return Ok(HandOver::NoOtherVoter),
+                SuccessorWait::NotLeading(Some(leader)) => return Ok(HandOver::HandedTo(leader)),
+                SuccessorWait::NotLeading(None) | SuccessorWait::TimedOut => {
+                    last_failure = "no voter caught up with the leader's log".to_string();
+                    continue;
+                }
+            };
+            let (successor_id, successor_addr) = successor;
+            if attempt == 1 {
+                // The leader's own vote lease (openraft's `leader_lease`, the maximum election
+                // timeout) is renewed by its heartbeats and refuses any candidate until it
+                // lapses. With heartbeats off it lapses first: the followers' leases run as
+                // long, and they only campaign one election timeout after theirs.
+                raft.runtime_config().heartbeat(false);
+                let lease_ms = election_ms.saturating_add(self.inner.config.heartbeat_interval_ms);
+                tokio::time::sleep(Duration::from_millis(lease_ms)).await;
+            }
+            tracing::info!(
+                node_id = self.inner.id,
+                successor = successor_id,
+                attempt,
+                "asking the successor to elect itself"
+            );
+            if let Err(why) = self
+                .send_elect_now(successor_id, &successor_addr, step_timeout)
+                .await
+            {
+                last_failure = why;
+                tokio::time::sleep(Duration::from_millis(election_ms)).await;
+                continue;
+            }
+            let mut metrics = raft.metrics();
+            let own = self.inner.id;
+            let elected = tokio::time::timeout(
+                step_timeout,
+                metrics.wait_for(|m| m.current_leader.is_some_and(|leader| leader != own)),
+            )
+            .await;
+            if let Ok(Ok(m)) = elected {
+                if let Some(leader) = m.current_leader {
+                    return Ok(HandOver::HandedTo(leader));
+                }
+            }
+            last_failure = format!("node {successor_id} was not elected within {step_timeout:?}");
+            // Our own vote lease may have refused the candidate (we were elected moments ago):
+            // it has expired after one election timeout.
+            tokio::time::sleep(Duration::from_millis(election_ms)).await;
+        }
+        Err(WriteError::Raft(format!(
+            "leadership not handed over after {HAND_OVER_ATTEMPTS_MAX} attempts: {last_failure}"
+        )))
+    }
+
+    async fn wait_for_successor(&self, timeout: Duration) -> SuccessorWait {
+        let mut metrics = self.inner.raft.metrics();
+        let own = self.inner.id;
+        let wait = async {
+            loop {
+                let verdict = {
+                    let m = metrics.borrow_and_update();
+                    if m.state != ServerState::Leader {
+                        Some(SuccessorWait::NotLeading(
+                            m.current_leader.filter(|l| *l != own),
+                        ))
+                    } else {
+                        let membership = m.membership_config.membership();
+                        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+                        let matched: BTreeMap<NodeId, Option<u64>> = m
+                            .replication
+                            .as_ref()
+                            .map(|progress| {
+                                progress
+                                    .iter()
+                                    .map(|(id, log)| (*id, log.map(|log| log.index)))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        match membership::choose_successor(own, &voters, &matched, m.last_log_index)
+                        {
+                            None => Some(SuccessorWait::NoOtherVoter),
+                            Some(successor) if successor.up_to_date => membership
+                                .get_node(&successor.id)
+                                .map(|addr| SuccessorWait::Found(successor.id, addr.clone())),
+                            Some(_) => None,
+                        }
+                    }
+                };
+                if let Some(verdict) = verdict {
+                    return verdict;
+                }
+                if metrics.changed().await.is_err() {
+                    return SuccessorWait::NotLeading(None);
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or(SuccessorWait::TimedOut)
+    }
+
+    async fn send_elect_now(
+        &self,
+        target: NodeId,
+        addr: &NodeAddr,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let request =
+            crate::codec::encode(&crate::network::RaftRpc::ElectNow).map_err(|e| e.to_string())?;
+        let reply = tokio::time::timeout(timeout, self.inner.transport.send(target, addr, request))
+            .await
+            .map_err(|_| format!("node {target} did not answer ElectNow within {timeout:?}"))?
+            .map_err(|e| e.to_string())?;
+        match crate::codec::decode::<crate::network::RaftRpcReply>(&reply) {
+            Ok(crate::network::RaftRpcReply::ElectNow(result)) => result,
+            Ok(other) => Err(format!("node {target} answered ElectNow with {other:?}")),
+            Err(e) => Err(format!(
+                "undecodable ElectNow reply from node {target}: {e}"
+            )),
+        }
+    }
+
     /// Records a node's heartbeat at the leader. Acknowledged only while this node leads and
     /// has confirmed it with a quorum within `leader_confirm_window_ms`; only an acknowledged
     /// heartbeat may renew the node's [`crate::lease::Lease`].
@@ -632,6 +834,7 @@ async fn open_store(
 }
 
 struct LeaderTask {
+    handing_over: Arc<AtomicBool>,
     id: NodeId,
     config: RaftConfig,
     raft: openraft::Raft<TypeConfig>,
@@ -658,7 +861,7 @@ async fn leader_loop(mut task: LeaderTask) {
             let m = metrics.borrow();
             (m.state == ServerState::Leader, m.current_term)
         };
-        if !is_leader {
+        if !is_leader || task.handing_over.load(Ordering::Acquire) {
             task.confirmed_at_ms.store(NEVER, Ordering::Release);
             led_term = None;
             continue;
