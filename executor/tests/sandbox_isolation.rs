@@ -291,3 +291,65 @@ async fn every_run_gets_a_fresh_network_namespace_with_loopback_up() -> anyhow::
     host.assert_clean();
     Ok(())
 }
+
+#[tokio::test]
+async fn runs_share_only_the_read_only_root_and_get_their_own_proc_and_tmp() -> anyhow::Result<()> {
+    if !root_or_skip("runs_share_only_the_read_only_root_and_get_their_own_proc_and_tmp") {
+        return Ok(());
+    }
+    let host = TestHost::start("shared-root")?;
+    tracing::info!("--- a run's mount table: the shared read-only root, its own /proc and /tmp");
+    let first = host
+        .run(
+            &sh(
+                "cut -d' ' -f5,6 /proc/self/mountinfo; echo secret > /tmp/left-behind; \
+                 touch /left-behind 2>/dev/null || echo root-refused",
+            ),
+            "shared-root-1",
+        )
+        .await?;
+    assert_eq!(first.verdict, Verdict::Ok, "{first:?}");
+    let mut mount_points = Vec::new();
+    for line in first.stdout.lines().filter(|line| *line != "root-refused") {
+        let mut fields = line.split_whitespace();
+        let point = fields.next().unwrap_or_default().to_string();
+        let options = fields.next().unwrap_or_default();
+        let writable = point == "/tmp" || point == "/proc";
+        assert_eq!(
+            options.split(',').any(|option| option == "ro"),
+            !writable,
+            "{point} has options {options}: {}",
+            first.stdout
+        );
+        mount_points.push(point);
+    }
+    mount_points.sort();
+    assert_eq!(
+        mount_points,
+        ["/", "/dev", "/etc", "/proc", "/tmp", "/usr"],
+        "{}",
+        first.stdout
+    );
+    assert!(first.stdout.contains("root-refused"), "{}", first.stdout);
+    let state = host.state_path().to_string_lossy().into_owned();
+    assert!(!first.stdout.contains(&state), "a host path is visible");
+
+    tracing::info!("--- the next run starts from the same root but sees nothing the first left");
+    let second = host
+        .run(
+            &sh("test -e /tmp/left-behind && echo leaked; test -e /left-behind && echo leaked-root; \
+                 ls /proc | grep -cE '^[0-9]+$'"),
+            "shared-root-2",
+        )
+        .await?;
+    assert_eq!(second.verdict, Verdict::Ok, "{second:?}");
+    assert!(!second.stdout.contains("leaked"), "{}", second.stdout);
+    let n_processes: u32 = second.stdout.trim().parse()?;
+    assert!(
+        n_processes <= 4,
+        "sees {n_processes} processes: {}",
+        second.stdout
+    );
+    host.assert_clean();
+    Ok(())
+}

@@ -152,7 +152,7 @@ pub async fn execute(
 ) -> Result<RunResult, RunError> {
     let run = request.validate(&context.policy, &context.languages)?;
     let started_at = context.clock.now();
-    let sandbox = context.host.create(SandboxSpec {
+    let sandbox = context.host.create_for_run(SandboxSpec {
         name: format!("run-{id}"),
         limits: SandboxLimits {
             memory_bytes: run.memory_bytes,
@@ -207,6 +207,7 @@ pub async fn execute(
         peak_memory_bytes = stats.memory_peak_bytes,
         create_us = created_at.saturating_duration_since(started_at).as_micros() as u64,
         start_us = observed.start.unwrap_or_default().as_micros() as u64,
+        teardown_us = observed.teardown.unwrap_or_default().as_micros() as u64,
         supervise_us = supervised_at.saturating_duration_since(created_at).as_micros() as u64,
         destroy_us = finished_at.saturating_duration_since(supervised_at).as_micros() as u64,
         "run finished"
@@ -245,6 +246,9 @@ struct Observed {
     wall: Option<Duration>,
     /// From the clone of init to the program's start (namespaces, mounts, files).
     start: Option<Duration>,
+    /// From the program's exit (as init reported it) to init's own exit being seen: the
+    /// teardown of the PID, mount, IPC, UTS and network namespaces.
+    teardown: Option<Duration>,
     rusage_cpu_ms: u64,
 }
 
@@ -272,6 +276,7 @@ async fn supervise(sandbox: &Sandbox, run: &ValidatedRun, clock: &dyn Clock) -> 
         message: None,
         wall: None,
         start: None,
+        teardown: None,
         rusage_cpu_ms: 0,
     };
     let cloned_at = clock.now();
@@ -454,7 +459,11 @@ async fn supervise(sandbox: &Sandbox, run: &ValidatedRun, clock: &dyn Clock) -> 
                     // SAFETY: kill(2) on the program's own process group.
                     unsafe { libc::kill(-program_group.load(std::sync::atomic::Ordering::Relaxed), libc::SIGKILL) };
                 }
-                program_ended_at.get_or_insert_with(|| clock.now());
+                let init_exited_at = clock.now();
+                if let Some(ended) = program_ended_at {
+                    observed.teardown = Some(init_exited_at.saturating_duration_since(ended));
+                }
+                program_ended_at.get_or_insert(init_exited_at);
                 // With a PID namespace every writer is gone now; without one a daemon may
                 // hold the pipes: give them a bounded moment.
                 drain_deadline = Some(clock.now() + DRAIN_AFTER_EXIT);

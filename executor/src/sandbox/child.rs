@@ -83,6 +83,11 @@ pub(crate) enum Step {
     LoopbackUp,
     /// Joins the network namespace behind `fd` (prepared ahead of time) and closes the fd.
     JoinNetwork { fd: RawFd },
+    /// Joins the node's prepared mount namespace behind `fd` (the sandbox root, built once per
+    /// node: read-only system directories, /etc, /dev, mount points), unshares a private copy
+    /// of it, and closes the fd. Replaces the per-sandbox copy of the host's mount table, the
+    /// root's construction and pivot_root: only the run's own mounts (/proc, /tmp) follow.
+    EnterMountTemplate { fd: RawFd },
     /// Protects the init process from the OOM killer (the program is the one to kill).
     ProtectFromOom,
     /// unshare(CLONE_NEWCGROUP): the program sees its own cgroup as the root.
@@ -108,6 +113,7 @@ impl Step {
             Step::Hostname { .. } => "sethostname".to_string(),
             Step::LoopbackUp => "bring up loopback".to_string(),
             Step::JoinNetwork { .. } => "join the network namespace".to_string(),
+            Step::EnterMountTemplate { .. } => "enter the prepared sandbox root".to_string(),
             Step::ProtectFromOom => "oom_score_adj".to_string(),
             Step::UnshareCgroup => "unshare cgroup namespace".to_string(),
         }
@@ -408,6 +414,64 @@ pub(crate) fn start_in_namespaces(
     }
 }
 
+/// Builds the node's sandbox root once, in a mount namespace of its own, and returns an fd
+/// that keeps that namespace alive (no process stays in it). A helper process clones into a
+/// new mount namespace, runs `steps` (mounts ending in pivot_root), reports, and exits once
+/// the namespace is held.
+pub(crate) fn build_mount_template(steps: &[Step]) -> Result<OwnedFd, SandboxError> {
+    let (sync_read, sync_write) = pipe_cloexec()?;
+    let (report_read, report_write) = pipe_cloexec()?;
+    // SAFETY: a fork-like clone; the child only runs raw system calls on `steps`.
+    let pid = unsafe { raw_clone((libc::CLONE_NEWNS | libc::SIGCHLD) as libc::c_ulong) };
+    if pid == 0 {
+        // SAFETY: the freshly cloned, single-threaded child.
+        unsafe {
+            libc::close(sync_write.as_raw_fd());
+            libc::close(report_read.as_raw_fd());
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            let report_fd = report_write.as_raw_fd();
+            for (index, step) in steps.iter().enumerate() {
+                if let Err(error) = run_step(step) {
+                    fail(report_fd, index as i32, error);
+                }
+            }
+            report(report_fd, REPORT_READY, 0, 0);
+            libc::close(report_fd);
+            // Stay until the parent holds the namespace (it closes the pipe then).
+            let mut byte = 0u8;
+            while libc::read(sync_read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) < 0
+                && errno() == libc::EINTR
+            {}
+            libc::_exit(0)
+        }
+    }
+    if pid < 0 {
+        return Err(os_error("clone"));
+    }
+    drop(sync_read);
+    drop(report_write);
+    let reports = read_reports_blocking(&report_read);
+    let ready = reports.iter().any(|report| report.tag == REPORT_READY);
+    let namespace = if ready {
+        std::fs::File::open(format!("/proc/{pid}/ns/mnt"))
+            .map(OwnedFd::from)
+            .map_err(|error| SandboxError::Spawn {
+                what: "open the sandbox root's mount namespace".to_string(),
+                reason: error.to_string(),
+            })
+    } else {
+        Err(SandboxError::Spawn {
+            what: "sandbox root".to_string(),
+            reason: describe_failure(&reports, steps),
+        })
+    };
+    drop(sync_write);
+    let mut status = 0;
+    // SAFETY: waiting for our own child, which exits once the pipe closed.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    namespace
+}
+
 /// Reads report records until EOF (blocking; only for short-lived helpers).
 pub(crate) fn read_reports_blocking(report: &OwnedFd) -> Vec<Report> {
     let mut bytes = Vec::new();
@@ -574,12 +638,20 @@ unsafe fn init_main(
     // died before this line, the sync pipe reads EOF below and we exit.
     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
     wait_for_byte(sync_read);
-    // A prepared network namespace's fd must survive the fd cleanup until it is joined.
+    // Prepared namespaces' fds must survive the fd cleanup until they are joined.
     let network_fd = plan
         .steps
         .iter()
         .find_map(|step| match step {
             Step::JoinNetwork { fd } => Some(*fd),
+            _ => None,
+        })
+        .unwrap_or(sync_read);
+    let mount_fd = plan
+        .steps
+        .iter()
+        .find_map(|step| match step {
+            Step::EnterMountTemplate { fd } => Some(*fd),
             _ => None,
         })
         .unwrap_or(sync_read);
@@ -591,9 +663,10 @@ unsafe fn init_main(
                 program.stdout_fd,
                 program.stderr_fd,
                 network_fd,
+                mount_fd,
             ]);
         }
-        InitMode::Reaper => close_all_except(&[sync_read, report_fd, network_fd]),
+        InitMode::Reaper => close_all_except(&[sync_read, report_fd, network_fd, mount_fd]),
     }
     stdio_to_dev_null();
     let mut placed = false;
@@ -754,6 +827,14 @@ unsafe fn run_step(step: &Step) -> Result<(), i32> {
         Step::UnshareCgroup => check(libc::unshare(libc::CLONE_NEWCGROUP)),
         Step::JoinNetwork { fd } => {
             let result = check(libc::setns(*fd, libc::CLONE_NEWNET));
+            libc::close(*fd);
+            result
+        }
+        Step::EnterMountTemplate { fd } => {
+            // setns sets root and working directory to the template's root; unshare then
+            // gives this process a copy of its (few) mounts, private to the sandbox.
+            let result = check(libc::setns(*fd, libc::CLONE_NEWNS))
+                .and_then(|()| check(libc::unshare(libc::CLONE_NEWNS)));
             libc::close(*fd);
             result
         }

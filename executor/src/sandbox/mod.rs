@@ -138,6 +138,10 @@ pub struct SandboxHost {
     seccomp_filter: Vec<libc::sock_filter>,
     capability_last: u32,
     netns_pool: Option<Arc<netns_pool::NetnsPool>>,
+    /// The node's shared sandbox root, built once (see [`Step::EnterMountTemplate`]); runs
+    /// start from a copy of it. None where it could not be built (runs then build their root
+    /// themselves, as workstations always do: their home needs a host path).
+    mount_template: Option<OwnedFd>,
 }
 
 impl std::fmt::Debug for SandboxHost {
@@ -250,6 +254,21 @@ impl SandboxHost {
         } else {
             None
         };
+        let mount_template = match &layout {
+            Some(layout) if report.root => {
+                match layout
+                    .template_steps()
+                    .and_then(|steps| child::build_mount_template(&steps))
+                {
+                    Ok(namespace) => Some(namespace),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot build the shared sandbox root; each run builds its own");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         Ok(Arc::new(SandboxHost {
             node_id: config.node_id,
             cgroup_prefix,
@@ -260,6 +279,7 @@ impl SandboxHost {
             seccomp_filter: seccomp::build_filter(),
             // Unknown: drop every number a 64-bit mask can hold (EINVAL above the last is fine).
             netns_pool,
+            mount_template,
             capability_last: std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
                 .ok()
                 .and_then(|text| text.trim().parse().ok())
@@ -285,7 +305,27 @@ impl SandboxHost {
     /// Creates a sandbox: cgroup with limits, uid, (degraded mode) work directory. No process
     /// runs in it yet.
     pub fn create(self: &Arc<Self>, spec: SandboxSpec) -> Result<Sandbox, SandboxError> {
+        self.create_inner(spec, false)
+    }
+
+    /// [`SandboxHost::create`] for a one-shot run: its processes all live in a PID namespace
+    /// of its own (where the host permits one), which dies with its init, so its v1 group needs
+    /// no freezer and is removed with plain rmdirs once init is reaped.
+    pub(crate) fn create_for_run(
+        self: &Arc<Self>,
+        spec: SandboxSpec,
+    ) -> Result<Sandbox, SandboxError> {
+        self.create_inner(spec, true)
+    }
+
+    fn create_inner(
+        self: &Arc<Self>,
+        spec: SandboxSpec,
+        for_run: bool,
+    ) -> Result<Sandbox, SandboxError> {
         valid_name("name", &spec.name)?;
+        let own_pid_namespace = self.report.private_filesystem && self.report.namespaces.pid;
+        let run_group = for_run && own_pid_namespace;
         let preferred_uid = spec
             .home
             .as_deref()
@@ -301,7 +341,7 @@ impl SandboxHost {
             None
         };
         let cgroup = match self.report.cgroup {
-            Some(version) => Some(cgroup::SandboxCgroup::create(
+            Some(version) => Some(cgroup::SandboxCgroup::create_with(
                 version,
                 &format!("{}/{}", self.cgroup_prefix, spec.name),
                 CgroupLimits {
@@ -309,6 +349,7 @@ impl SandboxHost {
                     cpu_millis: spec.limits.cpu_millis,
                     max_processes: spec.limits.max_processes,
                 },
+                !run_group,
             )?),
             None => None,
         };
@@ -322,6 +363,7 @@ impl SandboxHost {
             work_dir: None,
             reaper: Mutex::new(None),
             n_spawned: std::sync::atomic::AtomicU64::new(0),
+            run_group,
             destroyed: false,
         };
         if let (Some(home), Some(uid)) = (&sandbox.home, &sandbox.uid) {
@@ -352,7 +394,12 @@ impl SandboxHost {
 fn placement_barrier(steps: &[Step]) -> usize {
     steps
         .iter()
-        .position(|step| matches!(step, Step::PivotRoot { .. }))
+        .rposition(|step| {
+            matches!(
+                step,
+                Step::PivotRoot { .. } | Step::EnterMountTemplate { .. } | Step::Mount { .. }
+            )
+        })
         .map(|index| index + 1)
         .unwrap_or(0)
 }
@@ -423,6 +470,9 @@ pub struct Sandbox {
     work_dir: Option<PathBuf>,
     reaper: Mutex<Option<Reaper>>,
     n_spawned: std::sync::atomic::AtomicU64,
+    /// A run's group in its own PID namespace: no freezer, no child groups (see
+    /// [`SandboxHost::create_for_run`]).
+    run_group: bool,
     destroyed: bool,
 }
 
@@ -596,12 +646,23 @@ impl Sandbox {
         flags
     }
 
-    /// Steps of a fresh init process: file system, files, hostname, loopback.
-    fn init_steps(&self, files: &[SandboxFile]) -> Result<Vec<Step>, SandboxError> {
+    /// Steps of a fresh init process: file system, files, hostname, loopback. With
+    /// `mount_template`, the file system is a copy of the node's shared root plus the sandbox's
+    /// own /proc and /tmp (no home: that needs the host's paths).
+    fn init_steps(
+        &self,
+        files: &[SandboxFile],
+        mount_template: Option<RawFd>,
+    ) -> Result<Vec<Step>, SandboxError> {
         let report = &self.host.report;
-        let mut steps = match &self.host.layout {
-            Some(layout) => layout.steps(self.limits().tmp_bytes, self.home.as_deref())?,
-            None => Vec::new(),
+        let mut steps = match (&self.host.layout, mount_template) {
+            (Some(layout), Some(fd)) if self.home.is_none() => {
+                let mut steps = vec![Step::EnterMountTemplate { fd }];
+                steps.extend(layout.steps_in_template(self.limits().tmp_bytes));
+                steps
+            }
+            (Some(layout), _) => layout.steps(self.limits().tmp_bytes, self.home.as_deref())?,
+            (None, _) => Vec::new(),
         };
         let (uid, gid) = self.credentials().unwrap_or_else(|| {
             // SAFETY: getuid/getgid have no preconditions.
@@ -749,8 +810,19 @@ impl Sandbox {
             stderr_fd,
         )?;
         program_plan.raise_oom_score = true;
-        let mut steps = self.init_steps(files)?;
         let mut clone_flags = self.clone_flags();
+        let mount_template = self
+            .host
+            .mount_template
+            .as_ref()
+            .filter(|_| clone_flags & libc::CLONE_NEWNS != 0 && self.home.is_none())
+            .map(AsRawFd::as_raw_fd);
+        if mount_template.is_some() {
+            // The init joins the template's namespace and unshares a copy of it: no copy of
+            // the host's mount table at clone.
+            clone_flags &= !libc::CLONE_NEWNS;
+        }
+        let mut steps = self.init_steps(files, mount_template)?;
         // A network namespace made ahead of time, joined first thing (before loopback is up).
         let network = match &self.host.netns_pool {
             Some(pool) if clone_flags & libc::CLONE_NEWNET != 0 => pool.take(),
@@ -797,7 +869,7 @@ impl Sandbox {
         if reaper.is_some() || self.clone_flags() == 0 {
             return Ok(());
         }
-        let steps = self.init_steps(&[])?;
+        let steps = self.init_steps(&[], None)?;
         let plan = InitPlan {
             clone_flags: self.clone_flags(),
             placement_barrier: placement_barrier(&steps),
@@ -964,8 +1036,16 @@ impl Sandbox {
             return Ok(());
         }
         self.destroyed = true;
-        self.kill_all()?;
-        if let Some(cgroup) = &self.cgroup {
+        // A run's group once its init (and so its PID namespace) is gone: rmdir alone, which
+        // the kernel refuses while any process is left (then the long way below).
+        let removed_fast = self.run_group
+            && self.cgroup.as_ref().is_some_and(|cgroup| {
+                matches!(self.reaper.lock().as_deref(), Ok(None)) && cgroup.remove_if_empty()
+            });
+        if !removed_fast {
+            self.kill_all()?;
+        }
+        if let Some(cgroup) = self.cgroup.as_ref().filter(|_| !removed_fast) {
             // Process-tree groups of a workstation first, then the sandbox's own.
             cgroup::remove_recursive(cgroup.version(), cgroup.relative_path())?;
         }

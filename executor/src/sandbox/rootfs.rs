@@ -135,6 +135,44 @@ impl RootLayout {
         tmp_bytes: u64,
         home: Option<&Path>,
     ) -> Result<Vec<Step>, SandboxError> {
+        self.build_steps(Some(tmp_bytes), home)
+    }
+
+    /// The steps that build the node's shared sandbox root once (see
+    /// [`Step::EnterMountTemplate`]): everything of [`RootLayout::steps`] but the sandbox's own
+    /// /proc, /tmp and home, ending with pivot_root into it.
+    pub(crate) fn template_steps(&self) -> Result<Vec<Step>, SandboxError> {
+        self.build_steps(None, None)
+    }
+
+    /// A sandbox's own mounts on top of a copy of the shared root: a fresh /proc (mounted by
+    /// its init, so it shows the sandbox's PID namespace) and its private /tmp.
+    pub(crate) fn steps_in_template(&self, tmp_bytes: u64) -> Vec<Step> {
+        vec![
+            Step::Mount {
+                source: Some(text("proc")),
+                target: text("/proc"),
+                fstype: Some(text("proc")),
+                flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                data: None,
+            },
+            Step::Mount {
+                source: Some(text("tmpfs")),
+                target: text("/tmp"),
+                fstype: Some(text("tmpfs")),
+                flags: libc::MS_NOSUID | libc::MS_NODEV,
+                data: Some(text(&format!("size={tmp_bytes},mode=1777"))),
+            },
+        ]
+    }
+
+    /// With `tmp_bytes`, one sandbox's root (with /proc, /tmp and the home mounted); without,
+    /// the shared template (mount points only for those).
+    fn build_steps(
+        &self,
+        tmp_bytes: Option<u64>,
+        home: Option<&Path>,
+    ) -> Result<Vec<Step>, SandboxError> {
         let root = &self.root_dir;
         let under = |relative: &str| cstring(&root.join(relative));
         let mut steps = vec![
@@ -174,13 +212,15 @@ impl RootLayout {
             path: under("proc")?,
             mode: 0o555,
         });
-        steps.push(Step::Mount {
-            source: Some(text("proc")),
-            target: under("proc")?,
-            fstype: Some(text("proc")),
-            flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            data: None,
-        });
+        if tmp_bytes.is_some() {
+            steps.push(Step::Mount {
+                source: Some(text("proc")),
+                target: under("proc")?,
+                fstype: Some(text("proc")),
+                flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                data: None,
+            });
+        }
         steps.push(Step::Mkdir {
             path: under("dev")?,
             mode: 0o755,
@@ -216,7 +256,6 @@ impl RootLayout {
             target: text("/tmp"),
             link: under("dev/shm")?,
         });
-        let tmp_options = format!("size={tmp_bytes},mode=1777");
         steps.push(Step::Mount {
             source: None,
             target: under("dev")?,
@@ -228,13 +267,15 @@ impl RootLayout {
             path: under("tmp")?,
             mode: 0o1777,
         });
-        steps.push(Step::Mount {
-            source: Some(text("tmpfs")),
-            target: under("tmp")?,
-            fstype: Some(text("tmpfs")),
-            flags: libc::MS_NOSUID | libc::MS_NODEV,
-            data: Some(text(&tmp_options)),
-        });
+        if let Some(tmp_bytes) = tmp_bytes {
+            steps.push(Step::Mount {
+                source: Some(text("tmpfs")),
+                target: under("tmp")?,
+                fstype: Some(text("tmpfs")),
+                flags: libc::MS_NOSUID | libc::MS_NODEV,
+                data: Some(text(&format!("size={tmp_bytes},mode=1777"))),
+            });
+        }
         if let Some(home) = home {
             steps.push(Step::Mkdir {
                 path: under("home")?,
