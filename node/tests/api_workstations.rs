@@ -67,6 +67,26 @@ async fn resize_signal_kill_filter_and_delete_a_workstation() -> anyhow::Result<
     );
     let reserved = api.get("/v1/cluster").await?.body["pool"]["memory_bytes"]["reserved"].clone();
     assert_eq!(reserved, json!(128u64 << 20));
+    if agent.cgroup_name.starts_with("shoal-") {
+        info!("--- the running sandbox's cgroup follows the committed limit");
+        let v1 = std::path::Path::new("/sys/fs/cgroup/memory")
+            .join(&agent.cgroup_name)
+            .join(&id)
+            .join("memory.limit_in_bytes");
+        let v2 = std::path::Path::new("/sys/fs/cgroup")
+            .join(&agent.cgroup_name)
+            .join(&id)
+            .join("memory.max");
+        let limit_file = if v1.exists() { v1 } else { v2 };
+        eventually(Duration::from_secs(10), || {
+            let limit_file = limit_file.clone();
+            async move {
+                let text = std::fs::read_to_string(&limit_file).unwrap_or_default();
+                Ok((text.trim() == (128u64 << 20).to_string()).then_some(()))
+            }
+        })
+        .await?;
+    }
 
     info!("--- resizes that cannot be done change nothing");
     let too_big = api

@@ -19,7 +19,9 @@ use shoal_executor::clock::{Clock, SystemClock};
 use shoal_executor::log_buffer::{LogRecord as ExecRecord, Stream};
 use shoal_executor::process_id::ProcId;
 use shoal_executor::restart_policy::RestartPolicy as ExecRestart;
-use shoal_executor::sandbox::{self, SandboxHost, SandboxLimits, SandboxSpawner, SandboxSpec};
+use shoal_executor::sandbox::{
+    self, CgroupLimits, Sandbox, SandboxHost, SandboxLimits, SandboxSpawner, SandboxSpec,
+};
 use shoal_executor::spawner::{ProcessSpec as ExecSpec, Spawner};
 use shoal_executor::workstation::{
     Follow, ListProcesses, LogFollower, LogRange, ProcessState as ExecState, ProcessStatus,
@@ -27,7 +29,7 @@ use shoal_executor::workstation::{
     WorkstationError, WorkstationLimits,
 };
 
-use super::model::{ProcessSpec, WorkstationRecord};
+use super::model::{ProcessSpec, Sizing, WorkstationRecord};
 use super::Agent;
 use crate::api::error::ApiError;
 use crate::api_types::{
@@ -52,6 +54,11 @@ struct Hosted {
     addr: Addr<WorkstationActor>,
     generation: u64,
     log_start_offset: u64,
+    /// The live sandbox (owned by the actor's spawner; weak so that it still goes with the
+    /// actor), for resizes.
+    sandbox: std::sync::Weak<Sandbox>,
+    /// The memory limit and CPU quota its cgroup holds: (bytes, millicores).
+    applied_limits: (u64, u64),
 }
 
 /// The node's workstations.
@@ -93,45 +100,6 @@ impl Host {
         &self.isolation
     }
 
-    /// Starts the actors of every workstation placed on this node (after a restart), and their
-    /// processes whose restart policy asks for it; `never` processes stay exited.
-    pub async fn restore(&self, agent: &Agent) {
-        // A new log epoch for each: the old in-memory log is gone with the old process.
-        let placed = agent.store.write(|model| {
-            let mut placed: Vec<WorkstationRecord> = Vec::new();
-            for ws in model
-                .workstations
-                .values_mut()
-                .filter(|ws| ws.node == agent.node_id)
-            {
-                ws.log_epoch += 1;
-                placed.push(ws.clone());
-            }
-            Ok(placed)
-        });
-        let placed = match placed {
-            Ok(placed) => placed,
-            Err(err) => {
-                warn!(error = %err, "could not restore workstations");
-                return;
-            }
-        };
-        for ws in placed {
-            if let Err(err) = self.ensure(&ws) {
-                warn!(workstation = %ws.id, error = %err, "could not restore workstation");
-                continue;
-            }
-            for spec in ws.processes.values() {
-                if !spec.killed && spec.restart != RestartPolicy::Never {
-                    if let Err(err) = self.start_process(&ws.id, spec).await {
-                        warn!(workstation = %ws.id, proc = spec.id, error = %err, "could not restart process");
-                    }
-                }
-            }
-            info!(workstation = %ws.id, generation = ws.generation, "workstation restored");
-        }
-    }
-
     /// Makes sure the workstation's actor runs at the record's generation, in a sandbox of its
     /// own; an actor of an older generation is stopped first (fencing).
     pub fn ensure(&self, ws: &WorkstationRecord) -> Result<(), ApiError> {
@@ -163,7 +131,9 @@ impl Host {
                 }
                 other => ApiError::Internal(format!("creating the workstation's sandbox: {other}")),
             })?;
-        let spawner: Arc<dyn Spawner> = Arc::new(SandboxSpawner::new(Arc::new(sandbox)));
+        let sandbox = Arc::new(sandbox);
+        let weak_sandbox = Arc::downgrade(&sandbox);
+        let spawner: Arc<dyn Spawner> = Arc::new(SandboxSpawner::new(sandbox));
         let clock = Arc::clone(&self.clock);
         let limits = self.limits;
         // Offsets never go back: each start of the actor on this node (a node restart loses the
@@ -179,9 +149,70 @@ impl Host {
                 addr,
                 generation: ws.generation,
                 log_start_offset,
+                sandbox: weak_sandbox,
+                applied_limits: (ws.memory_limit_bytes, ws.cpu_limit_millis),
             },
         );
         Ok(())
+    }
+
+    /// Makes the live sandbox of a hosted workstation follow its committed *limit* (a resize):
+    /// its cgroup's memory limit and CPU quota change in place and nothing restarts; then the
+    /// hosting record follows, so that a restart of the node keeps the new size. A memory limit
+    /// below what the workstation holds is refused by the executor (409, the old limit stays)
+    /// and tried again at the next reconcile. Returns whether the sandbox changed.
+    pub async fn apply_limits(
+        &self,
+        agent: &Agent,
+        ws_id: &str,
+        sizing: Sizing,
+    ) -> Result<bool, ApiError> {
+        let wanted = (sizing.memory_limit_bytes, sizing.cpu_limit_millis);
+        let sandbox = {
+            let hosted = self.hosted.lock();
+            match hosted.get(ws_id) {
+                Some(entry) if entry.applied_limits != wanted => entry.sandbox.upgrade(),
+                _ => None,
+            }
+        };
+        let Some(sandbox) = sandbox else {
+            return Ok(false);
+        };
+        let limits = CgroupLimits {
+            memory_bytes: sizing.memory_limit_bytes,
+            cpu_millis: sizing.cpu_limit_millis,
+            max_processes: WORKSTATION_PROCESSES_MAX,
+        };
+        // Lowering a v1 memory limit makes the kernel reclaim in the writer: off the runtime.
+        let updated = tokio::task::spawn_blocking({
+            let sandbox = Arc::clone(&sandbox);
+            move || sandbox.update_limits(limits)
+        })
+        .await
+        .map_err(|err| ApiError::Internal(format!("resizing the sandbox: {err}")))?;
+        updated.map_err(|err| match err {
+            sandbox::SandboxError::MemoryBelowUsage { .. } => ApiError::Conflict(err.to_string()),
+            other => ApiError::Internal(format!("resizing the workstation's sandbox: {other}")),
+        })?;
+        if let Some(entry) = self.hosted.lock().get_mut(ws_id) {
+            if std::ptr::eq(entry.sandbox.as_ptr(), Arc::as_ptr(&sandbox)) {
+                entry.applied_limits = wanted;
+            }
+        }
+        agent.store.write(|model| {
+            if model.workstations.contains_key(ws_id) {
+                // Raft checked the room when it committed the resize.
+                model.resize_workstation(ws_id, sizing, u64::MAX, u64::MAX)?;
+            }
+            Ok(())
+        })?;
+        info!(
+            workstation = %ws_id,
+            memory_limit_bytes = sizing.memory_limit_bytes,
+            cpu_limit_millis = sizing.cpu_limit_millis,
+            "workstation sandbox resized"
+        );
+        Ok(true)
     }
 
     /// Checks before committing a process that its program can be found: a bare name in the

@@ -2,16 +2,28 @@
 //! they are placed on. The node's store keeps the hosting record (processes it started, the
 //! log epoch); [`reconcile`] makes this node's hosted set follow Raft's placements: a new
 //! placement on this node is recorded and its actor started, a workstation deleted from Raft
-//! or placed elsewhere (a newer generation) is stopped (fencing).
+//! or placed elsewhere (a newer generation) is stopped (fencing). Nothing is started while the
+//! node's lease is not held ([`super::fencing`]); [`resume`] brings back the hosted placements
+//! that are still current once it is.
+//!
+//! Observed state: [`observe_hosted`] is what this node reports about its workstations in each
+//! heartbeat (state, processes, CPU and memory); [`observe_remote`] asks the leader's soft
+//! state about workstations hosted elsewhere, and [`remote_view`] turns that into the API's
+//! view on a node that does not host them.
 
 use std::collections::BTreeMap;
 
 use shoal_raft::model::{NetworkPolicy as RaftNetwork, Workstation as RaftWorkstation};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
+
+use shoal_raft::model::WorkstationId;
+use shoal_raft::soft_state::{ProcessObserved, WorkstationUsage};
 
 use super::model::{ProcessSpec, WorkstationRecord};
 use super::Agent;
-use crate::api_types::{NetworkPolicy, RestartPolicy};
+use crate::api_types::{
+    NetworkPolicy, Process, ProcessState, RestartPolicy, Workstation, WorkstationState,
+};
 
 /// The API's name of a Raft node id.
 pub fn node_name(id: u64) -> String {
@@ -126,23 +138,27 @@ pub async fn reconcile(agent: &Agent) -> Vec<Failure> {
         if id.parse::<shoal_raft::model::WorkstationId>().is_err() {
             continue;
         }
+        // Deleted, placed elsewhere, or placed here again under a newer generation: the
+        // hosted generation is stale either way (a new one is started below if it is ours).
         let current = placed_ids.get(id);
         if current.is_none_or(|current| current != generation) {
-            let gone = agent.raft.read(|state| {
-                id.parse()
-                    .ok()
-                    .and_then(|ws_id| state.workstations.get(&ws_id))
-                    .is_none_or(|ws| ws.node != Some(own))
+            info!(workstation = %id, generation, current = ?current, "placement left this node: stopping");
+            agent.host.remove(id, 2_000).await;
+            let _ = agent.store.write(|model| {
+                model.workstations.remove(id);
+                Ok(())
             });
-            if gone {
-                info!(workstation = %id, "placement left this node: stopping");
-                agent.host.remove(id, 2_000).await;
-                let _ = agent.store.write(|model| {
-                    model.workstations.remove(id);
-                    Ok(())
-                });
-            }
         }
+    }
+    if !agent.fence.may_run() {
+        // Stopping is always safe; starting waits for a held lease and current state.
+        if !placed.is_empty() {
+            debug!(
+                n_placed = placed.len(),
+                "lease not held: starting nothing until it is"
+            );
+        }
+        return failures;
     }
     for ws in placed {
         let id = ws.id.to_string();
@@ -153,7 +169,18 @@ pub async fn reconcile(agent: &Agent) -> Vec<Failure> {
                 .map(|record| record.processes.keys().copied().collect::<Vec<u64>>())
         });
         if let Some(known) = known {
-            // Hosted already: start the desired processes added since.
+            // Hosted already: a committed resize reaches the live sandbox's cgroup (a refusal,
+            // memory below usage, keeps the old limit and is tried again next time).
+            let sizing = super::model::Sizing {
+                cpu_millis: ws.spec.reservation.cpu_millis,
+                memory_bytes: ws.spec.reservation.memory_bytes,
+                cpu_limit_millis: ws.spec.limit.cpu_limit_millis,
+                memory_limit_bytes: ws.spec.limit.memory_limit_bytes,
+            };
+            if let Err(err) = agent.host.apply_limits(agent, &id, sizing).await {
+                warn!(workstation = %id, error = %err, "could not apply a resize");
+            }
+            // Then start the desired processes added since.
             for process in ws.processes.values().filter(|p| !known.contains(&p.id.0)) {
                 let spec = record_of(&ws, &agent.node_id)
                     .processes
@@ -202,6 +229,392 @@ pub async fn reconcile(agent: &Agent) -> Vec<Failure> {
     failures
 }
 
+/// Ids of hosted workstations whose generation is not the committed placement on this node.
+pub fn stale_hosted(agent: &Agent) -> Vec<String> {
+    let own = agent.raft.id();
+    let current: BTreeMap<String, u64> = agent.raft.read(|state| {
+        state
+            .workstations
+            .values()
+            .filter(|ws| ws.node == Some(own))
+            .map(|ws| (ws.id.to_string(), ws.generation))
+            .collect()
+    });
+    agent.store.read(|model| {
+        model
+            .workstations
+            .values()
+            .filter(|ws| ws.id.parse::<WorkstationId>().is_ok())
+            .filter(|ws| current.get(&ws.id) != Some(&ws.generation))
+            .map(|ws| ws.id.clone())
+            .collect()
+    })
+}
+
+/// Brings back, after the lease was (re)gained, every hosted placement whose generation is
+/// still current in the committed state: a new log epoch (offsets never go back), its sandbox
+/// and actor, and its processes whose restart policy asks for it (`never` ones stay exited,
+/// as after a node restart). Then [`reconcile`] stops what moved and starts what is new.
+pub async fn resume(agent: &Agent) {
+    if agent
+        .shutting_down
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        return;
+    }
+    {
+        let _serialised = agent.reconcile_lock.lock().await;
+        let own = agent.raft.id();
+        let current: BTreeMap<String, u64> = agent.raft.read(|state| {
+            state
+                .workstations
+                .values()
+                .filter(|ws| ws.node == Some(own))
+                .map(|ws| (ws.id.to_string(), ws.generation))
+                .collect()
+        });
+        let hosted: Vec<String> = agent.store.read(|model| {
+            model
+                .workstations
+                .values()
+                .filter(|ws| current.get(&ws.id) == Some(&ws.generation))
+                .map(|ws| ws.id.clone())
+                .collect()
+        });
+        for id in hosted {
+            if agent.host.state(&id).await.0 == WorkstationState::Running {
+                continue;
+            }
+            let record = agent.store.write(|model| {
+                let record = model.workstations.get_mut(&id);
+                Ok(record.map(|record| {
+                    record.log_epoch += 1;
+                    record.clone()
+                }))
+            });
+            let Ok(Some(record)) = record else {
+                continue;
+            };
+            if let Err(err) = agent.host.ensure(&record) {
+                warn!(workstation = %id, error = %err, "could not resume workstation");
+                continue;
+            }
+            for spec in record.processes.values() {
+                if !spec.killed && spec.restart != RestartPolicy::Never {
+                    if let Err(err) = agent.host.start_process(&id, spec).await {
+                        warn!(workstation = %id, proc = spec.id, error = %err, "could not restart process");
+                    }
+                }
+            }
+            info!(workstation = %id, generation = record.generation, "workstation resumed");
+        }
+    }
+    reconcile(agent).await;
+}
+
+/// Observations of hosted workstations, kept between heartbeats (CPU is a rate: it needs the
+/// previous sample) and for this node's own API views.
+#[derive(Debug, Default)]
+pub struct ObservedCache {
+    last: parking_lot::Mutex<BTreeMap<String, (CpuSample, WorkstationUsage)>>,
+}
+
+/// A workstation cgroup's CPU time at a monotonic time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuSample {
+    /// CPU time used so far, nanoseconds.
+    pub cpu_ns: u64,
+    /// When it was read ([`super::fencing::monotonic_ms`]).
+    pub at_ms: u64,
+}
+
+/// Average CPU use in millicores between two samples (0 without a previous sample, across a
+/// counter reset, or when no time passed).
+pub fn cpu_millis_between(previous: Option<CpuSample>, now: CpuSample) -> u64 {
+    let Some(previous) = previous else {
+        return 0;
+    };
+    let elapsed_ms = now.at_ms.saturating_sub(previous.at_ms);
+    if elapsed_ms == 0 {
+        return 0;
+    }
+    // ns of CPU per ms of wall time / 1000 = millicores.
+    now.cpu_ns.saturating_sub(previous.cpu_ns) / elapsed_ms / 1_000
+}
+
+/// Reads a workstation cgroup's CPU time (ns) and memory charge (bytes) from the kernel's files
+/// (v2 first, then v1); zeros where the host applies no cgroups.
+fn cgroup_usage(cgroup: &str) -> (u64, u64) {
+    let read = |path: String| std::fs::read_to_string(path).ok();
+    let number = |text: Option<String>| text.and_then(|text| text.trim().parse::<u64>().ok());
+    let v2_cpu = read(format!("/sys/fs/cgroup/{cgroup}/cpu.stat")).and_then(|text| {
+        text.lines()
+            .find_map(|line| line.strip_prefix("usage_usec "))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .map(|usec| usec.saturating_mul(1_000))
+    });
+    let cpu_ns = v2_cpu
+        .or_else(|| {
+            number(read(format!(
+                "/sys/fs/cgroup/cpuacct/{cgroup}/cpuacct.usage"
+            )))
+        })
+        .unwrap_or(0);
+    let memory_bytes = number(read(format!("/sys/fs/cgroup/{cgroup}/memory.current")))
+        .or_else(|| {
+            number(read(format!(
+                "/sys/fs/cgroup/memory/{cgroup}/memory.usage_in_bytes"
+            )))
+        })
+        .unwrap_or(0);
+    (cpu_ns, memory_bytes)
+}
+
+/// The API's text of a workstation state (as in heartbeats).
+pub fn workstation_state_text(state: WorkstationState) -> &'static str {
+    match state {
+        WorkstationState::Pending => "pending",
+        WorkstationState::Running => "running",
+        WorkstationState::Stopping => "stopping",
+        WorkstationState::Stopped => "stopped",
+        WorkstationState::Failed => "failed",
+    }
+}
+
+fn workstation_state_of(text: &str) -> WorkstationState {
+    match text {
+        "running" => WorkstationState::Running,
+        "stopping" => WorkstationState::Stopping,
+        "stopped" => WorkstationState::Stopped,
+        "failed" => WorkstationState::Failed,
+        _ => WorkstationState::Pending,
+    }
+}
+
+/// The API's text of a process state (as in heartbeats).
+pub fn process_state_text(state: ProcessState) -> &'static str {
+    match state {
+        ProcessState::Starting => "starting",
+        ProcessState::Running => "running",
+        ProcessState::Exited => "exited",
+        ProcessState::Backoff => "backoff",
+        ProcessState::CrashLoop => "crash_loop",
+    }
+}
+
+fn process_state_of(text: &str) -> ProcessState {
+    match text {
+        "running" => ProcessState::Running,
+        "exited" => ProcessState::Exited,
+        "backoff" => ProcessState::Backoff,
+        "crash_loop" => ProcessState::CrashLoop,
+        _ => ProcessState::Starting,
+    }
+}
+
+/// This node's workstations and their processes, with the processes' observed states.
+async fn hosted_processes(agent: &Agent, ws: &WorkstationRecord) -> Vec<Process> {
+    let statuses = agent.host.processes(&ws.id).await.unwrap_or_default();
+    ws.processes
+        .values()
+        .map(|spec| {
+            let status = statuses.iter().find(|status| status.id.0 == spec.id);
+            super::host::process_json(&ws.id, spec, status)
+        })
+        .collect()
+}
+
+/// What this node observes about every workstation it hosts, for its heartbeat: state (a
+/// fenced workstation is `stopped`), processes, CPU (averaged since the last call) and memory.
+/// Bounded like the heartbeat ([`Heartbeat::bound`](shoal_raft::soft_state::Heartbeat::bound)).
+pub async fn observe_hosted(agent: &Agent) -> Vec<WorkstationUsage> {
+    let records: Vec<WorkstationRecord> = agent.store.read(|model| {
+        model
+            .workstations
+            .values()
+            .filter(|ws| ws.id.parse::<WorkstationId>().is_ok())
+            .take(shoal_raft::soft_state::WORKSTATIONS_PER_HEARTBEAT_MAX)
+            .cloned()
+            .collect()
+    });
+    let prefix = agent.run_context.host.cgroup_prefix().to_string();
+    let mut observed = Vec::with_capacity(records.len());
+    let mut samples = Vec::with_capacity(records.len());
+    for ws in &records {
+        let Ok(id) = ws.id.parse::<WorkstationId>() else {
+            continue;
+        };
+        let (state, log_offset_next) = agent.host.state(&ws.id).await;
+        let running = state == WorkstationState::Running;
+        let (state, processes) = if running {
+            (state, hosted_processes(agent, ws).await)
+        } else {
+            // Hosted but without an actor: fenced (or not resumed yet).
+            (WorkstationState::Stopped, Vec::new())
+        };
+        let (cpu_ns, memory_used_bytes) = if running {
+            let cgroup = format!("{prefix}/{}", ws.id);
+            tokio::task::spawn_blocking(move || cgroup_usage(&cgroup))
+                .await
+                .unwrap_or((0, 0))
+        } else {
+            (0, 0)
+        };
+        let sample = CpuSample {
+            cpu_ns,
+            at_ms: super::fencing::monotonic_ms(),
+        };
+        let previous = agent
+            .observed
+            .last
+            .lock()
+            .get(&ws.id)
+            .map(|(sample, _)| *sample);
+        let usage = WorkstationUsage {
+            id,
+            generation: ws.generation,
+            cpu_used_millis: cpu_millis_between(previous, sample),
+            memory_used_bytes,
+            log_offset_next,
+            state: workstation_state_text(state).to_string(),
+            processes: processes
+                .iter()
+                .take(shoal_raft::soft_state::PROCESSES_PER_WORKSTATION_REPORTED_MAX)
+                .map(|process| ProcessObserved {
+                    id: process.id.parse().unwrap_or(0),
+                    state: process_state_text(process.state).to_string(),
+                    exit_code: process.exit_code,
+                    signal: process.signal,
+                    restarts: process.restarts,
+                    reason: process.reason.clone(),
+                })
+                .collect(),
+        };
+        samples.push((ws.id.clone(), sample, usage.clone()));
+        observed.push(usage);
+    }
+    let mut last = agent.observed.last.lock();
+    last.clear();
+    for (id, sample, usage) in samples {
+        last.insert(id, (sample, usage));
+    }
+    observed
+}
+
+/// The committed placement's observations of `records` not hosted here, from the leader's soft
+/// state (one mesh request to the leader, or none when this node leads): only what the node
+/// the workstation is placed on reported under its current generation. Empty when the leader
+/// cannot be asked (the views then say `pending`).
+pub async fn observe_remote(
+    agent: &Agent,
+    records: &[WorkstationRecord],
+) -> BTreeMap<String, WorkstationUsage> {
+    let hosted: Vec<String> = agent
+        .store
+        .read(|model| model.workstations.keys().cloned().collect());
+    let wanted: Vec<WorkstationId> = records
+        .iter()
+        .filter(|ws| !hosted.contains(&ws.id))
+        .filter_map(|ws| ws.id.parse().ok())
+        .take(crate::mesh_rpc::OBSERVED_QUERY_WORKSTATIONS_MAX)
+        .collect();
+    if wanted.is_empty() {
+        return BTreeMap::new();
+    }
+    let found = match crate::mesh_rpc::query_observed(&agent.raft, &agent.transport, &wanted).await
+    {
+        Ok(found) => found,
+        Err(why) => {
+            debug!(error = %why, "observed state not available from the leader");
+            return BTreeMap::new();
+        }
+    };
+    agent.raft.read(|state| {
+        found
+            .into_iter()
+            .filter(|(node, usage)| {
+                state
+                    .workstations
+                    .get(&usage.id)
+                    .is_some_and(|ws| ws.node == Some(*node) && ws.generation == usage.generation)
+            })
+            .map(|(_, usage)| (usage.id.to_string(), usage))
+            .collect()
+    })
+}
+
+/// The view of a workstation hosted on another node, from the leader's soft state:
+/// `pending` until its node has reported it.
+pub fn remote_view(ws: &WorkstationRecord, observed: Option<&WorkstationUsage>) -> Workstation {
+    let Some(observed) = observed else {
+        let mut view = ws.view(WorkstationState::Pending, "", 0);
+        view.processes = ws
+            .processes
+            .values()
+            .map(|spec| {
+                let mut process = super::host::process_json(&ws.id, spec, None);
+                process.state = ProcessState::Starting;
+                process.reason = None;
+                process
+            })
+            .collect();
+        return view;
+    };
+    let mut view = ws.view(
+        workstation_state_of(&observed.state),
+        "",
+        observed.log_offset_next,
+    );
+    view.used = Some(crate::api_types::Resources {
+        cpu_millis: observed.cpu_used_millis,
+        memory_bytes: observed.memory_used_bytes,
+    });
+    view.processes = ws
+        .processes
+        .values()
+        .map(|spec| {
+            let mut process = super::host::process_json(&ws.id, spec, None);
+            match observed.processes.iter().find(|p| p.id == spec.id) {
+                Some(seen) => {
+                    process.state = process_state_of(&seen.state);
+                    process.exit_code = seen.exit_code;
+                    process.signal = seen.signal;
+                    process.restarts = seen.restarts;
+                    process.reason = seen.reason.clone();
+                }
+                // Added since the node's last heartbeat.
+                None => {
+                    process.state = ProcessState::Starting;
+                    process.reason = None;
+                }
+            }
+            process
+        })
+        .collect();
+    view
+}
+
+/// The view of a workstation hosted here, from its actor, with its processes and the usage of
+/// the last heartbeat's sample.
+pub async fn local_view(agent: &Agent, ws: &WorkstationRecord) -> Workstation {
+    let (state, next) = agent.host.state(&ws.id).await;
+    let mut view = ws.view(state, agent.host.isolation(), next);
+    if state == WorkstationState::Running {
+        view.processes = hosted_processes(agent, ws).await;
+    }
+    view.used =
+        agent
+            .observed
+            .last
+            .lock()
+            .get(&ws.id)
+            .map(|(_, usage)| crate::api_types::Resources {
+                cpu_millis: usage.cpu_used_millis,
+                memory_bytes: usage.memory_used_bytes,
+            });
+    view
+}
+
 /// Runs [`reconcile`] whenever the applied Raft state changes.
 pub async fn reconcile_loop(agent: std::sync::Arc<Agent>) {
     let mut applied = agent.raft.subscribe_applied();
@@ -219,6 +632,22 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        /// CPU use between two samples is the CPU time over the wall time, in millicores, and
+        /// never panics or wraps on counter resets or clock oddities.
+        #[test]
+        fn cpu_millis_is_cpu_time_over_wall_time(
+            cpu_before in 0u64..(1 << 50), cpu_spent in 0u64..(1 << 40),
+            at_before in 0u64..(1 << 40), elapsed_ms in 0u64..100_000,
+        ) {
+            let before = CpuSample { cpu_ns: cpu_before, at_ms: at_before };
+            let after = CpuSample { cpu_ns: cpu_before + cpu_spent, at_ms: at_before + elapsed_ms };
+            let millis = cpu_millis_between(Some(before), after);
+            let expected = cpu_spent.checked_div(elapsed_ms).map_or(0, |per_ms| per_ms / 1_000);
+            prop_assert_eq!(millis, expected);
+            prop_assert_eq!(cpu_millis_between(None, after), 0);
+            prop_assert_eq!(cpu_millis_between(Some(after), before), 0);
+        }
+
         /// A re-placed workstation's log starts at or above the floor Raft committed.
         #[test]
         fn the_log_epoch_starts_at_or_above_the_floor(floor in 0u64..(1 << 60)) {
