@@ -15,6 +15,7 @@ use shoal_raft::codec;
 use shoal_raft::model::Resources;
 use shoal_raft::model::WorkstationId;
 use shoal_raft::soft_state::Heartbeat;
+use shoal_raft::soft_state::ProcessObserved;
 use shoal_raft::soft_state::WorkstationUsage;
 use shoal_raft::testing::TestRouter;
 use shoal_raft::NodeAddr;
@@ -40,6 +41,14 @@ async fn main() -> anyhow::Result<()> {
                         memory_used_bytes: 300 << 20,
                         log_offset_next: 1_000_000 + w,
                         state: "running".into(),
+                        processes: vec![ProcessObserved {
+                            id: 1,
+                            state: "running".into(),
+                            exit_code: None,
+                            signal: None,
+                            restarts: 0,
+                            reason: None,
+                        }],
                     })
                     .collect(),
             };
