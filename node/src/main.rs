@@ -29,7 +29,8 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // `shoal --addr X status` means `shoal status --addr X` (see `hoist_connection_flags`).
+    let cli = Cli::parse_from(cli::hoist_connection_flags(std::env::args_os().collect()));
     let code = match cli.command {
         Command::Agent(args) => match agent::run(args) {
             Ok(()) => 0,

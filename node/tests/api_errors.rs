@@ -8,12 +8,24 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tracing::info;
 
-/// What a tenant and the admin can observe of the cluster's state.
+/// What a tenant and the admin can observe of the cluster's state: workstations, keys, and
+/// the audit entries of changes that succeeded (a refused attempt that reached the state
+/// machine is recorded with its refusal as the outcome: that is a record, not a change).
 async fn snapshot(admin: &Api) -> anyhow::Result<(Value, Value, Value)> {
     let workstations = admin.get("/v1/workstations").await?.body;
     let keys = admin.get("/v1/keys").await?.body;
     let audit = admin.get("/v1/audit").await?.body;
-    Ok((workstations, keys, audit))
+    let changes: Vec<Value> = audit
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|entry| entry["outcome"] == json!("ok"))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((workstations, keys, Value::Array(changes)))
 }
 
 fn check(case: &str, answer: &Answer, status: u16, code: &str, mentions: &str) {
@@ -243,8 +255,29 @@ async fn bad_inputs_get_the_spec_status_and_error_body_and_change_nothing() -> a
     let answer = admin.with_key(&"k".repeat(5000)).get("/v1/cluster").await?;
     check("absurd key", &answer, 401, "unauthorized", "API key");
 
-    info!("--- nothing changed");
+    info!("--- nothing changed; the refused attempts that reached Raft are on record");
     assert_eq!(snapshot(&admin).await?, before);
+    let audit = admin.get("/v1/audit").await?.body;
+    assert!(
+        audit
+            .as_array()
+            .is_some_and(|entries| entries.iter().any(|entry| {
+                entry["action"] == json!("workstation.create")
+                    && entry["outcome"] == json!("unsatisfiable")
+            })),
+        "{audit}"
+    );
+    info!("--- a bad audit query is a 400 naming the field");
+    let answer = admin.get("/v1/audit?limit=0").await?;
+    check("audit limit 0", &answer, 400, "invalid_input", "limit");
+    let answer = admin.get("/v1/audit?since_unix_ms=soon").await?;
+    check(
+        "audit since text",
+        &answer,
+        400,
+        "invalid_input",
+        "since_unix_ms",
+    );
     let health = admin.anonymous().get("/healthz").await?;
     assert_eq!(health.status, 200);
     Ok(())

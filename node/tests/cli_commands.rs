@@ -167,6 +167,18 @@ fn every_client_command_works_against_a_real_node() -> anyhow::Result<()> {
             > 0,
         "{status}"
     );
+    info!("--- connection flags before the subcommand win over SHOAL_ADDR, as after it");
+    for args in [
+        vec!["--addr", addr, "--token", key, "status", "--json"],
+        vec!["status", "--addr", addr, "--token", key, "--json"],
+        vec!["--json", "--addr", addr, "--token", key, "token", "ls"],
+    ] {
+        // SHOAL_ADDR points at a closed port: only the flags can reach the node.
+        let output = shoal("http://127.0.0.1:9", None, &args)?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "shoal {args:?}: {stderr}");
+        json(&String::from_utf8_lossy(&output.stdout))?;
+    }
     let nodes = json(&ok(&["nodes", "--json"])?)?;
     assert_eq!(nodes.as_array().map(Vec::len), Some(1));
     let node_id = nodes[0]["id"].as_str().unwrap_or("?").to_string();
@@ -184,7 +196,17 @@ fn every_client_command_works_against_a_real_node() -> anyhow::Result<()> {
     let unknown = shoal(addr, Some(key), &["nodes", "remove", "n-unknown"])?;
     assert_eq!(unknown.status.code(), Some(5));
     let audit = ok(&["audit", "--since", "1h"])?;
-    for action in ["workstation.create", "key.create", "token.create"] {
+    for action in [
+        "workstation.create",
+        "workstation.resize",
+        "workstation.delete",
+        "process.add",
+        "process.kill",
+        "key.create",
+        "key.revoke",
+        "token.create",
+        "token.revoke",
+    ] {
         assert!(audit.contains(action), "audit lacks {action}: {audit}");
     }
     let future = json(&ok(&[

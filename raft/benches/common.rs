@@ -84,6 +84,7 @@ pub fn init_commands() -> Vec<Command> {
             "admin",
             Action::CreateToken {
                 secret_sha256: sha256_hex(JOIN_SECRET),
+                prefix: "shoal1.test".to_string(),
                 roles: Roles::WORKER,
                 ttl_ms: 1_000_000_000,
                 uses_max: 10_000,

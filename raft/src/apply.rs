@@ -33,6 +33,7 @@ use crate::model::ProcessId;
 use crate::model::Resources;
 use crate::model::Roles;
 use crate::model::Tenant;
+use crate::model::TenantId;
 use crate::model::TokenId;
 use crate::model::Workstation;
 use crate::model::WorkstationId;
@@ -40,6 +41,7 @@ use crate::model::WorkstationSpec;
 use crate::model::WorkstationState;
 use crate::scheduler;
 use crate::state::ClusterState;
+use crate::state::AUDIT_LOG_ENTRIES_MAX;
 
 /// Longest join token lifetime: 30 days.
 pub const TOKEN_TTL_MS_MAX: u64 = 30 * 24 * 3600 * 1000;
@@ -60,12 +62,16 @@ pub fn apply(state: &mut ClusterState, command: &Command) -> CommandResponse {
                     "requests",
                     format!("at most {} per batch", limits::PLACE_BATCH_REQUESTS_MAX),
                 );
-                audit(
-                    state,
+                let entry = Entry {
                     at_ms,
                     actor,
-                    "workstation.create",
-                    "batch",
+                    tenant: None,
+                    action: "workstation.create",
+                };
+                audit_result(
+                    state,
+                    entry,
+                    "batch".to_string(),
                     &Err::<(), _>(refusal.clone()),
                 );
                 return Err(refusal);
@@ -77,17 +83,110 @@ pub fn apply(state: &mut ClusterState, command: &Command) -> CommandResponse {
                     Ok(placed) => placed.id.to_string(),
                     Err(_) => format!("tenant/{}", truncated(&request.tenant)),
                 };
-                audit_result(state, at_ms, actor, "workstation.create", resource, &answer);
+                let entry = Entry {
+                    at_ms,
+                    actor,
+                    tenant: Some(truncated(&request.tenant).to_string()),
+                    action: "workstation.create",
+                };
+                audit_result(state, entry, resource, &answer);
                 answers.push(answer);
             }
             Ok(Outcome::Batch(answers))
         }
+        Action::RecordAudit {
+            tenant,
+            action,
+            resource,
+            outcome,
+        } => {
+            let checked = check_record_audit(tenant, action, resource, outcome);
+            match checked {
+                Ok(()) => push_audit(
+                    state,
+                    AuditEntry {
+                        seq: 0,
+                        ts_ms: at_ms,
+                        actor: truncated(actor).to_string(),
+                        tenant: tenant.clone(),
+                        action: action.clone(),
+                        resource: resource.clone(),
+                        outcome: outcome.clone(),
+                    },
+                ),
+                Err(ref refusal) => {
+                    let entry = Entry {
+                        at_ms,
+                        actor,
+                        tenant: None,
+                        action: "audit.record",
+                    };
+                    audit_result(
+                        state,
+                        entry,
+                        "audit".to_string(),
+                        &Err::<(), _>(refusal.clone()),
+                    );
+                }
+            }
+            checked.map(|()| Outcome::Done)
+        }
         action => {
+            // The tenant is read before the change: a deleted workstation is gone after it.
+            let tenant = tenant_of(state, action);
             let (resource, response) = apply_one(state, at_ms, action);
-            audit_result(state, at_ms, actor, action.name(), resource, &response);
+            let entry = Entry {
+                at_ms,
+                actor,
+                tenant,
+                action: action.name(),
+            };
+            audit_result(state, entry, resource, &response);
             response
         }
     }
+}
+
+/// The tenant an action's audit entry belongs to: the owner of the workstation or process it
+/// touches; `None` for cluster-level actions (nodes, tokens, keys), which only admins see.
+fn tenant_of(state: &ClusterState, action: &Action) -> Option<TenantId> {
+    let owner = |id: &WorkstationId| state.data.workstations.get(id).map(|ws| ws.tenant.clone());
+    match action {
+        Action::CreateWorkstation { request, .. } => Some(truncated(&request.tenant).to_string()),
+        Action::CreateTenant { tenant } => Some(truncated(tenant).to_string()),
+        Action::ResizeWorkstation { id, .. } | Action::DeleteWorkstation { id } => owner(id),
+        Action::AddProcess { workstation, .. } | Action::RemoveProcess { workstation, .. } => {
+            owner(workstation)
+        }
+        _ => None,
+    }
+}
+
+fn check_record_audit(
+    tenant: &Option<TenantId>,
+    action: &str,
+    resource: &str,
+    outcome: &str,
+) -> Result<(), Refusal> {
+    if let Some(tenant) = tenant {
+        check_name("tenant", tenant, false)?;
+    }
+    for (field, value) in [
+        ("action", action),
+        ("resource", resource),
+        ("outcome", outcome),
+    ] {
+        if value.is_empty() || value.len() > limits::AUDIT_FIELD_BYTES_MAX {
+            return Err(Refusal::invalid(
+                field,
+                format!("must be 1..={} bytes", limits::AUDIT_FIELD_BYTES_MAX),
+            ));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(Refusal::invalid(field, "contains control characters"));
+        }
+    }
+    Ok(())
 }
 
 fn truncated(text: &str) -> &str {
@@ -98,11 +197,17 @@ fn truncated(text: &str) -> &str {
     &text[..end]
 }
 
+/// Who did what, when, on whose behalf: the fixed part of an audit entry.
+struct Entry<'a> {
+    at_ms: u64,
+    actor: &'a str,
+    tenant: Option<TenantId>,
+    action: &'a str,
+}
+
 fn audit_result<T>(
     state: &mut ClusterState,
-    at_ms: u64,
-    actor: &str,
-    action: &str,
+    entry: Entry<'_>,
     resource: String,
     response: &Result<T, Refusal>,
 ) {
@@ -110,26 +215,28 @@ fn audit_result<T>(
         Ok(_) => "ok".to_string(),
         Err(refusal) => refusal.code().to_string(),
     };
-    let seq = state.data.audit.len() as u64;
-    state.data.audit.push(AuditEntry {
-        seq,
-        ts_ms: at_ms,
-        actor: truncated(actor).to_string(),
-        action: action.to_string(),
-        resource,
-        outcome,
-    });
+    push_audit(
+        state,
+        AuditEntry {
+            seq: 0,
+            ts_ms: entry.at_ms,
+            actor: truncated(entry.actor).to_string(),
+            tenant: entry.tenant,
+            action: entry.action.to_string(),
+            resource,
+            outcome,
+        },
+    );
 }
 
-fn audit<T>(
-    state: &mut ClusterState,
-    at_ms: u64,
-    actor: &str,
-    action: &str,
-    resource: &str,
-    response: &Result<T, Refusal>,
-) {
-    audit_result(state, at_ms, actor, action, resource.to_string(), response);
+/// Appends an entry with the next sequence number and compacts the log to
+/// [`AUDIT_LOG_ENTRIES_MAX`] entries, oldest first.
+fn push_audit(state: &mut ClusterState, mut entry: AuditEntry) {
+    entry.seq = state.data.audit.back().map_or(0, |last| last.seq + 1);
+    state.data.audit.push_back(entry);
+    while state.data.audit.len() > AUDIT_LOG_ENTRIES_MAX {
+        state.data.audit.pop_front();
+    }
 }
 
 fn require_initialized(state: &ClusterState) -> Result<(), Refusal> {
@@ -205,11 +312,19 @@ fn apply_one(state: &mut ClusterState, at_ms: u64, action: &Action) -> (String, 
         }
         Action::CreateToken {
             secret_sha256,
+            prefix,
             roles,
             ttl_ms,
             uses_max,
         } => {
-            let response = create_token(state, at_ms, secret_sha256, *roles, *ttl_ms, *uses_max);
+            let request = TokenRequest {
+                secret_sha256,
+                prefix,
+                roles: *roles,
+                ttl_ms: *ttl_ms,
+                uses_max: *uses_max,
+            };
+            let response = create_token(state, at_ms, &request);
             let resource = match &response {
                 Ok(Outcome::TokenCreated { id, .. }) => id.to_string(),
                 _ => "token".to_string(),
@@ -258,6 +373,13 @@ fn apply_one(state: &mut ClusterState, at_ms: u64, action: &Action) -> (String, 
             Err(Refusal::invalid(
                 "action",
                 "PlaceBatch is applied by apply()",
+            )),
+        ),
+        Action::RecordAudit { .. } => (
+            "audit".to_string(),
+            Err(Refusal::invalid(
+                "action",
+                "RecordAudit is applied by apply()",
             )),
         ),
         Action::ResizeWorkstation {
@@ -838,16 +960,30 @@ fn consume_token(
     Ok((id, token.roles))
 }
 
-fn create_token(
-    state: &mut ClusterState,
-    at_ms: u64,
-    secret_sha256: &str,
+/// The fields of `CreateToken`.
+struct TokenRequest<'a> {
+    secret_sha256: &'a str,
+    prefix: &'a str,
     roles: Roles,
     ttl_ms: u64,
     uses_max: u32,
+}
+
+fn create_token(
+    state: &mut ClusterState,
+    at_ms: u64,
+    request: &TokenRequest<'_>,
 ) -> CommandResponse {
+    let TokenRequest {
+        secret_sha256,
+        prefix,
+        roles,
+        ttl_ms,
+        uses_max,
+    } = *request;
     require_initialized(state)?;
     check_sha256_hex("secret_sha256", secret_sha256)?;
+    check_name("prefix", prefix, false)?;
     if ttl_ms == 0 || ttl_ms > TOKEN_TTL_MS_MAX {
         return Err(Refusal::invalid("ttl", "must be between 1 ms and 30 days"));
     }
@@ -866,6 +1002,23 @@ fn create_token(
     if state.index.token_by_hash.contains_key(secret_sha256) {
         return Err(Refusal::conflict("a token with this secret exists"));
     }
+    if state.data.tokens.len() >= limits::TOKENS_MAX {
+        // Refuse before pruning, so that a refusal changes nothing.
+        let n_live = state
+            .data
+            .tokens
+            .values()
+            .filter(|token| !token.is_dead(at_ms))
+            .count();
+        if n_live >= limits::TOKENS_MAX {
+            return Err(Refusal::LimitReached {
+                what: "live join tokens".to_string(),
+                max: limits::TOKENS_MAX as u64,
+                reason: "revoke some, or wait until they expire".to_string(),
+            });
+        }
+        prune_dead_tokens(state, at_ms);
+    }
     state.data.next_token_id = state.data.next_token_id.saturating_add(1);
     let id = TokenId(state.data.next_token_id);
     let expires_ms = at_ms.saturating_add(ttl_ms);
@@ -874,6 +1027,7 @@ fn create_token(
         JoinToken {
             id,
             secret_sha256: secret_sha256.to_string(),
+            prefix: prefix.to_string(),
             roles,
             created_ms: at_ms,
             expires_ms,
@@ -887,6 +1041,23 @@ fn create_token(
         .token_by_hash
         .insert(secret_sha256.to_string(), id);
     Ok(Outcome::TokenCreated { id, expires_ms })
+}
+
+/// Drops every token that can never admit a node again (revoked, expired at `at_ms`, or used
+/// up), so that they stop counting against [`limits::TOKENS_MAX`]. Their ids are not reused.
+fn prune_dead_tokens(state: &mut ClusterState, at_ms: u64) {
+    let dead: Vec<TokenId> = state
+        .data
+        .tokens
+        .values()
+        .filter(|token| token.is_dead(at_ms))
+        .map(|token| token.id)
+        .collect();
+    for id in dead {
+        if let Some(token) = state.data.tokens.remove(&id) {
+            state.index.token_by_hash.remove(&token.secret_sha256);
+        }
+    }
 }
 
 fn revoke_token(state: &mut ClusterState, id: TokenId) -> CommandResponse {
@@ -928,6 +1099,34 @@ fn create_api_key(
     check_name("tenant", tenant, false)?;
     if state.index.api_key_by_hash.contains_key(secret_sha256) {
         return Err(Refusal::conflict("a key with this secret exists"));
+    }
+    if state.data.api_keys.len() >= limits::API_KEYS_MAX {
+        let n_active = state
+            .data
+            .api_keys
+            .values()
+            .filter(|key| !key.revoked)
+            .count();
+        if n_active >= limits::API_KEYS_MAX {
+            return Err(Refusal::LimitReached {
+                what: "API keys".to_string(),
+                max: limits::API_KEYS_MAX as u64,
+                reason: "revoke keys that are no longer used".to_string(),
+            });
+        }
+        // Revoked keys authenticate nothing: dropping them changes no answer but `keys ls`.
+        let revoked: Vec<ApiKeyId> = state
+            .data
+            .api_keys
+            .values()
+            .filter(|key| key.revoked)
+            .map(|key| key.id)
+            .collect();
+        for id in revoked {
+            if let Some(key) = state.data.api_keys.remove(&id) {
+                state.index.api_key_by_hash.remove(&key.secret_sha256);
+            }
+        }
     }
     create_tenant(state, at_ms, tenant)?;
     state.data.next_api_key_id = state.data.next_api_key_id.saturating_add(1);

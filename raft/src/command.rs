@@ -40,6 +40,14 @@ pub mod limits {
     pub const ALLOWLIST_DOMAINS_MAX: usize = 256;
     /// Uses of one join token.
     pub const TOKEN_USES_MAX: u32 = 10_000;
+    /// Join tokens kept in the state, live and dead. When the table is full, `CreateToken`
+    /// first prunes the dead ones (revoked, expired or used up) and is refused with
+    /// `LimitReached` only if 1,000 live tokens remain.
+    pub const TOKENS_MAX: usize = 1_000;
+    /// API keys kept in the state. When full, `CreateApiKey` first prunes revoked keys.
+    pub const API_KEYS_MAX: usize = 10_000;
+    /// Bytes of each text field of a `RecordAudit` (action, resource, outcome).
+    pub const AUDIT_FIELD_BYTES_MAX: usize = 256;
     /// Nodes in one `MarkNodesDown`.
     pub const NODES_PER_COMMAND_MAX: usize = 100_000;
     /// Bytes of an address, endpoint or public key string.
@@ -205,6 +213,8 @@ pub enum Action {
     CreateToken {
         /// SHA-256 (hex) of the token text.
         secret_sha256: String,
+        /// The token's public head for display (`shoal1.<id>`), never part of the secret.
+        prefix: String,
         /// Roles granted.
         roles: Roles,
         /// Lifetime from `at_ms`.
@@ -291,6 +301,18 @@ pub enum Action {
         /// The process.
         process: ProcessId,
     },
+    /// Records an API action that changes no replicated state (a signal sent to a process) in
+    /// the audit log, so that every node serves the same log.
+    RecordAudit {
+        /// The tenant it concerns; `None` for admin-only entries.
+        tenant: Option<TenantId>,
+        /// What was done, e.g. `process.kill`.
+        action: String,
+        /// What it was done to, e.g. `ws-3/p-1`.
+        resource: String,
+        /// `ok` or the error code.
+        outcome: String,
+    },
 }
 
 impl Action {
@@ -318,6 +340,7 @@ impl Action {
             Action::DeleteWorkstation { .. } => "workstation.delete",
             Action::AddProcess { .. } => "process.add",
             Action::RemoveProcess { .. } => "process.remove",
+            Action::RecordAudit { .. } => "audit.record",
         }
     }
 }
@@ -450,6 +473,16 @@ pub enum Refusal {
         /// The new reservation.
         needed: Resources,
     },
+    /// A bounded table is full (429): `what` names it, `max` is its bound.
+    #[error("at most {max} {what}: {reason}")]
+    LimitReached {
+        /// What is full, e.g. `live join tokens`.
+        what: String,
+        /// The bound.
+        max: u64,
+        /// What the caller can do.
+        reason: String,
+    },
 }
 
 impl Refusal {
@@ -465,6 +498,7 @@ impl Refusal {
             Refusal::Unsatisfiable { .. } => "unsatisfiable",
             Refusal::NoCapacity { .. } => "no_capacity",
             Refusal::ResizeNoRoom { .. } => "resize_no_room",
+            Refusal::LimitReached { .. } => "limit_reached",
         }
     }
 

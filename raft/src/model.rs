@@ -245,6 +245,9 @@ pub struct JoinToken {
     pub id: TokenId,
     /// Lowercase hex SHA-256 of the token text.
     pub secret_sha256: String,
+    /// The token's public head (`shoal1.<id>`), for display in `token ls` on every node; it
+    /// holds nothing of the secret.
+    pub prefix: String,
     /// Roles a node joining with this token gets.
     pub roles: Roles,
     /// Creation time (command time).
@@ -257,6 +260,14 @@ pub struct JoinToken {
     pub uses_max: u32,
     /// Revoked tokens admit nothing.
     pub revoked: bool,
+}
+
+impl JoinToken {
+    /// True when the token can never admit a node again at or after `at_ms`: revoked,
+    /// expired or out of uses. Dead tokens are pruned when the token table is full.
+    pub fn is_dead(&self, at_ms: u64) -> bool {
+        self.revoked || at_ms >= self.expires_ms || self.uses_left == 0
+    }
 }
 
 /// An API key. Only the SHA-256 of the key is stored, plus a short prefix for display.
@@ -414,6 +425,9 @@ pub struct AuditEntry {
     pub ts_ms: u64,
     /// Key prefix of the caller, or `system`/`node-N` for internal commands.
     pub actor: String,
+    /// The tenant whose resource this concerns (a workstation's or process's owner); `None`
+    /// for cluster-level entries (nodes, tokens, keys), which only admin keys see.
+    pub tenant: Option<TenantId>,
     /// Command name, e.g. `workstation.create`.
     pub action: String,
     /// What it acted on, e.g. `ws-12`.

@@ -46,6 +46,7 @@ async fn three_nodes(cluster: &mut Cluster) -> anyhow::Result<()> {
             "admin",
             Action::CreateToken {
                 secret_sha256: token.clone(),
+                prefix: "shoal1.test".to_string(),
                 roles: Roles::SERVER_WORKER,
                 ttl_ms: 3_600_000,
                 uses_max: 2,
@@ -259,6 +260,7 @@ async fn removed_member_leaves_raft_and_its_id_is_never_reused() -> anyhow::Resu
             "admin",
             Action::CreateToken {
                 secret_sha256: token.clone(),
+                prefix: "shoal1.test".to_string(),
                 roles: Roles::WORKER,
                 ttl_ms: 60_000,
                 uses_max: 1,

@@ -117,6 +117,7 @@ async fn leader_commits_silent_node_down_and_replaces_its_workstations() -> anyh
             "admin",
             Action::CreateToken {
                 secret_sha256: sha256_hex("j"),
+                prefix: "shoal1.test".to_string(),
                 roles: Roles::WORKER,
                 ttl_ms: 60_000,
                 uses_max: 1,

@@ -64,6 +64,7 @@ fn servers_join_as_learners_are_promoted_up_to_the_target_and_workers_stay_out()
         &mut state,
         Action::CreateToken {
             secret_sha256: sha256_hex("s"),
+            prefix: "shoal1.test".to_string(),
             roles: Roles::SERVER_WORKER,
             ttl_ms: 1000,
             uses_max: 10,
@@ -73,6 +74,7 @@ fn servers_join_as_learners_are_promoted_up_to_the_target_and_workers_stay_out()
         &mut state,
         Action::CreateToken {
             secret_sha256: sha256_hex("w"),
+            prefix: "shoal1.test".to_string(),
             roles: Roles::WORKER,
             ttl_ms: 1000,
             uses_max: 10,

@@ -35,6 +35,7 @@ fn cluster(nodes: &[(u64, u64, u64, u64)]) -> ClusterState {
     });
     run(Action::CreateToken {
         secret_sha256: sha256_hex("j"),
+        prefix: "shoal1.test".to_string(),
         roles: Roles::WORKER,
         ttl_ms: 1_000_000,
         uses_max: 10_000,

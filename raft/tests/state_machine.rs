@@ -194,6 +194,7 @@ fn registration_allocates_fresh_ids_and_mesh_addresses_and_checks_tokens() {
             (
                 Action::CreateToken {
                     secret_sha256: token.clone(),
+                    prefix: "shoal1.test".to_string(),
                     roles: Roles::WORKER,
                     ttl_ms: 10_000,
                     uses_max: 1,
@@ -203,6 +204,7 @@ fn registration_allocates_fresh_ids_and_mesh_addresses_and_checks_tokens() {
             (
                 Action::CreateToken {
                     secret_sha256: token.clone(),
+                    prefix: "shoal1.test".to_string(),
                     roles: Roles::WORKER,
                     ttl_ms: 10_000,
                     uses_max: 1,
@@ -212,6 +214,7 @@ fn registration_allocates_fresh_ids_and_mesh_addresses_and_checks_tokens() {
             (
                 Action::CreateToken {
                     secret_sha256: "XYZ".into(),
+                    prefix: "shoal1.test".to_string(),
                     roles: Roles::WORKER,
                     ttl_ms: 10_000,
                     uses_max: 1,
@@ -253,12 +256,14 @@ fn expired_and_revoked_tokens_admit_nobody() {
     for action in [
         Action::CreateToken {
             secret_sha256: sha256_hex("a"),
+            prefix: "shoal1.test".to_string(),
             roles: Roles::WORKER,
             ttl_ms: 10,
             uses_max: 5,
         },
         Action::CreateToken {
             secret_sha256: sha256_hex("b"),
+            prefix: "shoal1.test".to_string(),
             roles: Roles::WORKER,
             ttl_ms: 1_000_000,
             uses_max: 5,
@@ -444,6 +449,7 @@ fn down_node_workstations_are_replaced_with_next_generation_and_log_floor_moves_
             2,
             Action::CreateToken {
                 secret_sha256: sha256_hex("t"),
+                prefix: "shoal1.test".to_string(),
                 roles: Roles::WORKER,
                 ttl_ms: 1000,
                 uses_max: 5,
@@ -583,6 +589,7 @@ fn drain_moves_workstations_one_by_one_and_removal_ends_in_left() {
             2,
             Action::CreateToken {
                 secret_sha256: sha256_hex("t"),
+                prefix: "shoal1.test".to_string(),
                 roles: Roles::WORKER,
                 ttl_ms: 1000,
                 uses_max: 5,
@@ -743,7 +750,7 @@ fn every_command_is_audited_with_actor_action_resource_and_outcome() {
     let mut state = init();
     let refused = apply(&mut state, &cmd(5, create(ws("t", 1, 1))));
     assert!(refused.is_err(), "no worker yet: {refused:?}");
-    let last = state.audit.last().unwrap();
+    let last = state.audit.back().unwrap();
     assert_eq!(
         (
             last.ts_ms,
@@ -826,6 +833,7 @@ fn seeded() -> ClusterState {
             2,
             Action::CreateToken {
                 secret_sha256: sha256_hex("join"),
+                prefix: "shoal1.test".to_string(),
                 roles: Roles::WORKER,
                 ttl_ms: 1_000_000_000,
                 uses_max: 100,

@@ -1,91 +1,26 @@
-//! The durable state of a single-server cluster: API keys, join tokens, workstation specs and
-//! placements, desired processes and the audit log, with pure operations on it.
+//! This node's hosting records: the workstations placed on this node (spec, generation,
+//! desired processes, the log epoch of their actor), with pure operations on them, kept in the
+//! data dir by `store.rs`.
 //!
-//! This is what Raft replicates in a multi-server cluster; here the agent is the only server,
-//! so the state lives in one file in the data dir (see `store.rs`). The operations are pure:
-//! they take `now` and inputs, check them, and change the model or return an error, so they can
-//! be tested without disk or clock.
+//! Everything cluster-wide (API keys, join tokens, workstation specs and placements, the audit
+//! log) lives in Raft; this file keeps only what the hosting node needs to restart its own
+//! workstations before Raft has caught up. The operations are pure: they take inputs, check
+//! them, and change the model or return an error, so they can be tested without disk or clock.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::api::error::ApiError;
-use crate::api_types::{
-    AuditEntry, NetworkPolicy, RestartPolicy, TokenInfo, Workstation, WorkstationState,
-};
+use crate::api_types::{NetworkPolicy, RestartPolicy, Workstation, WorkstationState};
 
-/// At most this many audit entries are kept (the oldest are dropped first).
-pub const AUDIT_ENTRIES_MAX: usize = 10_000;
-/// At most this many API keys exist (revoked ones included).
-pub const KEYS_MAX: usize = 10_000;
-/// At most this many join tokens exist (revoked ones included).
-pub const TOKENS_MAX: usize = 1_000;
 /// At most this many workstations exist in the cluster.
 // Placement moved to Raft's scheduler; the single-server check stays for its tests.
 #[cfg_attr(not(test), allow(dead_code))]
 pub const WORKSTATIONS_MAX: usize = 10_000;
 /// How many characters of a secret are kept for display.
 pub const SECRET_PREFIX_CHARS: usize = 12;
-
-/// An API key as stored: its SHA-256, never the key.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct KeyRecord {
-    /// Key id.
-    pub id: String,
-    /// First characters of the key.
-    pub prefix: String,
-    /// Hex SHA-256 of the full key.
-    pub sha256: String,
-    /// Tenant.
-    pub tenant: String,
-    /// Admin key.
-    pub admin: bool,
-    /// Creation time.
-    pub created_unix_ms: u64,
-    /// Revoked.
-    pub revoked: bool,
-}
-
-/// A join token as stored: its SHA-256, never the token.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TokenRecord {
-    /// Token id.
-    pub id: String,
-    /// First characters of the token.
-    pub prefix: String,
-    /// Hex SHA-256 of the token.
-    pub sha256: String,
-    /// Roles it admits.
-    pub role: String,
-    /// Creation time.
-    pub created_unix_ms: u64,
-    /// Expiry time.
-    pub expires_unix_ms: u64,
-    /// Joins admitted in total (`None`: unlimited).
-    pub uses_max: Option<u32>,
-    /// Joins admitted so far.
-    pub uses: u32,
-    /// Revoked.
-    pub revoked: bool,
-}
-
-impl TokenRecord {
-    /// The public listing.
-    pub fn info(&self) -> TokenInfo {
-        TokenInfo {
-            id: self.id.clone(),
-            prefix: self.prefix.clone(),
-            role: self.role.clone(),
-            created_unix_ms: self.created_unix_ms,
-            expires_unix_ms: self.expires_unix_ms,
-            uses_max: self.uses_max,
-            uses: self.uses,
-            revoked: self.revoked,
-        }
-    }
-}
 
 /// A desired process of a workstation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -164,6 +99,8 @@ impl WorkstationRecord {
             home_volume: "node-local".to_string(),
             isolation: isolation.to_string(),
             log_next_offset,
+            processes: Vec::new(),
+            used: None,
         }
     }
 }
@@ -181,25 +118,16 @@ pub struct Sizing {
     pub memory_limit_bytes: u64,
 }
 
-/// The whole durable state.
+/// This node's durable hosting state. Files written by earlier builds also hold keys, tokens
+/// and audit counters; serde ignores those fields (they live in Raft now).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Model {
     /// Cluster id.
     pub cluster_id: String,
     /// The id of this (the only server) node.
     pub node_id: String,
-    /// API keys by id.
-    pub keys: BTreeMap<String, KeyRecord>,
-    /// Join tokens by id.
-    pub tokens: BTreeMap<String, TokenRecord>,
-    /// Workstations by id.
+    /// The workstations this node hosts, by id.
     pub workstations: BTreeMap<String, WorkstationRecord>,
-    /// The newest audit entries, oldest first, bounded by [`AUDIT_ENTRIES_MAX`]. Not part of
-    /// the state file: the store appends them to their own file (`audit.jsonl`).
-    #[serde(skip)]
-    pub audit: VecDeque<AuditEntry>,
-    /// The next audit sequence number.
-    pub audit_next_seq: u64,
 }
 
 /// Hex SHA-256 of a secret.
@@ -213,56 +141,6 @@ pub fn secret_prefix(secret: &str) -> String {
 }
 
 impl Model {
-    /// Appends an audit entry (dropping the oldest beyond the bound).
-    pub fn audit(
-        &mut self,
-        now_unix_ms: u64,
-        actor: &str,
-        tenant: &str,
-        action: &str,
-        resource: &str,
-        outcome: &str,
-    ) {
-        let entry = AuditEntry {
-            seq: self.audit_next_seq,
-            time_unix_ms: now_unix_ms,
-            actor: actor.to_string(),
-            tenant: tenant.to_string(),
-            action: action.to_string(),
-            resource: resource.to_string(),
-            outcome: outcome.to_string(),
-        };
-        self.audit_next_seq += 1;
-        self.audit.push_back(entry);
-        while self.audit.len() > AUDIT_ENTRIES_MAX {
-            self.audit.pop_front();
-        }
-    }
-
-    /// Adds a key record.
-    pub fn add_key(&mut self, record: KeyRecord) -> Result<(), ApiError> {
-        if self.keys.len() >= KEYS_MAX {
-            return Err(ApiError::RateLimited {
-                message: format!("at most {KEYS_MAX} API keys"),
-                retry_after_secs: 60,
-            });
-        }
-        self.keys.insert(record.id.clone(), record);
-        Ok(())
-    }
-
-    /// Adds a token record.
-    pub fn add_token(&mut self, record: TokenRecord) -> Result<(), ApiError> {
-        if self.tokens.len() >= TOKENS_MAX {
-            return Err(ApiError::RateLimited {
-                message: format!("at most {TOKENS_MAX} join tokens"),
-                retry_after_secs: 60,
-            });
-        }
-        self.tokens.insert(record.id.clone(), record);
-        Ok(())
-    }
-
     /// Sum of the reservations of all workstations placed on `node`.
     pub fn reserved_on(&self, node: &str) -> (u64, u64) {
         self.workstations
@@ -430,15 +308,5 @@ mod tests {
             .place_workstation(ws("c", 2000, 1), 4000, 8000)
             .unwrap_err();
         assert_eq!(err.code(), "unavailable");
-    }
-
-    #[test]
-    fn audit_log_is_bounded_and_sequenced() {
-        let mut model = Model::default();
-        for i in 0..(AUDIT_ENTRIES_MAX + 5) {
-            model.audit(i as u64, "k", "t", "a", "r", "ok");
-        }
-        assert_eq!(model.audit.len(), AUDIT_ENTRIES_MAX);
-        assert_eq!(model.audit.front().map(|e| e.seq), Some(5));
     }
 }

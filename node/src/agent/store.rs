@@ -1,7 +1,7 @@
-//! The durable [`Model`] on disk: `state.json` in the data dir, replaced atomically on every
-//! change and checked with a SHA-256 when read back; and the audit log, appended to
-//! `audit.jsonl` (one JSON entry per line) so that a change costs one small append, not a
-//! rewrite of the whole history.
+//! The durable [`Model`] (this node's hosting records) on disk: `state.json` in the data dir,
+//! replaced atomically on every change and checked with a SHA-256 when read back. The audit
+//! log is not here: it is replicated state in Raft (an `audit.jsonl` left by an earlier build
+//! is ignored).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -59,9 +59,7 @@ impl Store {
         if hex::encode(Sha256::digest(body.as_bytes())) != checksum.trim() {
             return Err(corrupt("checksum mismatch"));
         }
-        let mut model: Model =
-            serde_json::from_str(body).map_err(|err| corrupt(&err.to_string()))?;
-        load_audit(&data_dir.join("audit.jsonl"), &mut model)?;
+        let model: Model = serde_json::from_str(body).map_err(|err| corrupt(&err.to_string()))?;
         Ok(Some(Store {
             path,
             model: Mutex::new(model),
@@ -71,7 +69,6 @@ impl Store {
     /// Creates the state file in `data_dir` with `model`.
     pub fn create(data_dir: &Path, model: Model) -> Result<Store, StoreError> {
         let path = data_dir.join("state.json");
-        append_audit(&path, &model, 0)?;
         write_atomically(&path, &model)?;
         Ok(Store {
             path,
@@ -93,71 +90,11 @@ impl Store {
         let mut model = self.model.lock();
         let mut next = model.clone();
         let result = change(&mut next)?;
-        // The audit entries first: a crash in between leaves a record of an attempt, never a
-        // change without its record.
-        append_audit(&self.path, &next, model.audit_next_seq)
-            .map_err(|err| ApiError::Internal(format!("could not record the change: {err}")))?;
         write_atomically(&self.path, &next)
             .map_err(|err| ApiError::Internal(format!("could not persist the change: {err}")))?;
         *model = next;
         Ok(result)
     }
-}
-
-fn audit_path(state_path: &Path) -> PathBuf {
-    state_path.with_file_name("audit.jsonl")
-}
-
-/// Appends the entries of `model.audit` numbered `first_seq` and up.
-fn append_audit(state_path: &Path, model: &Model, first_seq: u64) -> Result<(), StoreError> {
-    let path = audit_path(state_path);
-    let io = |source| StoreError::Io {
-        path: path.clone(),
-        source,
-    };
-    let mut lines = String::new();
-    for entry in model.audit.iter().filter(|entry| entry.seq >= first_seq) {
-        if let Ok(line) = serde_json::to_string(entry) {
-            lines.push_str(&line);
-            lines.push('\n');
-        }
-    }
-    if lines.is_empty() {
-        return Ok(());
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(io)?;
-    file.write_all(lines.as_bytes()).map_err(io)?;
-    file.sync_data().map_err(io)?;
-    Ok(())
-}
-
-/// Loads the newest entries of the audit file into `model.audit`. A torn last line (a crash
-/// during an append) is skipped.
-fn load_audit(path: &Path, model: &mut Model) -> Result<(), StoreError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(StoreError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    };
-    for line in text.lines() {
-        if let Ok(entry) = serde_json::from_str::<crate::api_types::AuditEntry>(line) {
-            model.audit_next_seq = model.audit_next_seq.max(entry.seq + 1);
-            model.audit.push_back(entry);
-            if model.audit.len() > super::model::AUDIT_ENTRIES_MAX {
-                model.audit.pop_front();
-            }
-        }
-    }
-    Ok(())
 }
 
 fn write_atomically(path: &Path, model: &Model) -> Result<(), StoreError> {
@@ -194,12 +131,12 @@ mod tests {
         let store = Store::create(dir.path(), model).unwrap();
         store
             .write(|model| {
-                model.audit(1, "k", "t", "a", "r", "ok");
+                model.node_id = "n1".to_string();
                 Ok(())
             })
             .unwrap();
         let reopened = Store::open(dir.path()).unwrap().unwrap();
-        assert_eq!(reopened.read(|m| m.audit.len()), 1);
+        assert_eq!(reopened.read(|m| m.node_id.clone()), "n1");
         let path = dir.path().join("state.json");
         let text = std::fs::read_to_string(&path).unwrap().replace("c1", "c2");
         std::fs::write(&path, text).unwrap();

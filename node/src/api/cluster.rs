@@ -5,7 +5,7 @@ use actix_web::{web, HttpResponse};
 use super::auth::{Admin, Caller};
 use super::body::JsonBody;
 use super::error::ApiError;
-use crate::agent::model::{secret_prefix, sha256_hex, TokenRecord};
+use crate::agent::model::{secret_prefix, sha256_hex};
 use crate::agent::Agent;
 use crate::api_types::{
     AuditEntry, AuditQuery, ClusterInfo, CreateKeyRequest, CreateTokenRequest, ErrorBody,
@@ -23,14 +23,20 @@ const AUDIT_PAGE_MAX: u32 = 1_000;
 
 fn this_node(agent: &Agent) -> NodeInfo {
     let (cpu_alloc, mem_alloc) = agent.allocatable();
-    let (cpu_reserved, mem_reserved) = agent.store.read(|model| model.reserved_on(&agent.node_id));
-    let n_workstations = agent.store.read(|model| {
-        model
-            .workstations
-            .values()
-            .filter(|ws| ws.node == agent.node_id)
-            .count() as u64
+    // State, reservations and placements are Raft's (a drained node shows `draining` here
+    // too); capacity and usage are this node's live view.
+    let own_id = agent.raft.id();
+    let (state, reserved, n_workstations) = agent.raft.read(|state| {
+        let record = state.nodes.get(&own_id);
+        (
+            record.map_or(NodeState::Ready, |node| node_state(node.state)),
+            record.map_or((0, 0), |node| {
+                (node.reserved.cpu_millis, node.reserved.memory_bytes)
+            }),
+            state.workstations_on(own_id).count() as u64,
+        )
     });
+    let (cpu_reserved, mem_reserved) = reserved;
     let (cpu_used, mem_used) = agent.usage.used();
     let role = match (agent.config.role_server, agent.config.role_worker) {
         (true, true) => "server,worker",
@@ -41,7 +47,7 @@ fn this_node(agent: &Agent) -> NodeInfo {
     NodeInfo {
         id: agent.node_id.clone(),
         role: role.to_string(),
-        state: NodeState::Ready,
+        state,
         mesh_addr: agent.raft.read(|state| {
             state
                 .nodes
@@ -72,10 +78,19 @@ fn this_node(agent: &Agent) -> NodeInfo {
     }
 }
 
+fn node_state(state: shoal_raft::model::NodeState) -> NodeState {
+    use shoal_raft::model::NodeState as RaftState;
+    match state {
+        RaftState::Ready => NodeState::Ready,
+        RaftState::Draining => NodeState::Draining,
+        RaftState::Down => NodeState::Down,
+        RaftState::Left => NodeState::Left,
+    }
+}
+
 /// The nodes of the cluster: this node as it sees itself (live usage), the others as the
 /// committed node list and the leader's soft state describe them.
 pub fn nodes(agent: &Agent) -> Vec<NodeInfo> {
-    use shoal_raft::model::NodeState as RaftState;
     let own_id = agent.raft.id();
     // Live usage is soft state, known on the leader from heartbeats. Read before the applied
     // state, so that the two locks are never held together.
@@ -102,12 +117,7 @@ pub fn nodes(agent: &Agent) -> Vec<NodeInfo> {
             .map(|node| NodeInfo {
                 id: format!("node-{}", node.id),
                 role: node.roles.to_string(),
-                state: match node.state {
-                    RaftState::Ready => NodeState::Ready,
-                    RaftState::Draining => NodeState::Draining,
-                    RaftState::Down => NodeState::Down,
-                    RaftState::Left => NodeState::Left,
-                },
+                state: node_state(node.state),
                 mesh_addr: Some(node.mesh_addr.to_string()),
                 api_addr: node.api_addr.clone(),
                 endpoint: Some(node.endpoint.clone()),
@@ -213,58 +223,98 @@ pub async fn show_node(
         .ok_or_else(|| ApiError::not_found("node", &id))
 }
 
-/// Drains a node (admin). With a single node there is nowhere to move its workstations to.
+/// Drains a node (admin): it takes no new placements, and the leader's drain loop moves its
+/// workstations to other nodes one by one (`agent::drain`). Answers 200 with the node, now
+/// `draining`; its `n_workstations` goes to 0 as they move.
 #[utoipa::path(post, path = "/v1/nodes/{id}/drain",
-    responses((status = 409, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody)),
+    responses((status = 200, body = NodeInfo), (status = 409, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])), tag = "cluster")]
 pub async fn drain_node(
     Admin(caller): Admin,
     agent: web::Data<Agent>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    refuse_last_node(&agent, &caller, &id, "node.drain")
+    use shoal_raft::model::NodeState as RaftState;
+    let node = raft_node_id(&id)?;
+    let (exists, other_workers) = agent.raft.read(|state| {
+        let other_workers = state
+            .nodes
+            .values()
+            .filter(|other| {
+                other.id != node && other.roles.worker && other.state == RaftState::Ready
+            })
+            .count();
+        (state.nodes.contains_key(&node), other_workers)
+    });
+    if !exists {
+        return Err(ApiError::not_found("node", &id));
+    }
+    if other_workers == 0 {
+        return Err(ApiError::Conflict(format!(
+            "{id} is the cluster's only ready worker: there is nowhere to move its workstations"
+        )));
+    }
+    agent
+        .propose(&caller.prefix, shoal_raft::Action::DrainNode { node })
+        .await?;
+    node_answer(&agent, &id)
 }
 
-/// Removes a node (admin). The last server of a cluster cannot be removed.
+/// Removes a node (admin): `left` at once if it hosts nothing, otherwise it drains first (the
+/// leader's drain loop) and becomes `left` when empty. The last server of a cluster cannot be
+/// removed (409).
 #[utoipa::path(delete, path = "/v1/nodes/{id}",
-    responses((status = 409, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody)),
+    responses((status = 200, body = NodeInfo), (status = 409, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])), tag = "cluster")]
 pub async fn remove_node(
     Admin(caller): Admin,
     agent: web::Data<Agent>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    refuse_last_node(&agent, &caller, &id, "node.remove")
+    use shoal_raft::model::NodeState as RaftState;
+    let node = raft_node_id(&id)?;
+    let (exists, other_servers) = agent.raft.read(|state| {
+        let other_servers = state
+            .nodes
+            .values()
+            .filter(|other| {
+                other.id != node && other.roles.server && other.state != RaftState::Left
+            })
+            .count();
+        (state.nodes.contains_key(&node), other_servers)
+    });
+    if !exists {
+        return Err(ApiError::not_found("node", &id));
+    }
+    if other_servers == 0 {
+        return Err(ApiError::Conflict(format!(
+            "{id} is the cluster's only server: removing it would leave no cluster"
+        )));
+    }
+    agent
+        .propose(&caller.prefix, shoal_raft::Action::RemoveNode { node })
+        .await?;
+    node_answer(&agent, &id)
 }
 
-fn refuse_last_node(
-    agent: &Agent,
-    caller: &Caller,
-    id: &str,
-    action: &str,
-) -> Result<HttpResponse, ApiError> {
-    if id != agent.node_id {
-        return Err(ApiError::not_found("node", id));
-    }
-    let err = ApiError::Conflict(
-        "this node is the cluster's only node: there is nowhere to move its workstations"
-            .to_string(),
-    );
-    let now = clock::now_unix_ms();
-    agent.store.write(|model| {
-        model.audit(
-            now,
-            &caller.prefix,
-            &caller.tenant,
-            action,
-            &format!("node/{id}"),
-            err.code(),
-        );
-        Ok(())
-    })?;
-    Err(err)
+/// `node-N` (as the API names nodes) or `N` → the Raft node id; anything else is 404.
+fn raft_node_id(id: &str) -> Result<u64, ApiError> {
+    id.strip_prefix("node-")
+        .unwrap_or(id)
+        .parse()
+        .map_err(|_| ApiError::not_found("node", id))
+}
+
+/// The node as `/v1/nodes/{id}` shows it, after a change.
+fn node_answer(agent: &Agent, id: &str) -> Result<HttpResponse, ApiError> {
+    let wanted = raft_node_id(id).map(|n| format!("node-{n}"))?;
+    nodes(agent)
+        .into_iter()
+        .find(|node| node.id == wanted)
+        .map(|node| HttpResponse::Ok().json(node))
+        .ok_or_else(|| ApiError::not_found("node", id))
 }
 
 /// Creates a join token (admin); its text is returned once.
@@ -295,58 +345,44 @@ pub async fn create_token(
         .clone()
         .unwrap_or_else(|| "server,worker".to_string());
     let (server, worker) = parse_roles(&role).map_err(|err| ApiError::field("role", err))?;
-    let now = clock::now_unix_ms();
     // A mesh join token names this member (its WireGuard key and UDP endpoint); the cluster
-    // keeps only the SHA-256 of its secret, in Raft.
+    // keeps only the SHA-256 of its secret and its public head (for `token ls`), in Raft.
     let token = shoal_mesh::JoinToken::generate(
         agent.mesh_public_key,
         vec![agent.config.listen.to_string()],
     );
+    let prefix = format!("{}.{}", shoal_mesh::token::TOKEN_PREFIX, token.id);
+    let uses_max = request
+        .uses
+        .unwrap_or(shoal_raft::command::limits::TOKEN_USES_MAX);
     let outcome = agent
         .propose(
             &caller.prefix,
             shoal_raft::Action::CreateToken {
                 secret_sha256: crate::agent::admission::token_secret_sha256(&token.secret),
+                prefix: prefix.clone(),
                 roles: shoal_raft::model::Roles { server, worker },
                 ttl_ms,
-                uses_max: request
-                    .uses
-                    .unwrap_or(shoal_raft::command::limits::TOKEN_USES_MAX),
+                uses_max,
             },
         )
         .await?;
     let shoal_raft::Outcome::TokenCreated { id, expires_ms } = outcome else {
         return Err(ApiError::Internal(format!("unexpected answer {outcome:?}")));
     };
-    let secret = token.to_string();
-    let record = TokenRecord {
+    let info = TokenInfo {
         id: id.to_string(),
-        prefix: format!("{}.{}", shoal_mesh::token::TOKEN_PREFIX, token.id),
-        sha256: crate::agent::admission::token_secret_sha256(&token.secret),
-        role,
-        created_unix_ms: now,
+        prefix,
+        role: shoal_raft::model::Roles { server, worker }.to_string(),
+        created_unix_ms: expires_ms.saturating_sub(ttl_ms),
         expires_unix_ms: expires_ms,
-        uses_max: request.uses,
+        uses_max: Some(uses_max),
         uses: 0,
         revoked: false,
     };
-    let info = record.info();
-    let resource = format!("token/{}", record.id);
-    agent.store.write(|model| {
-        model.add_token(record)?;
-        model.audit(
-            now,
-            &caller.prefix,
-            &caller.tenant,
-            "token.create",
-            &resource,
-            "ok",
-        );
-        Ok(())
-    })?;
     Ok(HttpResponse::Created().json(TokenCreated {
         info,
-        token: secret,
+        token: token.to_string(),
     }))
 }
 
@@ -361,13 +397,7 @@ pub async fn list_tokens(_admin: Admin, agent: web::Data<Agent>) -> Result<HttpR
             .values()
             .map(|token| TokenInfo {
                 id: token.id.to_string(),
-                prefix: agent.store.read(|model| {
-                    model
-                        .tokens
-                        .get(&token.id.to_string())
-                        .map(|record| record.prefix.clone())
-                        .unwrap_or_default()
-                }),
+                prefix: token.prefix.clone(),
                 role: token.roles.to_string(),
                 created_unix_ms: token.created_ms,
                 expires_unix_ms: token.expires_ms,
@@ -389,7 +419,6 @@ pub async fn revoke_token(
     agent: web::Data<Agent>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let now = clock::now_unix_ms();
     let token_id: shoal_raft::model::TokenId =
         id.parse().map_err(|_| ApiError::not_found("token", &id))?;
     agent
@@ -398,20 +427,6 @@ pub async fn revoke_token(
             shoal_raft::Action::RevokeToken { id: token_id },
         )
         .await?;
-    agent.store.write(|model| {
-        if let Some(token) = model.tokens.get_mut(id.as_str()) {
-            token.revoked = true;
-        }
-        model.audit(
-            now,
-            &caller.prefix,
-            &caller.tenant,
-            "token.revoke",
-            &format!("token/{id}"),
-            "ok",
-        );
-        Ok(())
-    })?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -461,18 +476,6 @@ pub async fn create_key(
         created_unix_ms: now,
         revoked: false,
     };
-    let resource = format!("key/{}", info.id);
-    agent.store.write(|model| {
-        model.audit(
-            now,
-            &caller.prefix,
-            &caller.tenant,
-            "key.create",
-            &resource,
-            "ok",
-        );
-        Ok(())
-    })?;
     Ok(HttpResponse::Created().json(KeyCreated { info, key: secret }))
 }
 
@@ -511,7 +514,6 @@ pub async fn revoke_key(
     if caller.key_id == *id {
         return Err(ApiError::Conflict("a key cannot revoke itself".to_string()));
     }
-    let now = clock::now_unix_ms();
     let key_id: shoal_raft::model::ApiKeyId =
         id.parse().map_err(|_| ApiError::not_found("key", &id))?;
     agent
@@ -520,44 +522,49 @@ pub async fn revoke_key(
             shoal_raft::Action::RevokeApiKey { id: key_id },
         )
         .await?;
-    agent.store.write(|model| {
-        model.audit(
-            now,
-            &caller.prefix,
-            &caller.tenant,
-            "key.revoke",
-            &format!("key/{id}"),
-            "ok",
-        );
-        Ok(())
-    })?;
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// The audit log: an admin sees all entries, a tenant its own.
+/// The audit log, from committed Raft state (every node answers the same): an admin sees all
+/// entries, a tenant only those about its own workstations and processes. At most
+/// `limit` (default and max 1,000) of the newest entries at or after `since_unix_ms`, oldest
+/// first. The cluster keeps the newest 50,000 entries (`AUDIT_LOG_ENTRIES_MAX`).
 #[utoipa::path(get, path = "/v1/audit", params(AuditQuery),
-    responses((status = 200, body = Vec<AuditEntry>)), security(("bearer" = [])), tag = "audit")]
+    responses((status = 200, body = Vec<AuditEntry>), (status = 400, body = ErrorBody)),
+    security(("bearer" = [])), tag = "audit")]
 pub async fn audit(
     caller: Caller,
     agent: web::Data<Agent>,
     query: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let since = query.since_unix_ms.unwrap_or(0);
-    let limit = query
-        .limit
-        .unwrap_or(AUDIT_PAGE_MAX)
-        .clamp(1, AUDIT_PAGE_MAX) as usize;
-    let entries: Vec<AuditEntry> = agent.store.read(|model| {
-        let mut matching: Vec<AuditEntry> = model
-            .audit
-            .iter()
-            .rev()
-            .filter(|entry| entry.time_unix_ms >= since && caller.can_access(&entry.tenant))
-            .take(limit)
-            .cloned()
-            .collect();
-        matching.reverse();
-        matching
+    let limit = match query.limit {
+        None => AUDIT_PAGE_MAX,
+        Some(limit) if (1..=AUDIT_PAGE_MAX).contains(&limit) => limit,
+        Some(_) => {
+            return Err(ApiError::field(
+                "limit",
+                format!("must be between 1 and {AUDIT_PAGE_MAX}"),
+            ))
+        }
+    } as usize;
+    let entries: Vec<AuditEntry> = agent.raft.read(|state| {
+        state
+            .audit_page(since, limit, |tenant| {
+                caller.admin || tenant == Some(caller.tenant.as_str())
+            })
+            .into_iter()
+            .map(|entry| AuditEntry {
+                seq: entry.seq,
+                time_unix_ms: entry.ts_ms,
+                actor: entry.actor,
+                // Empty for cluster-level entries (nodes, tokens, keys).
+                tenant: entry.tenant.unwrap_or_default(),
+                action: entry.action,
+                resource: entry.resource,
+                outcome: entry.outcome,
+            })
+            .collect()
     });
     Ok(HttpResponse::Ok().json(entries))
 }

@@ -5,6 +5,9 @@ use actix_web::{HttpResponse, ResponseError};
 
 use crate::api_types::{ErrorBody, ErrorDetail};
 
+/// `Retry-After` of a 429 for a full table or a quota: freeing room takes an admin or time.
+pub const LIMIT_RETRY_AFTER_SECS: u64 = 60;
+
 /// Every way a request can fail, each with its SPEC.md status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
@@ -66,6 +69,40 @@ impl ApiError {
         ApiError::Unavailable {
             message: message.into(),
             retry_after_secs: 1,
+        }
+    }
+
+    /// The API's answer to a refusal of the state machine, with SPEC's status: 400 names the
+    /// field, 404, 409, 422 never fits, 429 a bounded table is full, 503 no room right now.
+    pub fn from_refusal(refusal: &shoal_raft::Refusal) -> ApiError {
+        use shoal_raft::Refusal;
+        match refusal {
+            Refusal::NotFound { kind, id } => ApiError::not_found(kind, id),
+            Refusal::InvalidArgument { field, reason } => ApiError::field(field, reason),
+            Refusal::Conflict { reason } => ApiError::Conflict(reason.clone()),
+            Refusal::Unsatisfiable {
+                requested,
+                largest_allocatable,
+            } => ApiError::Unsatisfiable(format!(
+                "the reservation ({} millicores, {} bytes) is larger than any node \
+                 (largest allocatable: {} millicores, {} bytes)",
+                requested.cpu_millis,
+                requested.memory_bytes,
+                largest_allocatable.cpu_millis,
+                largest_allocatable.memory_bytes
+            )),
+            Refusal::NoCapacity { requested } => ApiError::Unavailable {
+                message: format!(
+                    "no node has room for {} millicores and {} bytes right now",
+                    requested.cpu_millis, requested.memory_bytes
+                ),
+                retry_after_secs: 5,
+            },
+            Refusal::LimitReached { .. } => ApiError::RateLimited {
+                message: refusal.to_string(),
+                retry_after_secs: LIMIT_RETRY_AFTER_SECS,
+            },
+            _ => ApiError::unavailable(refusal.to_string()),
         }
     }
 

@@ -82,12 +82,64 @@ pub async fn logs(
             })?,
         None => query.from.unwrap_or(0),
     };
-    let mut follower = agent.host.follow(&ws.id, from).await?;
-    // An SSE comment at least this often keeps idle streams open through proxies.
-    let keepalive_interval = Duration::from_millis(agent.config.log_keepalive_ms);
+    let follower = agent.host.follow(&ws.id, from).await?;
+    let source = LocalFollower {
+        follower,
+        proc_filter,
+    };
+    Ok(pump_sse(
+        source,
+        Duration::from_millis(agent.config.log_keepalive_ms),
+    ))
+}
+
+/// Where the chunks of an SSE log stream come from: a follower of a workstation hosted here,
+/// or the stream of already rendered chunks relayed from the hosting node.
+pub trait ChunkSource: Send + 'static {
+    /// The next chunk: `Some(Some(bytes))` to send, `Some(None)` for an event that is hidden
+    /// (nothing to send), `None` when the stream has ended.
+    fn next_chunk(&mut self) -> impl std::future::Future<Output = Option<Option<Bytes>>> + Send;
+}
+
+/// A follower of a workstation hosted on this node, rendered to SSE here.
+struct LocalFollower {
+    follower: shoal_executor::workstation::LogFollower,
+    proc_filter: Option<String>,
+}
+
+impl ChunkSource for LocalFollower {
+    async fn next_chunk(&mut self) -> Option<Option<Bytes>> {
+        // `None`: the workstation was deleted or the node is stopping.
+        let event = self.follower.recv().await?;
+        Some(sse_chunk(&event, self.proc_filter.as_deref()))
+    }
+}
+
+/// SSE chunks rendered by the hosting node and streamed over the mesh.
+struct RelayedStream {
+    stream: shoal_mesh::StreamReceiver,
+    /// Held open for the stream's life: the hosting node reads nothing from it.
+    _sender: shoal_mesh::StreamSender,
+}
+
+impl ChunkSource for RelayedStream {
+    async fn next_chunk(&mut self) -> Option<Option<Bytes>> {
+        match self.stream.recv().await {
+            Ok(Some(chunk)) => Some(Some(chunk)),
+            // The hosting node ended the stream (deleted, stopping, unreachable).
+            Ok(None) | Err(_) => None,
+        }
+    }
+}
+
+/// Streams `source` as a `text/event-stream` answer: an opening comment at once (clients see
+/// the stream open), then each chunk, and a `: keepalive` comment whenever `keepalive` passes
+/// without one, so that idle streams stay open through proxies. At most
+/// `SSE_CHUNKS_QUEUED_MAX` chunks wait for a slow client; then the source waits too. The pump
+/// ends when the source ends or the client goes away (dropping the source unsubscribes it).
+pub fn pump_sse(mut source: impl ChunkSource, keepalive: Duration) -> HttpResponse {
     let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(SSE_CHUNKS_QUEUED_MAX);
     tokio::spawn(async move {
-        // An initial comment makes the response start at once (clients see the stream open).
         if sender
             .send(Ok(Bytes::from_static(b": shoal log stream\n\n")))
             .await
@@ -95,30 +147,28 @@ pub async fn logs(
         {
             return;
         }
-        let mut keepalive = tokio::time::interval(keepalive_interval);
+        let mut keepalive = tokio::time::interval(keepalive);
         keepalive.tick().await;
         loop {
             let chunk = tokio::select! {
-                event = follower.recv() => match event {
-                    Some(event) => sse_chunk(&event, proc_filter.as_deref()),
-                    // The workstation was deleted or the node is stopping.
+                next = source.next_chunk() => match next {
+                    Some(chunk) => chunk,
                     None => break,
                 },
                 _ = keepalive.tick() => Some(Bytes::from_static(b": keepalive\n\n")),
             };
             if let Some(chunk) = chunk {
                 if sender.send(Ok(chunk)).await.is_err() {
-                    // The client went away: dropping the follower unsubscribes.
                     break;
                 }
             }
         }
     });
-    Ok(HttpResponse::Ok()
+    HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(tokio_stream::wrappers::ReceiverStream::new(receiver)))
+        .streaming(tokio_stream::wrappers::ReceiverStream::new(receiver))
 }
 
 /// One follower event as SSE text, or `None` if the filter hides it.
@@ -216,9 +266,8 @@ async fn remote_logs(
             Ok(HttpResponse::Ok().json(page))
         }
         RemoteReply::Failed(why) => Err(ApiError::unavailable(why)),
-        RemoteReply::Processes(_) | RemoteReply::Done => {
-            Err(ApiError::Internal("mismatched mesh answer".into()))
-        }
+        RemoteReply::Error(error) => Err(error.into_api_error()),
+        _ => Err(ApiError::Internal("mismatched mesh answer".into())),
     }
 }
 
@@ -253,40 +302,15 @@ async fn remote_follow(
         proc: query.proc.clone(),
     })
     .map_err(|err| ApiError::Internal(format!("encoding a mesh request: {err}")))?;
-    let (stream_sender, mut stream) = crate::mesh_rpc::app_stream(&agent.transport, ip, &open)
+    let (stream_sender, stream) = crate::mesh_rpc::app_stream(&agent.transport, ip, &open)
         .await
         .map_err(|err| ApiError::unavailable(format!("the hosting node is unreachable: {err}")))?;
-    let keepalive_interval = Duration::from_millis(agent.config.log_keepalive_ms);
-    let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(SSE_CHUNKS_QUEUED_MAX);
-    tokio::spawn(async move {
-        // Held open for the stream's life: the hosting node reads nothing from it.
-        let _stream_sender = stream_sender;
-        if sender
-            .send(Ok(Bytes::from_static(b": shoal log stream\n\n")))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let mut keepalive = tokio::time::interval(keepalive_interval);
-        keepalive.tick().await;
-        loop {
-            let chunk = tokio::select! {
-                frame = stream.recv() => match frame {
-                    Ok(Some(chunk)) => chunk,
-                    // The hosting node ended the stream (deleted, stopping, unreachable).
-                    Ok(None) | Err(_) => break,
-                },
-                _ = keepalive.tick() => Bytes::from_static(b": keepalive\n\n"),
-            };
-            if sender.send(Ok(chunk)).await.is_err() {
-                break;
-            }
-        }
-    });
-    Ok(HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(tokio_stream::wrappers::ReceiverStream::new(receiver)))
+    let source = RelayedStream {
+        stream,
+        _sender: stream_sender,
+    };
+    Ok(pump_sse(
+        source,
+        Duration::from_millis(agent.config.log_keepalive_ms),
+    ))
 }

@@ -55,9 +55,10 @@ pub fn server(agent: Arc<Agent>) -> anyhow::Result<Server> {
                 web::PathConfig::default()
                     .error_handler(|err, _| ApiError::InvalidInput(format!("path: {err}")).into()),
             )
-            .app_data(web::QueryConfig::default().error_handler(|err, _| {
-                ApiError::InvalidInput(format!("query string: {err}")).into()
-            }))
+            .app_data(
+                web::QueryConfig::default()
+                    .error_handler(|err, request| query_error(&err, request.query_string()).into()),
+            )
             .app_data(
                 web::JsonConfig::default()
                     .limit(body_limit)
@@ -136,6 +137,20 @@ fn routes(config: &mut web::ServiceConfig) {
         .route("/v1/workstations/{id}/logs", web::get().to(logs::logs))
         .route("/v1/runs", web::post().to(runs::create_run))
         .route("/v1/languages", web::get().to(runs::languages));
+}
+
+/// Longest part of a query string quoted back in an error.
+const QUERY_QUOTED_CHARS_MAX: usize = 200;
+
+/// A 400 for a query string that does not parse. serde's error does not name the parameter,
+/// so the message quotes the query string (bounded), which does.
+fn query_error(err: &actix_web::error::QueryPayloadError, query: &str) -> ApiError {
+    let quoted: String = query.chars().take(QUERY_QUOTED_CHARS_MAX).collect();
+    let cause = match err {
+        actix_web::error::QueryPayloadError::Deserialize(inner) => inner.to_string(),
+        other => other.to_string(),
+    };
+    ApiError::InvalidInput(format!("query string `{quoted}`: {cause}"))
 }
 
 /// Turns every error answer that is not already our JSON (actix's own 404/405/413 texts, a

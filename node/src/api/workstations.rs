@@ -12,7 +12,7 @@ use crate::agent::placement;
 use crate::agent::Agent;
 use crate::api_types::{
     CreateProcessRequest, CreateWorkstationRequest, ErrorBody, KillQuery, Process,
-    ResizeWorkstationRequest, Workstation, WorkstationState,
+    ResizeWorkstationRequest, Workstation,
 };
 use crate::clock;
 
@@ -74,15 +74,24 @@ fn visible(agent: &Agent, caller: &Caller, id: &str) -> Result<WorkstationRecord
         .read(|state| state.workstations.get(&ws_id).cloned())
         .filter(|ws| caller.can_access(&ws.tenant))
         .ok_or_else(not_found)?;
+    let from_raft = placement::record_of(
+        &placed,
+        &placed.node.map(placement::node_name).unwrap_or_default(),
+    );
+    // Raft is the truth for the spec and placement; the hosting record adds what only the
+    // hosting node knows (killed processes, the log epoch).
     Ok(agent
         .store
         .read(|model| model.workstations.get(id).cloned())
-        .unwrap_or_else(|| {
-            placement::record_of(
-                &placed,
-                &placed.node.map(placement::node_name).unwrap_or_default(),
-            )
-        }))
+        .map(|hosted| {
+            let mut record = from_raft.clone();
+            for (id, process) in record.processes.iter_mut() {
+                process.killed = hosted.processes.get(id).is_some_and(|spec| spec.killed);
+            }
+            record.log_epoch = hosted.log_epoch;
+            record
+        })
+        .unwrap_or(from_raft))
 }
 
 /// Whether this node hosts the workstation (its actor, processes and log are here).
@@ -93,11 +102,36 @@ fn hosted_here(agent: &Agent, ws: &WorkstationRecord) -> bool {
 }
 
 async fn view(agent: &Agent, ws: &WorkstationRecord) -> Workstation {
+    let observed = placement::observe_remote(agent, std::slice::from_ref(ws)).await;
+    view_observed(agent, ws, &observed).await
+}
+
+/// The view of `ws`: from its actor when hosted here, else from `observed` (the leader's soft
+/// state, see [`placement::observe_remote`]).
+async fn view_observed(
+    agent: &Agent,
+    ws: &WorkstationRecord,
+    observed: &std::collections::BTreeMap<String, shoal_raft::soft_state::WorkstationUsage>,
+) -> Workstation {
     if !hosted_here(agent, ws) {
-        return ws.view(WorkstationState::Pending, "", 0);
+        return placement::remote_view(ws, observed.get(&ws.id));
     }
-    let (state, next) = agent.host.state(&ws.id).await;
-    ws.view(state, agent.host.isolation(), next)
+    placement::local_view(agent, ws).await
+}
+
+/// Records an action that changes no replicated state (a signal, a failed sandbox start) in
+/// Raft's audit log under the caller's tenant. Best effort: the action has happened, so a
+/// Raft that cannot take the entry now is logged, not turned into a failure answer.
+async fn record_audit(agent: &Agent, caller: &Caller, action: &str, resource: &str, outcome: &str) {
+    let entry = shoal_raft::Action::RecordAudit {
+        tenant: Some(caller.tenant.clone()),
+        action: action.to_string(),
+        resource: resource.to_string(),
+        outcome: outcome.to_string(),
+    };
+    if let Err(err) = agent.propose(&caller.prefix, entry).await {
+        tracing::warn!(action, resource, error = %err, "could not record an audit entry");
+    }
 }
 
 /// The failure of `ws_id` (and `proc`) in a reconcile run, if any.
@@ -139,7 +173,6 @@ pub async fn create(
             return Err(ApiError::field("name", "must be 1-64 printable characters"));
         }
     }
-    let now = clock::now_unix_ms();
     let hosted_now = agent.store.read(|model| model.workstations.len());
     if hosted_now >= agent.config.workstations_per_node_max {
         return Err(ApiError::Unavailable {
@@ -182,7 +215,7 @@ pub async fn create(
         return Err(ApiError::Internal(format!("unexpected answer {outcome:?}")));
     };
     let id = placed.id.to_string();
-    let resource = format!("workstation/{id}");
+    let resource = id.clone();
     if placed.node == agent.raft.id() {
         let failures = placement::reconcile(&agent).await;
         if let Some(err) = failure_of(failures, &id, None) {
@@ -194,31 +227,11 @@ pub async fn create(
                     shoal_raft::Action::DeleteWorkstation { id: placed.id },
                 )
                 .await;
-            let _ = agent.store.write(|model| {
-                model.audit(
-                    clock::now_unix_ms(),
-                    &caller.prefix,
-                    &caller.tenant,
-                    "workstation.delete",
-                    &resource,
-                    err.code(),
-                );
-                Ok(())
-            });
+            // The undo's `workstation.delete` entry is in Raft's audit log; this one says why.
+            record_audit(&agent, &caller, "workstation.start", &resource, err.code()).await;
             return Err(err);
         }
     }
-    agent.store.write(|model| {
-        model.audit(
-            now,
-            &caller.prefix,
-            &caller.tenant,
-            "workstation.create",
-            &resource,
-            "ok",
-        );
-        Ok(())
-    })?;
     let record = visible(&agent, &caller, &id)?;
     tracing::info!(workstation = %id, tenant = %record.tenant, node = %record.node, "workstation created");
     Ok(HttpResponse::Created().json(view(&agent, &record).await))
@@ -240,9 +253,10 @@ pub async fn list(caller: Caller, agent: web::Data<Agent>) -> Result<HttpRespons
         .iter()
         .filter_map(|id| visible(&agent, &caller, id).ok())
         .collect();
+    let observed = placement::observe_remote(&agent, &records).await;
     let mut views = Vec::with_capacity(records.len());
     for ws in &records {
-        views.push(view(&agent, ws).await);
+        views.push(view_observed(&agent, ws, &observed).await);
     }
     Ok(HttpResponse::Ok().json(views))
 }
@@ -327,29 +341,24 @@ pub async fn resize(
             },
             other => other,
         })?;
-    let now = clock::now_unix_ms();
-    let resource = format!("workstation/{}", ws.id);
-    agent.store.write(|model| {
-        let sizing = Sizing {
-            cpu_millis,
-            memory_bytes,
-            cpu_limit_millis,
-            memory_limit_bytes,
-        };
-        // Raft checked the room; the hosting record follows.
+    // Raft checked the room and holds the new size (the answer reads it from there); the
+    // hosting record follows as a cache. A local disk error must not turn a committed resize
+    // into a failure answer.
+    let sizing = Sizing {
+        cpu_millis,
+        memory_bytes,
+        cpu_limit_millis,
+        memory_limit_bytes,
+    };
+    let cached = agent.store.write(|model| {
         if model.workstations.contains_key(&ws.id) {
             model.resize_workstation(&ws.id, sizing, u64::MAX, u64::MAX)?;
         }
-        model.audit(
-            now,
-            &caller.prefix,
-            &caller.tenant,
-            "workstation.resize",
-            &resource,
-            "ok",
-        );
         Ok(())
-    })?;
+    });
+    if let Err(err) = cached {
+        tracing::warn!(workstation = %ws.id, error = %err, "resize committed; the hosting record was not updated");
+    }
     let updated = visible(&agent, &caller, &ws.id)?;
     Ok(HttpResponse::Ok().json(view(&agent, &updated).await))
 }
@@ -376,19 +385,6 @@ pub async fn delete(
         .await?;
     // The hosting node stops it when its reconcile sees the deletion; here at once.
     placement::reconcile(&agent).await;
-    let now = clock::now_unix_ms();
-    let resource = format!("workstation/{}", ws.id);
-    agent.store.write(|model| {
-        model.audit(
-            now,
-            &caller.prefix,
-            &caller.tenant,
-            "workstation.delete",
-            &resource,
-            "ok",
-        );
-        Ok(())
-    })?;
     tracing::info!(workstation = %ws.id, "workstation deleted");
     Ok(HttpResponse::NoContent().finish())
 }
@@ -443,7 +439,6 @@ pub async fn create_process(
     let shoal_raft::Outcome::ProcessAdded { id: proc_id } = outcome else {
         return Err(ApiError::Internal(format!("unexpected answer {outcome:?}")));
     };
-    let resource = format!("workstation/{ws_id}/process/{}", proc_id.0);
     let spec = ProcessSpec {
         id: proc_id.0,
         argv: request.argv.clone(),
@@ -475,17 +470,6 @@ pub async fn create_process(
             return Err(err);
         }
     }
-    agent.store.write(|model| {
-        model.audit(
-            now,
-            &caller.prefix,
-            &caller.tenant,
-            "process.create",
-            &resource,
-            "ok",
-        );
-        Ok(())
-    })?;
     let statuses = if hosted_here(&agent, &ws) {
         agent.host.processes(&ws_id).await.unwrap_or_default()
     } else {
@@ -550,9 +534,8 @@ pub async fn list_processes(
         return match reply {
             RemoteReply::Processes(processes) => Ok(HttpResponse::Ok().json(processes)),
             RemoteReply::Failed(why) => Err(ApiError::unavailable(why)),
-            RemoteReply::Logs(_) | RemoteReply::Done => {
-                Err(ApiError::Internal("mismatched mesh answer".into()))
-            }
+            RemoteReply::Error(error) => Err(error.into_api_error()),
+            _ => Err(ApiError::Internal("mismatched mesh answer".into())),
         };
     }
     let statuses = agent.host.processes(&ws.id).await.unwrap_or_default();
@@ -613,8 +596,7 @@ pub async fn kill_process(
         signal,
         nix::sys::signal::Signal::SIGTERM | nix::sys::signal::Signal::SIGKILL
     );
-    let now = clock::now_unix_ms();
-    let resource = format!("workstation/{}/process/{proc_id}", ws.id);
+    let resource = format!("{}/p-{proc_id}", ws.id);
     let result = if hosted_here(&agent, &ws) {
         kill_here(&agent, &ws.id, proc_id, signal, stops).await
     } else {
@@ -627,6 +609,7 @@ pub async fn kill_process(
         match ask_host(&agent, &ws.id, &request).await {
             Ok(RemoteReply::Done) => Ok(()),
             Ok(RemoteReply::Failed(why)) => Err(ApiError::unavailable(why)),
+            Ok(RemoteReply::Error(error)) => Err(error.into_api_error()),
             Ok(_) => Err(ApiError::Internal("mismatched mesh answer".into())),
             Err(err) => Err(err),
         }
@@ -635,17 +618,7 @@ pub async fn kill_process(
         Ok(()) => "ok",
         Err(err) => err.code(),
     };
-    let _ = agent.store.write(|model| {
-        model.audit(
-            now,
-            &caller.prefix,
-            &caller.tenant,
-            "process.kill",
-            &resource,
-            outcome,
-        );
-        Ok(())
-    });
+    record_audit(&agent, &caller, "process.kill", &resource, outcome).await;
     result?;
     Ok(HttpResponse::NoContent().finish())
 }

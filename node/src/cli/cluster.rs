@@ -61,6 +61,14 @@ pub struct TokenArgs {
 }
 
 #[cfg(test)]
+impl StatusArgs {
+    /// The connection flags (for tests of the flag layout).
+    pub fn conn(&self) -> &ConnectionArgs {
+        &self.conn
+    }
+}
+
+#[cfg(test)]
 impl TokenArgs {
     /// The connection flags (for tests of the flag layout).
     pub fn conn(&self) -> &ConnectionArgs {

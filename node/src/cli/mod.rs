@@ -61,6 +61,61 @@ impl ConnectionArgs {
     }
 }
 
+/// The connection flags that take a value, as they may appear before the subcommand.
+const CONNECTION_FLAGS_WITH_VALUE: [&str; 2] = ["--addr", "--token"];
+/// The connection flags without a value.
+const CONNECTION_SWITCHES: [&str; 1] = ["--json"];
+
+/// Moves connection flags written before the subcommand (`shoal --addr X --token K status`)
+/// to just after it (`shoal status --addr X --token K`), where the subcommand's own
+/// [`ConnectionArgs`] parse them, so that both orders mean the same. Only done when the
+/// subcommand takes connection flags (not `agent` or `dev`: there clap reports the flag as
+/// unexpected, as it should); anything else is returned unchanged for clap to judge.
+pub fn hoist_connection_flags(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut leading = Vec::new();
+    let mut index = 1;
+    while let Some(arg) = args.get(index).and_then(|arg| arg.to_str()) {
+        if CONNECTION_FLAGS_WITH_VALUE.contains(&arg) && index + 1 < args.len() {
+            leading.extend_from_slice(&args[index..index + 2]);
+            index += 2;
+        } else if CONNECTION_SWITCHES.contains(&arg)
+            || CONNECTION_FLAGS_WITH_VALUE.iter().any(|flag| {
+                arg.strip_prefix(flag)
+                    .is_some_and(|rest| rest.starts_with('='))
+            })
+        {
+            leading.push(args[index].clone());
+            index += 1;
+        } else {
+            break;
+        }
+    }
+    let takes_flags = args
+        .get(index)
+        .and_then(|name| name.to_str())
+        .is_some_and(takes_connection_flags);
+    if leading.is_empty() || !takes_flags {
+        return args;
+    }
+    let mut hoisted = Vec::with_capacity(args.len());
+    hoisted.push(args[0].clone());
+    hoisted.push(args[index].clone());
+    hoisted.extend(leading);
+    hoisted.extend_from_slice(&args[index + 1..]);
+    hoisted
+}
+
+/// Whether the client subcommand called `name` takes the connection flags.
+fn takes_connection_flags(name: &str) -> bool {
+    use clap::Subcommand as _;
+    let commands = ClientCommand::augment_subcommands(clap::Command::new("shoal"));
+    commands.find_subcommand(name).is_some_and(|command| {
+        command
+            .get_arguments()
+            .any(|arg| arg.get_id().as_str() == "addr")
+    })
+}
+
 /// The client subcommands (everything except `shoal agent`).
 #[derive(Debug, clap::Subcommand)]
 pub enum ClientCommand {
@@ -172,6 +227,41 @@ mod tests {
         };
         assert_eq!(args.conn().token.as_deref(), Some("k"));
         assert!(args.conn().json);
+    }
+
+    fn parse_hoisted(line: &str) -> Result<ClientCommand, clap::Error> {
+        let args = line
+            .split_whitespace()
+            .map(std::ffi::OsString::from)
+            .collect();
+        TestCli::try_parse_from(hoist_connection_flags(args)).map(|cli| cli.command)
+    }
+
+    #[test]
+    fn connection_flags_before_the_subcommand_mean_the_same_as_after_it() {
+        let Ok(ClientCommand::Status(args)) =
+            parse_hoisted("shoal --addr h:1 --token k --json status")
+        else {
+            panic!("global flags before status did not parse");
+        };
+        assert_eq!(args.conn().addr, "h:1");
+        assert_eq!(args.conn().token.as_deref(), Some("k"));
+        assert!(args.conn().json);
+        let Ok(ClientCommand::Token(args)) =
+            parse_hoisted("shoal --addr=h:2 token create --ttl 1m")
+        else {
+            panic!("global flags before a nested subcommand did not parse");
+        };
+        assert_eq!(args.conn().addr, "h:2");
+        let Ok(ClientCommand::Status(args)) = parse_hoisted("shoal status --addr h:3") else {
+            panic!("flags after the subcommand still parse");
+        };
+        assert_eq!(args.conn().addr, "h:3");
+        // `dev` takes no connection flags: the flag stays where it was and clap refuses it.
+        let refused = parse_hoisted("shoal --addr h:1 dev").expect_err("dev has no --addr");
+        assert_eq!(refused.exit_code(), 2);
+        // A flag without its value is left for clap to report.
+        assert!(parse_hoisted("shoal --addr").is_err());
     }
 
     #[test]
