@@ -45,6 +45,8 @@ use crate::state::AUDIT_LOG_ENTRIES_MAX;
 
 /// Longest join token lifetime: 30 days.
 pub const TOKEN_TTL_MS_MAX: u64 = 30 * 24 * 3600 * 1000;
+/// Largest per-tenant workstation quota a setting may name.
+pub const TENANT_WORKSTATIONS_MAX_MAX: u32 = 1_000_000;
 /// Heartbeat grace bounds (1 s .. 1 h).
 pub const HEARTBEAT_GRACE_MS_MIN: u64 = 1_000;
 /// See [`HEARTBEAT_GRACE_MS_MIN`].
@@ -260,9 +262,15 @@ fn apply_one(state: &mut ClusterState, at_ms: u64, action: &Action) -> (String, 
         Action::UpdateSettings {
             voter_target,
             heartbeat_grace_ms,
+            tenant_workstations_max,
         } => (
             "cluster".to_string(),
-            update_settings(state, *voter_target, *heartbeat_grace_ms),
+            update_settings(
+                state,
+                *voter_target,
+                *heartbeat_grace_ms,
+                *tenant_workstations_max,
+            ),
         ),
         Action::RegisterNode(registration) => {
             let response = register_node(state, at_ms, registration);
@@ -464,6 +472,12 @@ fn check_settings(settings: &ClusterSettings) -> Result<(), Refusal> {
             format!("must be {HEARTBEAT_GRACE_MS_MIN}..={HEARTBEAT_GRACE_MS_MAX}"),
         ));
     }
+    if !(1..=TENANT_WORKSTATIONS_MAX_MAX).contains(&settings.tenant_workstations_max) {
+        return Err(Refusal::invalid(
+            "tenant_workstations_max",
+            format!("must be 1..={TENANT_WORKSTATIONS_MAX_MAX}"),
+        ));
+    }
     if !(8..=30).contains(&settings.overlay_prefix_len) {
         return Err(Refusal::invalid("overlay_prefix_len", "must be 8..=30"));
     }
@@ -539,11 +553,15 @@ fn update_settings(
     state: &mut ClusterState,
     voter_target: Option<u8>,
     heartbeat_grace_ms: Option<u64>,
+    tenant_workstations_max: Option<u32>,
 ) -> CommandResponse {
     require_initialized(state)?;
     let mut settings = state.data.settings.clone();
     if let Some(target) = voter_target {
         settings.voter_target = target;
+    }
+    if let Some(max) = tenant_workstations_max {
+        settings.tenant_workstations_max = max;
     }
     if let Some(grace) = heartbeat_grace_ms {
         settings.heartbeat_grace_ms = grace;
@@ -1172,6 +1190,15 @@ fn create_workstation(
     check_name("tenant", &request.tenant, false)?;
     check_name("name", &request.name, true)?;
     check_spec(&request.spec)?;
+    let quota = state.data.settings.tenant_workstations_max;
+    if state.tenant_workstation_count(&request.tenant) >= quota {
+        return Err(Refusal::LimitReached {
+            what: format!("workstations for tenant `{}`", truncated(&request.tenant)),
+            max: u64::from(quota),
+            reason: "delete one first, or ask an admin to raise tenant_workstations_max"
+                .to_string(),
+        });
+    }
     let node = scheduler::choose_node(
         state,
         &request.tenant,
@@ -1203,6 +1230,11 @@ fn create_workstation(
             created_ms: at_ms,
         },
     );
+    *state
+        .index
+        .tenant_workstations
+        .entry(request.tenant.clone())
+        .or_default() += 1;
     state.attach(id, node);
     Ok(Placed {
         id,
@@ -1255,7 +1287,14 @@ fn delete_workstation(state: &mut ClusterState, id: WorkstationId) -> CommandRes
         return Err(Refusal::not_found("workstation", id));
     }
     state.detach(id);
-    state.data.workstations.remove(&id);
+    if let Some(ws) = state.data.workstations.remove(&id) {
+        if let Some(count) = state.index.tenant_workstations.get_mut(&ws.tenant) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                state.index.tenant_workstations.remove(&ws.tenant);
+            }
+        }
+    }
     Ok(Outcome::Done)
 }
 

@@ -158,6 +158,8 @@ pub enum Action {
         voter_target: Option<u8>,
         /// New heartbeat grace.
         heartbeat_grace_ms: Option<u64>,
+        /// New per-tenant workstation quota.
+        tenant_workstations_max: Option<u32>,
     },
     /// Admits a node: allocates its id and mesh address.
     RegisterNode(NodeRegistration),

@@ -447,6 +447,9 @@ pub struct ClusterSettings {
     pub overlay_addr: Ipv4Addr,
     /// Prefix length of the overlay range (8..=30).
     pub overlay_prefix_len: u8,
+    /// Most workstations one tenant may have at a time (placed or pending); one more is
+    /// refused with `LimitReached` (the API's 429). 1..=1,000,000; 1,000 by default.
+    pub tenant_workstations_max: u32,
 }
 
 impl Default for ClusterSettings {
@@ -456,6 +459,7 @@ impl Default for ClusterSettings {
             heartbeat_grace_ms: 10_000,
             overlay_addr: Ipv4Addr::new(10, 42, 0, 0),
             overlay_prefix_len: 16,
+            tenant_workstations_max: 1_000,
         }
     }
 }

@@ -76,6 +76,8 @@ pub(crate) struct Index {
     pub(crate) tenant_nodes: BTreeMap<TenantId, BTreeMap<NodeId, u32>>,
     /// Node → its workstations.
     pub(crate) node_workstations: BTreeMap<NodeId, BTreeSet<WorkstationId>>,
+    /// Tenant → how many workstations it has, placed or pending (for its quota).
+    pub(crate) tenant_workstations: BTreeMap<TenantId, u32>,
     /// Key hash → key id.
     pub(crate) api_key_by_hash: BTreeMap<String, ApiKeyId>,
     /// Token hash → token id.
@@ -173,6 +175,10 @@ impl ClusterState {
                 .insert(node.wg_public_key.clone(), node.id);
         }
         for ws in data.workstations.values() {
+            *index
+                .tenant_workstations
+                .entry(ws.tenant.clone())
+                .or_default() += 1;
             if let Some(node) = ws.node {
                 *index
                     .tenant_nodes
@@ -260,6 +266,15 @@ impl ClusterState {
             .filter_map(|id| self.data.workstations.get(id))
     }
 
+    /// How many workstations `tenant` has, placed or pending.
+    pub fn tenant_workstation_count(&self, tenant: &str) -> u32 {
+        self.index
+            .tenant_workstations
+            .get(tenant)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Voters should be added while the number of server nodes that are voters is below this.
     pub fn voter_target(&self) -> usize {
         usize::from(self.data.settings.voter_target)
@@ -313,6 +328,7 @@ impl ClusterState {
         if rebuilt.index.placeable != self.index.placeable
             || rebuilt.index.tenant_nodes != self.index.tenant_nodes
             || rebuilt.index.node_workstations != self.index.node_workstations
+            || rebuilt.index.tenant_workstations != self.index.tenant_workstations
         {
             return Err("derived index differs from a rebuild".to_string());
         }

@@ -350,3 +350,88 @@ fn the_audit_log_keeps_the_newest_50000_entries_and_sequence_numbers_keep_counti
     must(&mut copy, &next);
     assert_eq!(state, copy);
 }
+
+#[test]
+fn a_tenant_at_its_workstation_quota_is_refused_with_limit_reached_until_it_deletes_one() {
+    let mut state = cluster();
+    must(
+        &mut state,
+        &cmd(
+            1,
+            Action::UpdateSettings {
+                voter_target: None,
+                heartbeat_grace_ms: None,
+                tenant_workstations_max: Some(2),
+            },
+        ),
+    );
+    let Outcome::WorkstationPlaced(first) = must(&mut state, &cmd(2, create_ws("acme"))) else {
+        panic!("not placed");
+    };
+    must(&mut state, &cmd(3, create_ws("acme")));
+    let before = state.workstations.clone();
+    let refused = apply(&mut state, &cmd(4, create_ws("acme")));
+    let Err(Refusal::LimitReached { what, max, .. }) = &refused else {
+        panic!("expected LimitReached, got {refused:?}");
+    };
+    assert_eq!((what.as_str(), *max), ("workstations for tenant `acme`", 2));
+    assert_eq!(state.workstations, before, "a refusal changes nothing");
+    // The quota is per tenant, and a batch is checked request by request.
+    must(&mut state, &cmd(5, create_ws("other")));
+    let Outcome::Batch(answers) = must(
+        &mut state,
+        &cmd(
+            6,
+            Action::PlaceBatch {
+                requests: vec![
+                    WorkstationRequest {
+                        tenant: "acme".into(),
+                        ..ws_request()
+                    },
+                    WorkstationRequest {
+                        tenant: "other".into(),
+                        ..ws_request()
+                    },
+                ],
+                hints: Default::default(),
+            },
+        ),
+    ) else {
+        panic!("not a batch answer");
+    };
+    assert!(matches!(answers[0], Err(Refusal::LimitReached { .. })));
+    assert!(answers[1].is_ok());
+    must(
+        &mut state,
+        &cmd(7, Action::DeleteWorkstation { id: first.id }),
+    );
+    must(&mut state, &cmd(8, create_ws("acme")));
+    assert_eq!(state.tenant_workstation_count("acme"), 2);
+    state.check_invariants().unwrap();
+    // A snapshot round-trip rebuilds the same counts.
+    let copy = ClusterState::decode(&state.encode().unwrap()).unwrap();
+    assert_eq!(copy.tenant_workstation_count("acme"), 2);
+    assert_eq!(copy.tenant_workstation_count("other"), 2);
+    let refused = apply(
+        &mut state,
+        &cmd(
+            9,
+            Action::UpdateSettings {
+                voter_target: None,
+                heartbeat_grace_ms: None,
+                tenant_workstations_max: Some(0),
+            },
+        ),
+    );
+    assert!(
+        matches!(&refused, Err(Refusal::InvalidArgument { field, .. }) if field == "tenant_workstations_max"),
+        "{refused:?}"
+    );
+}
+
+fn ws_request() -> WorkstationRequest {
+    let Action::CreateWorkstation { request, .. } = create_ws("x") else {
+        unreachable!("create_ws builds a CreateWorkstation");
+    };
+    request
+}
