@@ -13,7 +13,10 @@
 //! had, which do not exist in the child.
 //!
 //! Process tree of a run: node → `init` (PID 1 of the new PID namespace, root, sets up mounts,
-//! stays outside seccomp) → `program` (drops everything, execs the user's code). `init` reports
+//! stays outside seccomp) → `program` (drops everything, execs the user's code; started
+//! vfork-style, sharing init's memory on a stack of its own until its exec, see
+//! `vfork_program`). A run's init does not build a root: it joins the node's shared, read-only
+//! sandbox root (`build_mount_template`, once per node) and unshares a copy of it. `init` reports
 //! the program's wait status on the report pipe and exits; the kernel then kills whatever else is
 //! left in the PID namespace (daemons included). For a workstation `init` stays as the
 //! namespace's reaper and each process is started by `enter`: a short-lived clone that joins the
@@ -684,10 +687,7 @@ unsafe fn init_main(
     }
     match &plan.mode {
         InitMode::RunProgram(program) => {
-            let program_pid = raw_clone(libc::SIGCHLD as libc::c_ulong);
-            if program_pid == 0 {
-                exec_program(program, report_fd);
-            }
+            let program_pid = vfork_program(program, report_fd);
             if program_pid < 0 {
                 fail(report_fd, STEP_FORK_PROGRAM, errno());
             }
@@ -722,6 +722,62 @@ unsafe fn init_main(
             }
         }
     }
+}
+
+/// Stack of the program process between its clone and its exec (untouched pages cost nothing).
+const PROGRAM_STACK_BYTES: usize = 256 * 1024;
+
+/// What [`program_entry`] needs: lives on init's stack, which stays put while init waits.
+struct ProgramEntry<'a> {
+    program: &'a ProgramPlan,
+    report_fd: RawFd,
+}
+
+extern "C" fn program_entry(argument: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `argument` points to the ProgramEntry on init's stack; init is suspended
+    // (CLONE_VFORK) until this process execs or exits, so it stays valid and unchanged.
+    unsafe {
+        let entry = &*(argument as *const ProgramEntry);
+        exec_program(entry.program, entry.report_fd)
+    }
+}
+
+/// Starts the program vfork-style: it shares init's memory (CLONE_VM, on a stack of its own)
+/// until its exec, and init waits (CLONE_VFORK). This spares copying the page tables of init,
+/// which is a copy of the whole node. Everything `exec_program` does is per-process kernel
+/// state (credentials, rlimits, seccomp, fds: no CLONE_FILES, signal dispositions: no
+/// CLONE_SIGHAND) or writes to its own stack. Returns the program's pid, or -1 (errno set).
+unsafe fn vfork_program(program: &ProgramPlan, report_fd: RawFd) -> libc::pid_t {
+    let stack = libc::mmap(
+        std::ptr::null_mut(),
+        PROGRAM_STACK_BYTES,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+        -1,
+        0,
+    );
+    if stack == libc::MAP_FAILED {
+        return -1;
+    }
+    let entry = ProgramEntry { program, report_fd };
+    // The stack grows down: hand clone its top.
+    let top = stack
+        .cast::<u8>()
+        .add(PROGRAM_STACK_BYTES)
+        .cast::<libc::c_void>();
+    let pid = libc::clone(
+        program_entry,
+        top,
+        libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+        (&entry as *const ProgramEntry)
+            .cast_mut()
+            .cast::<libc::c_void>(),
+    );
+    // The program has exec'd (its own memory now) or exited: the stack is ours again.
+    let saved_errno = errno();
+    libc::munmap(stack, PROGRAM_STACK_BYTES);
+    *libc::__errno_location() = saved_errno;
+    pid
 }
 
 unsafe fn run_step(step: &Step) -> Result<(), i32> {

@@ -2,8 +2,9 @@
 //! seccomp filter around every user process.
 //!
 //! [`SandboxHost`] is created once per node: it probes what the host permits (and logs it
-//! once), removes what an earlier run of the same node left, and builds the read-only /etc
-//! every sandbox sees. [`Sandbox`] is one sandbox (one per run, one per workstation): it owns a
+//! once), removes what an earlier run of the same node left (thawing frozen groups first), and
+//! builds the read-only /etc every sandbox sees and, in a mount namespace of its own, the
+//! read-only root every run starts from (a copy of it, plus the run's own /proc and /tmp). [`Sandbox`] is one sandbox (one per run, one per workstation): it owns a
 //! cgroup `shoal-<node_id>/<name>`, a uid from the node's range and, for workstations, a
 //! long-lived init process whose namespaces later processes join. Killing a sandbox kills
 //! everything in its cgroup; destroying it leaves no process, cgroup, mount or file behind.
