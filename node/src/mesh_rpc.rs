@@ -457,6 +457,7 @@ mod tests {
                 "test",
                 Action::CreateToken {
                     secret_sha256: sha256_hex(secret),
+                    prefix: "shoal1.test".to_string(),
                     roles: Roles::SERVER_WORKER,
                     ttl_ms: 60_000,
                     uses_max: 1,

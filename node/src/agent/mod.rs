@@ -35,7 +35,7 @@ use crate::api::metrics::Metrics;
 use crate::clock;
 use crate::config::{AgentArgs, AgentConfig};
 use host::Host;
-use model::{secret_prefix, sha256_hex, KeyRecord, Model};
+use model::{secret_prefix, sha256_hex, Model};
 use random::Random;
 use store::Store;
 use usage::Usage;
@@ -111,33 +111,7 @@ impl Agent {
                 }
                 ForwardError::Failed(why) => ApiError::unavailable(why),
             })?;
-        response.map_err(|refusal| {
-            use shoal_raft::Refusal;
-            match &refusal {
-                Refusal::NotFound { kind, id } => ApiError::not_found(kind, id),
-                Refusal::InvalidArgument { field, reason } => ApiError::field(field, reason),
-                Refusal::Conflict { reason } => ApiError::Conflict(reason.clone()),
-                Refusal::Unsatisfiable {
-                    requested,
-                    largest_allocatable,
-                } => ApiError::Unsatisfiable(format!(
-                    "the reservation ({} millicores, {} bytes) is larger than any node \
-                     (largest allocatable: {} millicores, {} bytes)",
-                    requested.cpu_millis,
-                    requested.memory_bytes,
-                    largest_allocatable.cpu_millis,
-                    largest_allocatable.memory_bytes
-                )),
-                Refusal::NoCapacity { requested } => ApiError::Unavailable {
-                    message: format!(
-                        "no node has room for {} millicores and {} bytes right now",
-                        requested.cpu_millis, requested.memory_bytes
-                    ),
-                    retry_after_secs: 5,
-                },
-                _ => ApiError::unavailable(refusal.to_string()),
-            }
-        })
+        response.map_err(|refusal| ApiError::from_refusal(&refusal))
     }
 
     /// A new id: `prefix` and 16 hex digits.
@@ -343,40 +317,21 @@ fn open_or_create_store(
             config.data_dir.display()
         );
     }
-    let now = clock::now_unix_ms();
-    let mut model = Model {
+    let model = Model {
         cluster_id: format!("c-{}", random.hex(8)),
         node_id: format!("n-{}", random.hex(6)),
         ..Model::default()
     };
+    // The admin key itself is committed to Raft by `commit_admin_key` (and audited there).
     let admin_key = format!("shoal_{}", random.hex(32));
-    let key_id = format!("key-{}", random.hex(8));
-    model
-        .add_key(KeyRecord {
-            id: key_id.clone(),
-            prefix: secret_prefix(&admin_key),
-            sha256: sha256_hex(&admin_key),
-            tenant: "admin".to_string(),
-            admin: true,
-            created_unix_ms: now,
-            revoked: false,
-        })
-        .map_err(|err| anyhow::anyhow!("{err}"))?;
-    model.audit(
-        now,
-        "system",
-        "admin",
-        "cluster.bootstrap",
-        &format!("cluster/{}", model.cluster_id),
-        "ok",
-    );
+    let key_prefix = secret_prefix(&admin_key);
     let token_path = config
         .admin_token_file
         .clone()
         .unwrap_or_else(|| config.data_dir.join("admin.token"));
     write_secret(&token_path, &admin_key)?;
     let store = Store::create(&config.data_dir, model)?;
-    info!(path = %token_path.display(), key_id = %key_id, "bootstrapped a new cluster; admin API key written");
+    info!(path = %token_path.display(), key_prefix = %key_prefix, "bootstrapped a new cluster; admin API key written");
     Ok((store, Some(admin_key)))
 }
 
