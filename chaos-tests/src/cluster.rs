@@ -48,6 +48,8 @@ pub struct NodeSlot {
     pub expected_up: bool,
     /// Whether it is out of the cluster (removed) and must not count in snapshots.
     pub out: bool,
+    /// The top-level name of its sandbox cgroups (`shoal-n-<hex>`), from its ready line.
+    pub cgroup: Option<String>,
 }
 
 /// The whole cluster.
@@ -97,6 +99,7 @@ impl Cluster {
                 id: None,
                 expected_up: false,
                 out: false,
+                cgroup: None,
             });
         }
         Ok(Cluster {
@@ -150,13 +153,24 @@ impl Cluster {
             ns: self.net.node_ns(idx).to_string(),
             program: self.shoal.clone(),
             args,
-            env: vec![("RUST_LOG".into(), "info".into())],
+            // `SHOAL_CHAOS_AGENT_LOG` sets the agents' `RUST_LOG` (e.g. to debug one module).
+            env: vec![(
+                "RUST_LOG".into(),
+                std::env::var("SHOAL_CHAOS_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )],
             log_path: self
                 .tag
                 .root_dir()
                 .join(format!("n{idx}"))
                 .join("agent.log"),
             clock_offset_s,
+            // Each node is a host of its own: a `tun` mesh's UAPI socket
+            // (`/run/wireguard/shoal0.sock`) must not collide with another node's.
+            private_dirs: if self.mesh == "tun" {
+                vec![PathBuf::from("/run/wireguard")]
+            } else {
+                Vec::new()
+            },
         };
         let process = ManagedProcess::spawn(spec, &self.tag)?;
         self.agent_pids.insert(process.pid(), idx);
@@ -223,15 +237,73 @@ impl Cluster {
         self.nodes[idx].process.as_ref().map(|p| p.pid())
     }
 
-    /// The last lines of node `idx`'s agent log (for reports).
-    pub fn log_tail(&self, idx: NodeIdx, lines_max: usize) -> String {
-        let path = self
-            .tag
+    /// The cgroup name in the last ready line of node `idx`'s agent log
+    /// (`shoal-agent ready node=… api=… cgroup=shoal-n-…`), if it printed one.
+    pub fn ready_cgroup(&self, idx: NodeIdx) -> Option<String> {
+        let text = std::fs::read_to_string(self.log_path(idx)).ok()?;
+        ready_line_cgroup(&text)
+    }
+
+    fn log_path(&self, idx: NodeIdx) -> PathBuf {
+        self.tag
             .root_dir()
             .join(format!("n{idx}"))
-            .join("agent.log");
-        let text = std::fs::read_to_string(path).unwrap_or_default();
+            .join("agent.log")
+    }
+
+    /// The last lines of node `idx`'s agent log (for reports).
+    pub fn log_tail(&self, idx: NodeIdx, lines_max: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path(idx)).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(lines_max)..].join("\n")
+    }
+}
+
+/// The `cgroup=` value of the last `shoal-agent ready` line of an agent's output; only a name
+/// of the agent's own form (`shoal-…`, no `/`) is taken, since cleanup removes what it names.
+pub fn ready_line_cgroup(log: &str) -> Option<String> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|line| line.starts_with("shoal-agent ready "))?;
+    let name = line
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("cgroup="))?;
+    let valid = name.starts_with("shoal-")
+        && name.len() > "shoal-".len()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    valid.then(|| name.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ready_line_cgroup;
+
+    #[test]
+    fn ready_line_cgroup_cases() {
+        let check = |log: &str, expected: Option<&str>| {
+            assert_eq!(ready_line_cgroup(log).as_deref(), expected, "{log:?}");
+        };
+        check("", None);
+        check(
+            "x\nshoal-agent ready node=node-1 api=1.2.3.4:7070 cgroup=shoal-n-1a2b\n",
+            Some("shoal-n-1a2b"),
+        );
+        // The last start counts.
+        check(
+            "shoal-agent ready node=a api=b cgroup=shoal-n-1\nshoal-agent ready node=a api=b cgroup=shoal-n-2",
+            Some("shoal-n-2"),
+        );
+        // Never a path or a name of another form.
+        check("shoal-agent ready node=a api=b cgroup=../etc", None);
+        check("shoal-agent ready node=a api=b cgroup=shoal-n/x", None);
+        check("shoal-agent ready node=a api=b cgroup=system.slice", None);
+        check("shoal-agent ready node=a api=b", None);
+        check(
+            "  shoal-agent ready node=a cgroup=shoal-n-9 (quoted in a log line)",
+            None,
+        );
     }
 }

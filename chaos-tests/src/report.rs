@@ -49,6 +49,9 @@ pub struct RunInfo {
     pub n_nodes: usize,
     /// How long the run took.
     pub duration_ms: u64,
+    /// Fault modes the scenario left out, each with the reason (`mode: why`).
+    #[serde(default)]
+    pub modes_left_out: Vec<String>,
 }
 
 /// The whole report.
@@ -128,6 +131,9 @@ impl Report {
             .map(|(mode, (n, fired))| format!("{mode} {fired}/{n}"))
             .collect();
         let _ = writeln!(out, "faults (fired/attempted): {}", faults.join(", "));
+        for left_out in &self.run.modes_left_out {
+            let _ = writeln!(out, "fault mode left out: {left_out}");
+        }
         let _ = writeln!(
             out,
             "operations: {} ok, {} fail, {} unknown",
@@ -195,6 +201,7 @@ mod tests {
             shoal_binary: "shoal".into(),
             n_nodes: 3,
             duration_ms: 10,
+            modes_left_out: vec!["removed_node_returns: not implemented".into()],
         }
     }
 

@@ -61,6 +61,10 @@ pub struct RunOptions {
     pub n_clients: u64,
     /// Set on Ctrl-C / SIGTERM: the run stops and cleans up.
     pub cancel: Arc<AtomicBool>,
+    /// Where the agents' logs are copied when the run ends (the run's own directory goes).
+    pub logs_dir: Option<PathBuf>,
+    /// Fault modes the scenario left out, with the reason (for the report).
+    pub modes_left_out: Vec<String>,
 }
 
 /// How long a node has to come up (bootstrap or join).
@@ -81,6 +85,12 @@ const FOLLOW_EVENTS_MAX: usize = 500;
 const LEADER_WAIT_MS: u64 = 10_000;
 /// Period of the failover prober's writes.
 const PROBE_PERIOD_MS: u64 = 25;
+/// How long the up nodes have to serve one final state after the run.
+const FINAL_READ_AGREE_MS: u64 = 15_000;
+/// Most failover probe writes in flight at once: more than one probe period fits in the
+/// probes' 1 s timeout, so that requests a follower holds (forwarding to a dead leader) never
+/// delay the next attempt.
+const PROBES_IN_FLIGHT_MAX: usize = 48;
 /// How long a fault that owes a reaction is watched.
 const REACTION_WATCH_MS: u64 = 10_000;
 
@@ -114,11 +124,34 @@ fn run_on_thread(options: RunOptions) -> anyhow::Result<(Report, History)> {
         .enable_all()
         .build()
         .context("building the run's runtime")?;
+    let logs_dir = options.logs_dir.clone();
+    let n_nodes = roles.len();
     let result = runtime.block_on(run_async(options, schedule, cluster));
     // The runtime (and with it the context holding the cluster) is dropped here, before the
     // RunGuard's final sweep.
     drop(runtime);
+    if let Some(dir) = logs_dir {
+        keep_agent_logs(&tag, n_nodes, &dir);
+    }
     result
+}
+
+/// Copies every node's agent log to `dir/n<idx>.log` (replacing an earlier run's), for
+/// diagnosis after the run's directory is gone.
+fn keep_agent_logs(tag: &RunTag, n_nodes: usize, dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    if let Err(error) = std::fs::create_dir_all(dir) {
+        warn!(%error, dir = %dir.display(), "cannot keep the agents' logs");
+        return;
+    }
+    for idx in 0..n_nodes {
+        let from = tag.root_dir().join(format!("n{idx}")).join("agent.log");
+        let to = dir.join(format!("n{idx}.log"));
+        if let Err(error) = std::fs::copy(&from, &to) {
+            warn!(%error, from = %from.display(), "cannot keep an agent log");
+        }
+    }
+    info!(dir = %dir.display(), "agent logs kept");
 }
 
 /// Everything the run's tasks share.
@@ -233,6 +266,7 @@ impl Ctx {
     /// Waits until node `idx` answers `/v1/cluster` with a known leader; learns its id.
     async fn wait_node_up(&self, idx: NodeIdx, timeout_ms: u64) -> anyhow::Result<String> {
         let deadline_ms = self.clock.now_ms() + timeout_ms;
+        let mut ready_line_wait_ms: u64 = 5_000;
         loop {
             if lock(&self.cluster).exited(idx) {
                 bail!(
@@ -241,13 +275,20 @@ impl Ctx {
                 );
             }
             if let Some(info) = self.cluster_info(idx).await {
-                if info.leader.is_some() {
+                // The ready line follows the API's start by a moment: wait for it a little.
+                let ready_line = lock(&self.cluster).ready_cgroup(idx).is_some();
+                if info.leader.is_some() && !ready_line && ready_line_wait_ms > 0 {
+                    ready_line_wait_ms = ready_line_wait_ms.saturating_sub(200);
+                } else if info.leader.is_some() {
                     let mut cluster = lock(&self.cluster);
-                    // The node keeps its cgroups under `shoal-<node id>` (SPEC "Isolation");
-                    // recorded so that cleanup removes them, also after a crash.
-                    let name = format!("shoal-{}", info.answered_by);
-                    if let Err(error) = cleanup::record_cgroup_name(&cluster.tag, &name) {
-                        warn!(%error, "could not record the node's cgroup name");
+                    // The node keeps its sandbox cgroups under the name its ready line gives
+                    // (SPEC "Isolation"); recorded so that cleanup removes them, also after a
+                    // crash of the harness.
+                    if let Some(name) = cluster.ready_cgroup(idx) {
+                        if let Err(error) = cleanup::record_cgroup_name(&cluster.tag, &name) {
+                            warn!(%error, "could not record the node's cgroup name");
+                        }
+                        cluster.nodes[idx].cgroup = Some(name);
                     }
                     cluster.nodes[idx].id = Some(info.answered_by.clone());
                     return Ok(info.answered_by);
@@ -364,6 +405,7 @@ async fn run_async(
                     shoal_binary: options.shoal.display().to_string(),
                     n_nodes,
                     duration_ms: ctx.clock.now_ms(),
+                    modes_left_out: options.modes_left_out.clone(),
                 },
                 &history,
                 Vec::new(),
@@ -419,13 +461,14 @@ async fn run_async(
     observer.abort();
 
     info!("--- final state and leftover scan");
-    let final_state = read_final_state(&ctx).await;
+    let (final_state, final_note) = read_final_state(&ctx).await;
     let leftovers = scan_leftovers(&ctx);
     let duration_ms = ctx.clock.now_ms();
     let mut history = std::mem::take(&mut *lock(&ctx.history));
     history.final_state = final_state;
     history.leftovers.push(leftovers);
     let mut notes = std::mem::take(&mut *lock(&ctx.notes));
+    notes.extend(final_note);
     if ctx.cancelled() {
         notes.push("interrupted (Ctrl-C or SIGTERM) before the end of the scenario".into());
     }
@@ -445,6 +488,7 @@ async fn run_async(
             shoal_binary,
             n_nodes,
             duration_ms,
+            modes_left_out: options.modes_left_out.clone(),
         },
         &history,
         verdicts,
@@ -514,14 +558,19 @@ async fn client_loop(ctx: Arc<Ctx>, seed: u64, client: u64) {
     }
 }
 
-/// After each leader kill, a burst of small writes (join tokens) until the first one is
-/// acknowledged, so that failover is measured to within ~`PROBE_PERIOD_MS`. Only in those
-/// windows: the cluster keeps every token it ever issued (bounded at 1,000), and refused
-/// attempts create none, so a run costs about one token per kill.
+/// After each leader kill, small writes (join tokens) until the first one is acknowledged, so
+/// that failover is measured to within ~`PROBE_PERIOD_MS`: a client that retries promptly
+/// against the other nodes. A new attempt starts every `PROBE_PERIOD_MS`, round robin over the
+/// up nodes, without waiting for earlier ones (a node that hangs does not hold the measurement
+/// up), at most `PROBES_IN_FLIGHT_MAX` at a time. Only in those windows: the cluster keeps
+/// every token it ever issued, and refused attempts create none, so a run costs a few tokens
+/// per kill.
 async fn failover_prober(ctx: Arc<Ctx>) {
     let mut n = 0usize;
+    let mut in_flight = tokio::task::JoinSet::new();
     while !ctx.stop_clients.load(Ordering::Relaxed) && !ctx.cancelled() {
-        if !ctx.probing.load(Ordering::Relaxed) {
+        while in_flight.try_join_next().is_some() {}
+        if !ctx.probing.load(Ordering::Relaxed) || in_flight.len() >= PROBES_IN_FLIGHT_MAX {
             ctx.sleep_ms(PROBE_PERIOD_MS).await;
             continue;
         }
@@ -531,24 +580,30 @@ async fn failover_prober(ctx: Arc<Ctx>) {
             continue;
         };
         n += 1;
-        let invoke_ms = ctx.clock.now_ms();
-        let result = ctx
-            .api_fast
-            .call::<Value>(
-                Method::POST,
-                Cluster::api_addr(node),
-                "/v1/tokens",
-                Some(json!({"ttl_ms": 1000, "uses": 1})),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| (e.outcome, e.message));
-        if result.is_ok() {
-            ctx.probing.store(false, Ordering::Relaxed);
-        }
-        ctx.record(node, OpKind::CreateToken, invoke_ms, result);
+        let probe_ctx = ctx.clone();
+        in_flight.spawn(async move {
+            let ctx = probe_ctx;
+            let invoke_ms = ctx.clock.now_ms();
+            let result = ctx
+                .api_fast
+                .call::<Value>(
+                    Method::POST,
+                    Cluster::api_addr(node),
+                    "/v1/tokens",
+                    Some(json!({"ttl_ms": 1000, "uses": 1})),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| (e.outcome, e.message));
+            if result.is_ok() {
+                ctx.probing.store(false, Ordering::Relaxed);
+            }
+            ctx.record(node, OpKind::CreateToken, invoke_ms, result);
+        });
         ctx.sleep_ms(PROBE_PERIOD_MS).await;
     }
+    // Every attempt is in the history before the run reads it.
+    while in_flight.join_next().await.is_some() {}
 }
 
 /// The id of workstation `key`, from creates seen so far or by listing.
@@ -716,12 +771,12 @@ async fn observe_once(ctx: &Ctx) {
     };
     let host_running = {
         let cluster = lock(&ctx.cluster);
-        let node_ids: Vec<(NodeIdx, String)> = cluster
+        let node_cgroups: Vec<(NodeIdx, String)> = cluster
             .nodes
             .iter()
-            .filter_map(|n| n.id.clone().map(|id| (n.idx, id)))
+            .filter_map(|n| n.cgroup.clone().map(|name| (n.idx, name)))
             .collect();
-        host_workstation_processes(&cluster.agent_pids, &node_ids)
+        host_workstation_processes(&cluster.agent_pids, &node_cgroups)
     };
     let mut history = lock(&ctx.history);
     // Host evidence: the workload's log producer of each workstation, found by its command
@@ -1118,52 +1173,94 @@ async fn heal_all(ctx: &Ctx) {
     }
 }
 
-async fn read_final_state(ctx: &Ctx) -> FinalState {
-    for idx in ctx.up_nodes() {
-        let addr = Cluster::api_addr(idx);
-        let Ok(workstations) = ctx
-            .api
-            .get::<Vec<Workstation>>(addr, "/v1/workstations")
-            .await
-        else {
-            continue;
-        };
-        let Ok(nodes) = ctx.api.get::<Vec<NodeInfo>>(addr, "/v1/nodes").await else {
-            continue;
-        };
-        let mut state = FinalState {
-            read_ok: true,
-            ..FinalState::default()
-        };
-        for ws in &workstations {
-            let key = ws.name.clone().unwrap_or_else(|| ws.id.clone());
-            state
-                .workstations
-                .push((key.clone(), ws.cpu_millis, ws.memory_bytes));
-            match ctx
-                .api
-                .get::<Vec<Process>>(addr, &format!("/v1/workstations/{}/processes", ws.id))
-                .await
-            {
-                Ok(processes) => state.processes.extend(
-                    processes
-                        .into_iter()
-                        .map(|p| (key.clone(), p.argv.join(" "))),
-                ),
-                Err(_) => state.read_ok = false,
+/// The final state, once every up node serves the same one (reads come from each node's
+/// applied state, and a follower may lag the leader for a moment): the leader's read. If the
+/// replicas still disagree after `FINAL_READ_AGREE_MS`, the leader's read is used and a note
+/// says so (the run then fails: the cluster did not converge).
+async fn read_final_state(ctx: &Ctx) -> (FinalState, Option<String>) {
+    let deadline_ms = ctx.clock.now_ms() + FINAL_READ_AGREE_MS;
+    loop {
+        let up = ctx.up_nodes();
+        let mut reads = Vec::new();
+        for &idx in &up {
+            if let Some(state) = read_state_from(ctx, idx).await {
+                reads.push((idx, state));
             }
         }
-        let cluster = lock(&ctx.cluster);
-        state.member_nodes = nodes
-            .iter()
-            .filter(|n| n.state != "left")
-            .filter_map(|n| cluster.idx_of(&n.id))
-            .collect();
-        if state.read_ok {
-            return state;
+        let leader = ctx.find_leader().await;
+        let agree = reads.len() == up.len()
+            && reads.windows(2).all(|pair| pair[0].1 == pair[1].1)
+            && leader.is_some();
+        if agree || ctx.clock.now_ms() > deadline_ms || !ctx.sleep_ms(500).await {
+            let chosen = reads
+                .iter()
+                .find(|(idx, _)| Some(*idx) == leader)
+                .or(reads.first())
+                .map(|(_, state)| state.clone())
+                .unwrap_or_default();
+            let note = (!agree).then(|| {
+                let summary: Vec<String> = reads
+                    .iter()
+                    .map(|(idx, s)| {
+                        format!(
+                            "node {idx}: {} workstations, {} processes",
+                            s.workstations.len(),
+                            s.processes.len()
+                        )
+                    })
+                    .collect();
+                format!(
+                    "the up nodes did not serve one final state within {FINAL_READ_AGREE_MS} ms \
+                     (leader {leader:?}; {} of {} read: {})",
+                    reads.len(),
+                    up.len(),
+                    summary.join("; ")
+                )
+            });
+            return (chosen, note);
         }
     }
-    FinalState::default()
+}
+
+/// Node `idx`'s view of the final state, normalised (sorted) for comparison.
+async fn read_state_from(ctx: &Ctx, idx: NodeIdx) -> Option<FinalState> {
+    let addr = Cluster::api_addr(idx);
+    let workstations = ctx
+        .api
+        .get::<Vec<Workstation>>(addr, "/v1/workstations")
+        .await
+        .ok()?;
+    let nodes = ctx.api.get::<Vec<NodeInfo>>(addr, "/v1/nodes").await.ok()?;
+    let mut state = FinalState {
+        read_ok: true,
+        ..FinalState::default()
+    };
+    for ws in &workstations {
+        let key = ws.name.clone().unwrap_or_else(|| ws.id.clone());
+        state
+            .workstations
+            .push((key.clone(), ws.cpu_millis, ws.memory_bytes));
+        let processes = ctx
+            .api
+            .get::<Vec<Process>>(addr, &format!("/v1/workstations/{}/processes", ws.id))
+            .await
+            .ok()?;
+        state.processes.extend(
+            processes
+                .into_iter()
+                .map(|p| (key.clone(), p.argv.join(" "))),
+        );
+    }
+    let cluster = lock(&ctx.cluster);
+    state.member_nodes = nodes
+        .iter()
+        .filter(|n| n.state != "left")
+        .filter_map(|n| cluster.idx_of(&n.id))
+        .collect();
+    state.workstations.sort();
+    state.processes.sort();
+    state.member_nodes.sort_unstable();
+    Some(state)
 }
 
 /// Looks on the host for processes, cgroups and mounts that name a deleted workstation.
@@ -1177,7 +1274,9 @@ fn scan_leftovers(ctx: &Ctx) -> LeftoverScan {
     };
     let deleted_keys = lock(&ctx.deleted_keys).clone();
     let names = |text: &str| {
-        deleted_ids.iter().any(|id| text.contains(id.as_str()))
+        deleted_ids
+            .iter()
+            .any(|id| shoal_chaos::checkers::leftovers::names_id(text, id))
             || deleted_keys
                 .iter()
                 .any(|key| text.contains(&producer_pattern(key)))
@@ -1207,7 +1306,7 @@ fn scan_leftovers(ctx: &Ctx) -> LeftoverScan {
         }
     }
     walk_cgroups(Path::new("/sys/fs/cgroup"), 0, &names, &mut scan.cgroups);
-    // Agents run in their own mount namespaces (`ip netns exec`): read theirs.
+    // Agents run in their own mount namespaces (`unshare --mount`): read theirs.
     for pid in pids
         .iter()
         .map(|p| p.to_string())
@@ -1231,10 +1330,10 @@ const TREE_MARKER_VAR: &str = "SHOAL_PROCESS_TREE=";
 
 /// Workload log producers running on the host, as (node, workstation key). A process is
 /// attributed to a node by the executor's process-tree marker (host spawner: it names the
-/// agent's pid) or by its cgroup (sandbox spawner: `shoal-<node id>/...`).
+/// agent's pid) or by its cgroup (sandbox spawner: `/<node's cgroup name>/...`).
 fn host_workstation_processes(
     agent_pids: &BTreeMap<i32, NodeIdx>,
-    node_ids: &[(NodeIdx, String)],
+    node_cgroups: &[(NodeIdx, String)],
 ) -> Vec<(NodeIdx, String)> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -1259,9 +1358,9 @@ fn host_workstation_processes(
             agent_pids.get(&agent_pid).copied()
         });
         let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
-        let by_cgroup = node_ids
+        let by_cgroup = node_cgroups
             .iter()
-            .find(|(_, id)| cgroup.contains(&format!("shoal-{id}/")))
+            .find(|(_, name)| cgroup.contains(&format!("/{name}/")))
             .map(|(idx, _)| *idx);
         let owner = by_marker.or(by_cgroup);
         if let Some(idx) = owner {

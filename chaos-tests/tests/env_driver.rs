@@ -49,6 +49,7 @@ fn http_server(net: &TestNetwork, tag: &RunTag, idx: usize) -> ManagedProcess {
         env: vec![],
         log_path: tag.root_dir().join(format!("server-{idx}.log")),
         clock_offset_s: None,
+        private_dirs: vec![],
     };
     ManagedProcess::spawn(spec, tag).expect("start tcp server")
 }
@@ -171,6 +172,7 @@ fn namespaces_partitions_signals_clock_skew_full_disk_and_nothing_left_behind() 
                 env: vec![],
                 log_path: tag.root_dir().join("date.log"),
                 clock_offset_s: Some(-3600),
+                private_dirs: vec![],
             };
             let mut date = ManagedProcess::spawn(spec.clone(), &tag).unwrap();
             let status = date.wait_exit(Duration::from_secs(10)).unwrap();
@@ -186,6 +188,33 @@ fn namespaces_partitions_signals_clock_skew_full_disk_and_nothing_left_behind() 
                 (3500..=3700).contains(&behind_s),
                 "skewed process is {behind_s} s behind the host"
             );
+        }
+
+        tracing::info!(
+            "--- a private dir: the process writes into its own tmpfs, the host sees none of it"
+        );
+        {
+            let shared = tag.root_dir().join("run-wireguard");
+            std::fs::create_dir_all(&shared).unwrap();
+            let marker = shared.join("shoal0.sock");
+            let spec = ProcessSpec {
+                ns: net.node_ns(1).to_string(),
+                program: PathBuf::from("sh"),
+                args: vec![
+                    "-c".into(),
+                    format!("touch {0} && test -e {0} && echo written", marker.display()),
+                ],
+                env: vec![],
+                log_path: tag.root_dir().join("private.log"),
+                clock_offset_s: None,
+                private_dirs: vec![shared.clone()],
+            };
+            let mut writer = ManagedProcess::spawn(spec.clone(), &tag).unwrap();
+            let status = writer.wait_exit(Duration::from_secs(10)).unwrap();
+            assert!(status.is_some_and(|s| s.success()), "{status:?}");
+            let log = std::fs::read_to_string(&spec.log_path).unwrap();
+            assert_eq!(log.trim(), "written");
+            assert!(!marker.exists(), "the private dir leaked to the host");
         }
 
         tracing::info!("--- a 1 MiB tmpfs data dir: fill it, writes fail, unfill, writes work");
@@ -234,6 +263,7 @@ fn cleanup_removes_what_a_crashed_run_left_behind() {
                 env: vec![],
                 log_path: tag.root_dir().join("sleep.log"),
                 clock_offset_s: None,
+                private_dirs: vec![],
             },
             &tag,
         )
@@ -249,6 +279,19 @@ fn cleanup_removes_what_a_crashed_run_left_behind() {
         std::fs::create_dir(&cgroup).unwrap();
         std::fs::write(cgroup.join("cgroup.procs"), sleeper.pid().to_string()).unwrap();
         cleanup::record_cgroup_name(&tag, &cgroup_name).unwrap();
+        // On a v1 host, the same name in the freezer hierarchy, left FROZEN with a process in a
+        // child group: what an agent SIGKILLed in the middle of its freeze-kill-thaw leaves.
+        let freezer = Path::new("/sys/fs/cgroup/freezer");
+        if freezer.join("cgroup.procs").exists() {
+            let frozen = freezer.join(&cgroup_name);
+            std::fs::create_dir_all(frozen.join("ws-1")).unwrap();
+            std::fs::write(
+                frozen.join("ws-1").join("cgroup.procs"),
+                sleeper.pid().to_string(),
+            )
+            .unwrap();
+            std::fs::write(frozen.join("freezer.state"), "FROZEN").unwrap();
+        }
         std::mem::forget(sleeper);
         std::mem::forget(disk);
         std::mem::forget(net);
@@ -260,7 +303,12 @@ fn cleanup_removes_what_a_crashed_run_left_behind() {
     assert!(!found.processes.is_empty(), "{found:?}");
     assert_eq!(found.mounts.len(), 1, "{found:?}");
     assert_eq!(found.dirs.len(), 1, "{found:?}");
-    assert_eq!(found.cgroups.len(), 1, "{found:?}");
+    let n_hierarchies = if Path::new("/sys/fs/cgroup/freezer/cgroup.procs").exists() {
+        2
+    } else {
+        1
+    };
+    assert_eq!(found.cgroups.len(), n_hierarchies, "{found:?}");
     cleanup::remove(&Scope::Run(tag.clone()));
     let left = cleanup::find(&Scope::Run(tag.clone()));
     assert!(left.is_empty(), "left behind: {left:?}");

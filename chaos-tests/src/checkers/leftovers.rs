@@ -4,6 +4,20 @@
 use super::Verdict;
 use crate::history::{History, OpKind, Outcome};
 
+/// Whether `text` (a command line, a `/proc/PID/cgroup` line, a path) names workstation `id`
+/// as a whole token: `ws-6` is named by `/shoal-n-1/ws-6/p-2` but not by `/shoal-n-1/ws-66`.
+pub fn names_id(text: &str, id: &str) -> bool {
+    if id.is_empty() {
+        return false;
+    }
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    text.match_indices(id).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + id.len()..].chars().next();
+        !before.is_some_and(is_word) && !after.is_some_and(is_word)
+    })
+}
+
 /// Checks the leftover scans of `history`.
 pub fn check(history: &History) -> Verdict {
     let n_deletes_ok = history
@@ -42,6 +56,22 @@ pub fn check(history: &History) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_id_matches_whole_tokens_only() {
+        let check = |text: &str, id: &str, expected: bool| {
+            assert_eq!(names_id(text, id), expected, "{text:?} names {id:?}");
+        };
+        check("5:pids:/shoal-n-1a/ws-6/p-2", "ws-6", true);
+        check("/sys/fs/cgroup/pids/shoal-n-1a/ws-6", "ws-6", true);
+        check("/sys/fs/cgroup/pids/shoal-n-1a/ws-66", "ws-6", false);
+        check("5:pids:/shoal-n-1a/ws-60/p-1", "ws-6", false);
+        check("/home/ws-6x", "ws-6", false);
+        check("xws-6", "ws-6", false);
+        check("ws-6", "ws-6", true);
+        check("ws-66 and ws-6", "ws-6", true);
+        check("anything", "", false);
+    }
     use crate::history::{LeftoverScan, Operation};
 
     fn scan(processes: Vec<String>, mounts: Vec<String>) -> LeftoverScan {

@@ -158,6 +158,10 @@ fn cgroup_dirs_named(name: &str) -> Vec<PathBuf> {
 
 /// Kills the processes in a cgroup tree and removes its directories, deepest first.
 fn remove_cgroup_tree(dir: &std::path::Path) {
+    // An agent killed while it held a v1 group frozen (its kill sequence is freeze, SIGKILL,
+    // thaw) leaves the group frozen, and a frozen parent keeps its whole subtree frozen: thaw
+    // top-down, before recursing, so that the SIGKILLs below take effect at every depth.
+    thaw(dir);
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.filter_map(Result::ok) {
             if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
@@ -173,6 +177,7 @@ fn remove_cgroup_tree(dir: &std::path::Path) {
     for &pid in &pids {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
+    thaw(dir);
     poll_until(Duration::from_secs(2), 20, || {
         fs::read_to_string(dir.join("cgroup.procs"))
             .map(|p| p.trim().is_empty())
@@ -180,6 +185,14 @@ fn remove_cgroup_tree(dir: &std::path::Path) {
     });
     if let Err(error) = fs::remove_dir(dir) {
         warn!(dir = %dir.display(), %error, "could not remove cgroup");
+    }
+}
+
+/// Thaws a v1 freezer group (no-op elsewhere: the file exists only in the freezer hierarchy).
+fn thaw(dir: &std::path::Path) {
+    let state = dir.join("freezer.state");
+    if state.exists() {
+        let _ = fs::write(state, "THAWED");
     }
 }
 

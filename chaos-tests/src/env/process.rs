@@ -1,4 +1,4 @@
-//! A process started inside a node's namespace (`ip netns exec`), with its output in a log
+//! A process started inside a node's network namespace (and a mount namespace of its own), with its output in a log
 //! file, and the signals the nemesis sends it: SIGKILL, SIGSTOP, SIGCONT. A skewed wall clock
 //! comes from libfaketime preloaded into the process (the host's clock is never touched).
 
@@ -30,6 +30,11 @@ pub struct ProcessSpec {
     pub log_path: PathBuf,
     /// Wall-clock offset in seconds (negative: set back), through libfaketime.
     pub clock_offset_s: Option<i64>,
+    /// Directories that get a fresh, empty tmpfs seen only by this process (mounted in the
+    /// mount namespace of its own, so the host never sees it). Nodes that
+    /// share one host need this for paths a real node owns alone, such as the WireGuard UAPI
+    /// socket directory `/run/wireguard` of a `tun` mesh.
+    pub private_dirs: Vec<PathBuf>,
 }
 
 /// The state letter of a process in `/proc/PID/stat` that matters here.
@@ -41,6 +46,11 @@ pub enum ProcState {
     Stopped,
     /// Exited (zombie or reaped).
     Gone,
+}
+
+/// `text` as one single-quoted shell word.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 /// A started process; killed (with its process group) and reaped on drop.
@@ -62,9 +72,29 @@ impl ManagedProcess {
         let log_err = log
             .try_clone()
             .map_err(|e| EnvError::io("clone log handle", e))?;
-        let mut command = Command::new("ip");
+        // Not `ip netns exec`: it remounts /sys for the namespace, which hides the host's
+        // cgroup hierarchies from the agent (a real node has them). `unshare` gives the process
+        // a mount namespace of its own (slave: the harness's unmounts still reach it, its own
+        // mounts never reach the host), `nsenter` moves it into the node's network namespace;
+        // both exec, so the pid is the program's.
+        let mut command = Command::new("unshare");
         command
-            .args(["netns", "exec", &spec.ns])
+            .args(["--mount", "--propagation", "slave", "nsenter"])
+            .arg(format!("--net=/run/netns/{}", spec.ns));
+        if !spec.private_dirs.is_empty() {
+            // `sh` mounts the private dirs and `exec`s the program: the pid stays the program's.
+            // The mounts live in the process's own mount namespace and vanish with it.
+            let mut script = String::from("set -e; ");
+            for dir in &spec.private_dirs {
+                let dir = shell_quote(&dir.display().to_string());
+                script.push_str(&format!(
+                    "mkdir -p {dir}; mount -t tmpfs -o size=1m,mode=0755 shoal-chaos {dir}; "
+                ));
+            }
+            script.push_str("exec \"$0\" \"$@\"");
+            command.args(["sh", "-c", &script]);
+        }
+        command
             .arg(&spec.program)
             .args(&spec.args)
             .env(RUN_ENV_VAR, tag.as_str())
@@ -98,7 +128,7 @@ impl ManagedProcess {
         &self.spec
     }
 
-    /// The process id (`ip netns exec` execs the program, so it is the program's pid).
+    /// The process id (`unshare`, `nsenter` and `sh` exec, so it is the program's pid).
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
