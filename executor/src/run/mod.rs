@@ -168,11 +168,14 @@ pub async fn execute(
     let mut observed = supervise(&sandbox, &run, context.clock.as_ref()).await;
     let stats = sandbox.stats();
     let supervised_at = context.clock.now();
-    let destroy = tokio::task::spawn_blocking(move || sandbox.destroy()).await;
-    let destroy_error = match destroy {
-        Ok(Ok(())) => None,
-        Ok(Err(error)) => Some(error.to_string()),
-        Err(error) => Some(format!("cleanup task failed: {error}")),
+    // Usually a few rmdirs, done right here; anything more (kill rounds) on a blocking thread.
+    let destroy_error = match sandbox.destroy_quickly() {
+        Ok(()) => None,
+        Err(sandbox) => match tokio::task::spawn_blocking(move || sandbox.destroy()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(error) => Some(format!("cleanup task failed: {error}")),
+        },
     };
     if let Some(error) = destroy_error {
         tracing::error!(run = %id, %error, "run sandbox cleanup failed");

@@ -856,23 +856,7 @@ unsafe fn run_step(step: &Step) -> Result<(), i32> {
             result
         }
         Step::Hostname { name } => check(libc::sethostname(name.as_ptr(), name.as_bytes().len())),
-        Step::LoopbackUp => {
-            let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-            if socket < 0 {
-                return Err(errno());
-            }
-            let mut request: libc::ifreq = std::mem::zeroed();
-            for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0".iter()) {
-                *slot = *byte as libc::c_char;
-            }
-            let mut result = check(libc::ioctl(socket, libc::SIOCGIFFLAGS, &mut request));
-            if result.is_ok() {
-                request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-                result = check(libc::ioctl(socket, libc::SIOCSIFFLAGS, &request));
-            }
-            libc::close(socket);
-            result
-        }
+        Step::LoopbackUp => loopback_up(),
         Step::ProtectFromOom => {
             // Lowering the score needs CAP_SYS_RESOURCE, which a containerised node may lack;
             // the program raises its own score to the maximum anyway, so the OOM killer picks
@@ -895,6 +879,30 @@ unsafe fn run_step(step: &Step) -> Result<(), i32> {
             result
         }
     }
+}
+
+/// Brings up the loopback interface of the caller's network namespace (raw system calls only:
+/// also used between fork and exec). Err is the errno.
+///
+/// # Safety
+/// None beyond the system calls' own; `unsafe` because it runs in forked children.
+pub(crate) unsafe fn loopback_up() -> Result<(), i32> {
+    let check = |result: libc::c_int| if result == 0 { Ok(()) } else { Err(errno()) };
+    let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+    if socket < 0 {
+        return Err(errno());
+    }
+    let mut request: libc::ifreq = std::mem::zeroed();
+    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0".iter()) {
+        *slot = *byte as libc::c_char;
+    }
+    let mut result = check(libc::ioctl(socket, libc::SIOCGIFFLAGS, &mut request));
+    if result.is_ok() {
+        request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        result = check(libc::ioctl(socket, libc::SIOCSIFFLAGS, &request));
+    }
+    libc::close(socket);
+    result
 }
 
 unsafe fn write_all(fd: RawFd, data: &[u8]) -> Result<(), i32> {

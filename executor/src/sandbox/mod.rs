@@ -831,6 +831,8 @@ impl Sandbox {
         };
         if let Some(network) = &network {
             clone_flags &= !libc::CLONE_NEWNET;
+            // The pool brought its loopback up already.
+            steps.retain(|step| !matches!(step, Step::LoopbackUp));
             steps.insert(
                 0,
                 Step::JoinNetwork {
@@ -1030,6 +1032,25 @@ impl Sandbox {
     /// home volume stays (it belongs to the workstation, see [`remove_home`]).
     pub fn destroy(mut self) -> Result<(), SandboxError> {
         self.destroy_inner()
+    }
+
+    /// Destroys a run's sandbox right away when that takes only a few rmdirs (its init, and
+    /// with it its PID namespace, is gone and its group is empty); otherwise hands it back, to
+    /// be destroyed the long way with [`Sandbox::destroy`] on a blocking thread.
+    pub(crate) fn destroy_quickly(mut self) -> Result<(), Box<Sandbox>> {
+        let quick = self.run_group
+            && self.work_dir.is_none()
+            && matches!(self.reaper.lock().as_deref(), Ok(None))
+            && self
+                .cgroup
+                .as_ref()
+                .is_some_and(cgroup::SandboxCgroup::remove_if_empty);
+        if quick {
+            self.destroyed = true;
+            Ok(())
+        } else {
+            Err(Box::new(self))
+        }
     }
 
     fn destroy_inner(&mut self) -> Result<(), SandboxError> {

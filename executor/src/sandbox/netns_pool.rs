@@ -5,7 +5,8 @@
 //! ones ready: it unshares its own network namespace (a per-thread attribute) and keeps an fd
 //! to it. A run's init joins one with setns instead of creating it. Each namespace is used by
 //! exactly one sandbox and never returned: isolation between runs is the same as with
-//! CLONE_NEWNET. When the pool is empty the sandbox creates its namespace itself.
+//! CLONE_NEWNET. Its loopback interface is up already. When the pool is empty the sandbox
+//! creates its namespace itself.
 
 use std::collections::VecDeque;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -44,6 +45,11 @@ impl NetnsPool {
         // SAFETY: unshare affects only this thread; open returns a new fd we own.
         unsafe {
             if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return None;
+            }
+            // Its loopback comes up here, off the runs' path (a socket and two ioctls less in
+            // each run's init).
+            if super::child::loopback_up().is_err() {
                 return None;
             }
             let fd = libc::open(
