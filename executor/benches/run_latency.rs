@@ -56,6 +56,16 @@ fn main() -> anyhow::Result<()> {
         state_dir.path(),
     ))?;
     println!("isolation: {}", host.isolation().label());
+    // The machine is shared: every figure is only meaningful beside the load it ran under.
+    let load = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!("load average at start: {}", load());
     let context = RunContext {
         host: Arc::clone(&host),
         languages: Arc::new(Languages::from_list(Vec::new())),
@@ -165,5 +175,6 @@ fn main() -> anyhow::Result<()> {
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64()
     );
+    println!("load average at end: {}", load());
     Ok(())
 }
