@@ -200,7 +200,7 @@ fn every_client_command_works_against_a_real_node() -> anyhow::Result<()> {
         "workstation.create",
         "workstation.resize",
         "workstation.delete",
-        "process.add",
+        "process.create",
         "process.kill",
         "key.create",
         "key.revoke",

@@ -340,7 +340,7 @@ impl Action {
             Action::PlaceBatch { .. } => "workstation.create",
             Action::ResizeWorkstation { .. } => "workstation.resize",
             Action::DeleteWorkstation { .. } => "workstation.delete",
-            Action::AddProcess { .. } => "process.add",
+            Action::AddProcess { .. } => "process.create",
             Action::RemoveProcess { .. } => "process.remove",
             Action::RecordAudit { .. } => "audit.record",
         }
