@@ -119,6 +119,26 @@ async fn view_observed(
     placement::local_view(agent, ws).await
 }
 
+/// Longest wait for this node to apply a write the leader has committed and answered.
+const LOCAL_APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits (at most [`LOCAL_APPLY_WAIT`]) until this node's applied state satisfies `done`:
+/// a write forwarded to the leader is answered once the leader applied it, and a follower
+/// applies it a moment later. On timeout it returns anyway; callers then read what is there.
+async fn until_applied(agent: &Agent, done: impl Fn(&shoal_raft::ClusterState) -> bool) {
+    let mut applied = agent.raft.subscribe_applied();
+    let wait = async {
+        while !agent.raft.read(&done) {
+            if applied.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    if tokio::time::timeout(LOCAL_APPLY_WAIT, wait).await.is_err() {
+        tracing::debug!("a committed write is not applied on this node yet");
+    }
+}
+
 /// Records an action that changes no replicated state (a signal, a failed sandbox start) in
 /// Raft's audit log under the caller's tenant. Best effort: the action has happened, so a
 /// Raft that cannot take the entry now is logged, not turned into a failure answer.
@@ -216,6 +236,9 @@ pub async fn create(
     };
     let id = placed.id.to_string();
     let resource = id.clone();
+    // Read-your-writes: the leader applied it; wait until this node has too, so that the
+    // reconcile below and the answer see it.
+    until_applied(&agent, |state| state.workstations.contains_key(&placed.id)).await;
     if placed.node == agent.raft.id() {
         let failures = placement::reconcile(&agent).await;
         if let Some(err) = failure_of(failures, &id, None) {
@@ -344,6 +367,14 @@ pub async fn resize(
     // Raft checked the room and holds the new size (the answer reads it from there); the
     // hosting record follows as a cache. A local disk error must not turn a committed resize
     // into a failure answer.
+    let new_reservation = shoal_raft::model::Resources::new(cpu_millis, memory_bytes);
+    until_applied(&agent, |state| {
+        state
+            .workstations
+            .get(&ws_id)
+            .is_some_and(|ws| ws.spec.reservation == new_reservation)
+    })
+    .await;
     let sizing = Sizing {
         cpu_millis,
         memory_bytes,
@@ -383,6 +414,7 @@ pub async fn delete(
             shoal_raft::Action::DeleteWorkstation { id: ws_id },
         )
         .await?;
+    until_applied(&agent, |state| !state.workstations.contains_key(&ws_id)).await;
     // The hosting node stops it when its reconcile sees the deletion; here at once.
     placement::reconcile(&agent).await;
     tracing::info!(workstation = %ws.id, "workstation deleted");
@@ -439,6 +471,13 @@ pub async fn create_process(
     let shoal_raft::Outcome::ProcessAdded { id: proc_id } = outcome else {
         return Err(ApiError::Internal(format!("unexpected answer {outcome:?}")));
     };
+    until_applied(&agent, |state| {
+        state
+            .workstations
+            .get(&raft_ws_id)
+            .is_some_and(|ws| ws.processes.contains_key(&proc_id))
+    })
+    .await;
     let spec = ProcessSpec {
         id: proc_id.0,
         argv: request.argv.clone(),
