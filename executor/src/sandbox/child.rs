@@ -338,13 +338,24 @@ pub(crate) fn start_init(
             return Err(error);
         }
     };
-    // First go: set up the namespaces while we place the child into its cgroup.
-    release(&sync_write, pid)?;
+    // The child sets up its namespaces and mounts while we place it into its cgroup.
     if let Err(error) = place(pid) {
         abandon(pid);
+        // A child that failed its setup (and so exited) cannot be placed: its own report says
+        // why, better than the cgroup's refusal.
+        let reports = read_reports_blocking(&report_read);
+        if reports
+            .iter()
+            .any(|report| report.tag == REPORT_SETUP_FAILED)
+        {
+            return Err(SandboxError::Spawn {
+                what: "sandbox setup".to_string(),
+                reason: describe_failure(&reports, &plan.steps),
+            });
+        }
         return Err(error);
     }
-    // Second go: the child is in its cgroup; it may write files and fork the program.
+    // Go: the child is in its cgroup; it may write files and fork the program.
     release(&sync_write, pid)?;
     Ok(Started {
         pid,
@@ -638,9 +649,10 @@ unsafe fn init_main(
         libc::close(*fd);
     }
     // If the node dies, its sandboxes die with it (killing init kills the PID namespace). If it
-    // died before this line, the sync pipe reads EOF below and we exit.
+    // died before this line, the sync pipe reads EOF at the placement barrier and we exit
+    // before the program could start. The mount setup needs no go: it starts right away, on
+    // the other CPU, while the parent places us into the cgroup.
     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-    wait_for_byte(sync_read);
     // Prepared namespaces' fds must survive the fd cleanup until they are joined.
     let network_fd = plan
         .steps
