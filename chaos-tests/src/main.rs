@@ -81,11 +81,18 @@ fn parse_mode(text: &str) -> Result<FaultMode, String> {
 /// Fault modes the default scenarios leave out because the Shoal under test cannot do what
 /// they exercise yet, with the reason. Remove an entry as soon as Shoal can: `--modes` still
 /// runs them on request.
-const MODES_NOT_YET_SUPPORTED: &[(FaultMode, &str)] = &[(
-    FaultMode::RemovedNodeReturns,
-    "Shoal cannot remove a node yet (DELETE /v1/nodes/{id} answers 404 for every node but the \
-     one asked, and 409 for that one)",
-)];
+const MODES_NOT_YET_SUPPORTED: &[(FaultMode, &str)] = &[
+    (
+        FaultMode::RemovedNodeReturns,
+        "Shoal cannot remove a node yet (DELETE /v1/nodes/{id} answers 404 for every node but \
+         the one asked, and 409 for that one)",
+    ),
+    (
+        FaultMode::DiskFull,
+        "on a full disk Shoal's Raft stops for good while the node stays up, and workstations \
+         deleted meanwhile leak their sandboxes (team/notes/bugs.md, 22:50 UTC)",
+    ),
+];
 
 /// The fault modes of a scenario and the ones it leaves out (`mode: why`).
 fn scenario_modes(cli: &Cli) -> (Vec<FaultMode>, Vec<String>) {
@@ -253,4 +260,39 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         cli.report.with_extension("logs").display()
     );
     Ok(report.passed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_scenario_leaves_out_unsupported_modes_and_says_why() {
+        let cli = Cli::parse_from(["shoal-chaos", "--quick"]);
+        let (modes, left_out) = scenario_modes(&cli);
+        for (mode, _) in MODES_NOT_YET_SUPPORTED {
+            assert!(!modes.contains(mode), "{mode:?} scheduled");
+        }
+        assert!(
+            !modes.contains(&FaultMode::KillWorker),
+            "no workers by default"
+        );
+        assert!(modes.contains(&FaultMode::KillLeader));
+        assert_eq!(
+            modes.len() + left_out.len(),
+            FaultMode::ALL.len(),
+            "{left_out:?}"
+        );
+        assert!(left_out.iter().all(|line| line.contains(": ")));
+
+        let cli = Cli::parse_from(["shoal-chaos", "--quick", "--workers", "1"]);
+        assert!(scenario_modes(&cli).0.contains(&FaultMode::KillWorker));
+
+        // Asked for explicitly, a mode runs whatever the default scenario does.
+        let cli = Cli::parse_from(["shoal-chaos", "--quick", "--modes", "disk_full"]);
+        assert_eq!(
+            scenario_modes(&cli),
+            (vec![FaultMode::DiskFull], Vec::new())
+        );
+    }
 }

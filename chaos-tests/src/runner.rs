@@ -1077,15 +1077,18 @@ async fn inject_inner(
             record.start_ms = Some(ctx.clock.now_ms());
             ctx.sleep_ms(duration_ms).await;
             lock(&ctx.cluster).nodes[target].disk.unfill()?;
-            let survived = !lock(&ctx.cluster).exited(target);
+            // Surviving is not enough: a node whose Raft stopped on the write error would stay
+            // up as a member that can neither vote nor accept entries.
+            let (met, detail) = watch_serves_writes(ctx, target).await;
             record.expectation = Some(Expectation {
-                description:
-                    "the node survives a full disk (an expected operating error, DESIGN.md §4)"
-                        .into(),
-                met: survived,
-                detail: (!survived).then(|| lock(&ctx.cluster).log_tail(target, 5)),
+                description: "the node survives a full disk (an expected operating error, \
+                              DESIGN.md §4) and serves writes again once the disk has room"
+                    .into(),
+                met,
+                detail,
             });
-            if !survived {
+            if !met {
+                // Leave the cluster whole for the next fault.
                 let mut cluster = lock(&ctx.cluster);
                 cluster.kill(target)?;
                 cluster.start(target, None)?;
@@ -1094,6 +1097,53 @@ async fn inject_inner(
     }
     record.end_ms = Some(ctx.clock.now_ms());
     Ok(())
+}
+
+/// Watches a node after a fault it must recover from: a write sent through it (a join token)
+/// must be acknowledged within `REACTION_WATCH_MS`, and it must not exit.
+async fn watch_serves_writes(ctx: &Ctx, target: NodeIdx) -> (bool, Option<String>) {
+    let deadline_ms = ctx.clock.now_ms() + REACTION_WATCH_MS;
+    let mut last_error = String::from("no attempt");
+    while ctx.clock.now_ms() < deadline_ms && !ctx.cancelled() {
+        if lock(&ctx.cluster).exited(target) {
+            return (
+                false,
+                Some(format!(
+                    "it exited; last log lines:\n{}",
+                    lock(&ctx.cluster).log_tail(target, 5)
+                )),
+            );
+        }
+        let invoke_ms = ctx.clock.now_ms();
+        let result = ctx
+            .api_fast
+            .call::<Value>(
+                Method::POST,
+                Cluster::api_addr(target),
+                "/v1/tokens",
+                Some(json!({"ttl_ms": 1000, "uses": 1})),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| (e.outcome, e.message));
+        let ok = result.is_ok();
+        if let Err((_, message)) = &result {
+            last_error = message.clone();
+        }
+        ctx.record(target, OpKind::CreateToken, invoke_ms, result);
+        if ok {
+            return (true, None);
+        }
+        ctx.sleep_ms(250).await;
+    }
+    (
+        false,
+        Some(format!(
+            "no write through it was acknowledged within {REACTION_WATCH_MS} ms; last error: \
+             {last_error}; last log lines:\n{}",
+            lock(&ctx.cluster).log_tail(target, 5)
+        )),
+    )
 }
 
 /// Watches a node started on corrupted data: it must exit with a failure, not become ready.
