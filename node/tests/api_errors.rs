@@ -12,7 +12,13 @@ use tracing::info;
 /// the audit entries of changes that succeeded (a refused attempt that reached the state
 /// machine is recorded with its refusal as the outcome: that is a record, not a change).
 async fn snapshot(admin: &Api) -> anyhow::Result<(Value, Value, Value)> {
-    let workstations = admin.get("/v1/workstations").await?.body;
+    let mut workstations = admin.get("/v1/workstations").await?.body;
+    // Live usage comes from heartbeats and moves on its own: it is observed, not state.
+    for ws in workstations.as_array_mut().into_iter().flatten() {
+        if let Some(fields) = ws.as_object_mut() {
+            fields.remove("used");
+        }
+    }
     let keys = admin.get("/v1/keys").await?.body;
     let audit = admin.get("/v1/audit").await?.body;
     let changes: Vec<Value> = audit
@@ -398,5 +404,70 @@ async fn a_body_that_trickles_in_is_refused_after_its_deadline() -> anyhow::Resu
     let text = String::from_utf8_lossy(&answer[..n]).to_string();
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert!(text.contains("did not arrive within 300 ms"), "{text}");
+    Ok(())
+}
+
+/// The chaos-found bug: join tokens that could no longer admit anyone counted against the
+/// 1,000-token limit for good, so after 1,000 creations `POST /v1/tokens` answered 429 forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_revoked_join_tokens_do_not_count_against_the_1000_token_limit_for_good(
+) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    common::init_tracing();
+    let agent = Agent::bootstrap()?;
+    let admin = agent.client(&agent.admin_key()?);
+    let create = |ttl_ms: u64| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .post("/v1/tokens", &json!({"ttl_ms": ttl_ms, "uses": 1}))
+                .await
+        }
+    };
+
+    info!("--- 999 tokens that live 1 h and one that expires at once fill the table");
+    let statuses: Vec<u16> = futures::stream::iter(0..999)
+        .map(|_| create(3_600_000))
+        .buffer_unordered(8)
+        .map(|answer| answer.map_or(0, |answer| answer.status))
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|&status| status == 201), "{statuses:?}");
+    assert_eq!(create(1).await?.status, 201);
+    assert_eq!(
+        admin.get("/v1/tokens").await?.body.as_array().map(Vec::len),
+        Some(1_000)
+    );
+
+    info!("--- the expired token makes room (it answered 429 for good); then 1,000 live: 429");
+    let created = create(3_600_000).await?;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let refused = create(3_600_000).await?;
+    check(
+        "token 1,001",
+        &refused,
+        429,
+        "rate_limited",
+        "at most 1000 live join tokens",
+    );
+
+    info!("--- revoking one makes room for one");
+    let listed = admin.get("/v1/tokens").await?;
+    let first = listed.body[0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        admin.delete(&format!("/v1/tokens/{first}")).await?.status,
+        204
+    );
+    let created = create(3_600_000).await?;
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert!(created.body["token"]
+        .as_str()
+        .is_some_and(|t| !t.is_empty()));
+    assert_eq!(create(3_600_000).await?.status, 429);
+    let listed = admin.get("/v1/tokens").await?;
+    assert_eq!(listed.body.as_array().map(Vec::len), Some(1_000));
     Ok(())
 }
