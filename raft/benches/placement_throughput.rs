@@ -65,8 +65,17 @@ async fn write(
     anyhow::bail!("no leader accepted the write")
 }
 
+/// The 1-minute load average (other builds share the two cores; figures depend on it).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    println!("load average (1 min) at start: {}", load_average());
     println!("== baseline: pure apply of {N_PLACEMENTS} placements on one in-memory state, {N_HOSTS} hosts");
     let mut state = state_with_hosts(N_HOSTS);
     let watch = Stopwatch::start();
@@ -132,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
         leader.promote(id).await?;
     }
     for command in init_commands().into_iter().skip(1) {
-        leader.write(command).await??;
+        write(&nodes, command).await??;
     }
 
     println!("registering {N_HOSTS} hosts (concurrent single-host commands)");
@@ -144,16 +153,15 @@ async fn main() -> anyhow::Result<()> {
                 r??;
             }
         }
-        let leader = leader.clone();
+        // Through whichever node leads: an election under load must not fail the run.
+        let nodes = nodes.clone();
         set.spawn(async move {
-            leader
-                .write(Command::new(
-                    1,
-                    "system",
-                    Action::RegisterNode(host_registration(i)),
-                ))
-                .await?
-                .map_err(anyhow::Error::from)?;
+            write(
+                &nodes,
+                Command::new(1, "system", Action::RegisterNode(host_registration(i))),
+            )
+            .await?
+            .map_err(anyhow::Error::from)?;
             anyhow::Ok(())
         });
     }
@@ -213,9 +221,10 @@ async fn main() -> anyhow::Result<()> {
         rate / TARGET_PER_SEC
     );
     println!(
-        "replicas byte-identical after the run: {identical}; final term {}",
+        "replicas byte-identical after the run: {identical}; final term {} (1 = no election)",
         leader.status().term
     );
+    println!("load average (1 min) at end: {}", load_average());
     for node in &nodes {
         node.shutdown().await?;
     }
