@@ -223,6 +223,18 @@ pub enum HandOver {
     HandedTo(NodeId),
 }
 
+/// Ends a hand-over: heartbeats on again, writes accepted again.
+struct HandOverGuard {
+    inner: Arc<Inner>,
+}
+
+impl Drop for HandOverGuard {
+    fn drop(&mut self) {
+        self.inner.raft.runtime_config().heartbeat(true);
+        self.inner.handing_over.store(false, Ordering::Release);
+    }
+}
+
 enum SuccessorWait {
     Found(NodeId, NodeAddr),
     NoOtherVoter,
@@ -598,9 +610,12 @@ impl RaftNode {
         }
         self.inner.handing_over.store(true, Ordering::Release);
         self.inner.confirmed_at_ms.store(NEVER, Ordering::Release);
+        // Heartbeats and writes come back on however this ends, also if the caller drops
+        // this future at a timeout.
+        let _restore = HandOverGuard {
+            inner: self.inner.clone(),
+        };
         let result = self.hand_over_attempts().await;
-        self.inner.raft.runtime_config().heartbeat(true);
-        self.inner.handing_over.store(false, Ordering::Release);
         match &result {
             Ok(outcome) => {
                 tracing::info!(node_id = self.inner.id, ?outcome, "leadership hand-over")
