@@ -2,7 +2,7 @@
 //! dir, started, killed, paused and restarted by the nemesis. Field order is drop order:
 //! processes die before their data dirs are unmounted and before the network goes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -70,6 +70,9 @@ pub struct Cluster {
     /// Every agent pid the run started, with its node: processes an agent spawned carry its
     /// pid in their tree marker, also after the agent was killed.
     pub agent_pids: BTreeMap<i32, NodeIdx>,
+    /// Every sandbox cgroup name the run's nodes announced (a node that rejoins as a new node
+    /// gets a new one; the old tree may still hold leftovers).
+    pub cgroup_names: BTreeSet<String>,
 }
 
 impl Cluster {
@@ -110,6 +113,7 @@ impl Cluster {
             mesh: mesh.to_string(),
             admin_token_path: root.join("admin.token"),
             agent_pids: BTreeMap::new(),
+            cgroup_names: BTreeSet::new(),
         })
     }
 

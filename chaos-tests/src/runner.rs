@@ -288,6 +288,7 @@ impl Ctx {
                         if let Err(error) = cleanup::record_cgroup_name(&cluster.tag, &name) {
                             warn!(%error, "could not record the node's cgroup name");
                         }
+                        cluster.cgroup_names.insert(name.clone());
                         cluster.nodes[idx].cgroup = Some(name);
                     }
                     cluster.nodes[idx].id = Some(info.answered_by.clone());
@@ -1341,6 +1342,20 @@ fn scan_leftovers(ctx: &Ctx) -> LeftoverScan {
     if deleted_ids.is_empty() {
         return scan;
     }
+    // Only what this run's nodes made counts: other agents may share the host (another run,
+    // a test suite) with workstations of the same ids.
+    let (agent_pids, node_cgroups) = {
+        let cluster = lock(&ctx.cluster);
+        (cluster.agent_pids.clone(), cluster.cgroup_names.clone())
+    };
+    let in_run_cgroup = |cgroup_file: &str| {
+        cgroup_file.lines().any(|line| {
+            node_cgroups.iter().any(|name| {
+                line.split_once(&format!("/{name}/"))
+                    .is_some_and(|(_, below)| names(below))
+            })
+        })
+    };
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
             let pid = entry.file_name().to_string_lossy().to_string();
@@ -1350,12 +1365,19 @@ fn scan_leftovers(ctx: &Ctx) -> LeftoverScan {
             let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
             let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if names(&cgroup) || names(&cmdline) {
+            let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+            let spawned_by_run =
+                tree_marker_agent(&environ).is_some_and(|pid| agent_pids.contains_key(&pid));
+            if in_run_cgroup(&cgroup) || (spawned_by_run && names(&cmdline)) {
                 scan.processes.push(format!("{pid} {}", cmdline.trim()));
             }
         }
     }
-    walk_cgroups(Path::new("/sys/fs/cgroup"), 0, &names, &mut scan.cgroups);
+    for hierarchy in cgroup_hierarchies() {
+        for name in &node_cgroups {
+            walk_cgroups(&hierarchy.join(name), 0, &names, &mut scan.cgroups);
+        }
+    }
     // Agents run in their own mount namespaces (`unshare --mount`): read theirs.
     for pid in pids
         .iter()
@@ -1401,12 +1423,7 @@ fn host_workstation_processes(
             continue;
         };
         let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
-        let by_marker = environ.split(|&b| b == 0).find_map(|var| {
-            let var = std::str::from_utf8(var).ok()?;
-            let marker = var.strip_prefix(TREE_MARKER_VAR)?;
-            let agent_pid: i32 = marker.split('.').next()?.parse().ok()?;
-            agent_pids.get(&agent_pid).copied()
-        });
+        let by_marker = tree_marker_agent(&environ).and_then(|pid| agent_pids.get(&pid).copied());
         let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
         let by_cgroup = node_cgroups
             .iter()
@@ -1420,6 +1437,31 @@ fn host_workstation_processes(
     found.sort();
     found.dedup();
     found
+}
+
+/// The agent pid in a process's executor tree marker (`SHOAL_PROCESS_TREE=<pid>.<serial>`),
+/// from its `/proc/PID/environ`.
+fn tree_marker_agent(environ: &[u8]) -> Option<i32> {
+    environ.split(|&b| b == 0).find_map(|var| {
+        let var = std::str::from_utf8(var).ok()?;
+        let marker = var.strip_prefix(TREE_MARKER_VAR)?;
+        marker.split('.').next()?.parse().ok()
+    })
+}
+
+/// The cgroup root and the hierarchies mounted under it (v1 controllers, v2 `unified`).
+fn cgroup_hierarchies() -> Vec<PathBuf> {
+    let root = PathBuf::from("/sys/fs/cgroup");
+    let mut all = vec![root.clone()];
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        all.extend(
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.join("cgroup.procs").exists()),
+        );
+    }
+    all
 }
 
 /// Depth-limited walk of the cgroup tree for directories naming a deleted workstation.
