@@ -11,6 +11,7 @@
 
 pub mod admission;
 pub mod cluster;
+pub mod drain;
 pub mod host;
 pub mod model;
 pub mod placement;
@@ -215,6 +216,8 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
     );
     agent.host.restore(&agent).await;
     let reconciler = tokio::spawn(placement::reconcile_loop(Arc::clone(&agent)));
+    let drainer = tokio::spawn(drain::drain_loop(Arc::clone(&agent)));
+    let resumer = tokio::spawn(drain::resume_after_restart(Arc::clone(&agent)));
     cluster.handler.set_app(Arc::new(remote::AgentApp {
         agent: Arc::clone(&agent),
     }));
@@ -241,9 +244,23 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
     let _ = std::io::stdout().flush();
     info!(node = %node_id, api = %config.api, "control API listening");
 
-    wait_for_signal().await;
+    let stop = wait_for_signal().await;
     info!("shutting down: refusing new work, stopping workstations");
     agent.shutting_down.store(true, Ordering::SeqCst);
+    resumer.abort();
+    if stop == Stop::Leave {
+        // SIGTERM: this node leaves; its workstations are re-placed (next generation, their
+        // restart policies apply there) before it stops them.
+        drain::leave_for_shutdown(&agent, Duration::from_millis(config.shutdown_grace_ms)).await;
+    }
+    if drain::another_server_is_ready(&agent) {
+        let raft = &agent.raft;
+        match tokio::time::timeout(HAND_OVER_WAIT, raft.hand_over_leadership()).await {
+            Ok(Ok(outcome)) => info!(?outcome, "raft leadership"),
+            Ok(Err(err)) => warn!(error = %err, "leadership not handed over"),
+            Err(_) => warn!(timeout = ?HAND_OVER_WAIT, "leadership not handed over in time"),
+        }
+    }
     agent
         .host
         .shutdown(Duration::from_millis(config.shutdown_grace_ms))
@@ -251,13 +268,29 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
     handle.stop(true).await;
     sampler.abort();
     reconciler.abort();
+    drainer.abort();
     let _ = server_task.await;
     cluster.shutdown().await;
     info!("stopped");
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// How a node was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM (systemd, `shoal dev`): leave the cluster gracefully, re-placing the node's
+    /// workstations elsewhere before stopping them.
+    Leave,
+    /// SIGINT (Ctrl-C on a foreground agent): stop here; the workstations stay placed on this
+    /// node, as for a node that is lost, and come back with it (or move after the grace).
+    Interrupt,
+}
+
+/// How long a leader that stops waits for its successor to be elected (normally about one
+/// election timeout; when the whole cluster stops at once nobody can take over).
+const HAND_OVER_WAIT: Duration = Duration::from_secs(2);
+
+async fn wait_for_signal() -> Stop {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -267,8 +300,14 @@ async fn wait_for_signal() {
         return futures::future::pending().await;
     };
     tokio::select! {
-        _ = term.recv() => info!("SIGTERM"),
-        _ = int.recv() => info!("SIGINT"),
+        _ = term.recv() => {
+            info!("SIGTERM");
+            Stop::Leave
+        }
+        _ = int.recv() => {
+            info!("SIGINT");
+            Stop::Interrupt
+        }
     }
 }
 
