@@ -13,3 +13,28 @@ echo "--- tests"
 profile=default
 [ "${CI:-}" = "true" ] && profile=ci
 cargo nextest run --workspace --locked --profile "$profile" --no-fail-fast
+
+# The chaos suite's quick scenario against a real 3-server cluster (network namespaces, the
+# `tun` mesh, kill -9, partitions, ...), driving the binaries the build step above produced.
+# It needs root; on CI (CI=true) not being able to run it is a failure, elsewhere a skip.
+echo "--- chaos (quick)"
+if [ "$(id -u)" -ne 0 ]; then
+  if [ "${CI:-}" = "true" ]; then
+    echo "chaos: needs root (network namespaces, iptables, tun) and CI=true: failing" >&2
+    exit 1
+  fi
+  echo "chaos: SKIPPED: needs root (network namespaces, iptables, tun); run ops/test.sh as root"
+else
+  # A seed from the environment replays a failing run (the harness prints the seed it used).
+  seed_args=()
+  [ -n "${CHAOS_SEED:-}" ] && seed_args=(--seed "$CHAOS_SEED")
+  # SIGTERM after 10 minutes lets the harness clean up; SIGKILL a minute later, then --cleanup.
+  status=0
+  timeout -k 60 600 ./target/debug/shoal-chaos --quick --shoal target/debug/shoal \
+    --report target/chaos-report.json ${seed_args[@]+"${seed_args[@]}"} || status=$?
+  if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+    echo "chaos: timed out; removing what the run left behind" >&2
+    ./target/debug/shoal-chaos --cleanup >/dev/null || true
+  fi
+  [ "$status" -eq 0 ] || { echo "chaos: FAILED (status $status); report: target/chaos-report.json, agent logs: target/chaos-report.logs" >&2; exit 1; }
+fi
