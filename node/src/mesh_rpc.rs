@@ -5,11 +5,14 @@
 //! - [`TAG_RAFT`]: an encoded Raft RPC, handed to [`shoal_raft::RpcHandle::handle`];
 //! - [`TAG_WRITE`]: a [`Command`] forwarded by a follower to the leader, answered with a
 //!   [`ForwardReply`].
+//! - [`TAG_VIEW`]: a worker mirror's request to the leader ([`ViewRequest`]): the committed
+//!   state of a node that holds no Raft log, or the leader's live usage table.
 //!
-//! [`MeshRaftTransport`] is the client side for Raft; [`forward_write`] is the follower's
-//! write path; [`NodeRpcHandler`] serves both, and [`TAG_HEARTBEAT`] (a node's heartbeat
-//! into the leader's soft state, see [`send_heartbeat`]). The agent (`agent/cluster.rs`) runs
-//! its Raft node over this transport.
+//! [`MeshRaftTransport`] is the client side for Raft; [`forward_write`] is the write path of
+//! a node that does not lead (through its Raft node, or for a worker through
+//! [`LeaderRoute`]); [`NodeRpcHandler`] serves them, and [`TAG_HEARTBEAT`] (a node's
+//! heartbeat into the leader's soft state, see [`send_heartbeat`]). The agent
+//! (`agent/cluster.rs`) runs its Raft node over this transport.
 
 use std::net::Ipv4Addr;
 use std::sync::{Arc, OnceLock};
@@ -32,6 +35,12 @@ pub const TAG_HEARTBEAT: u8 = 3;
 /// Frame tag of an application request (the agent's own node-to-node calls, e.g. reading a
 /// workstation's log on the node that hosts it), served by the [`AppHandler`].
 pub const TAG_APP: u8 = 4;
+/// Frame tag of a worker mirror's request to the leader ([`ViewRequest`]): the committed state
+/// for a node that holds no Raft log, or the leader's live usage table for run placement.
+pub const TAG_VIEW: u8 = 5;
+/// Largest encoded cluster state the leader sends to a worker mirror (a mesh frame is at most
+/// 16 MiB; the state is bounded well below it: the audit log holds at most 50,000 entries).
+pub const MIRROR_STATE_BYTES_MAX: usize = 15 * 1024 * 1024;
 /// How many times a forwarded write follows a `NotLeader` answer before giving up (an
 /// election moved the leader while the write was in flight).
 pub const FORWARD_HOPS_MAX: usize = 3;
@@ -76,6 +85,106 @@ pub enum ForwardError {
     /// The leader answered with a failure.
     #[error("write failed at the leader: {0}")]
     Failed(String),
+}
+
+/// A request of a node that holds no Raft log (a worker mirror) to the leader.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ViewRequest {
+    /// "I have applied up to `have_applied`": the leader answers [`ViewReply::Current`] when
+    /// that is its own applied index, else the whole committed state.
+    Sync {
+        /// The mirror's applied index.
+        have_applied: u64,
+    },
+    /// The leader's live usage of every node (from heartbeats), for placing runs.
+    Usage,
+}
+
+/// The live usage of one node, as the leader's soft state has it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeUsage {
+    /// The node.
+    pub node: NodeId,
+    /// CPU and memory used on its host, from its last heartbeat.
+    pub used: shoal_raft::model::Resources,
+}
+
+/// The leader's answer to a [`ViewRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ViewReply {
+    /// The receiver does not lead; it names the leader's mesh address if it knows it.
+    NotLeader {
+        /// The leader's mesh address.
+        leader_mesh_addr: Option<Ipv4Addr>,
+    },
+    /// The mirror is current.
+    Current(ViewHead),
+    /// The committed state at `head.applied` (`ClusterState::encode`).
+    Snapshot {
+        /// Leader, term, applied index and voters.
+        head: ViewHead,
+        /// The encoded state.
+        state: Vec<u8>,
+    },
+    /// The leader's live usage table.
+    Usage(Vec<NodeUsage>),
+    /// Not served; the text says why (unknown node, state too large, not started).
+    Refused(String),
+}
+
+/// What a mirror learns with every answer: who leads, in which term, up to where.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ViewHead {
+    /// The leader (the node that answered).
+    pub leader: NodeId,
+    /// The leader's mesh address.
+    pub leader_mesh_addr: Option<Ipv4Addr>,
+    /// Its term.
+    pub term: u64,
+    /// Its applied index.
+    pub applied: u64,
+    /// The Raft voters.
+    pub voters: Vec<NodeId>,
+}
+
+/// How a node reaches the leader: through its own Raft node when it is a Raft member, else
+/// through the leader's mesh address as its mirror of the state knows it.
+pub trait LeaderRoute: Send + Sync {
+    /// The local Raft node, when this node is a Raft member.
+    fn raft_node(&self) -> Option<&RaftNode>;
+    /// This node's id.
+    fn node_id(&self) -> NodeId;
+    /// The leader's mesh address, for a node without a Raft node.
+    fn leader_mesh_addr(&self) -> Option<Ipv4Addr>;
+}
+
+impl LeaderRoute for RaftNode {
+    fn raft_node(&self) -> Option<&RaftNode> {
+        Some(self)
+    }
+    fn node_id(&self) -> NodeId {
+        self.id()
+    }
+    fn leader_mesh_addr(&self) -> Option<Ipv4Addr> {
+        let leader = self.status().leader?;
+        self.read(|state| state.nodes.get(&leader).map(|node| node.mesh_addr))
+    }
+}
+
+/// Sends a [`ViewRequest`] to the node at `ip` and decodes its answer.
+pub async fn view_request(
+    transport: &Transport,
+    ip: Ipv4Addr,
+    request: &ViewRequest,
+) -> Result<ViewReply, ForwardError> {
+    let body = shoal_raft::codec::encode(request)
+        .map_err(|err| ForwardError::Failed(format!("encoding: {err}")))?;
+    let reply = transport
+        .request(ip, frame(TAG_VIEW, &body))
+        .await
+        .map_err(|err| ForwardError::Unreachable(err.to_string()))?;
+    shoal_raft::codec::decode(&reply)
+        .map_err(|err| ForwardError::Failed(format!("undecodable view reply: {err}")))
 }
 
 fn frame(tag: u8, body: &[u8]) -> Bytes {
@@ -136,6 +245,9 @@ impl RaftTransport for MeshRaftTransport {
 pub struct NodeRpcHandler {
     raft: OnceLock<RaftNode>,
     app: OnceLock<Arc<dyn AppHandler>>,
+    /// The last state encoded for worker mirrors, by applied index: every mirror behind by
+    /// the same entries shares one encoding.
+    view_cache: parking_lot::Mutex<Option<(u64, Arc<Vec<u8>>)>>,
 }
 
 /// The agent's side of [`TAG_APP`] requests: bytes in, bytes out (the agent defines the
@@ -206,6 +318,93 @@ impl NodeRpcHandler {
 }
 
 impl NodeRpcHandler {
+    /// Serves a worker mirror (see [`ViewRequest`]); only the leader answers with state.
+    fn handle_view(&self, from: &PeerInfo, body: &[u8]) -> ViewReply {
+        let Some(raft) = self.raft.get() else {
+            return ViewReply::Refused("this node holds no Raft state".to_string());
+        };
+        let request: ViewRequest = match shoal_raft::codec::decode(body) {
+            Ok(request) => request,
+            Err(err) => return ViewReply::Refused(format!("undecodable: {err}")),
+        };
+        let status = raft.status();
+        let mesh_addr_of =
+            |id: NodeId| raft.read(|state| state.nodes.get(&id).map(|node| node.mesh_addr));
+        if !status.is_leader {
+            return ViewReply::NotLeader {
+                leader_mesh_addr: status.leader.and_then(mesh_addr_of),
+            };
+        }
+        // Only registered nodes get the state (it holds key and token hashes).
+        let known = raft.read(|state| {
+            state.nodes.values().any(|node| {
+                node.mesh_addr == from.mesh_addr && node.state != shoal_raft::model::NodeState::Left
+            })
+        });
+        if !known {
+            return ViewReply::Refused(format!("{} is not a node", from.mesh_addr));
+        }
+        match request {
+            ViewRequest::Usage => {
+                let mut usage: Vec<NodeUsage> = raft.with_soft_state(|soft| {
+                    soft.iter()
+                        .filter_map(|(node, live)| {
+                            Some(NodeUsage {
+                                node: *node,
+                                used: live.last.as_ref()?.used,
+                            })
+                        })
+                        .collect()
+                });
+                usage.sort_by_key(|entry| entry.node);
+                ViewReply::Usage(usage)
+            }
+            ViewRequest::Sync { have_applied } => {
+                let applied = status.last_applied_index.unwrap_or(0);
+                let head = ViewHead {
+                    leader: status.id,
+                    leader_mesh_addr: mesh_addr_of(status.id),
+                    term: status.term,
+                    applied,
+                    voters: status.voters.iter().copied().collect(),
+                };
+                // A new leader may not have applied all a mirror has: the mirror keeps its
+                // (newer, committed) state.
+                if have_applied >= applied {
+                    return ViewReply::Current(head);
+                }
+                let cached = self
+                    .view_cache
+                    .lock()
+                    .as_ref()
+                    .filter(|(index, _)| *index == applied)
+                    .map(|(_, bytes)| Arc::clone(bytes));
+                let bytes = match cached {
+                    Some(bytes) => bytes,
+                    // Read after the status: the state is at `applied` or newer, never older.
+                    None => match raft.read(|state| state.encode()) {
+                        Ok(bytes) => {
+                            let bytes = Arc::new(bytes);
+                            *self.view_cache.lock() = Some((applied, Arc::clone(&bytes)));
+                            bytes
+                        }
+                        Err(err) => return ViewReply::Refused(format!("encoding: {err}")),
+                    },
+                };
+                if bytes.len() > MIRROR_STATE_BYTES_MAX {
+                    return ViewReply::Refused(format!(
+                        "the state is {} bytes, more than a mirror takes ({MIRROR_STATE_BYTES_MAX})",
+                        bytes.len()
+                    ));
+                }
+                ViewReply::Snapshot {
+                    head,
+                    state: bytes.as_ref().clone(),
+                }
+            }
+        }
+    }
+
     fn handle_heartbeat(&self, from: &PeerInfo, body: &[u8]) -> HeartbeatReply {
         let Some(raft) = self.raft.get() else {
             return HeartbeatReply::Refused("raft not started yet".to_string());
@@ -237,25 +436,36 @@ impl NodeRpcHandler {
 
 /// Sends this node's heartbeat to the leader over the mesh (or records it directly when this
 /// node leads).
-pub async fn send_heartbeat(
-    raft: &RaftNode,
+pub async fn send_heartbeat<R: LeaderRoute + ?Sized>(
+    route: &R,
     transport: &Transport,
     heartbeat: shoal_raft::soft_state::Heartbeat,
 ) -> HeartbeatReply {
-    let status = raft.status();
-    let Some(leader) = status.leader else {
-        return HeartbeatReply::Refused("no leader known".to_string());
+    let (id, ip) = match route.raft_node() {
+        Some(raft) => {
+            let status = raft.status();
+            let Some(leader) = status.leader else {
+                return HeartbeatReply::Refused("no leader known".to_string());
+            };
+            if leader == status.id {
+                return match raft.heartbeat(status.id, heartbeat) {
+                    Ok(ack) => HeartbeatReply::Acked { term: ack.term },
+                    Err(err) => HeartbeatReply::Refused(err.to_string()),
+                };
+            }
+            let Some(ip) = raft.read(|state| state.nodes.get(&leader).map(|node| node.mesh_addr))
+            else {
+                return HeartbeatReply::Refused(format!("leader {leader} not in the node list"));
+            };
+            (status.id, ip)
+        }
+        // A worker that is not a Raft member: the leader its mirror last heard from.
+        None => match route.leader_mesh_addr() {
+            Some(ip) => (route.node_id(), ip),
+            None => return HeartbeatReply::Refused("no leader known".to_string()),
+        },
     };
-    if leader == status.id {
-        return match raft.heartbeat(status.id, heartbeat) {
-            Ok(ack) => HeartbeatReply::Acked { term: ack.term },
-            Err(err) => HeartbeatReply::Refused(err.to_string()),
-        };
-    }
-    let Some(ip) = raft.read(|state| state.nodes.get(&leader).map(|node| node.mesh_addr)) else {
-        return HeartbeatReply::Refused(format!("leader {leader} not in the node list"));
-    };
-    let body = match shoal_raft::codec::encode(&(status.id, heartbeat)) {
+    let body = match shoal_raft::codec::encode(&(id, heartbeat)) {
         Ok(body) => body,
         Err(err) => return HeartbeatReply::Refused(format!("encoding: {err}")),
     };
@@ -287,6 +497,10 @@ impl RpcHandler for NodeRpcHandler {
                 let reply = self.handle_heartbeat(&from, body);
                 Bytes::from(shoal_raft::codec::encode(&reply).unwrap_or_default())
             }
+            TAG_VIEW => {
+                let reply = self.handle_view(&from, body);
+                Bytes::from(shoal_raft::codec::encode(&reply).unwrap_or_default())
+            }
             TAG_APP => match self.app.get() {
                 Some(app) => app.handle(from, body).await,
                 None => Bytes::new(),
@@ -313,18 +527,26 @@ impl RpcHandler for NodeRpcHandler {
 
 /// Proposes `command` through the local Raft node, following the leader over the mesh when
 /// this node does not lead.
-pub async fn forward_write(
-    raft: &RaftNode,
+pub async fn forward_write<R: LeaderRoute + ?Sized>(
+    route: &R,
     transport: &Transport,
     command: Command,
 ) -> Result<CommandResponse, ForwardError> {
-    let (mut leader_addr, mut leader_known) = match raft.write(command.clone()).await {
-        Ok(response) => return Ok(response),
-        Err(WriteError::ForwardToLeader {
-            leader_id,
-            leader_node,
-        }) => (leader_node.map(|node| node.addr), leader_id.is_some()),
-        Err(err) => return Err(ForwardError::Failed(err.to_string())),
+    let (mut leader_addr, mut leader_known) = match route.raft_node() {
+        Some(raft) => match raft.write(command.clone()).await {
+            Ok(response) => return Ok(response),
+            Err(WriteError::ForwardToLeader {
+                leader_id,
+                leader_node,
+            }) => (leader_node.map(|node| node.addr), leader_id.is_some()),
+            Err(err) => return Err(ForwardError::Failed(err.to_string())),
+        },
+        // A worker mirror: straight to the leader it knows (a server that no longer leads
+        // answers `NotLeader` with the new leader, followed below).
+        None => {
+            let ip = route.leader_mesh_addr();
+            (ip.map(|ip| ip.to_string()), ip.is_some())
+        }
     };
     let body = shoal_raft::codec::encode(&command)
         .map_err(|err| ForwardError::Failed(format!("encoding the command: {err}")))?;

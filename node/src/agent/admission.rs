@@ -6,16 +6,34 @@
 
 use std::net::SocketAddr;
 
+use serde::{Deserialize, Serialize};
 use shoal_mesh::{
     Admission, JoinAccepted, JoinCandidate, JoinRefusal, NodePublicKey, PeerSpec, Transport,
     DEFAULT_QUIC_PORT,
 };
 use shoal_raft::command::{Admission as RaftAdmissionKind, NodeRegistration};
 use shoal_raft::model::{NodeState, Resources, Roles};
-use shoal_raft::{Action, Command, Outcome, RaftNode, Refusal};
+use shoal_raft::{Action, ClusterState, Command, Outcome, Refusal};
 
+use super::state_view::StateView;
 use crate::clock;
 use crate::mesh_rpc::forward_write;
+
+/// What a member tells a joiner beyond the mesh's fields (`JoinAccepted::extra`, JSON): the
+/// roles the cluster committed for it (the token's), so that a worker-only node knows it holds
+/// no Raft log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinExtra {
+    /// The committed roles.
+    pub roles: Roles,
+}
+
+impl JoinExtra {
+    /// Reads the extra bytes of a join answer; `None` when absent or not ours.
+    pub fn parse(bytes: &[u8]) -> Option<JoinExtra> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
 
 /// The cluster's hash of a join token's secret, as committed to Raft: lowercase hex of the
 /// mesh crate's SHA-256 of the secret bytes.
@@ -23,31 +41,29 @@ pub fn token_secret_sha256(secret: &[u8; 32]) -> String {
     hex::encode(shoal_mesh::token::hash_secret(secret))
 }
 
-/// Admits joiners through Raft.
+/// Admits joiners through Raft (any node can: a worker forwards through its mirror's leader).
 pub struct RaftAdmission {
-    /// This member's Raft node.
-    pub raft: RaftNode,
+    /// The committed state this member sees.
+    pub view: StateView,
     /// This member's mesh transport (to forward the registration to the leader).
     pub transport: Transport,
 }
 
 /// The mesh peers a node should have: every node of the committed list that has not left,
 /// except the one with `own_key`.
-pub fn peers_from_state(raft: &RaftNode, own_key: &str) -> Vec<PeerSpec> {
-    raft.read(|state| {
-        state
-            .nodes
-            .values()
-            .filter(|node| node.state != NodeState::Left && node.wg_public_key != own_key)
-            .filter_map(|node| {
-                Some(PeerSpec {
-                    public_key: NodePublicKey::parse(&node.wg_public_key).ok()?,
-                    endpoint: node.endpoint.parse::<SocketAddr>().ok(),
-                    mesh_addr: node.mesh_addr,
-                })
+pub fn peers_from_state(state: &ClusterState, own_key: &str) -> Vec<PeerSpec> {
+    state
+        .nodes
+        .values()
+        .filter(|node| node.state != NodeState::Left && node.wg_public_key != own_key)
+        .filter_map(|node| {
+            Some(PeerSpec {
+                public_key: NodePublicKey::parse(&node.wg_public_key).ok()?,
+                endpoint: node.endpoint.parse::<SocketAddr>().ok(),
+                mesh_addr: node.mesh_addr,
             })
-            .collect()
-    })
+        })
+        .collect()
 }
 
 fn refusal_of(refusal: &Refusal) -> JoinRefusal {
@@ -88,7 +104,7 @@ impl Admission for RaftAdmission {
             "join",
             Action::RegisterNode(registration),
         );
-        let response = forward_write(&self.raft, &self.transport, command)
+        let response = forward_write(&self.view, &self.transport, command)
             .await
             .map_err(|err| JoinRefusal::Unavailable(err.to_string()))?;
         let (node_id, mesh_addr) = match response {
@@ -104,15 +120,17 @@ impl Admission for RaftAdmission {
         };
         // The registration is applied at the leader; wait until this member has applied it
         // too, so that the peer list below is current.
-        let applied = self.raft.status().last_applied_index.unwrap_or(0);
+        self.view.after_write().await;
+        let applied = self.view.status().last_applied_index.unwrap_or(0);
         let _ = self
-            .raft
+            .view
             .wait_applied(applied, std::time::Duration::from_secs(5))
             .await;
-        let (cluster_id, mesh_prefix_len) = self.raft.read(|state| {
+        let (cluster_id, mesh_prefix_len, roles) = self.view.read(|state| {
             (
                 state.cluster_id.clone().unwrap_or_default(),
                 state.settings.overlay_prefix_len,
+                state.nodes.get(&node_id).map(|node| node.roles),
             )
         });
         tracing::info!(node_id, mesh_addr = %mesh_addr, "node admitted");
@@ -121,8 +139,10 @@ impl Admission for RaftAdmission {
             cluster_id,
             mesh_addr,
             mesh_prefix_len,
-            peers: peers_from_state(&self.raft, &joiner_key),
-            extra: Vec::new(),
+            peers: self.view.read(|state| peers_from_state(state, &joiner_key)),
+            extra: roles
+                .and_then(|roles| serde_json::to_vec(&JoinExtra { roles }).ok())
+                .unwrap_or_default(),
         })
     }
 }
@@ -144,6 +164,16 @@ mod tests {
             refusal_of(&Refusal::NotInitialized),
             JoinRefusal::Unavailable(_)
         ));
+    }
+
+    #[test]
+    fn the_join_extra_carries_the_committed_roles_and_anything_else_is_none() {
+        for roles in [Roles::WORKER, Roles::SERVER, Roles::SERVER_WORKER] {
+            let bytes = serde_json::to_vec(&JoinExtra { roles }).unwrap_or_default();
+            assert_eq!(JoinExtra::parse(&bytes), Some(JoinExtra { roles }));
+        }
+        assert_eq!(JoinExtra::parse(b""), None);
+        assert_eq!(JoinExtra::parse(b"\x01\x02"), None);
     }
 
     #[test]

@@ -27,8 +27,10 @@ use shoal_raft::{Action, Command, NodeAddr, NodeId, RaftConfig, RaftNode};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::admission::{peers_from_state, RaftAdmission};
+use super::admission::{peers_from_state, JoinExtra, RaftAdmission};
+use super::state_view::StateView;
 use super::usage::Usage;
+use super::worker_mirror::WorkerMirror;
 use crate::config::{AgentConfig, MeshMode};
 use crate::mesh_rpc::{
     forward_write, send_heartbeat, HeartbeatReply, MeshRaftTransport, NodeRpcHandler,
@@ -39,6 +41,9 @@ const MEMBER_FILE: &str = "member.json";
 
 /// How long a restarting node waits for a Raft leader before it serves the API anyway.
 const LEADER_WAIT_AT_START: Duration = Duration::from_secs(5);
+
+/// How often a worker-only node asks the leader whether its mirror of the state is current.
+const MIRROR_SYNC_PERIOD: Duration = Duration::from_millis(250);
 
 /// How many times a node tries to commit its capacity (every 500 ms: about 2 minutes).
 const INFO_UPDATE_ATTEMPTS_MAX: u32 = 240;
@@ -52,6 +57,10 @@ pub struct MemberFile {
     pub mesh_addr: Ipv4Addr,
     /// Prefix length of the overlay range.
     pub mesh_prefix_len: u8,
+    /// True for a node the cluster admitted as a worker only: it holds no Raft log and
+    /// mirrors the leader's state ([`WorkerMirror`]).
+    #[serde(default)]
+    pub worker_only: bool,
 }
 
 impl MemberFile {
@@ -90,8 +99,8 @@ impl MemberFile {
 pub struct ClusterNode {
     /// The userspace WireGuard mesh (shared with the peer loop).
     pub mesh: Arc<Mesh>,
-    /// This node's Raft node.
-    pub raft: RaftNode,
+    /// The committed state this node sees: its Raft node, or a mirror on a worker-only node.
+    pub raft: StateView,
     /// The serving side of node-to-node RPCs.
     pub handler: Arc<NodeRpcHandler>,
     /// The member file.
@@ -162,12 +171,22 @@ impl ClusterNode {
                 let accepted = join_cluster(&identity, &token, &JoinOptions::new(config.listen))
                     .await
                     .context("joining the cluster")?;
-                info!(node_id = accepted.node_id, mesh_addr = %accepted.mesh_addr, "admitted");
+                // The token's roles are what the cluster committed; the member says which.
+                let worker_only = JoinExtra::parse(&accepted.extra)
+                    .map_or(!config.role_server, |extra| !extra.roles.server);
+                if worker_only == config.role_server {
+                    warn!(
+                        worker_only,
+                        "the join token's roles differ from --role: the token's roles apply"
+                    );
+                }
+                info!(node_id = accepted.node_id, mesh_addr = %accepted.mesh_addr, worker_only, "admitted");
                 initial_peers = accepted.peers;
                 let member = MemberFile {
                     raft_id: accepted.node_id,
                     mesh_addr: accepted.mesh_addr,
                     mesh_prefix_len: accepted.mesh_prefix_len,
+                    worker_only,
                 };
                 member.store(&config.data_dir)?;
                 (member, false)
@@ -177,6 +196,7 @@ impl ClusterNode {
                     raft_id: 1,
                     mesh_addr: first_mesh_addr(&settings),
                     mesh_prefix_len: settings.overlay_prefix_len,
+                    worker_only: false,
                 },
                 true,
             ),
@@ -196,6 +216,9 @@ impl ClusterNode {
         let mesh = Mesh::start(mesh_config, handler.clone())
             .await
             .with_context(|| format!("starting the mesh on {}", config.listen))?;
+        if member.worker_only {
+            return Self::start_worker_only(member, mesh, handler, &initial_peers, config).await;
+        }
         let raft = RaftNode::start(
             RaftConfig::new(member.raft_id),
             &config.data_dir.join("raft"),
@@ -210,7 +233,7 @@ impl ClusterNode {
                 .context("adding the cluster's members as peers")?;
         }
         mesh.set_admission(Arc::new(RaftAdmission {
-            raft: raft.clone(),
+            view: StateView::Raft(raft.clone()),
             transport: mesh.transport(),
         }));
         if fresh {
@@ -253,11 +276,81 @@ impl ClusterNode {
         }
         let mut node = ClusterNode {
             mesh: Arc::new(mesh),
-            raft,
+            raft: StateView::Raft(raft),
             handler,
             member,
             tasks: Vec::new(),
         };
+        node.tasks.push(tokio::spawn(peer_loop(
+            node.raft.clone(),
+            Arc::clone(&node.mesh),
+        )));
+        Ok(node)
+    }
+
+    /// A worker-only node: no Raft node (the cluster never makes it a learner or voter, see
+    /// `shoal_raft::membership`); its state is a mirror of the leader's, synced over the mesh.
+    /// Its mesh handler serves no Raft, writes or heartbeats (it is never asked for them).
+    async fn start_worker_only(
+        member: MemberFile,
+        mesh: Mesh,
+        handler: Arc<NodeRpcHandler>,
+        initial_peers: &[PeerSpec],
+        config: &AgentConfig,
+    ) -> anyhow::Result<ClusterNode> {
+        let seeds: Vec<Ipv4Addr> = initial_peers.iter().map(|peer| peer.mesh_addr).collect();
+        let mirror = Arc::new(WorkerMirror::open(
+            member.raft_id,
+            member.mesh_addr,
+            seeds,
+            mesh.transport(),
+            &config.data_dir,
+        ));
+        // Peers: the join answer's members now; a restart's come from the kept mirror.
+        let own_key = mesh.public_key().to_base64();
+        let mut peers = initial_peers.to_vec();
+        if peers.is_empty() {
+            peers = mirror.read(|state| peers_from_state(state, &own_key));
+        }
+        if !peers.is_empty() {
+            mesh.set_peers(&peers)
+                .context("adding the cluster's members as peers")?;
+        }
+        let view = StateView::Mirror(Arc::clone(&mirror));
+        mesh.set_admission(Arc::new(RaftAdmission {
+            view: view.clone(),
+            transport: mesh.transport(),
+        }));
+        // Serve the API with the cluster's keys from the first request on, where a leader
+        // answers quickly; otherwise go on with what the mirror kept.
+        match tokio::time::timeout(LEADER_WAIT_AT_START, async {
+            loop {
+                match mirror.sync_once().await {
+                    Ok(_) => return,
+                    Err(err) => debug!(error = %err, "no leader answered the mirror yet"),
+                }
+                tokio::time::sleep(MIRROR_SYNC_PERIOD).await;
+            }
+        })
+        .await
+        {
+            Ok(()) => info!(
+                raft_id = member.raft_id,
+                mesh_addr = %member.mesh_addr,
+                applied = mirror.status().last_applied_index.unwrap_or(0),
+                "worker-only node started: state mirrored from the leader"
+            ),
+            Err(_) => warn!("no leader answered the worker mirror yet; serving what it kept"),
+        }
+        let mut node = ClusterNode {
+            mesh: Arc::new(mesh),
+            raft: view,
+            handler,
+            member,
+            tasks: Vec::new(),
+        };
+        node.tasks
+            .push(tokio::spawn(mirror.sync_loop(MIRROR_SYNC_PERIOD)));
         node.tasks.push(tokio::spawn(peer_loop(
             node.raft.clone(),
             Arc::clone(&node.mesh),
@@ -369,7 +462,7 @@ impl ClusterNode {
     }
 }
 
-async fn peer_loop(raft: RaftNode, mesh: Arc<Mesh>) {
+async fn peer_loop(raft: StateView, mesh: Arc<Mesh>) {
     let own_key = mesh.public_key().to_base64();
     let mut applied = raft.subscribe_applied();
     let mut last: Option<Vec<PeerSpec>> = None;
@@ -377,7 +470,7 @@ async fn peer_loop(raft: RaftNode, mesh: Arc<Mesh>) {
         // A node that just joined has not received the log yet: its peers are the ones the
         // join answer named until the committed node list reaches it.
         let known = raft.read(|state| !state.nodes.is_empty());
-        let current = peers_from_state(&raft, &own_key);
+        let current = raft.read(|state| peers_from_state(state, &own_key));
         if known && last.as_ref() != Some(&current) {
             match mesh.set_peers(&current) {
                 Ok(()) => info!(

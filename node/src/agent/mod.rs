@@ -13,12 +13,16 @@ pub mod admission;
 pub mod cluster;
 pub mod drain;
 pub mod host;
+pub mod mirror_sync;
 pub mod model;
 pub mod placement;
 pub mod random;
 pub mod remote;
+pub mod run_placement;
+pub mod state_view;
 pub mod store;
 pub mod usage;
+pub mod worker_mirror;
 
 use std::io::Write as _;
 use std::path::Path;
@@ -63,8 +67,11 @@ pub struct Agent {
     pub runs_in_flight: AtomicUsize,
     /// Set when a graceful shutdown began: new work is refused with 503.
     pub shutting_down: AtomicBool,
-    /// This node's Raft node (leader, term, members, the cluster's node list).
-    pub raft: shoal_raft::RaftNode,
+    /// The committed state this node sees (leader, term, members, the cluster's node list):
+    /// its Raft node, or on a worker-only node a mirror of the leader's state.
+    pub raft: state_view::StateView,
+    /// The leader's live usage table, as last fetched (for placing runs).
+    pub run_usage: run_placement::UsageCache,
     /// The mesh transport (forwarded writes, node-to-node requests).
     pub transport: shoal_mesh::Transport,
     /// This node's WireGuard public key (named in the join tokens it mints).
@@ -104,14 +111,17 @@ impl Agent {
         use crate::api::error::ApiError;
         use crate::mesh_rpc::ForwardError;
         let command = shoal_raft::Command::new(clock::now_unix_ms(), actor, action);
-        let response = crate::mesh_rpc::forward_write(&self.raft, &self.transport, command)
-            .await
-            .map_err(|err| match err {
-                ForwardError::NoLeader | ForwardError::Unreachable(_) => {
-                    ApiError::unavailable(format!("no Raft leader reachable right now: {err}"))
-                }
-                ForwardError::Failed(why) => ApiError::unavailable(why),
-            })?;
+        let response = crate::mesh_rpc::forward_write(&self.raft, &self.transport, command).await;
+        if matches!(response, Ok(Ok(_))) {
+            // A worker mirror has not seen its own write yet; the caller reads it next.
+            self.raft.after_write().await;
+        }
+        let response = response.map_err(|err| match err {
+            ForwardError::NoLeader | ForwardError::Unreachable(_) => {
+                ApiError::unavailable(format!("no Raft leader reachable right now: {err}"))
+            }
+            ForwardError::Failed(why) => ApiError::unavailable(why),
+        })?;
         response.map_err(|refusal| ApiError::from_refusal(&refusal))
     }
 
@@ -160,7 +170,17 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
     let mut cluster =
         cluster::ClusterNode::start(&config, &store.read(|m| m.cluster_id.clone()), &usage).await?;
     if let Some(admin_key) = admin_key {
-        commit_admin_key(&cluster.raft, &admin_key).await?;
+        let raft = cluster
+            .raft
+            .as_raft()
+            .context("a bootstrapping node is a Raft member")?;
+        commit_admin_key(raft, &admin_key).await?;
+    }
+    // The roles the cluster committed (a join token's) are the node's roles.
+    let mut config = config;
+    if cluster.member.worker_only {
+        config.role_server = false;
+        config.role_worker = true;
     }
     cluster.start_info_update(&config, &usage);
     let node_id = format!("node-{}", cluster.member.raft_id);
@@ -202,6 +222,7 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
         runs_in_flight: AtomicUsize::new(0),
         shutting_down: AtomicBool::new(false),
         raft: cluster.raft.clone(),
+        run_usage: run_placement::UsageCache::default(),
         transport: cluster.mesh.transport(),
         mesh_public_key: cluster.mesh.public_key(),
         reconcile_lock: tokio::sync::Mutex::new(()),
@@ -253,8 +274,11 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
         // restart policies apply there) before it stops them.
         drain::leave_for_shutdown(&agent, Duration::from_millis(config.shutdown_grace_ms)).await;
     }
-    if drain::another_server_is_ready(&agent) {
-        let raft = &agent.raft;
+    let raft = agent
+        .raft
+        .as_raft()
+        .filter(|_| drain::another_server_is_ready(&agent));
+    if let Some(raft) = raft {
         match tokio::time::timeout(HAND_OVER_WAIT, raft.hand_over_leadership()).await {
             Ok(Ok(outcome)) => info!(?outcome, "raft leadership"),
             Ok(Err(err)) => warn!(error = %err, "leadership not handed over"),

@@ -10,7 +10,7 @@ use shoal_mesh::{PeerInfo, StreamSender};
 
 use super::Agent;
 use crate::api::error::ApiError;
-use crate::api_types::{LogsPage, Process};
+use crate::api_types::{LogsPage, Process, RunRequest, RunResult};
 use crate::mesh_rpc::{app_request, AppHandler};
 
 /// A request to the node hosting a workstation.
@@ -48,6 +48,74 @@ pub enum RemoteRequest {
         /// Signal name (`TERM`, `KILL`, ...).
         signal: String,
     },
+    /// Executes a run here (a stream: the answer is one [`RunReply`] frame after at most the
+    /// run's wall time). The caller's node authenticated it.
+    Run {
+        /// The caller's tenant (for the log line).
+        tenant: String,
+        /// The run (boxed: it is much larger than the other requests).
+        request: Box<RunRequest>,
+    },
+}
+
+/// An API error carried across the mesh, so that the caller's node answers with the status
+/// the executing node chose (400, 413, 429 with `Retry-After`, ...).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RemoteError {
+    /// HTTP status.
+    pub status: u16,
+    /// The message.
+    pub message: String,
+    /// `Retry-After` seconds, for 429 and 503.
+    pub retry_after_secs: u64,
+}
+
+impl RemoteError {
+    /// Carries `err`.
+    pub fn of(err: &ApiError) -> RemoteError {
+        use actix_web::ResponseError as _;
+        let retry_after_secs = match err {
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            }
+            | ApiError::Unavailable {
+                retry_after_secs, ..
+            } => *retry_after_secs,
+            _ => 0,
+        };
+        RemoteError {
+            status: err.status_code().as_u16(),
+            message: err.to_string(),
+            retry_after_secs,
+        }
+    }
+
+    /// The error again, as the caller's node answers it.
+    pub fn into_api_error(self) -> ApiError {
+        let RemoteError {
+            status,
+            message,
+            retry_after_secs,
+        } = self;
+        match status {
+            400 => ApiError::InvalidInput(message),
+            401 => ApiError::Unauthorized(message),
+            403 => ApiError::Forbidden(message),
+            404 => ApiError::NotFound(message),
+            409 => ApiError::Conflict(message),
+            413 => ApiError::TooLarge(message),
+            422 => ApiError::Unsatisfiable(message),
+            429 => ApiError::RateLimited {
+                message,
+                retry_after_secs: retry_after_secs.max(1),
+            },
+            503 => ApiError::Unavailable {
+                message,
+                retry_after_secs: retry_after_secs.max(1),
+            },
+            _ => ApiError::Internal(message),
+        }
+    }
 }
 
 /// The hosting node's answer.
@@ -59,8 +127,19 @@ pub enum RemoteReply {
     Processes(Vec<Process>),
     /// Done.
     Done,
+    /// An API error at the hosting node, with its status.
+    Error(RemoteError),
     /// The request failed there; the text says why.
     Failed(String),
+}
+
+/// The executing node's answer to [`RemoteRequest::Run`] (the one frame of the run's stream).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RunReply {
+    /// The run's result (boxed: it holds up to 128 KiB of output).
+    Done(Box<RunResult>),
+    /// An API error at the executing node.
+    Error(RemoteError),
 }
 
 /// Serves [`RemoteRequest`]s from this node's workstations.
@@ -81,8 +160,8 @@ impl AgentApp {
                 Ok(page) => RemoteReply::Logs(page),
                 Err(err) => RemoteReply::Failed(err.to_string()),
             },
-            RemoteRequest::Follow { .. } => {
-                RemoteReply::Failed("follow is a stream, not a request".to_string())
+            RemoteRequest::Follow { .. } | RemoteRequest::Run { .. } => {
+                RemoteReply::Failed("follow and run are streams, not requests".to_string())
             }
             RemoteRequest::Kill { ws, proc, signal } => {
                 let signal = match super::host::parse_signal(&signal) {
@@ -131,11 +210,23 @@ impl AppHandler for AgentApp {
         Bytes::from(serde_json::to_vec(&reply).unwrap_or_default())
     }
 
-    async fn handle_stream(&self, _from: PeerInfo, open: &[u8], mut sender: StreamSender) {
-        let Ok(RemoteRequest::Follow { ws, from, proc }) =
-            serde_json::from_slice::<RemoteRequest>(open)
-        else {
-            return;
+    async fn handle_stream(&self, from_peer: PeerInfo, open: &[u8], mut sender: StreamSender) {
+        let (ws, from, proc) = match serde_json::from_slice::<RemoteRequest>(open) {
+            Ok(RemoteRequest::Follow { ws, from, proc }) => (ws, from, proc),
+            Ok(RemoteRequest::Run { tenant, request }) => {
+                tracing::debug!(from = %from_peer.mesh_addr, tenant = %tenant, "a run forwarded here");
+                let reply =
+                    match crate::api::runs::execute_here(&self.agent, &tenant, *request).await {
+                        Ok(result) => RunReply::Done(Box::new(result)),
+                        Err(err) => RunReply::Error(RemoteError::of(&err)),
+                    };
+                if let Ok(bytes) = serde_json::to_vec(&reply) {
+                    let _ = sender.send(&bytes).await;
+                }
+                sender.finish();
+                return;
+            }
+            _ => return,
         };
         let Ok(mut follower) = self.agent.host.follow(&ws, from).await else {
             return;
@@ -177,4 +268,38 @@ pub async fn ask_host(
         .map_err(|err| unavailable(format!("the hosting node is unreachable: {err}")))?;
     serde_json::from_slice(&reply)
         .map_err(|err| unavailable(format!("the hosting node answered badly: {err}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_api_error_crosses_the_mesh_with_its_status_and_retry_after() {
+        let errors = [
+            ApiError::InvalidInput("field `argv`: empty".to_string()),
+            ApiError::TooLarge("code".to_string()),
+            ApiError::RateLimited {
+                message: "busy".to_string(),
+                retry_after_secs: 3,
+            },
+            ApiError::Unavailable {
+                message: "stopping".to_string(),
+                retry_after_secs: 1,
+            },
+            ApiError::Internal("disk".to_string()),
+            ApiError::NotFound("x".to_string()),
+        ];
+        for err in errors {
+            let carried = RemoteError::of(&err);
+            let json = serde_json::to_vec(&RunReply::Error(carried.clone())).unwrap_or_default();
+            let Ok(RunReply::Error(back)) = serde_json::from_slice::<RunReply>(&json) else {
+                panic!("the reply did not round-trip");
+            };
+            let again = back.into_api_error();
+            assert_eq!(again.code(), err.code());
+            assert_eq!(again.to_string(), err.to_string());
+            assert_eq!(RemoteError::of(&again), carried);
+        }
+    }
 }

@@ -1,17 +1,42 @@
 //! `POST /v1/runs` and `GET /v1/languages`: a thin mapping onto the executor's sandboxed run
 //! module (`shoal_executor::run`), which validates, isolates, watches and classifies.
+//!
+//! Where a run executes is chosen by [`crate::agent::run_placement::choose`] from the leader's
+//! live usage of the worker nodes: the called node keeps it when it is a worker about as free
+//! as the best, otherwise the run goes over the mesh to the chosen worker
+//! ([`crate::agent::remote::RemoteRequest::Run`], a stream, because a run may take longer than
+//! a mesh request's timeout) and the answer names the node that ran it.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use shoal_executor::run::{self as exec_run, RunError};
+use shoal_raft::model::Resources;
+use shoal_raft::NodeId;
 
 use super::auth::Caller;
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::refuse_if_stopping;
-use crate::agent::Agent;
+use crate::agent::remote::{RemoteRequest, RunReply};
+use crate::agent::{run_placement, Agent};
 use crate::api_types::{ErrorBody, Language, NetworkPolicy, RunRequest, RunResult, Verdict};
+use crate::clock;
+use crate::mesh_rpc::{app_stream, view_request, ViewReply, ViewRequest};
+
+/// A run's default and largest wall time (SPEC): how long a forwarded run may take, plus
+/// [`FORWARDED_RUN_MARGIN`].
+const RUN_WALL_MS_MAX: u64 = 60_000;
+/// What a forwarded run may take beyond its wall time: sandbox setup, teardown, the hop.
+const FORWARDED_RUN_MARGIN: Duration = Duration::from_secs(20);
+/// How long a node waits for the leader's usage table before placing with what it knows.
+const USAGE_FETCH_TIMEOUT: Duration = Duration::from_millis(500);
+/// A run's default memory (SPEC), for placing runs that do not say.
+const RUN_MEMORY_BYTES_DEFAULT: u64 = 256 << 20;
+/// A run's default CPU (SPEC).
+const RUN_CPU_MILLIS_DEFAULT: u64 = 1_000;
 
 /// The executor's request for an API request (the shapes are the same; the types are kept
 /// apart so that the API's schema is generated from `api_types`).
@@ -90,8 +115,131 @@ pub async fn create_run(
     JsonBody(request): JsonBody<RunRequest>,
 ) -> Result<HttpResponse, ApiError> {
     refuse_if_stopping(&agent)?;
+    let own = agent.raft.id();
+    let node = match place(&agent, &request).await {
+        Some(node) => node,
+        None if agent.config.role_worker => own,
+        None => {
+            return Err(ApiError::Unavailable {
+                message: "no worker node can take a run right now".to_string(),
+                retry_after_secs: 2,
+            })
+        }
+    };
+    let result = if node == own {
+        execute_here(&agent, &caller.tenant, request).await?
+    } else {
+        execute_on(&agent, node, &caller.tenant, request).await?
+    };
+    Ok(HttpResponse::Ok().json(result))
+}
+
+/// The node that should execute `request` (see [`run_placement::choose`]); `None` when no
+/// worker is known.
+async fn place(agent: &Agent, request: &RunRequest) -> Option<NodeId> {
+    let own = agent.raft.id();
+    let live = live_usage(agent).await;
+    let (cpu_used, memory_used) = agent.usage.used();
+    let own_used = Resources::new(cpu_used, memory_used);
+    let needs = Resources::new(
+        request.cpu_millis.unwrap_or(RUN_CPU_MILLIS_DEFAULT),
+        request.memory_bytes.unwrap_or(RUN_MEMORY_BYTES_DEFAULT),
+    );
+    let candidates = agent
+        .raft
+        .read(|state| run_placement::candidates(state, &live, own, own_used));
+    run_placement::choose(&candidates, &needs, own)
+}
+
+/// The leader's live usage of every node: its soft state on the leader, elsewhere a table
+/// fetched from the leader at most once per [`run_placement::USAGE_TABLE_MAX_AGE_MS`] (empty
+/// when the leader does not answer in time: then only this node is a candidate).
+async fn live_usage(agent: &Agent) -> BTreeMap<NodeId, Resources> {
+    if agent.raft.status().is_leader {
+        return agent.raft.with_soft_state(|soft| {
+            soft.iter()
+                .filter_map(|(node, live)| Some((*node, live.last.as_ref()?.used)))
+                .collect()
+        });
+    }
+    let now = clock::monotonic_now();
+    if let Some(table) = agent.run_usage.fresh(now) {
+        return table;
+    }
+    let table = match crate::mesh_rpc::LeaderRoute::leader_mesh_addr(&agent.raft) {
+        Some(ip) => {
+            let asking = view_request(&agent.transport, ip, &ViewRequest::Usage);
+            match tokio::time::timeout(USAGE_FETCH_TIMEOUT, asking).await {
+                Ok(Ok(ViewReply::Usage(usage))) => usage
+                    .into_iter()
+                    .map(|entry| (entry.node, entry.used))
+                    .collect(),
+                other => {
+                    tracing::debug!(answer = ?other.map(|r| r.map(|_| ())), "no usage table from the leader");
+                    BTreeMap::new()
+                }
+            }
+        }
+        None => BTreeMap::new(),
+    };
+    agent.run_usage.store(now, table.clone());
+    table
+}
+
+/// Sends the run to `node` over the mesh and waits (bounded by the run's wall time plus a
+/// margin) for its result. A worker that fails or does not answer is a 503 with
+/// `Retry-After`, never a hang.
+async fn execute_on(
+    agent: &Agent,
+    node: NodeId,
+    tenant: &str,
+    request: RunRequest,
+) -> Result<RunResult, ApiError> {
+    let failed = |why: String| ApiError::Unavailable {
+        message: format!("the worker chosen for this run (node-{node}) failed: {why}"),
+        retry_after_secs: 1,
+    };
+    let ip = agent
+        .raft
+        .read(|state| state.nodes.get(&node).map(|record| record.mesh_addr))
+        .ok_or_else(|| failed("it is not in the node list".to_string()))?;
+    let wait = Duration::from_millis(
+        request
+            .timeout_ms
+            .unwrap_or(RUN_WALL_MS_MAX)
+            .min(RUN_WALL_MS_MAX),
+    ) + FORWARDED_RUN_MARGIN;
+    let open = serde_json::to_vec(&RemoteRequest::Run {
+        tenant: tenant.to_string(),
+        request: Box::new(request),
+    })
+    .map_err(|err| ApiError::Internal(format!("encoding a forwarded run: {err}")))?;
+    let (_sender, mut receiver) = app_stream(&agent.transport, ip, &open)
+        .await
+        .map_err(|err| failed(format!("unreachable: {err}")))?;
+    let frame = match tokio::time::timeout(wait, receiver.recv()).await {
+        Err(_) => return Err(failed(format!("no answer within {wait:?}"))),
+        Ok(Err(err)) => return Err(failed(err.to_string())),
+        Ok(Ok(None)) => return Err(failed("it closed the stream without an answer".to_string())),
+        Ok(Ok(Some(frame))) => frame,
+    };
+    match serde_json::from_slice::<RunReply>(&frame) {
+        Ok(RunReply::Done(result)) => Ok(*result),
+        Ok(RunReply::Error(error)) => Err(error.into_api_error()),
+        Err(err) => Err(failed(format!("undecodable answer: {err}"))),
+    }
+}
+
+/// Executes a run on this node (bounded by `runs_concurrent_max`): validation, a fresh
+/// sandbox, supervision, classification. Also what a worker does with a forwarded run.
+pub async fn execute_here(
+    agent: &Agent,
+    tenant: &str,
+    request: RunRequest,
+) -> Result<RunResult, ApiError> {
+    refuse_if_stopping(agent)?;
     let in_flight = agent.runs_in_flight.fetch_add(1, Ordering::SeqCst);
-    let _guard = InFlight(&agent);
+    let _guard = InFlight(agent);
     if in_flight >= agent.config.runs_concurrent_max {
         return Err(ApiError::RateLimited {
             message: format!(
@@ -108,9 +256,9 @@ pub async fn create_run(
     agent.metrics.observe_run(result.verdict.as_str());
     // Runs change no durable state, so they are not audited (a disk write per run would
     // dominate its latency); this log line records them.
-    tracing::info!(run = %id, tenant = %caller.tenant, verdict = result.verdict.as_str(),
+    tracing::info!(run = %id, tenant = %tenant, verdict = result.verdict.as_str(),
         wall_ms = result.wall_ms, overhead_ms = result.overhead_ms, "run finished");
-    Ok(HttpResponse::Ok().json(RunResult {
+    Ok(RunResult {
         id: result.id,
         verdict: verdict(&result.verdict),
         exit_code: result.exit_code,
@@ -126,7 +274,7 @@ pub async fn create_run(
         node: agent.node_id.clone(),
         isolation: result.isolation,
         message: result.message,
-    }))
+    })
 }
 
 struct InFlight<'a>(&'a Agent);
