@@ -179,6 +179,35 @@ async fn a_worker_only_node_mirrors_the_state_hosts_workstations_and_runs_what_a
     assert_eq!(refused.status, 503, "{}", refused.text);
     assert!(refused.retry_after.is_some(), "{refused:?}");
     assert_eq!(refused.error_code(), "unavailable", "{}", refused.text);
+
+    info!("--- the worker restarts on its data dir: same node, its kept mirror, ready again");
+    let restarted = Agent::start(
+        &worker.data_dir,
+        &["--role", "worker", "--config", &config_text],
+        common::free_tcp_port(),
+    )?;
+    assert_eq!(restarted.node_id, worker.node_id);
+    assert!(!restarted.data_dir.join("raft").exists());
+    let restarted_api = restarted.client(&admin_key);
+    let cluster = eventually(CLUSTER_WAIT, || async {
+        Ok(cluster_of(&restarted_api).await)
+    })
+    .await?;
+    assert_eq!(cluster["servers"], json!([server.node_id]), "{cluster}");
+    eventually(CLUSTER_WAIT, || async {
+        let Ok(answer) = server_api.get("/v1/nodes").await else {
+            return Ok(None);
+        };
+        let ready =
+            node_named(&answer.body, &worker.node_id).is_some_and(|node| node["state"] == "ready");
+        Ok(ready.then_some(()))
+    })
+    .await?;
+    let again = server_api
+        .post("/v1/runs", &json!({"argv": ["sh", "-c", "echo back"]}))
+        .await?;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body["node"], json!(worker.node_id), "{}", again.text);
     Ok(())
 }
 
