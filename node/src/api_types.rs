@@ -329,6 +329,13 @@ pub struct Workstation {
     pub isolation: String,
     /// The log offset the next output byte will get.
     pub log_next_offset: u64,
+    /// Its processes with their observed state: from the hosting node's actor there, from the
+    /// leader's soft state (the hosting node's last heartbeat) elsewhere.
+    #[serde(default)]
+    pub processes: Vec<Process>,
+    /// CPU and memory it used at its node's last heartbeat, when reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used: Option<Resources>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -38,6 +38,11 @@ pub const TAG_APP: u8 = 4;
 /// Frame tag of a worker mirror's request to the leader ([`ViewRequest`]): the committed state
 /// for a node that holds no Raft log, or the leader's live usage table for run placement.
 pub const TAG_VIEW: u8 = 5;
+/// Frame tag of a query for the observed state of workstations ([`ObservedReply`]): a list of
+/// workstation ids, answered by the leader from its soft state (the hosting nodes' heartbeats).
+pub const TAG_OBSERVED: u8 = 6;
+/// Most workstations one observed-state query asks about.
+pub const OBSERVED_QUERY_WORKSTATIONS_MAX: usize = 4_096;
 /// Largest encoded cluster state the leader sends to a worker mirror (a mesh frame is at most
 /// 16 MiB; the state is bounded well below it: the audit log holds at most 50,000 entries).
 pub const MIRROR_STATE_BYTES_MAX: usize = 15 * 1024 * 1024;
@@ -68,6 +73,10 @@ pub enum HeartbeatReply {
     Acked {
         /// The leader's term.
         term: u64,
+        /// What the leader had applied when it acknowledged: a node whose lease was expired
+        /// resumes its workstations only once it has applied this much (so that it sees any
+        /// re-placement the leader committed meanwhile).
+        applied_index: u64,
     },
     /// Not recorded; the text says why (not the leader, leadership unconfirmed, unknown node).
     Refused(String),
@@ -428,9 +437,86 @@ impl NodeRpcHandler {
             ));
         }
         match raft.heartbeat(node, heartbeat) {
-            Ok(ack) => HeartbeatReply::Acked { term: ack.term },
+            Ok(ack) => acked(raft, ack),
             Err(err) => HeartbeatReply::Refused(err.to_string()),
         }
+    }
+}
+
+/// The answer to an acknowledged heartbeat: the term and what the leader had applied.
+fn acked(raft: &RaftNode, ack: shoal_raft::HeartbeatAck) -> HeartbeatReply {
+    HeartbeatReply::Acked {
+        term: ack.term,
+        applied_index: raft.status().last_applied_index.unwrap_or(0),
+    }
+}
+
+/// The leader's answer to an observed-state query ([`TAG_OBSERVED`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ObservedReply {
+    /// What each node last reported about the workstations asked for, with the reporting
+    /// node (see [`shoal_raft::soft_state::SoftState::observed`]).
+    Observed(Vec<(NodeId, shoal_raft::soft_state::WorkstationUsage)>),
+    /// Not answered; the text says why (not the leader, not a node, too many ids).
+    Refused(String),
+}
+
+impl NodeRpcHandler {
+    /// Serves an observed-state query from a node of the cluster; only the leader has the
+    /// soft state.
+    fn handle_observed(&self, from: &PeerInfo, body: &[u8]) -> ObservedReply {
+        let Some(raft) = self.raft.get() else {
+            return ObservedReply::Refused("this node holds no Raft state".to_string());
+        };
+        if !raft.status().is_leader {
+            return ObservedReply::Refused("not the leader".to_string());
+        }
+        let known = raft.read(|state| {
+            state
+                .nodes
+                .values()
+                .any(|node| node.mesh_addr == from.mesh_addr)
+        });
+        if !known {
+            return ObservedReply::Refused(format!("{} is not a node", from.mesh_addr));
+        }
+        let wanted: Vec<shoal_raft::model::WorkstationId> = match shoal_raft::codec::decode(body) {
+            Ok(wanted) => wanted,
+            Err(err) => return ObservedReply::Refused(format!("undecodable: {err}")),
+        };
+        if wanted.len() > OBSERVED_QUERY_WORKSTATIONS_MAX {
+            return ObservedReply::Refused(format!(
+                "at most {OBSERVED_QUERY_WORKSTATIONS_MAX} workstations per query"
+            ));
+        }
+        ObservedReply::Observed(raft.with_soft_state(|soft| soft.observed(&wanted)))
+    }
+}
+
+/// Asks the leader's soft state what the nodes last reported about `workstations` (read
+/// locally when this node leads).
+pub async fn query_observed<R: LeaderRoute + ?Sized>(
+    route: &R,
+    transport: &Transport,
+    workstations: &[shoal_raft::model::WorkstationId],
+) -> Result<Vec<(NodeId, shoal_raft::soft_state::WorkstationUsage)>, String> {
+    if let Some(raft) = route.raft_node() {
+        if raft.status().is_leader {
+            return Ok(raft.with_soft_state(|soft| soft.observed(workstations)));
+        }
+    }
+    let ip = route
+        .leader_mesh_addr()
+        .ok_or_else(|| "no leader known".to_string())?;
+    let body = shoal_raft::codec::encode(workstations).map_err(|err| format!("encoding: {err}"))?;
+    let reply = transport
+        .request(ip, frame(TAG_OBSERVED, &body))
+        .await
+        .map_err(|err| format!("leader unreachable: {err}"))?;
+    match shoal_raft::codec::decode::<ObservedReply>(&reply) {
+        Ok(ObservedReply::Observed(found)) => Ok(found),
+        Ok(ObservedReply::Refused(why)) => Err(why),
+        Err(err) => Err(format!("undecodable reply: {err}")),
     }
 }
 
@@ -449,7 +535,7 @@ pub async fn send_heartbeat<R: LeaderRoute + ?Sized>(
             };
             if leader == status.id {
                 return match raft.heartbeat(status.id, heartbeat) {
-                    Ok(ack) => HeartbeatReply::Acked { term: ack.term },
+                    Ok(ack) => acked(raft, ack),
                     Err(err) => HeartbeatReply::Refused(err.to_string()),
                 };
             }
@@ -495,6 +581,10 @@ impl RpcHandler for NodeRpcHandler {
             }
             TAG_HEARTBEAT => {
                 let reply = self.handle_heartbeat(&from, body);
+                Bytes::from(shoal_raft::codec::encode(&reply).unwrap_or_default())
+            }
+            TAG_OBSERVED => {
+                let reply = self.handle_observed(&from, body);
                 Bytes::from(shoal_raft::codec::encode(&reply).unwrap_or_default())
             }
             TAG_VIEW => {

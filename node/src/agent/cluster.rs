@@ -5,8 +5,10 @@
 //! same Raft store, so the node comes back as itself with its state.
 //!
 //! Two small drivers run beside Raft: the peer loop (the mesh's peer list follows the committed
-//! node list) and the heartbeat loop (every `heartbeat_interval_ms`, capacity and live usage
-//! into the leader's soft state, so that the failure detector sees this node alive).
+//! node list) and the heartbeat loop (every `heartbeat_interval_ms`, live usage and the observed
+//! state of every hosted workstation into the leader's soft state, so that the failure detector
+//! sees this node alive and other nodes can show its workstations; each acknowledged heartbeat
+//! renews the node's lease, see [`super::fencing`]).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -28,9 +30,11 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::admission::{peers_from_state, JoinExtra, RaftAdmission};
+use super::fencing;
 use super::state_view::StateView;
 use super::usage::Usage;
 use super::worker_mirror::WorkerMirror;
+use super::Agent;
 use crate::config::{AgentConfig, MeshMode};
 use crate::mesh_rpc::{
     forward_write, send_heartbeat, HeartbeatReply, MeshRaftTransport, NodeRpcHandler,
@@ -358,58 +362,9 @@ impl ClusterNode {
         Ok(node)
     }
 
-    /// Starts the heartbeat loop: every `period`, this node's live usage goes to the leader's
-    /// soft state over the mesh (directly when this node leads), so that the failure detector
-    /// sees it alive.
-    pub fn start_heartbeats(
-        &mut self,
-        usage: Arc<dyn Fn() -> Resources + Send + Sync>,
-        period: Duration,
-    ) {
-        let raft = self.raft.clone();
-        let transport = self.mesh.transport();
-        let id = self.member.raft_id;
-        self.tasks.push(tokio::spawn(async move {
-            loop {
-                let heartbeat = Heartbeat {
-                    used: usage(),
-                    load_milli: 0,
-                    workstations: Vec::new(),
-                };
-                let sending = send_heartbeat(&raft, &transport, heartbeat);
-                match tokio::time::timeout(period.max(Duration::from_secs(1)), sending).await {
-                    Ok(HeartbeatReply::Acked { .. }) => {
-                        // Marked down while silent (a slow join, a pause): the leader hears
-                        // it again, so it reports ready. This build hosts no Raft-placed
-                        // workstations yet, so there is nothing stale to stop first.
-                        let down = raft.read(|state| {
-                            state
-                                .nodes
-                                .get(&id)
-                                .is_some_and(|node| node.state == NodeState::Down)
-                        });
-                        if down {
-                            let command = Command::new(
-                                crate::clock::now_unix_ms(),
-                                format!("node-{id}"),
-                                Action::MarkNodeReady {
-                                    node: id,
-                                    hints: PlacementHints::default(),
-                                },
-                            );
-                            match forward_write(&raft, &transport, command).await {
-                                Ok(Ok(_)) => info!("back after being marked down: ready again"),
-                                Ok(Err(refusal)) => warn!(reason = %refusal, "ready refused"),
-                                Err(err) => debug!(error = %err, "ready not committed yet"),
-                            }
-                        }
-                    }
-                    Ok(HeartbeatReply::Refused(why)) => debug!(reason = %why, "heartbeat refused"),
-                    Err(_) => debug!("heartbeat timed out"),
-                }
-                tokio::time::sleep(period).await;
-            }
-        }));
+    /// Starts the heartbeat loop ([`heartbeat_loop`]).
+    pub fn start_heartbeats(&mut self, agent: Arc<Agent>, period: Duration) {
+        self.tasks.push(tokio::spawn(heartbeat_loop(agent, period)));
     }
 
     /// Commits this node's capacity, reserve and API address (after a join, and at every start
@@ -459,6 +414,105 @@ impl ClusterNode {
             // A task still holds it (aborted, not yet dropped): dropping it stops the threads.
             Err(_) => debug!("mesh dropped instead of shut down"),
         }
+    }
+}
+
+/// How long a node back from `down` waits to apply what the leader had applied when it
+/// acknowledged, before trying again at the next heartbeat.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+
+/// Longest a heartbeat waits for the observation of the hosted workstations.
+const OBSERVE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// While the lease is not held, heartbeats go out at least this often (a node that starts or
+/// comes back gets its lease without waiting a whole period).
+const UNLEASED_HEARTBEAT_PERIOD: Duration = Duration::from_millis(200);
+
+/// Every `period`: this node's usage and the observed state of its workstations to the leader
+/// (directly when this node leads). An acknowledgement renews the lease (from the time the
+/// heartbeat was sent) and, for a node the cluster marked `down`, leads to [`report_ready`].
+async fn heartbeat_loop(agent: Arc<Agent>, period: Duration) {
+    loop {
+        let (cpu_millis, memory_bytes) = agent.usage.used();
+        // A slow or stuck workstation actor must not hold the heartbeat (and so the lease)
+        // back: past the bound, the last observations go out again.
+        let workstations =
+            tokio::time::timeout(OBSERVE_TIMEOUT, super::placement::observe_hosted(&agent))
+                .await
+                .unwrap_or_else(|_| {
+                    warn!("observing the workstations took too long: last observations sent");
+                    agent.observed.snapshot()
+                });
+        let mut heartbeat = Heartbeat {
+            used: Resources::new(cpu_millis, memory_bytes),
+            load_milli: 0,
+            workstations,
+        };
+        heartbeat.bound();
+        let sent_at_ms = fencing::monotonic_ms();
+        let sending = send_heartbeat(&agent.raft, &agent.transport, heartbeat);
+        match tokio::time::timeout(period.max(Duration::from_secs(1)), sending).await {
+            Ok(HeartbeatReply::Acked { applied_index, .. }) => {
+                agent.fence.post_ack(fencing::Ack {
+                    sent_at_ms,
+                    leader_applied_index: applied_index,
+                });
+                let id = agent.raft.id();
+                let down = agent.raft.read(|state| {
+                    state
+                        .nodes
+                        .get(&id)
+                        .is_some_and(|node| node.state == NodeState::Down)
+                });
+                if down {
+                    report_ready(&agent, applied_index).await;
+                }
+            }
+            Ok(HeartbeatReply::Refused(why)) => debug!(reason = %why, "heartbeat refused"),
+            Err(_) => debug!("heartbeat timed out"),
+        }
+        let pause = if agent.fence.may_run() {
+            period
+        } else {
+            period.min(UNLEASED_HEARTBEAT_PERIOD)
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// A node marked `down` while it was silent (a partition, a pause, a slow join) is heard again:
+/// its workstations were re-placed with a newer generation meanwhile. Before it reports
+/// `ready` (and can be given work again) it applies what the leader had applied when it
+/// acknowledged, so it sees those re-placements, and stops every workstation whose generation
+/// has moved on. If anything stale is left, it tries again at the next heartbeat.
+async fn report_ready(agent: &Agent, leader_applied_index: u64) {
+    let id = agent.raft.id();
+    if let Err(err) = agent
+        .raft
+        .wait_applied(leader_applied_index, CATCH_UP_WAIT)
+        .await
+    {
+        debug!(error = %err, "back from down: not caught up with the leader yet");
+        return;
+    }
+    super::placement::reconcile(agent).await;
+    let stale = super::placement::stale_hosted(agent);
+    if !stale.is_empty() {
+        warn!(workstations = ?stale, "back from down: stale workstations not stopped yet");
+        return;
+    }
+    let command = Command::new(
+        crate::clock::now_unix_ms(),
+        format!("node-{id}"),
+        Action::MarkNodeReady {
+            node: id,
+            hints: PlacementHints::default(),
+        },
+    );
+    match forward_write(&agent.raft, &agent.transport, command).await {
+        Ok(Ok(_)) => info!("back after being marked down: stale workstations stopped, ready again"),
+        Ok(Err(refusal)) => warn!(reason = %refusal, "ready refused"),
+        Err(err) => debug!(error = %err, "ready not committed yet"),
     }
 }
 

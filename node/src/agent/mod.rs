@@ -12,6 +12,7 @@
 pub mod admission;
 pub mod cluster;
 pub mod drain;
+pub mod fencing;
 pub mod host;
 pub mod mirror_sync;
 pub mod model;
@@ -78,6 +79,10 @@ pub struct Agent {
     pub mesh_public_key: shoal_mesh::NodePublicKey,
     /// Serialises [`placement::reconcile`] runs.
     pub reconcile_lock: tokio::sync::Mutex<()>,
+    /// The node's lease: nothing hosted here runs unless it holds ([`fencing`]).
+    pub fence: Arc<fencing::FenceHandle>,
+    /// The last observation of each hosted workstation (for heartbeats and local views).
+    pub observed: placement::ObservedCache,
 }
 
 impl std::fmt::Debug for Agent {
@@ -130,6 +135,9 @@ impl Agent {
         format!("{prefix}-{}", self.random.hex(8))
     }
 }
+
+/// How long a starting node with a known leader waits for its first lease before serving.
+const LEASE_WAIT_AT_START: Duration = Duration::from_secs(5);
 
 /// Runs the agent until SIGTERM/SIGINT.
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -226,16 +234,19 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
         transport: cluster.mesh.transport(),
         mesh_public_key: cluster.mesh.public_key(),
         reconcile_lock: tokio::sync::Mutex::new(()),
+        fence: fencing::FenceHandle::new(shoal_raft::lease::LEASE_MS_DEFAULT),
+        observed: placement::ObservedCache::default(),
     });
-    let heartbeat_agent = Arc::clone(&agent);
+    // Hosted workstations come back (or new placements start) only once the lease is held:
+    // the first acknowledged heartbeat, with this node's state caught up with the leader's.
+    let fencer = tokio::spawn(fencing::fence_loop(Arc::clone(&agent)));
     cluster.start_heartbeats(
-        Arc::new(move || {
-            let (cpu_millis, memory_bytes) = heartbeat_agent.usage.used();
-            shoal_raft::model::Resources::new(cpu_millis, memory_bytes)
-        }),
+        Arc::clone(&agent),
         Duration::from_millis(config.heartbeat_interval_ms),
     );
-    agent.host.restore(&agent).await;
+    if agent.raft.status().leader.is_some() && !agent.fence.wait_held(LEASE_WAIT_AT_START).await {
+        warn!("no lease yet: workstations start once the leader acknowledges this node");
+    }
     let reconciler = tokio::spawn(placement::reconcile_loop(Arc::clone(&agent)));
     let drainer = tokio::spawn(drain::drain_loop(Arc::clone(&agent)));
     let resumer = tokio::spawn(drain::resume_after_restart(Arc::clone(&agent)));
@@ -293,6 +304,7 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
     sampler.abort();
     reconciler.abort();
     drainer.abort();
+    fencer.abort();
     let _ = server_task.await;
     cluster.shutdown().await;
     info!("stopped");

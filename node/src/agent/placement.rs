@@ -319,6 +319,17 @@ pub struct ObservedCache {
     last: parking_lot::Mutex<BTreeMap<String, (CpuSample, WorkstationUsage)>>,
 }
 
+impl ObservedCache {
+    /// The last observations, for a heartbeat that could not wait for new ones.
+    pub fn snapshot(&self) -> Vec<WorkstationUsage> {
+        self.last
+            .lock()
+            .values()
+            .map(|(_, usage)| usage.clone())
+            .collect()
+    }
+}
+
 /// A workstation cgroup's CPU time at a monotonic time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CpuSample {

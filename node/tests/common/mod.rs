@@ -149,6 +149,12 @@ impl Agent {
         Ok(text.trim().to_string())
     }
 
+    /// The agent's process id, while it runs (to pause it with SIGSTOP, for example).
+    pub fn pid(&self) -> Option<nix::unistd::Pid> {
+        let child = self.child.as_ref()?;
+        Some(nix::unistd::Pid::from_raw(i32::try_from(child.id()).ok()?))
+    }
+
     /// Kills the agent with SIGKILL and waits for it.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
