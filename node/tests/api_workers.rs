@@ -149,6 +149,21 @@ async fn a_worker_only_node_mirrors_the_state_hosts_workstations_and_runs_what_a
     assert_eq!(processes.status, 200, "{}", processes.text);
     assert_eq!(processes.body[0]["state"], "running", "{}", processes.text);
 
+    info!("--- a workstation's log read through the server right after its creation: the worker catches up");
+    let second = server_api
+        .post(
+            "/v1/workstations",
+            &json!({"cpu_millis": 100, "memory_bytes": 64 << 20}),
+        )
+        .await?;
+    assert_eq!(second.status, 201, "{}", second.text);
+    let second_id = second.body["id"].as_str().unwrap_or_default().to_string();
+    let page = server_api
+        .get(&format!("/v1/workstations/{second_id}/logs?from=0"))
+        .await?;
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert_eq!(page.body["next"], 0, "{}", page.text);
+
     info!("--- a run submitted to the server executes on the worker");
     let run = server_api
         .post("/v1/runs", &json!({"argv": ["sh", "-c", "echo ran-there"]}))

@@ -149,8 +149,29 @@ pub struct AgentApp {
 }
 
 impl AgentApp {
+    /// A request may reach the hosting node before it has seen the placement (a worker's
+    /// mirror syncs every 250 ms; the caller's node may have the new state first): when `ws`
+    /// is not hosted here yet, sync once and reconcile before answering.
+    async fn catch_up(&self, ws: &str) {
+        let hosted = self
+            .agent
+            .store
+            .read(|model| model.workstations.contains_key(ws));
+        if !hosted {
+            self.agent.raft.after_write().await;
+            super::placement::reconcile(&self.agent).await;
+        }
+    }
+
     async fn answer(&self, request: RemoteRequest) -> RemoteReply {
         let agent = &self.agent;
+        match &request {
+            RemoteRequest::Logs { ws, .. }
+            | RemoteRequest::Processes { ws }
+            | RemoteRequest::Follow { ws, .. }
+            | RemoteRequest::Kill { ws, .. } => self.catch_up(ws).await,
+            RemoteRequest::Run { .. } => {}
+        }
         match request {
             RemoteRequest::Logs {
                 ws,
@@ -228,6 +249,7 @@ impl AppHandler for AgentApp {
             }
             _ => return,
         };
+        self.catch_up(&ws).await;
         let Ok(mut follower) = self.agent.host.follow(&ws, from).await else {
             return;
         };
