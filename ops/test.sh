@@ -29,12 +29,13 @@ else
   seed_args=()
   [ -n "${CHAOS_SEED:-}" ] && seed_args=(--seed "$CHAOS_SEED")
   # SIGTERM after 10 minutes lets the harness clean up; SIGKILL a minute later, then --cleanup.
+  target="${CARGO_TARGET_DIR:-target}"
   status=0
-  timeout -k 60 600 ./target/debug/shoal-chaos --quick --shoal target/debug/shoal \
-    --report target/chaos-report.json ${seed_args[@]+"${seed_args[@]}"} || status=$?
+  timeout -k 60 600 "$target/debug/shoal-chaos" --quick --shoal "$target/debug/shoal" \
+    --report "$target/chaos-report.json" ${seed_args[@]+"${seed_args[@]}"} || status=$?
   if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
     echo "chaos: timed out; removing what the run left behind" >&2
-    ./target/debug/shoal-chaos --cleanup >/dev/null || true
+    "$target/debug/shoal-chaos" --cleanup >/dev/null || true
   fi
-  [ "$status" -eq 0 ] || { echo "chaos: FAILED (status $status); report: target/chaos-report.json, agent logs: target/chaos-report.logs" >&2; exit 1; }
+  [ "$status" -eq 0 ] || { echo "chaos: FAILED (status $status); report: $target/chaos-report.json, agent logs: $target/chaos-report.logs" >&2; exit 1; }
 fi
