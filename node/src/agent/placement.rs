@@ -229,17 +229,22 @@ pub async fn reconcile(agent: &Agent) -> Vec<Failure> {
     failures
 }
 
-/// Ids of hosted workstations whose generation is not the committed placement on this node.
-pub fn stale_hosted(agent: &Agent) -> Vec<String> {
+/// The committed placements on this node: workstation id → its current generation.
+fn current_placements(agent: &Agent) -> BTreeMap<String, u64> {
     let own = agent.raft.id();
-    let current: BTreeMap<String, u64> = agent.raft.read(|state| {
+    agent.raft.read(|state| {
         state
             .workstations
             .values()
             .filter(|ws| ws.node == Some(own))
             .map(|ws| (ws.id.to_string(), ws.generation))
             .collect()
-    });
+    })
+}
+
+/// Ids of hosted workstations whose generation is not the committed placement on this node.
+pub fn stale_hosted(agent: &Agent) -> Vec<String> {
+    let current = current_placements(agent);
     agent.store.read(|model| {
         model
             .workstations
@@ -264,15 +269,7 @@ pub async fn resume(agent: &Agent) {
     }
     {
         let _serialised = agent.reconcile_lock.lock().await;
-        let own = agent.raft.id();
-        let current: BTreeMap<String, u64> = agent.raft.read(|state| {
-            state
-                .workstations
-                .values()
-                .filter(|ws| ws.node == Some(own))
-                .map(|ws| (ws.id.to_string(), ws.generation))
-                .collect()
-        });
+        let current = current_placements(agent);
         let hosted: Vec<String> = agent.store.read(|model| {
             model
                 .workstations
