@@ -23,53 +23,10 @@ const CLUSTER_WAIT: Duration = Duration::from_secs(60);
 /// The cluster's heartbeat grace in these tests (lease: half of it).
 const GRACE_MS: u64 = 4_000;
 
-/// Three agents: node 0 bootstraps, 1 and 2 join; returns when all three are ready voters
-/// with their capacity committed, plus the admin key.
+/// Three agents (node 0 bootstraps, 1 and 2 join), ready voters, plus the admin key.
 async fn three_nodes(temp: &Path) -> anyhow::Result<(Vec<Agent>, String)> {
-    let config = temp.join("shoal.toml");
-    std::fs::write(
-        &config,
-        format!("heartbeat_interval_ms = 200\nheartbeat_grace_ms = {GRACE_MS}\n"),
-    )?;
-    let config_text = config.to_string_lossy().to_string();
-    let node0 = Agent::start(
-        &temp.join("node-0"),
-        &["--bootstrap", "--config", &config_text],
-        common::free_tcp_port(),
-    )?;
-    let admin_key = node0.admin_key()?;
-    let api0 = node0.client(&admin_key);
-    let token = api0
-        .post("/v1/tokens", &json!({"uses": 2, "role": "server,worker"}))
-        .await?;
-    anyhow::ensure!(token.status == 201, "{}", token.text);
-    let token_text = token.body["token"].as_str().unwrap_or_default().to_string();
-    let mut agents = vec![node0];
-    for name in ["node-1", "node-2"] {
-        agents.push(Agent::start(
-            &temp.join(name),
-            &["--join", &token_text, "--config", &config_text],
-            common::free_tcp_port(),
-        )?);
-    }
-    let ids: Vec<String> = agents.iter().map(|a| a.node_id.clone()).collect();
-    eventually(CLUSTER_WAIT, || async {
-        let Ok(cluster) = api0.get("/v1/cluster").await else {
-            return Ok(None);
-        };
-        let Ok(nodes) = api0.get("/v1/nodes").await else {
-            return Ok(None);
-        };
-        let voters = cluster.body["servers"].as_array().map_or(0, Vec::len) == 3;
-        let ready = ids.iter().all(|id| {
-            node_named(&nodes.body, id).is_some_and(|node| {
-                node["state"] == "ready" && node["capacity"]["cpu_millis"].as_u64().unwrap_or(0) > 0
-            })
-        });
-        Ok((voters && ready).then_some(()))
-    })
-    .await?;
-    Ok((agents, admin_key))
+    let cluster = common::start_three_nodes(temp, GRACE_MS, CLUSTER_WAIT).await?;
+    Ok((cluster.agents, cluster.admin_key))
 }
 
 fn node_named<'a>(nodes: &'a Value, id: &str) -> Option<&'a Value> {

@@ -36,54 +36,16 @@ async fn cluster_of(api: &Api) -> Option<Value> {
 
 /// Node 0 bootstraps, nodes 1 and 2 join; waits until all three are voters and ready.
 async fn three_nodes(root: &Path) -> anyhow::Result<Cluster> {
-    let config = root.join("shoal.toml");
-    std::fs::write(
-        &config,
-        format!("heartbeat_interval_ms = 200\nheartbeat_grace_ms = {GRACE_MS}\n"),
-    )?;
-    let config = config.to_string_lossy().to_string();
-    let node0 = Agent::start(
-        &root.join("node-0"),
-        &["--bootstrap", "--config", &config],
-        common::free_tcp_port(),
-    )?;
-    let admin_key = node0.admin_key()?;
-    let api0 = node0.client(&admin_key);
-    let token = api0
-        .post("/v1/tokens", &json!({"uses": 2, "role": "server,worker"}))
-        .await?;
-    anyhow::ensure!(token.status == 201, "{}", token.text);
-    let token = token.body["token"].as_str().unwrap_or_default().to_string();
-    let mut agents = vec![node0];
-    for i in 1..3 {
-        agents.push(Agent::start(
-            &root.join(format!("node-{i}")),
-            &["--join", &token, "--config", &config],
-            common::free_tcp_port(),
-        )?);
-    }
-    let apis: Vec<Api> = agents.iter().map(|a| a.client(&admin_key)).collect();
-    eventually(CLUSTER_WAIT, || async {
-        let Some(cluster) = cluster_of(&apis[0]).await else {
-            return Ok(None);
-        };
-        let servers = cluster["servers"].as_array().map_or(0, Vec::len);
-        let Ok(nodes) = apis[0].get("/v1/nodes").await else {
-            return Ok(None);
-        };
-        let ready = nodes.body.as_array().is_some_and(|nodes| {
-            nodes.len() == 3
-                && nodes.iter().all(|node| {
-                    node["state"] == "ready" && node["capacity"]["cpu_millis"].as_u64() > Some(0)
-                })
-        });
-        Ok((servers == 3 && ready).then_some(()))
-    })
-    .await?;
+    let started = common::start_three_nodes(root, GRACE_MS, CLUSTER_WAIT).await?;
+    let apis: Vec<Api> = started
+        .agents
+        .iter()
+        .map(|a| a.client(&started.admin_key))
+        .collect();
     Ok(Cluster {
-        agents,
+        agents: started.agents,
         apis,
-        config,
+        config: started.config,
     })
 }
 

@@ -492,3 +492,72 @@ pub fn count_processes_with_argv(argv: &[&str]) -> usize {
         .filter(|cmdline| *cmdline == wanted)
         .count()
 }
+
+/// A three-server cluster started by a test: node 0 bootstraps, nodes 1 and 2 join with one
+/// token; every node heartbeats every 200 ms with the given grace.
+pub struct ThreeNodes {
+    /// The agents, node 0 first.
+    pub agents: Vec<Agent>,
+    /// The admin key node 0 wrote at bootstrap.
+    pub admin_key: String,
+    /// The path of the config file every agent was started with (for restarts).
+    pub config: String,
+}
+
+/// Starts [`ThreeNodes`] under `root` and returns once all three are voters and `ready` with
+/// their capacity committed (within `wait`).
+pub async fn start_three_nodes(
+    root: &Path,
+    heartbeat_grace_ms: u64,
+    wait: Duration,
+) -> anyhow::Result<ThreeNodes> {
+    let config_path = root.join("shoal.toml");
+    std::fs::write(
+        &config_path,
+        format!("heartbeat_interval_ms = 200\nheartbeat_grace_ms = {heartbeat_grace_ms}\n"),
+    )?;
+    let config = config_path.to_string_lossy().to_string();
+    let node0 = Agent::start(
+        &root.join("node-0"),
+        &["--bootstrap", "--config", &config],
+        free_tcp_port(),
+    )?;
+    let admin_key = node0.admin_key()?;
+    let api0 = node0.client(&admin_key);
+    let token = api0
+        .post(
+            "/v1/tokens",
+            &serde_json::json!({"uses": 2, "role": "server,worker"}),
+        )
+        .await?;
+    anyhow::ensure!(token.status == 201, "{}", token.text);
+    let token = token.body["token"].as_str().unwrap_or_default().to_string();
+    let mut agents = vec![node0];
+    for i in 1..3 {
+        agents.push(Agent::start(
+            &root.join(format!("node-{i}")),
+            &["--join", &token, "--config", &config],
+            free_tcp_port(),
+        )?);
+    }
+    eventually(wait, || async {
+        let (Ok(cluster), Ok(nodes)) = (api0.get("/v1/cluster").await, api0.get("/v1/nodes").await)
+        else {
+            return Ok(None);
+        };
+        let voters = cluster.body["servers"].as_array().map_or(0, Vec::len) == 3;
+        let ready = nodes.body.as_array().is_some_and(|nodes| {
+            nodes.len() == 3
+                && nodes.iter().all(|node| {
+                    node["state"] == "ready" && node["capacity"]["cpu_millis"].as_u64() > Some(0)
+                })
+        });
+        Ok((voters && ready).then_some(()))
+    })
+    .await?;
+    Ok(ThreeNodes {
+        agents,
+        admin_key,
+        config,
+    })
+}
