@@ -84,8 +84,8 @@ fn parse_mode(text: &str) -> Result<FaultMode, String> {
 const MODES_NOT_YET_SUPPORTED: &[(FaultMode, &str)] = &[
     (
         FaultMode::RemovedNodeReturns,
-        "Shoal cannot remove a node yet (DELETE /v1/nodes/{id} answers 404 for every node but \
-         the one asked, and 409 for that one)",
+        "node removal is not safe yet: a removed node that comes back with its old data reports \
+         itself ready, and workstations of removed nodes stay pending (seed 5, team/notes/bugs.md)",
     ),
     (
         FaultMode::DiskFull,
