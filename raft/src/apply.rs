@@ -834,6 +834,19 @@ fn drain_node(state: &mut ClusterState, at_ms: u64, node: NodeId) -> CommandResp
             )))
         }
     }
+    // Decided here, against committed state, so that two concurrent drains cannot both pass.
+    let other_ready_workers = state
+        .data
+        .nodes
+        .values()
+        .filter(|other| other.id != node && other.roles.worker && other.state == NodeState::Ready)
+        .count();
+    if record.roles.worker && other_ready_workers == 0 {
+        return Err(Refusal::conflict(format!(
+            "node-{node} is the cluster's only ready worker: there is nowhere to move its \
+             workstations"
+        )));
+    }
     set_node_state(state, at_ms, node, NodeState::Draining);
     Ok(Outcome::NodesChanged {
         nodes: vec![(node, NodeState::Draining)],
@@ -886,6 +899,18 @@ fn remove_node(state: &mut ClusterState, at_ms: u64, node: NodeId) -> CommandRes
             replaced: Vec::new(),
             pending: Vec::new(),
         });
+    }
+    // Decided here, against committed state, so that two concurrent removals cannot both pass.
+    let other_servers = state
+        .data
+        .nodes
+        .values()
+        .filter(|other| other.id != node && other.roles.server && other.state != NodeState::Left)
+        .count();
+    if record.roles.server && other_servers == 0 {
+        return Err(Refusal::conflict(format!(
+            "node-{node} is the cluster's only server: removing it would leave no cluster"
+        )));
     }
     state.update_node(node, |record| record.removing = true);
     let new_state = if state.workstations_on(node).next().is_none() {

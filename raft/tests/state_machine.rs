@@ -669,6 +669,81 @@ fn drain_moves_workstations_one_by_one_and_removal_ends_in_left() {
 }
 
 #[test]
+fn the_only_ready_worker_cannot_be_drained_nor_the_only_server_removed_and_nothing_changes() {
+    let mut state = init();
+    must(
+        &mut state,
+        &cmd(
+            1,
+            reg(
+                Admission::Bootstrap,
+                "k1",
+                Roles::SERVER_WORKER,
+                4000,
+                8 * GIB,
+            ),
+        ),
+    );
+    let before = state.nodes[&1].clone();
+    let only_worker = apply(&mut state, &cmd(2, Action::DrainNode { node: 1 }));
+    assert!(
+        matches!(&only_worker, Err(Refusal::Conflict { reason }) if reason.contains("only ready worker")),
+        "{only_worker:?}"
+    );
+    let only_server = apply(&mut state, &cmd(3, Action::RemoveNode { node: 1 }));
+    assert!(
+        matches!(&only_server, Err(Refusal::Conflict { reason }) if reason.contains("only server")),
+        "{only_server:?}"
+    );
+    assert_eq!(state.nodes[&1], before, "a refusal changes nothing");
+    let unknown = apply(&mut state, &cmd(4, Action::RemoveNode { node: 9 }));
+    assert!(
+        matches!(unknown, Err(Refusal::NotFound { .. })),
+        "{unknown:?}"
+    );
+    // With a second ready worker (not a server), the first can be drained; the worker-only
+    // node can be removed, the server still cannot.
+    must(
+        &mut state,
+        &cmd(
+            5,
+            Action::CreateToken {
+                secret_sha256: sha256_hex("t"),
+                prefix: "shoal1.test".to_string(),
+                roles: Roles::WORKER,
+                ttl_ms: 1000,
+                uses_max: 5,
+            },
+        ),
+    );
+    must(
+        &mut state,
+        &cmd(
+            6,
+            reg(
+                Admission::Token {
+                    secret_sha256: sha256_hex("t"),
+                },
+                "k2",
+                Roles::WORKER,
+                4000,
+                8 * GIB,
+            ),
+        ),
+    );
+    assert!(apply(&mut state, &cmd(7, Action::RemoveNode { node: 1 })).is_err());
+    assert!(is_ok(&apply(
+        &mut state,
+        &cmd(8, Action::DrainNode { node: 1 })
+    )));
+    assert!(is_ok(&apply(
+        &mut state,
+        &cmd(9, Action::RemoveNode { node: 2 })
+    )));
+    state.check_invariants().unwrap();
+}
+
+#[test]
 fn processes_are_validated_and_bounded() {
     let mut state = init();
     must(

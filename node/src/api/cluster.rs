@@ -235,26 +235,8 @@ pub async fn drain_node(
     agent: web::Data<Agent>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    use shoal_raft::model::NodeState as RaftState;
+    // Unknown nodes (404) and the only ready worker (409) are refused by the state machine.
     let node = raft_node_id(&id)?;
-    let (exists, other_workers) = agent.raft.read(|state| {
-        let other_workers = state
-            .nodes
-            .values()
-            .filter(|other| {
-                other.id != node && other.roles.worker && other.state == RaftState::Ready
-            })
-            .count();
-        (state.nodes.contains_key(&node), other_workers)
-    });
-    if !exists {
-        return Err(ApiError::not_found("node", &id));
-    }
-    if other_workers == 0 {
-        return Err(ApiError::Conflict(format!(
-            "{id} is the cluster's only ready worker: there is nowhere to move its workstations"
-        )));
-    }
     agent
         .propose(&caller.prefix, shoal_raft::Action::DrainNode { node })
         .await?;
@@ -273,26 +255,8 @@ pub async fn remove_node(
     agent: web::Data<Agent>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    use shoal_raft::model::NodeState as RaftState;
+    // Unknown nodes (404) and the last server (409) are refused by the state machine.
     let node = raft_node_id(&id)?;
-    let (exists, other_servers) = agent.raft.read(|state| {
-        let other_servers = state
-            .nodes
-            .values()
-            .filter(|other| {
-                other.id != node && other.roles.server && other.state != RaftState::Left
-            })
-            .count();
-        (state.nodes.contains_key(&node), other_servers)
-    });
-    if !exists {
-        return Err(ApiError::not_found("node", &id));
-    }
-    if other_servers == 0 {
-        return Err(ApiError::Conflict(format!(
-            "{id} is the cluster's only server: removing it would leave no cluster"
-        )));
-    }
     agent
         .propose(&caller.prefix, shoal_raft::Action::RemoveNode { node })
         .await?;
