@@ -45,14 +45,22 @@ impl FailureDetector {
         self.soft.record(node, now_ms, heartbeat);
     }
 
-    /// Keeps the tracked set equal to the nodes that should heartbeat (ready or draining):
-    /// new ones get a fresh grace, others are forgotten.
+    /// Keeps the tracked set to the nodes that should heartbeat (ready or draining): new ones
+    /// get a fresh grace. Any other node is forgotten once it has been silent for the grace:
+    /// a node marked down that heartbeats again keeps its usage, so that when it reports
+    /// `ready` it is a placement candidate at once instead of one heartbeat later.
     pub fn sync_nodes(&mut self, expected: &[NodeId], now_ms: u64) {
-        let tracked: Vec<NodeId> = self.soft.iter().map(|(id, _)| *id).collect();
-        for node in tracked {
-            if !expected.contains(&node) {
-                self.soft.forget(node);
-            }
+        let silent: Vec<NodeId> = self
+            .soft
+            .iter()
+            .filter(|(id, live)| {
+                !expected.contains(id)
+                    && now_ms.saturating_sub(live.last_heartbeat_ms) > self.grace_ms
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for node in silent {
+            self.soft.forget(node);
         }
         for node in expected {
             self.soft.track(*node, now_ms);

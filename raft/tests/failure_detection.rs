@@ -47,6 +47,37 @@ fn detector_marks_down_only_after_grace_and_a_new_leader_gives_fresh_grace() {
 }
 
 #[test]
+fn a_down_node_heartbeating_again_keeps_its_usage_and_a_silent_one_is_forgotten() {
+    let mut detector = FailureDetector::new(10_000);
+    detector.on_leader_start([1, 2, 3], 0);
+    // Nodes 2 and 3 were committed down; node 2 heartbeats again (before it reports ready).
+    detector.forget(2);
+    detector.forget(3);
+    detector.heartbeat(1, 11_000, Heartbeat::default());
+    detector.heartbeat(2, 11_000, Heartbeat::default());
+    detector.sync_nodes(&[1], 11_000);
+    assert!(
+        detector
+            .soft_state()
+            .get(2)
+            .is_some_and(|live| live.last.is_some()),
+        "the usage of a node heard while down is kept for when it is ready again"
+    );
+    assert!(detector.tick(11_000).is_empty());
+    // Once ready (expected again) it keeps that usage rather than starting empty.
+    detector.sync_nodes(&[1, 2], 11_500);
+    assert!(detector
+        .soft_state()
+        .get(2)
+        .is_some_and(|live| live.last.is_some()));
+    // A node that is not expected and silent past the grace is forgotten, never listed.
+    detector.heartbeat(3, 12_000, Heartbeat::default());
+    detector.sync_nodes(&[1, 2], 22_001);
+    assert!(detector.soft_state().get(3).is_none());
+    assert_eq!(detector.tick(22_001), vec![1, 2]);
+}
+
+#[test]
 fn lease_expires_after_its_duration_from_the_last_acknowledged_send() {
     let mut lease = Lease::new(5_000);
     assert!(lease.expired(0), "a lease never renewed is expired");
