@@ -50,5 +50,6 @@ pub use raft_node::RaftConfig;
 pub use raft_node::RaftNode;
 pub use raft_node::RaftStatus;
 pub use raft_node::StartError;
+pub use raft_node::StorageStatus;
 pub use raft_node::WriteError;
 pub use state::ClusterState;

@@ -100,10 +100,11 @@ pub trait RaftTransport: Send + Sync + 'static {
     ) -> Result<Vec<u8>, TransportError>;
 }
 
-/// Serves incoming Raft RPCs for one node. Cheap to clone.
+/// Serves incoming Raft RPCs for one node. Cheap to clone; stays valid when the node rebuilds
+/// its openraft core after a storage failure (it always reaches the current core).
 #[derive(Clone)]
 pub struct RpcHandle {
-    pub(crate) raft: openraft::Raft<TypeConfig>,
+    pub(crate) raft: Arc<crate::raft_node::RaftCell>,
 }
 
 impl RpcHandle {
@@ -127,16 +128,17 @@ impl RpcHandle {
 
     /// Handles a decoded request.
     pub async fn handle_rpc(&self, rpc: RaftRpc) -> RaftRpcReply {
+        let raft = self.raft.get();
         match rpc {
             RaftRpc::AppendEntries(req) => {
-                RaftRpcReply::AppendEntries(self.raft.append_entries(req).await)
+                RaftRpcReply::AppendEntries(raft.append_entries(req).await)
             }
-            RaftRpc::Vote(req) => RaftRpcReply::Vote(self.raft.vote(req).await),
+            RaftRpc::Vote(req) => RaftRpcReply::Vote(raft.vote(req).await),
             RaftRpc::InstallSnapshot(req) => {
-                RaftRpcReply::InstallSnapshot(self.raft.install_snapshot(req).await)
+                RaftRpcReply::InstallSnapshot(raft.install_snapshot(req).await)
             }
             RaftRpc::ElectNow => {
-                RaftRpcReply::ElectNow(self.raft.trigger().elect().await.map_err(|e| e.to_string()))
+                RaftRpcReply::ElectNow(raft.trigger().elect().await.map_err(|e| e.to_string()))
             }
         }
     }

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::ClientWriteError;
+use openraft::error::Fatal;
 use openraft::error::RaftError;
 use openraft::ChangeMembers;
 use openraft::ServerState;
@@ -230,7 +232,7 @@ struct HandOverGuard {
 
 impl Drop for HandOverGuard {
     fn drop(&mut self) {
-        self.inner.raft.runtime_config().heartbeat(true);
+        self.inner.raft.get().runtime_config().heartbeat(true);
         self.inner.handing_over.store(false, Ordering::Release);
     }
 }
@@ -245,14 +247,20 @@ enum SuccessorWait {
 struct Inner {
     id: NodeId,
     config: RaftConfig,
-    raft: openraft::Raft<TypeConfig>,
+    /// The current openraft core (rebuilt after a storage failure) and the node's metrics.
+    raft: Arc<RaftCell>,
     shared: Arc<SmShared>,
     clock: Arc<dyn Clock>,
     detector: Arc<Mutex<FailureDetector>>,
     confirmed_at_ms: Arc<AtomicU64>,
     shutdown_tx: watch::Sender<bool>,
     leader_task: Mutex<Option<JoinHandle<()>>>,
-    database_closed: watch::Receiver<()>,
+    /// The task that forwards the core's metrics and rebuilds the core after a storage error.
+    supervisor_task: Mutex<Option<JoinHandle<()>>>,
+    /// Fails its `changed()` once the current core's database is closed.
+    database_closed: Arc<Mutex<watch::Receiver<()>>>,
+    /// Whether Raft is stopped by a storage error and being rebuilt.
+    storage: watch::Sender<StorageStatus>,
     transport: Arc<dyn RaftTransport>,
     /// Set while this leader hands its leadership over: writes are refused (clients retry at
     /// the successor) and the leader task pauses.
@@ -295,7 +303,7 @@ impl RaftNode {
     ) -> Result<RaftNode, StartError> {
         let (log_store, state_machine) = open_store(data_dir).await?;
         let shared = state_machine.shared();
-        let database_closed = log_store.subscribe_closed();
+        let database_closed = Arc::new(Mutex::new(log_store.subscribe_closed()));
         let raft_config = openraft::Config {
             cluster_name: "shoal".to_string(),
             heartbeat_interval: config.heartbeat_interval_ms,
@@ -309,9 +317,10 @@ impl RaftNode {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
+        let raft_config = Arc::new(raft_config);
         let raft = openraft::Raft::new(
             config.node_id,
-            Arc::new(raft_config),
+            raft_config.clone(),
             NetworkFactory {
                 transport: transport.clone(),
             },
@@ -329,23 +338,46 @@ impl RaftNode {
             }
         };
         let (shutdown_tx, _) = watch::channel(false);
+        let cell = Arc::new(RaftCell {
+            metrics_tx: watch::channel(raft.metrics().borrow().clone()).0,
+            raft: parking_lot::RwLock::new(raft),
+        });
+        let (storage, _) = watch::channel(StorageStatus::default());
+        let supervisor = Supervisor {
+            id: config.node_id,
+            data_dir: data_dir.to_path_buf(),
+            raft_config,
+            cell: cell.clone(),
+            shared: shared.clone(),
+            transport: transport.clone(),
+            storage: storage.clone(),
+            database_closed: database_closed.clone(),
+            shutdown_rx: shutdown_tx.subscribe(),
+            clock: clock.clone(),
+            shutdown_timeout: Duration::from_millis(config.admin_timeout_ms),
+            retry_ms: STORAGE_RETRY_MS_MIN,
+        };
         let inner = Arc::new(Inner {
             id: config.node_id,
             config,
-            raft,
+            raft: cell,
             shared,
             clock,
             detector: Arc::new(Mutex::new(FailureDetector::new(grace_ms))),
             confirmed_at_ms: Arc::new(AtomicU64::new(NEVER)),
             shutdown_tx,
             leader_task: Mutex::new(None),
+            supervisor_task: Mutex::new(None),
             database_closed,
+            storage,
             transport,
             handing_over: Arc::new(AtomicBool::new(false)),
         });
         let node = RaftNode { inner };
         let task = tokio::spawn(leader_loop(node.clone_for_task()));
         *node.inner.leader_task.lock() = Some(task);
+        let supervisor_task = tokio::spawn(supervise(supervisor));
+        *node.inner.supervisor_task.lock() = Some(supervisor_task);
         tracing::info!(node_id = node.inner.id, dir = %data_dir.display(), "raft node started");
         Ok(node)
     }
@@ -396,7 +428,7 @@ impl RaftNode {
                 self.inner.id
             )));
         }
-        let raft = &self.inner.raft;
+        let raft = self.inner.raft.get();
         let initialized = tokio::time::timeout(self.admin_timeout(), raft.is_initialized())
             .await
             .map_err(|_| WriteError::Timeout {
@@ -448,10 +480,15 @@ impl RaftNode {
             // and cost it our vote. The caller retries once the successor leads.
             return Err(forward(None, None));
         }
+        if let Some(error) = self.inner.storage.borrow().failed.clone() {
+            return Err(WriteError::Stopped(format!(
+                "storage failed ({error}); this node is retrying, try again later"
+            )));
+        }
         let timeout_ms = self.inner.config.write_timeout_ms;
         match tokio::time::timeout(
             Duration::from_millis(timeout_ms),
-            self.inner.raft.client_write(command),
+            self.inner.raft.get().client_write(command),
         )
         .await
         {
@@ -472,7 +509,7 @@ impl RaftNode {
         let timeout_ms = self.inner.config.write_timeout_ms;
         match tokio::time::timeout(
             Duration::from_millis(timeout_ms),
-            self.inner.raft.ensure_linearizable(),
+            self.inner.raft.get().ensure_linearizable(),
         )
         .await
         {
@@ -526,6 +563,17 @@ impl RaftNode {
         }
     }
 
+    /// Whether Raft is stopped by a storage error (a full disk) and this node is rebuilding its
+    /// core, with how many attempts so far and how many recoveries since start.
+    pub fn storage_status(&self) -> StorageStatus {
+        self.inner.storage.borrow().clone()
+    }
+
+    /// [`RaftNode::storage_status`] as a stream, for waiting on a failure or a recovery.
+    pub fn subscribe_storage(&self) -> watch::Receiver<StorageStatus> {
+        self.inner.storage.subscribe()
+    }
+
     async fn admin<F, T>(&self, fut: F) -> Result<T, WriteError>
     where
         F: std::future::Future<Output = Result<T, RaftError<u64, ClientWriteError<u64, NodeAddr>>>>,
@@ -540,7 +588,7 @@ impl RaftNode {
 
     /// Adds a node as a learner and waits until it has caught up (leader only).
     pub async fn add_learner(&self, id: NodeId, addr: NodeAddr) -> Result<(), WriteError> {
-        self.admin(self.inner.raft.add_learner(id, addr, true))
+        self.admin(self.inner.raft.get().add_learner(id, addr, true))
             .await
             .map(|_| ())
     }
@@ -550,6 +598,7 @@ impl RaftNode {
         self.admin(
             self.inner
                 .raft
+                .get()
                 .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false),
         )
         .await
@@ -564,6 +613,7 @@ impl RaftNode {
             self.admin(
                 self.inner
                     .raft
+                    .get()
                     .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false),
             )
             .await?;
@@ -572,6 +622,7 @@ impl RaftNode {
             self.admin(
                 self.inner
                     .raft
+                    .get()
                     .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false),
             )
             .await?;
@@ -581,12 +632,15 @@ impl RaftNode {
 
     /// Builds a snapshot now (tests, and before a planned restart).
     pub async fn trigger_snapshot(&self) -> Result<(), WriteError> {
-        tokio::time::timeout(self.admin_timeout(), self.inner.raft.trigger().snapshot())
-            .await
-            .map_err(|_| WriteError::Timeout {
-                timeout_ms: self.inner.config.admin_timeout_ms,
-            })?
-            .map_err(|e| WriteError::Stopped(e.to_string()))
+        tokio::time::timeout(
+            self.admin_timeout(),
+            self.inner.raft.get().trigger().snapshot(),
+        )
+        .await
+        .map_err(|_| WriteError::Timeout {
+            timeout_ms: self.inner.config.admin_timeout_ms,
+        })?
+        .map_err(|e| WriteError::Stopped(e.to_string()))
     }
 
     /// Hands this node's leadership to an up-to-date voter before it stops (SIGTERM), so that
@@ -628,7 +682,7 @@ impl RaftNode {
     }
 
     async fn hand_over_attempts(&self) -> Result<HandOver, WriteError> {
-        let raft = &self.inner.raft;
+        let raft = self.inner.raft.get();
         // A successor catches up within a few heartbeats and an election that starts wins in
         // one round trip; four election timeouts (at least 1 s) bound each step.
         let election_ms = self.inner.config.election_timeout_ms_max;
@@ -813,7 +867,19 @@ impl RaftNode {
         if let Some(task) = task {
             let _ = tokio::time::timeout(self.admin_timeout(), task).await;
         }
-        tokio::time::timeout(self.admin_timeout(), self.inner.raft.shutdown())
+        // The supervisor may be rebuilding the core: let it finish (or give up) first, so that
+        // the core stopped below is the last one and its database the one waited for.
+        let supervisor = self.inner.supervisor_task.lock().take();
+        if let Some(mut supervisor) = supervisor {
+            if tokio::time::timeout(self.admin_timeout(), &mut supervisor)
+                .await
+                .is_err()
+            {
+                supervisor.abort();
+                let _ = supervisor.await;
+            }
+        }
+        tokio::time::timeout(self.admin_timeout(), self.inner.raft.get().shutdown())
             .await
             .map_err(|_| WriteError::Timeout {
                 timeout_ms: self.inner.config.admin_timeout_ms,
@@ -822,7 +888,7 @@ impl RaftNode {
         // openraft's state machine worker and in-flight blocking store calls release the
         // database shortly after the core stops; wait until it is closed, so that the data dir
         // can be opened again (a restart in the same process) as soon as this returns.
-        let mut closed = self.inner.database_closed.clone();
+        let mut closed = self.inner.database_closed.lock().clone();
         tokio::time::timeout(self.admin_timeout(), async {
             while closed.changed().await.is_ok() {}
         })
@@ -848,11 +914,251 @@ async fn open_store(
         })?
 }
 
+/// The openraft core that serves this node now, and this node's Raft metrics as one stream
+/// that outlives cores. Everything reaches the core through it (the node's methods, the leader
+/// task, the [`RpcHandle`]), so a core rebuilt after a storage failure is everyone's at once.
+pub(crate) struct RaftCell {
+    raft: parking_lot::RwLock<openraft::Raft<TypeConfig>>,
+    /// Fed by the supervisor from the current core's metrics.
+    metrics_tx: watch::Sender<RaftMetrics>,
+}
+
+impl RaftCell {
+    /// The current core (a cheap handle clone).
+    pub(crate) fn get(&self) -> openraft::Raft<TypeConfig> {
+        self.raft.read().clone()
+    }
+
+    /// The node's metrics: those of the current core, and across a rebuild those of the next.
+    fn metrics(&self) -> watch::Receiver<RaftMetrics> {
+        self.metrics_tx.subscribe()
+    }
+}
+
+/// The health of a node's Raft storage ([`RaftNode::storage_status`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageStatus {
+    /// Set while Raft is stopped by a storage error (e.g. the data dir's disk is full): the
+    /// error. The node keeps retrying to rebuild its core until it succeeds.
+    pub failed: Option<String>,
+    /// Rebuild attempts since the current failure.
+    pub attempts: u64,
+    /// Times the core was rebuilt after a storage failure since the node started.
+    pub recoveries: u64,
+}
+
+/// First and largest pause between attempts to rebuild the core after a storage failure.
+const STORAGE_RETRY_MS_MIN: u64 = 100;
+const STORAGE_RETRY_MS_MAX: u64 = 5_000;
+/// A rebuilt core that ran this long without failing resets the backoff.
+const STORAGE_HEALTHY_MS: u64 = 30_000;
+/// The data dir must take (and fsync) a probe file of this size before the core is rebuilt:
+/// room for a few log appends, so that a disk that is still full is not hammered by cores
+/// that fail on their first write.
+const STORAGE_PROBE_BYTES: usize = 256 * 1024;
+/// The probe file's name in the data dir.
+const STORAGE_PROBE_FILE: &str = ".storage-probe";
+/// How long one attempt waits for the failed core to release the database.
+const DATABASE_CLOSE_WAIT_MS: u64 = 1_000;
+
+/// Forwards the core's metrics into the node's stream and, when the core stops on a storage
+/// error, rebuilds it in this process from the durable store.
+///
+/// Why a rebuild is sound (openraft 0.9 itself stops for good on any `StorageError`): the new
+/// core is what a restart of the process would start, from the same durable store. The old
+/// core has ended and joined its tasks, and its database is closed (every handle dropped)
+/// before the file is opened again, so nothing of the old core writes afterwards. Our store
+/// reports an append or a vote only after its fsync'd commit, and openraft answers a peer only
+/// after that report, so every acknowledgement is on disk; a write that failed was never
+/// acknowledged. The one thing carried over in memory is the applied state machine, which
+/// only ever holds committed entries. The vote is read back from disk and the store refuses to
+/// lower it. The same id, log and membership come back; nothing else is kept.
+struct Supervisor {
+    id: NodeId,
+    data_dir: PathBuf,
+    raft_config: Arc<openraft::Config>,
+    cell: Arc<RaftCell>,
+    shared: Arc<SmShared>,
+    transport: Arc<dyn RaftTransport>,
+    storage: watch::Sender<StorageStatus>,
+    database_closed: Arc<Mutex<watch::Receiver<()>>>,
+    shutdown_rx: watch::Receiver<bool>,
+    clock: Arc<dyn Clock>,
+    shutdown_timeout: Duration,
+    /// The next pause between rebuild attempts (kept across failures in quick succession).
+    retry_ms: u64,
+}
+
+async fn supervise(mut sup: Supervisor) {
+    loop {
+        let raft = sup.cell.get();
+        let started_ms = sup.clock.monotonic_ms();
+        let Some(fatal) = forward_metrics(&raft, &sup.cell.metrics_tx, &mut sup.shutdown_rx).await
+        else {
+            return;
+        };
+        match fatal {
+            Fatal::StorageError(error) => {
+                let error = error.to_string();
+                tracing::error!(
+                    node_id = sup.id,
+                    error = %error,
+                    "raft storage failed and the core stopped; rebuilding it from the durable \
+                     store once the data dir is writable again"
+                );
+                sup.storage.send_modify(|status| {
+                    status.failed = Some(error.clone());
+                    status.attempts = 0;
+                });
+                if sup.clock.monotonic_ms().saturating_sub(started_ms) >= STORAGE_HEALTHY_MS {
+                    sup.retry_ms = STORAGE_RETRY_MS_MIN;
+                }
+                if !recover(&mut sup, raft).await {
+                    return;
+                }
+            }
+            Fatal::Stopped => return,
+            other => {
+                // A panic in openraft is a bug, not an operating error: no rebuild.
+                tracing::error!(node_id = sup.id, error = %other, "raft core stopped; not rebuilt");
+                return;
+            }
+        }
+    }
+}
+
+/// Copies `raft`'s metrics into `tx` until the core stops (its fatal error) or the node shuts
+/// down (`None`).
+async fn forward_metrics(
+    raft: &openraft::Raft<TypeConfig>,
+    tx: &watch::Sender<RaftMetrics>,
+    shutdown_rx: &mut watch::Receiver<bool>,
+) -> Option<Fatal<NodeId>> {
+    let mut rx = raft.metrics();
+    loop {
+        if *shutdown_rx.borrow() {
+            return None;
+        }
+        let stopped = {
+            let metrics = rx.borrow_and_update().clone();
+            let stopped = metrics.running_state.clone().err();
+            tx.send_replace(metrics);
+            stopped
+        };
+        if let Some(fatal) = stopped {
+            return Some(fatal);
+        }
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    // The core's task ended without reporting why: it panicked.
+                    return Some(rx.borrow().running_state.clone().err().unwrap_or(Fatal::Panicked));
+                }
+            }
+            _ = shutdown_rx.changed() => return None,
+        }
+    }
+}
+
+/// Rebuilds the core after a storage failure, retrying with a bounded backoff until it works or
+/// the node shuts down (false).
+async fn recover(sup: &mut Supervisor, failed: openraft::Raft<TypeConfig>) -> bool {
+    // The core has stopped; join its tick task too so that nothing of it runs on.
+    let _ = tokio::time::timeout(sup.shutdown_timeout, failed.shutdown()).await;
+    drop(failed);
+    loop {
+        if *sup.shutdown_rx.borrow() {
+            return false;
+        }
+        sup.storage.send_modify(|status| status.attempts += 1);
+        let attempt = sup.storage.borrow().attempts;
+        match rebuild(sup).await {
+            Ok(raft) => {
+                *sup.cell.raft.write() = raft;
+                sup.storage.send_modify(|status| {
+                    status.failed = None;
+                    status.recoveries += 1;
+                });
+                tracing::info!(
+                    node_id = sup.id,
+                    attempt,
+                    "raft storage recovered: core rebuilt from the durable store"
+                );
+                return true;
+            }
+            Err(why) => tracing::warn!(
+                node_id = sup.id,
+                attempt,
+                retry_in_ms = sup.retry_ms,
+                error = %why,
+                "raft storage failed, retrying"
+            ),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(sup.retry_ms)) => {}
+            _ = sup.shutdown_rx.changed() => return false,
+        }
+        sup.retry_ms = sup.retry_ms.saturating_mul(2).min(STORAGE_RETRY_MS_MAX);
+    }
+}
+
+/// One attempt: the old database closed, the data dir writable, the store reopened and
+/// verified, a new core started on it.
+async fn rebuild(sup: &Supervisor) -> Result<openraft::Raft<TypeConfig>, String> {
+    let mut closed = sup.database_closed.lock().clone();
+    let waited = tokio::time::timeout(Duration::from_millis(DATABASE_CLOSE_WAIT_MS), async {
+        while closed.changed().await.is_ok() {}
+    })
+    .await;
+    if waited.is_err() {
+        return Err("the stopped core still holds the database".to_string());
+    }
+    let dir = sup.data_dir.clone();
+    tokio::task::spawn_blocking(move || probe_writable(&dir))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("data dir not writable: {e}"))?;
+    let dir = sup.data_dir.clone();
+    let shared = sup.shared.clone();
+    let (log_store, state_machine) =
+        tokio::task::spawn_blocking(move || store::reopen(&dir, shared))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+    // From here on a failed attempt must wait for this database to close.
+    *sup.database_closed.lock() = log_store.subscribe_closed();
+    openraft::Raft::new(
+        sup.id,
+        sup.raft_config.clone(),
+        NetworkFactory {
+            transport: sup.transport.clone(),
+        },
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| format!("raft failed to start: {e}"))
+}
+
+/// Writes, fsyncs and removes a probe file of [`STORAGE_PROBE_BYTES`] in `dir`.
+fn probe_writable(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let path = dir.join(STORAGE_PROBE_FILE);
+    let result = (|| {
+        let mut file = std::fs::File::create(&path)?;
+        file.write_all(&vec![0u8; STORAGE_PROBE_BYTES])?;
+        file.sync_all()
+    })();
+    let removed = std::fs::remove_file(&path);
+    result?;
+    removed
+}
+
 struct LeaderTask {
     handing_over: Arc<AtomicBool>,
     id: NodeId,
     config: RaftConfig,
-    raft: openraft::Raft<TypeConfig>,
+    raft: Arc<RaftCell>,
     shared: Arc<SmShared>,
     clock: Arc<dyn Clock>,
     detector: Arc<Mutex<FailureDetector>>,
@@ -897,7 +1203,7 @@ async fn leader_loop(mut task: LeaderTask) {
                 "leading: fresh heartbeat grace for every node"
             );
         }
-        if let Ok(Ok(_)) = tokio::time::timeout(tick, task.raft.ensure_linearizable()).await {
+        if let Ok(Ok(_)) = tokio::time::timeout(tick, task.raft.get().ensure_linearizable()).await {
             task.confirmed_at_ms.store(now_ms, Ordering::Release);
         }
         if task.config.failure_detection {
@@ -949,7 +1255,7 @@ async fn detect_failures(task: &LeaderTask) {
         },
     );
     let timeout = Duration::from_millis(task.config.write_timeout_ms);
-    match tokio::time::timeout(timeout, task.raft.client_write(command)).await {
+    match tokio::time::timeout(timeout, task.raft.get().client_write(command)).await {
         Ok(Ok(response)) => {
             let mut detector = task.detector.lock();
             for node in &expired {
@@ -992,13 +1298,14 @@ async fn reconcile_membership(task: &LeaderTask) {
     let timeout = Duration::from_millis(task.config.admin_timeout_ms);
     let result = match step {
         MembershipStep::AddLearner(id, addr) => {
-            tokio::time::timeout(timeout, task.raft.add_learner(id, addr, false))
+            tokio::time::timeout(timeout, task.raft.get().add_learner(id, addr, false))
                 .await
                 .map(|r| r.map(|_| ()))
         }
         MembershipStep::Promote(id) => tokio::time::timeout(
             timeout,
             task.raft
+                .get()
                 .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false),
         )
         .await
@@ -1009,7 +1316,7 @@ async fn reconcile_membership(task: &LeaderTask) {
             } else {
                 ChangeMembers::RemoveNodes(BTreeSet::from([id]))
             };
-            tokio::time::timeout(timeout, task.raft.change_membership(change, false))
+            tokio::time::timeout(timeout, task.raft.get().change_membership(change, false))
                 .await
                 .map(|r| r.map(|_| ()))
         }

@@ -95,6 +95,32 @@ pub(crate) fn db_err(e: impl Into<redb::Error>) -> String {
 /// Opens (or creates) the store in `data_dir`, verifies every stored record, and returns the
 /// log store and state machine for openraft.
 pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let (db, snapshot) = open_database(data_dir)?;
+    let log_store = LogStore::new(db.clone());
+    let state_machine = StateMachineStore::new(db, snapshot);
+    Ok((log_store, state_machine))
+}
+
+/// Opens the store again in the same process after Raft stopped on a storage error (a full
+/// disk), for a new openraft core: the file is verified like at start, and the state machine
+/// keeps `shared`, the state this process already applied (every applied entry was committed,
+/// so it is never ahead of what the cluster agreed), so readers and their watchers stay valid
+/// and openraft re-applies nothing it already applied. A stored snapshot newer than `shared`
+/// (cannot happen: a snapshot is written before it is installed in memory) replaces it.
+///
+/// The previous database must be closed first: redb refuses a second open in one process
+/// (`StoreError::Database`, retry later), and after an I/O error it must be reopened anyway.
+pub fn reopen(
+    data_dir: &Path,
+    shared: Arc<SmShared>,
+) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let (db, snapshot) = open_database(data_dir)?;
+    let log_store = LogStore::new(db.clone());
+    let state_machine = StateMachineStore::with_shared(db, shared, snapshot);
+    Ok((log_store, state_machine))
+}
+
+fn open_database(data_dir: &Path) -> Result<(Arc<Database>, Option<StoredSnapshot>), StoreError> {
     let path = data_dir.join(DB_FILE_NAME);
     let database_err = |detail: String| StoreError::Database {
         path: path.clone(),
@@ -127,9 +153,7 @@ pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError
         closed: tokio::sync::watch::channel(()).0,
     });
     let snapshot = verify(&db, &path)?;
-    let log_store = LogStore::new(db.clone());
-    let state_machine = StateMachineStore::new(db, snapshot);
-    Ok((log_store, state_machine))
+    Ok((db, snapshot))
 }
 
 /// Reads and checks every record; returns the stored snapshot, if any.

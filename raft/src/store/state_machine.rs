@@ -101,6 +101,38 @@ impl StateMachineStore {
         }
     }
 
+    /// A state machine over a reopened database that keeps the state this process already
+    /// applied (see [`super::reopen`]); a stored snapshot newer than it replaces it.
+    pub(crate) fn with_shared(
+        db: Arc<super::Database>,
+        shared: Arc<SmShared>,
+        snapshot: Option<StoredSnapshot>,
+    ) -> Self {
+        if let Some(snapshot) = snapshot {
+            let newer = {
+                let applied = shared.applied.read();
+                snapshot.meta.last_log_id > applied.last_applied
+            };
+            if newer {
+                if let Ok(state) = snapshot.decode_state() {
+                    let index = snapshot.meta.last_log_id.map_or(0, |id| id.index);
+                    {
+                        let mut applied = shared.applied.write();
+                        applied.state = state;
+                        applied.last_applied = snapshot.meta.last_log_id;
+                        applied.last_membership = snapshot.meta.last_membership.clone();
+                    }
+                    shared.applied_index.send_replace(index);
+                }
+            }
+        }
+        Self {
+            db,
+            shared,
+            snapshot_seq: 0,
+        }
+    }
+
     /// The handle readers use.
     pub fn shared(&self) -> Arc<SmShared> {
         self.shared.clone()

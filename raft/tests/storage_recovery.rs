@@ -1,0 +1,207 @@
+//! A full disk under a node's data dir does not break the node for good: openraft stops its
+//! core on the storage error, the node stops acknowledging writes and says why
+//! (`storage_status`), and once the disk has room again it rebuilds its core in the same
+//! process from the durable store and commits again, with its log intact. Real redb on a real
+//! (small) tmpfs that the test fills up. Needs root (to mount the tmpfs): skipped with a
+//! message otherwise, and a failure when CI=true.
+
+mod common;
+
+use std::io::Write as _;
+use std::path::Path;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use anyhow::ensure;
+use anyhow::Context as _;
+use common::*;
+use shoal_raft::Action;
+use shoal_raft::Command;
+use shoal_raft::WriteError;
+use tracing::info;
+
+/// Room for the redb file of a small cluster; small enough to fill in a moment.
+const TMPFS_SIZE: &str = "size=16m";
+/// Writes that may still fit into pages redb already owns after the disk is full.
+const WRITES_UNTIL_FULL_MAX: u64 = 2_000;
+
+/// A tmpfs mounted over a directory, unmounted (lazily) when dropped, also on failure.
+struct TmpfsMount {
+    path: PathBuf,
+}
+
+impl TmpfsMount {
+    fn new(path: &Path) -> anyhow::Result<TmpfsMount> {
+        std::fs::create_dir_all(path)?;
+        nix::mount::mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(TMPFS_SIZE),
+        )
+        .context("mounting a tmpfs")?;
+        Ok(TmpfsMount {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Writes `path` until the file system refuses with ENOSPC, down to the last small block.
+fn fill(path: &Path) -> anyhow::Result<u64> {
+    let mut file = std::fs::File::create(path)?;
+    let mut written = 0u64;
+    for chunk_bytes in [1usize << 20, 4096, 512, 1] {
+        let chunk = vec![0xA5u8; chunk_bytes];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(err) if err.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32) => break,
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+    Ok(written)
+}
+
+fn root_or_skip() -> anyhow::Result<bool> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(true);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        bail!("this test needs root (to mount a tmpfs) and CI=true");
+    }
+    eprintln!("skipped: needs root to mount a tmpfs data dir");
+    Ok(false)
+}
+
+fn tenant(i: u64) -> Command {
+    Command::new(
+        i,
+        "admin",
+        Action::CreateTenant {
+            tenant: format!("tenant-{i}"),
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_acknowledging_and_the_node_commits_again_once_there_is_room_without_a_restart(
+) -> anyhow::Result<()> {
+    init_tracing();
+    if !root_or_skip()? {
+        return Ok(());
+    }
+    let mut cluster = Cluster::new(test_config)?;
+    // Dropped after the cluster (declared later, dropped earlier) has stopped the node.
+    let mount = TmpfsMount::new(&cluster.dir(1))?;
+    let node = cluster.start(1).await?;
+    bootstrap(&node).await?;
+
+    info!("--- commit a few entries on the tmpfs-backed node");
+    for i in 0..5 {
+        cluster.write(tenant(i)).await??;
+    }
+    let before = node.status();
+    let term_before = before.term;
+    let log_before = before.last_log_index.context("no log")?;
+    ensure!(node.storage_status().failed.is_none());
+
+    info!("--- fill the disk, write until the store fails");
+    let filler = mount.path.join("filler");
+    let filled = fill(&filler)?;
+    info!(bytes = filled, "the data dir's file system is full");
+    let mut storage = node.subscribe_storage();
+    let mut refused = None;
+    for i in 100..100 + WRITES_UNTIL_FULL_MAX {
+        match node.write(tenant(i)).await {
+            Ok(_) => continue,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let refused = refused.context("every write succeeded on a full disk")?;
+    info!(error = %refused, "a write on the full disk was refused");
+    let failed = tokio::time::timeout(WAIT, storage.wait_for(|s| s.failed.is_some()))
+        .await
+        .context("the node did not report the storage failure")??
+        .clone();
+    info!(status = ?failed, "storage status while the disk is full");
+
+    info!("--- while the disk is full, nothing is acknowledged and the node says why");
+    match node.write(tenant(10_000)).await {
+        Err(WriteError::Stopped(message)) => {
+            ensure!(message.contains("storage failed"), "{message}")
+        }
+        other => bail!("a write on a full disk answered {other:?}"),
+    }
+    ensure!(
+        !node.status().is_leader,
+        "a stopped core still claims to lead"
+    );
+    let retried = tokio::time::timeout(WAIT, storage.wait_for(|s| s.attempts >= 2))
+        .await
+        .context("the node did not retry while the disk was full")??
+        .clone();
+    ensure!(
+        retried.failed.is_some(),
+        "recovered on a full disk: {retried:?}"
+    );
+    ensure!(
+        retried.recoveries == 0,
+        "recovered on a full disk: {retried:?}"
+    );
+
+    info!("--- free the disk: the node rebuilds its core by itself, in this process");
+    std::fs::remove_file(&filler)?;
+    let recovered = tokio::time::timeout(
+        Duration::from_secs(60),
+        storage.wait_for(|s| s.failed.is_none() && s.recoveries >= 1),
+    )
+    .await
+    .context("the node did not recover once the disk had room")??
+    .clone();
+    info!(status = ?recovered, "storage recovered");
+
+    info!("--- the same handle commits again, and the log is intact");
+    let response = cluster.write(tenant(20_000)).await?;
+    ensure!(response.is_ok(), "{response:?}");
+    let after = node.status();
+    ensure!(after.term >= term_before, "the term went back: {after:?}");
+    ensure!(
+        after.last_log_index.unwrap_or(0) > log_before,
+        "the log did not grow past {log_before}: {after:?}"
+    );
+    let tenants_present = node.read(|state| {
+        (0..5)
+            .map(|i| format!("tenant-{i}"))
+            .chain(std::iter::once("tenant-20000".to_string()))
+            .all(|name| state.tenants.contains_key(&name))
+    });
+    ensure!(
+        tenants_present,
+        "entries committed before the failure are gone"
+    );
+
+    info!("--- the data dir still opens and verifies after a clean stop");
+    cluster.kill(1).await?;
+    let node = cluster.start(1).await?;
+    let restarted = node.read(|state| state.tenants.contains_key("tenant-20000"));
+    ensure!(
+        restarted,
+        "the entry committed after the recovery is not durable"
+    );
+    cluster.kill(1).await?;
+    drop(mount);
+    Ok(())
+}
