@@ -302,3 +302,159 @@ async fn sigterm_with_an_open_log_stream_ends_the_stream_and_exits_cleanly() -> 
     assert!(ended.is_ok(), "the log stream did not end");
     Ok(())
 }
+
+/// Bounded waits for joins and replication on a shared 2-core machine.
+const CLUSTER_WAIT: Duration = Duration::from_secs(60);
+/// The agent's fault-injection seam (`agent::worker_mirror::HOLD_FILE_ENV`): while the named
+/// file exists, a worker's mirror takes nothing from the leader.
+const MIRROR_HOLD_ENV: &str = "SHOAL_TEST_MIRROR_HOLD_FILE";
+
+/// Regression (chaos, acknowledged_writes): a create that the leader committed answered
+/// `404 workstation not found` through a node whose state lagged the leader by more than its
+/// 2 s read-your-writes wait. The answer now comes from the leader's outcome: 201 for the
+/// create, the committed size for a resize, the committed process for an exec, 204 for a
+/// delete; never a 4xx for a committed write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_writes_through_a_lagging_node_answer_from_the_leaders_outcome_never_404(
+) -> anyhow::Result<()> {
+    common::init_tracing();
+    let temp = tempfile::tempdir()?;
+    let config = temp.path().join("shoal.toml");
+    std::fs::write(
+        &config,
+        "heartbeat_interval_ms = 200\nheartbeat_grace_ms = 3000\n",
+    )?;
+    let config_text = config.to_string_lossy().to_string();
+    let hold = temp.path().join("hold-the-mirror");
+    let hold_text = hold.to_string_lossy().to_string();
+
+    info!("--- a server bootstraps; a worker-only node joins (its mirror can be held back)");
+    let server = Agent::start(
+        &temp.path().join("server"),
+        &["--bootstrap", "--config", &config_text],
+        common::free_tcp_port(),
+    )?;
+    let admin_key = server.admin_key()?;
+    let server_api = server.client(&admin_key);
+    let token = server_api
+        .post("/v1/tokens", &json!({"uses": 1, "role": "worker"}))
+        .await?;
+    assert_eq!(token.status, 201, "{}", token.text);
+    let token = token.body["token"].as_str().unwrap_or_default().to_string();
+    let worker = Agent::start_with_env(
+        &temp.path().join("worker"),
+        &[
+            "--join",
+            &token,
+            "--role",
+            "worker",
+            "--config",
+            &config_text,
+        ],
+        common::free_tcp_port(),
+        &[(MIRROR_HOLD_ENV, &hold_text)],
+    )?;
+    let worker_api = worker.client(&admin_key);
+
+    info!("--- a first workstation, created through the server, is seen by the worker");
+    let before = server_api
+        .post(
+            "/v1/workstations",
+            &json!({"cpu_millis": 100, "memory_bytes": 64 << 20}),
+        )
+        .await?;
+    assert_eq!(before.status, 201, "{}", before.text);
+    let before_id = before.body["id"].as_str().unwrap_or_default().to_string();
+    eventually(CLUSTER_WAIT, || async {
+        let answer = worker_api
+            .get(&format!("/v1/workstations/{before_id}"))
+            .await;
+        Ok(answer.ok().filter(|a| a.status == 200).map(|_| ()))
+    })
+    .await?;
+
+    info!("--- the worker's mirror is held: from now on it lags the leader");
+    std::fs::write(&hold, b"held")?;
+
+    info!("--- a create through the lagging worker: 201 with the leader's placement");
+    let created = worker_api
+        .post(
+            "/v1/workstations",
+            &json!({"cpu_millis": 100, "memory_bytes": 64 << 20, "name": "lagging"}),
+        )
+        .await?;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let created_id = created.body["id"].as_str().unwrap_or_default().to_string();
+    assert!(created_id.starts_with("ws-"), "{}", created.text);
+    assert_ne!(created_id, before_id);
+    assert_eq!(created.body["generation"], json!(1), "{}", created.text);
+    assert_eq!(created.body["cpu_millis"], json!(100), "{}", created.text);
+    assert_eq!(created.body["name"], json!("lagging"), "{}", created.text);
+    let placed_on = created.body["node"].as_str().unwrap_or_default();
+    assert!(
+        placed_on == server.node_id || placed_on == worker.node_id,
+        "{}",
+        created.text
+    );
+    let lagging = worker_api
+        .get(&format!("/v1/workstations/{created_id}"))
+        .await?;
+    assert_eq!(
+        lagging.status, 404,
+        "the worker must still lag here, else this test proves nothing: {}",
+        lagging.text
+    );
+    let on_server = server_api
+        .get(&format!("/v1/workstations/{created_id}"))
+        .await?;
+    assert_eq!(on_server.status, 200, "{}", on_server.text);
+    assert_eq!(
+        on_server.body["node"], created.body["node"],
+        "{}",
+        on_server.text
+    );
+
+    info!("--- a resize through the lagging worker answers the committed size");
+    let resized = worker_api
+        .patch(
+            &format!("/v1/workstations/{before_id}"),
+            &json!({"cpu_millis": 150}),
+        )
+        .await?;
+    assert_eq!(resized.status, 200, "{}", resized.text);
+    assert_eq!(resized.body["cpu_millis"], json!(150), "{}", resized.text);
+
+    info!("--- an exec through the lagging worker answers the committed process, starting");
+    let process = worker_api
+        .post(
+            &format!("/v1/workstations/{before_id}/processes"),
+            &json!({"argv": ["sleep", "600"]}),
+        )
+        .await?;
+    assert_eq!(process.status, 201, "{}", process.text);
+    assert_eq!(process.body["state"], json!("starting"), "{}", process.text);
+
+    info!("--- a delete through the lagging worker answers 204");
+    let deleted = worker_api
+        .delete(&format!("/v1/workstations/{before_id}"))
+        .await?;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+
+    info!("--- the hold ends: the worker catches up with all of it");
+    std::fs::remove_file(&hold)?;
+    eventually(CLUSTER_WAIT, || async {
+        let (Ok(created), Ok(gone)) = (
+            worker_api
+                .get(&format!("/v1/workstations/{created_id}"))
+                .await,
+            worker_api
+                .get(&format!("/v1/workstations/{before_id}"))
+                .await,
+        ) else {
+            return Ok(None);
+        };
+        Ok((created.status == 200 && gone.status == 404).then_some(()))
+    })
+    .await?;
+    Ok(())
+}

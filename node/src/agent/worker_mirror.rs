@@ -31,6 +31,12 @@ pub const SYNC_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most requests in one sync round (candidates plus `NotLeader` hops).
 pub const SYNC_ASKS_MAX: usize = 12;
 
+/// Fault-injection seam for tests (a follower whose apply lags): when this environment
+/// variable names a path and a file exists there, the mirror takes nothing from the leader
+/// (each sync round returns at once), as a worker cut off from state updates would. Unset in
+/// production; read once at start.
+pub const HOLD_FILE_ENV: &str = "SHOAL_TEST_MIRROR_HOLD_FILE";
+
 /// What is kept on disk.
 #[derive(Serialize, Deserialize)]
 struct Persisted {
@@ -63,6 +69,8 @@ pub struct WorkerMirror {
     soft: SoftState,
     /// One sync round at a time (the loop and writes that want their effect visible).
     sync_lock: tokio::sync::Mutex<()>,
+    /// See [`HOLD_FILE_ENV`].
+    hold_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for WorkerMirror {
@@ -105,7 +113,13 @@ impl WorkerMirror {
             applied,
             soft: SoftState::new(),
             sync_lock: tokio::sync::Mutex::new(()),
+            hold_file: std::env::var_os(HOLD_FILE_ENV).map(PathBuf::from),
         }
+    }
+
+    /// Whether a test holds this mirror back (see [`HOLD_FILE_ENV`]).
+    fn held(&self) -> bool {
+        self.hold_file.as_deref().is_some_and(Path::exists)
     }
 
     /// This node's id.
@@ -154,6 +168,9 @@ impl WorkerMirror {
     /// changed.
     pub async fn sync_once(&self) -> Result<bool, SyncError> {
         let _one_at_a_time = self.sync_lock.lock().await;
+        if self.held() {
+            return Ok(false);
+        }
         let (have_applied, have_term, hint) = {
             let head = self.head.lock();
             (head.applied, head.term, head.leader_mesh_addr)
@@ -185,6 +202,10 @@ impl WorkerMirror {
                     continue;
                 }
             };
+            if self.held() {
+                // Held while the answer was in flight: it may already hold newer writes.
+                return Ok(false);
+            }
             match mirror_sync::step(have_applied, have_term, reply) {
                 SyncStep::Install { head, state } => {
                     let decoded = ClusterState::decode(&state)

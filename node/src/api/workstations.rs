@@ -124,18 +124,58 @@ const LOCAL_APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Waits (at most [`LOCAL_APPLY_WAIT`]) until this node's applied state satisfies `done`:
 /// a write forwarded to the leader is answered once the leader applied it, and a follower
-/// applies it a moment later. On timeout it returns anyway; callers then read what is there.
-async fn until_applied(agent: &Agent, done: impl Fn(&shoal_raft::ClusterState) -> bool) {
+/// applies it a moment later. Returns whether it did; on `false` this node lags the leader
+/// (by more than the wait), and the caller must build its answer from what the leader
+/// answered (the committed write's [`shoal_raft::Outcome`]), not from the local state: a
+/// committed write never answers 404.
+async fn until_applied(agent: &Agent, done: impl Fn(&shoal_raft::ClusterState) -> bool) -> bool {
     let mut applied = agent.raft.subscribe_applied();
     let wait = async {
         while !agent.raft.read(&done) {
             if applied.changed().await.is_err() {
-                break;
+                // The state stopped changing (shutdown): whatever is there now is the answer.
+                return;
             }
         }
     };
-    if tokio::time::timeout(LOCAL_APPLY_WAIT, wait).await.is_err() {
-        tracing::debug!("a committed write is not applied on this node yet");
+    let _ = tokio::time::timeout(LOCAL_APPLY_WAIT, wait).await;
+    let caught_up = agent.raft.read(&done);
+    if !caught_up {
+        tracing::info!(
+            wait_ms = LOCAL_APPLY_WAIT.as_millis() as u64,
+            "a committed write is not applied on this node yet; answering from the leader's outcome"
+        );
+    }
+    caught_up
+}
+
+/// What the leader committed for a create, as a record: the request's spec and tenant, the
+/// placement of the [`shoal_raft::Outcome`], no processes yet. Used when this node has not
+/// applied the create yet. `created_unix_ms` is the time this node proposed it (the command's
+/// own timestamp is taken a moment later by [`Agent::propose`]; reads from the committed
+/// state show that one).
+fn committed_create_record(
+    caller: &Caller,
+    request: &CreateWorkstationRequest,
+    sizing: Sizing,
+    placed: &shoal_raft::command::Placed,
+    proposed_unix_ms: u64,
+) -> WorkstationRecord {
+    WorkstationRecord {
+        id: placed.id.to_string(),
+        name: request.name.clone(),
+        tenant: caller.tenant.clone(),
+        node: placement::node_name(placed.node),
+        generation: placed.generation,
+        cpu_millis: sizing.cpu_millis,
+        memory_bytes: sizing.memory_bytes,
+        cpu_limit_millis: sizing.cpu_limit_millis,
+        memory_limit_bytes: sizing.memory_limit_bytes,
+        network: request.network.unwrap_or_default(),
+        created_unix_ms: proposed_unix_ms,
+        processes: Default::default(),
+        next_process_id: 0,
+        log_epoch: 0,
     }
 }
 
@@ -201,6 +241,7 @@ pub async fn create(
         });
     }
     // The leader's scheduler places it (pure, in the state machine) on a node with room.
+    let proposed_unix_ms = clock::now_unix_ms();
     let outcome = agent
         .propose(
             &caller.prefix,
@@ -238,8 +279,9 @@ pub async fn create(
     let resource = id.clone();
     // Read-your-writes: the leader applied it; wait until this node has too, so that the
     // reconcile below and the answer see it.
-    until_applied(&agent, |state| state.workstations.contains_key(&placed.id)).await;
-    if placed.node == agent.raft.id() {
+    let applied_here =
+        until_applied(&agent, |state| state.workstations.contains_key(&placed.id)).await;
+    if applied_here && placed.node == agent.raft.id() {
         let failures = placement::reconcile(&agent).await;
         if let Some(err) = failure_of(failures, &id, None) {
             // The sandbox could not be made: undo the placement, so that nothing changes.
@@ -255,7 +297,24 @@ pub async fn create(
             return Err(err);
         }
     }
-    let record = visible(&agent, &caller, &id)?;
+    let record = match visible(&agent, &caller, &id) {
+        Ok(record) => record,
+        // The create is committed but not (or no longer) in this node's state: it lags the
+        // leader, or a concurrent delete came first. The answer is what the leader committed;
+        // its node starts it (this node's reconcile loop, if it is this one, once it applied).
+        Err(_) => {
+            let sizing = Sizing {
+                cpu_millis: request.cpu_millis,
+                memory_bytes: request.memory_bytes,
+                cpu_limit_millis,
+                memory_limit_bytes,
+            };
+            let record =
+                committed_create_record(&caller, &request, sizing, &placed, proposed_unix_ms);
+            tracing::info!(workstation = %id, tenant = %record.tenant, node = %record.node, "workstation created (answered from the leader's outcome)");
+            return Ok(HttpResponse::Created().json(placement::remote_view(&record, None)));
+        }
+    };
     tracing::info!(workstation = %id, tenant = %record.tenant, node = %record.node, "workstation created");
     Ok(HttpResponse::Created().json(view(&agent, &record).await))
 }
@@ -368,7 +427,7 @@ pub async fn resize(
     // hosting record follows as a cache. A local disk error must not turn a committed resize
     // into a failure answer.
     let new_reservation = shoal_raft::model::Resources::new(cpu_millis, memory_bytes);
-    until_applied(&agent, |state| {
+    let applied_here = until_applied(&agent, |state| {
         state
             .workstations
             .get(&ws_id)
@@ -390,7 +449,18 @@ pub async fn resize(
     if let Err(err) = cached {
         tracing::warn!(workstation = %ws.id, error = %err, "resize committed; the hosting record was not updated");
     }
-    let updated = visible(&agent, &caller, &ws.id)?;
+    let updated = match visible(&agent, &caller, &ws.id) {
+        Ok(record) if applied_here => record,
+        // This node lags the leader (or the workstation went away since): the answer is the
+        // committed size on the record as this node knew it.
+        _ => WorkstationRecord {
+            cpu_millis,
+            memory_bytes,
+            cpu_limit_millis,
+            memory_limit_bytes,
+            ..ws
+        },
+    };
     Ok(HttpResponse::Ok().json(view(&agent, &updated).await))
 }
 
@@ -471,7 +541,7 @@ pub async fn create_process(
     let shoal_raft::Outcome::ProcessAdded { id: proc_id } = outcome else {
         return Err(ApiError::Internal(format!("unexpected answer {outcome:?}")));
     };
-    until_applied(&agent, |state| {
+    let applied_here = until_applied(&agent, |state| {
         state
             .workstations
             .get(&raft_ws_id)
@@ -487,7 +557,9 @@ pub async fn create_process(
         created_unix_ms: now,
         killed: false,
     };
-    if hosted_here(&agent, &ws) {
+    // Not applied here yet: this node's reconcile loop starts it once it has; the answer
+    // is the committed process, `starting`.
+    if applied_here && hosted_here(&agent, &ws) {
         let failures = placement::reconcile(&agent).await;
         if let Some(err) = failure_of(failures, &ws_id, Some(proc_id.0)) {
             // The start failed (e.g. program not found): undo, so that nothing changes.
@@ -515,7 +587,14 @@ pub async fn create_process(
         Vec::new()
     };
     let status = statuses.iter().find(|status| status.id.0 == spec.id);
-    Ok(HttpResponse::Created().json(process_json(&ws_id, &spec, status)))
+    let mut process = process_json(&ws_id, &spec, status);
+    if status.is_none() {
+        // Committed, and started by its node (elsewhere, or here once applied): it has not
+        // run yet, so it is `starting`, not a process a restart left behind.
+        process.state = crate::api_types::ProcessState::Starting;
+        process.reason = None;
+    }
+    Ok(HttpResponse::Created().json(process))
 }
 
 fn check_process(request: &CreateProcessRequest) -> Result<(), ApiError> {

@@ -89,6 +89,16 @@ impl Agent {
 
     /// Starts an agent on `data_dir` with extra flags, serving the API on `api_port`.
     pub fn start(data_dir: &Path, extra: &[&str], api_port: u16) -> anyhow::Result<Agent> {
+        Agent::start_with_env(data_dir, extra, api_port, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables for the agent process.
+    pub fn start_with_env(
+        data_dir: &Path,
+        extra: &[&str],
+        api_port: u16,
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Agent> {
         let listen_port = free_udp_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
             .arg("agent")
@@ -102,6 +112,7 @@ impl Agent {
             .arg("userspace")
             .args(extra)
             .env("RUST_LOG", "warn")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
