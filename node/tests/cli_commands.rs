@@ -218,3 +218,101 @@ fn every_client_command_works_against_a_real_node() -> anyhow::Result<()> {
     assert_eq!(future.as_array().map(Vec::len), Some(0), "{future}");
     Ok(())
 }
+
+/// `shoal nodes drain` on a node whose workstation fits nowhere else yet: waiting for room is
+/// progress, not failure. Bounded, it ends with one clear line saying what is left; unbounded,
+/// it keeps looking (a line on stderr per change) and succeeds once room appears.
+#[test]
+fn nodes_drain_waits_for_room_with_progress_and_finishes_once_room_appears() -> anyhow::Result<()> {
+    cli_support::init_tracing();
+    let cluster = DevCluster::start(2, Duration::from_secs(90))?;
+    let (addr, key) = (cluster.addr.clone(), cluster.admin_key.clone());
+    let (addr, key) = (addr.as_str(), key.as_str());
+    let ok = |args: &[&str]| shoal_ok(addr, key, args);
+
+    info!("--- two nodes, each filled most of the way by one workstation");
+    let nodes = eventually(Duration::from_secs(60), "two ready nodes", || {
+        let nodes = json(&ok(&["nodes", "--json"])?)?;
+        let ready = nodes.as_array().is_some_and(|nodes| {
+            nodes.len() == 2
+                && nodes.iter().all(|node| {
+                    node["state"] == "ready" && node["capacity"]["cpu_millis"].as_u64() > Some(0)
+                })
+        });
+        Ok(ready.then_some(nodes))
+    })?;
+    let allocatable = nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|node| {
+            let capacity = node["capacity"]["cpu_millis"].as_u64()?;
+            let reserve = node["reserve"]["cpu_millis"].as_u64().unwrap_or(0);
+            Some(capacity.saturating_sub(reserve))
+        })
+        .min()
+        .unwrap_or(0);
+    anyhow::ensure!(allocatable >= 10, "nodes report no CPU: {nodes}");
+    let big = format!("{}m", allocatable * 6 / 10);
+    let mut placed = Vec::new();
+    for _ in 0..2 {
+        let ws = json(&ok(&[
+            "ws", "create", "--cpu", &big, "--mem", "64MiB", "--json",
+        ])?)?;
+        placed.push((
+            ws["id"].as_str().unwrap_or_default().to_string(),
+            ws["node"].as_str().unwrap_or_default().to_string(),
+        ));
+    }
+    let (drained_ws, drained) = placed[0].clone();
+    let (blocker_ws, blocker_node) = placed[1].clone();
+    assert_ne!(drained, blocker_node, "one per node: {placed:?}");
+
+    info!("--- a bounded drain: its workstation fits nowhere else, so it ends saying what is left");
+    let bounded = shoal(
+        addr,
+        Some(key),
+        &["nodes", "drain", &drained, "--wait-timeout", "3s"],
+    )?;
+    let stderr = String::from_utf8_lossy(&bounded.stderr);
+    assert_eq!(bounded.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&format!("node {drained} is not drained after 3s"))
+            && last.contains("1 workstation(s) left")
+            && last.contains("it keeps draining"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("draining node {drained}: 1 workstation(s) left")),
+        "progress lines: {stderr}"
+    );
+    let ws = json(&ok(&["ws", "show", &drained_ws, "--json"])?)?;
+    assert_eq!(
+        ws["node"],
+        drained.as_str(),
+        "it stays until room appears: {ws}"
+    );
+
+    info!("--- an unbounded drain keeps waiting; room appears; it finishes");
+    let waiting = std::process::Command::new(cli_support::SHOAL)
+        .args(["nodes", "drain", &drained, "--wait-timeout", "80s"])
+        .env("SHOAL_ADDR", addr)
+        .env("SHOAL_TOKEN", key)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    ok(&["ws", "rm", &blocker_ws])?;
+    let finished = cli_support::wait_output(waiting, Duration::from_secs(90))?;
+    let stderr = String::from_utf8_lossy(&finished.stderr);
+    assert!(finished.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&finished.stdout).trim(),
+        format!("node {drained} is drained"),
+        "{stderr}"
+    );
+    let ws = json(&ok(&["ws", "show", &drained_ws, "--json"])?)?;
+    assert_eq!(ws["node"], blocker_node.as_str(), "moved: {ws}");
+    Ok(())
+}

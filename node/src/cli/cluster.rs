@@ -272,40 +272,7 @@ pub fn nodes(args: &NodesArgs) -> CliResult<u8> {
             id,
             no_wait,
             wait_timeout,
-        }) => {
-            let answer = client.post(
-                &format!("/v1/nodes/{}/drain", path_segment(id)),
-                &Value::Null,
-            )?;
-            if args.conn.json {
-                print_json(&answer);
-            }
-            if *no_wait {
-                if !args.conn.json {
-                    println!("node {id} is draining");
-                }
-                return Ok(exit_code::OK);
-            }
-            let interval = Duration::from_secs(1);
-            let attempts = u32::try_from(wait_timeout.as_secs().max(1)).unwrap_or(u32::MAX);
-            let mut progress = Progress::new(format!("draining node {id}:"));
-            let done = wait_for(&mut progress, attempts, interval, |detail| {
-                let node = client.get(&format!("/v1/nodes/{}", path_segment(id)))?;
-                let remaining = number(&node, &["n_workstations"]).unwrap_or(0);
-                *detail = format!("{remaining} workstation(s) left");
-                Ok((remaining == 0).then_some(()))
-            })?;
-            if done.is_none() {
-                return Err(CliError::Other(format!(
-                    "node {id} still hosts workstations after {}; it keeps draining",
-                    humantime::format_duration(*wait_timeout)
-                )));
-            }
-            if !args.conn.json {
-                println!("node {id} is drained");
-            }
-            Ok(exit_code::OK)
-        }
+        }) => drain(&client, args.conn.json, id, *no_wait, *wait_timeout),
         Some(NodesAction::Remove { id }) => {
             let answer = client.delete(&format!("/v1/nodes/{}", path_segment(id)), &[])?;
             if args.conn.json {
@@ -316,6 +283,154 @@ pub fn nodes(args: &NodesArgs) -> CliResult<u8> {
             Ok(exit_code::OK)
         }
     }
+}
+
+/// How often `shoal nodes drain` looks at the node.
+const DRAIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a `POST /v1/nodes/{id}/drain` answer means for the waiting CLI: accepted (`None`), or
+/// a 503 (no room for the node's workstations elsewhere yet, or no leader right now): progress
+/// to wait through, with the API's message (`Some`). Any other error ends the command.
+fn drain_answer(answer: CliResult<Value>) -> CliResult<Option<String>> {
+    match answer {
+        Ok(_) => Ok(None),
+        Err(CliError::Api {
+            status: 503,
+            message,
+            ..
+        }) => Ok(Some(message)),
+        Err(other) => Err(other),
+    }
+}
+
+/// Where a drain stands, from the node as `GET /v1/nodes/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum DrainLook {
+    /// Not draining (yet): the drain request was not committed; it is asked again.
+    NotDraining(String),
+    /// Draining (or left) with this many workstations still on it.
+    Moving(u64),
+}
+
+fn look_at(node: &Value) -> DrainLook {
+    let state = text(node, &["state"]);
+    match state.as_str() {
+        "draining" | "left" => DrainLook::Moving(number(node, &["n_workstations"]).unwrap_or(0)),
+        _ => DrainLook::NotDraining(state),
+    }
+}
+
+/// The progress detail shown while waiting: how many workstations are left and, after a 503,
+/// what the cluster said it waits for.
+fn drain_detail(look: &DrainLook, waiting: Option<&str>) -> String {
+    let mut detail = match look {
+        DrainLook::NotDraining(state) => format!("node is {state}, asking again"),
+        DrainLook::Moving(remaining) => format!("{remaining} workstation(s) left"),
+    };
+    if let Some(why) = waiting {
+        detail.push_str(&format!("; waiting: {why}"));
+    }
+    detail
+}
+
+/// `shoal nodes drain ID`: commits the drain, then waits (at most `wait_timeout`) until the
+/// node hosts nothing. A 503 from the drain request or while looking (no room elsewhere yet,
+/// no leader for a moment) is progress, not failure: the command keeps looking and says what
+/// it waits for, on a terminal as a spinner, otherwise as one stderr line per change.
+fn drain(
+    client: &super::client::ApiClient,
+    json: bool,
+    id: &str,
+    no_wait: bool,
+    wait_timeout: Duration,
+) -> CliResult<u8> {
+    use std::io::IsTerminal as _;
+    let drain_path = format!("/v1/nodes/{}/drain", path_segment(id));
+    let node_path = format!("/v1/nodes/{}", path_segment(id));
+    let first = client.post(&drain_path, &Value::Null);
+    if json {
+        if let Ok(answer) = &first {
+            print_json(answer);
+        }
+    }
+    let mut waiting = drain_answer(first)?;
+    if no_wait {
+        if let Some(why) = &waiting {
+            // Accepted only if the node shows it: a 503 may also mean nothing was committed.
+            match client.get(&node_path).map(|node| look_at(&node)) {
+                Ok(DrainLook::Moving(_)) => {}
+                _ => {
+                    return Err(CliError::Other(format!(
+                        "node {id}: the drain was not accepted yet: {why}"
+                    )))
+                }
+            }
+        }
+        if !json {
+            match &waiting {
+                Some(why) => println!("node {id} is draining (waiting: {why})"),
+                None => println!("node {id} is draining"),
+            }
+        }
+        return Ok(exit_code::OK);
+    }
+    let lines = !std::io::stderr().is_terminal();
+    let attempts = u32::try_from(wait_timeout.as_secs().max(1)).unwrap_or(u32::MAX);
+    let mut progress = Progress::new(format!("draining node {id}:"));
+    let mut last_detail = String::new();
+    let mut last_remaining: Option<u64> = None;
+    let done = wait_for(&mut progress, attempts, DRAIN_POLL_INTERVAL, |detail| {
+        let look = match client.get(&node_path) {
+            Ok(node) => Some(look_at(&node)),
+            Err(CliError::Api {
+                status: 503,
+                message,
+                ..
+            }) => {
+                waiting = Some(message);
+                None
+            }
+            Err(other) => return Err(other),
+        };
+        match &look {
+            Some(DrainLook::NotDraining(_)) => {
+                waiting = drain_answer(client.post(&drain_path, &Value::Null))?;
+            }
+            // A workstation moved: what the cluster said it waited for is old news.
+            Some(DrainLook::Moving(remaining)) => {
+                if last_remaining.is_some_and(|last| *remaining < last) {
+                    waiting = None;
+                }
+                last_remaining = Some(*remaining);
+            }
+            None => {}
+        }
+        *detail = match &look {
+            Some(look) => drain_detail(look, waiting.as_deref()),
+            None => format!("waiting: {}", waiting.as_deref().unwrap_or("no answer")),
+        };
+        let finished = look == Some(DrainLook::Moving(0));
+        if lines && !finished && *detail != last_detail {
+            eprintln!("draining node {id}: {detail}");
+        }
+        last_detail.clone_from(detail);
+        Ok(finished.then_some(()))
+    })?;
+    if done.is_none() {
+        return Err(CliError::Other(format!(
+            "node {id} is not drained after {} ({}); it keeps draining",
+            humantime::format_duration(wait_timeout),
+            if last_detail.is_empty() {
+                "no answer".to_string()
+            } else {
+                last_detail
+            }
+        )));
+    }
+    if !json {
+        println!("node {id} is drained");
+    }
+    Ok(exit_code::OK)
 }
 
 /// `shoal token ...`.
@@ -499,6 +614,54 @@ mod tests {
         assert!(parse_since("yesterday").is_err());
         assert_eq!(Since::Ago(Duration::from_secs(1)).unix_ms(5_000), 4_000);
         assert_eq!(Since::Ago(Duration::from_secs(10)).unix_ms(5_000), 0);
+    }
+
+    fn api_error(status: u16, message: &str) -> CliError {
+        CliError::Api {
+            status,
+            code: "x".to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_503_from_the_drain_request_is_progress_and_any_other_error_ends_the_command() {
+        assert_eq!(drain_answer(Ok(Value::Null)).ok(), Some(None));
+        assert_eq!(
+            drain_answer(Err(api_error(503, "waiting for room"))).ok(),
+            Some(Some("waiting for room".to_string()))
+        );
+        for status in [400, 404, 409, 500] {
+            assert!(
+                drain_answer(Err(api_error(status, "no"))).is_err(),
+                "{status}"
+            );
+        }
+        assert!(drain_answer(Err(CliError::Unreachable {
+            addr: "a".into(),
+            reason: "b".into()
+        }))
+        .is_err());
+    }
+
+    #[test]
+    fn a_drain_is_done_when_the_node_hosts_nothing_and_says_what_it_waits_for() {
+        let node = |state: &str, n: u64| serde_json::json!({"state": state, "n_workstations": n});
+        assert_eq!(look_at(&node("draining", 0)), DrainLook::Moving(0));
+        assert_eq!(look_at(&node("left", 0)), DrainLook::Moving(0));
+        assert_eq!(look_at(&node("draining", 2)), DrainLook::Moving(2));
+        assert_eq!(
+            look_at(&node("ready", 2)),
+            DrainLook::NotDraining("ready".to_string())
+        );
+        assert_eq!(
+            drain_detail(&DrainLook::Moving(2), Some("no room for ws-3")),
+            "2 workstation(s) left; waiting: no room for ws-3"
+        );
+        assert_eq!(
+            drain_detail(&DrainLook::Moving(1), None),
+            "1 workstation(s) left"
+        );
     }
 
     #[test]
