@@ -21,6 +21,7 @@ pub mod ip_packet;
 pub mod join_client;
 mod join_server;
 pub mod join_wire;
+mod liveness;
 mod mesh;
 pub mod mesh_addr;
 pub mod peer_table;
@@ -42,6 +43,6 @@ pub use mesh::{DataPlane, Mesh, MeshConfig, DEFAULT_QUIC_PORT, DEFAULT_WG_PORT};
 pub use peer_table::PeerSpec;
 pub use token::{JoinToken, TokenRecord};
 pub use transport::{
-    PeerInfo, RpcHandler, StreamReceiver, StreamSender, Transport, TransportLimits,
+    PeerInfo, RpcHandler, StreamReceiver, StreamSender, Transport, TransportLimits, TransportStats,
 };
 pub use tun_device::{DEFAULT_IFNAME, TUN_MTU};

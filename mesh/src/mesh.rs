@@ -134,10 +134,11 @@ impl Mesh {
         let quic_result = (|| {
             let (server_config, client_config) =
                 transport::quic_configs(config.limits, inbox.is_none())?;
+            let endpoint_config = transport::endpoint_config(&identity)?;
             let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
             let mut endpoint = match &inbox {
                 Some(inbox) => quinn::Endpoint::new_with_abstract_socket(
-                    quinn::EndpointConfig::default(),
+                    endpoint_config,
                     Some(server_config),
                     Arc::new(TunnelSocket::new(Arc::clone(&engine), Arc::clone(inbox))),
                     runtime,
@@ -146,12 +147,7 @@ impl Mesh {
                     let addr =
                         SocketAddr::V4(SocketAddrV4::new(config.mesh_addr, config.quic_port));
                     std::net::UdpSocket::bind(addr).and_then(|socket| {
-                        quinn::Endpoint::new(
-                            quinn::EndpointConfig::default(),
-                            Some(server_config),
-                            socket,
-                            runtime,
-                        )
+                        quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
                     })
                 }
             }

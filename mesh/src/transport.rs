@@ -13,18 +13,22 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::clock;
 use crate::codec::{self, read_frame, write_frame};
 use crate::engine::Engine;
 use crate::error::{MeshError, TransportError};
-use crate::identity::NodePublicKey;
+use crate::identity::{Identity, NodePublicKey};
+use crate::liveness::ConnectionLiveness;
 
 /// ALPN of the mesh protocol.
 const ALPN: &[u8] = b"shoal-mesh/1";
@@ -32,6 +36,21 @@ const ALPN: &[u8] = b"shoal-mesh/1";
 const SERVER_NAME: &str = "shoal-mesh";
 const KIND_REQUEST: u8 = 0;
 const KIND_STREAM: u8 = 1;
+/// Application close code: the peer stayed silent with a request outstanding (see
+/// [`TransportLimits::peer_silence_ms_max`]).
+const CLOSE_PEER_SILENT: u32 = 1;
+/// Application close code: the peer was removed from the mesh.
+const CLOSE_PEER_REMOVED: u32 = 2;
+/// Application close code: another dial's connection to the peer was installed first.
+const CLOSE_SUPERSEDED: u32 = 3;
+/// Round trips a live peer gets to acknowledge a request before its silence counts (it
+/// acknowledges within one round trip plus its 25 ms acknowledgement delay).
+const SILENCE_RTTS_MIN: u32 = 4;
+/// Labels of the keys derived from the node's identity (HKDF-SHA-256, see [`endpoint_config`]).
+const KDF_SALT: &[u8] = b"shoal-mesh quic endpoint keys";
+const KDF_INFO_RESET_KEY: &[u8] = b"stateless reset key v1";
+/// Length of the connection IDs this node issues (quinn's default).
+const CID_BYTES: usize = 8;
 /// Concurrent requests + streams one peer may have open towards us.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 
@@ -109,12 +128,23 @@ pub trait RpcHandler: Send + Sync + 'static {
 /// Timeouts of the transport.
 #[derive(Clone, Copy, Debug)]
 pub struct TransportLimits {
-    /// Connection establishment.
+    /// Connection establishment (one dial, shared by every caller waiting for it).
     pub connect_timeout_ms: u64,
     /// A whole request (send, wait, receive).
     pub request_timeout_ms: u64,
     /// A connection with no traffic (keep-alives are sent at a third of it) is closed.
     pub idle_timeout_ms: u64,
+    /// A connection on which a request went out and then nothing at all arrived from the
+    /// peer (not even an acknowledgement) for this long, or four round trips if that is
+    /// longer, is closed and the request retried once on a new connection: the peer's
+    /// process is gone. Usually a restarted peer's stateless reset closes the connection
+    /// sooner; this is the fallback.
+    pub peer_silence_ms_max: u64,
+    /// A dial not through after this long is joined no more: the next caller starts a new
+    /// one, whose first packet goes out at once, where the old dial's retransmissions back off
+    /// exponentially (a peer that was down when the dial began may be back). Whichever dial
+    /// succeeds first is used.
+    pub dial_attempt_ms: u64,
 }
 
 impl Default for TransportLimits {
@@ -123,21 +153,72 @@ impl Default for TransportLimits {
             connect_timeout_ms: 3_000,
             request_timeout_ms: 10_000,
             idle_timeout_ms: 10_000,
+            peer_silence_ms_max: 250,
+            dial_attempt_ms: 500,
         }
     }
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
+/// Counters of what the transport did, for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Connections dialled (each shared by every caller that waited for it).
+    pub dials_started: u64,
+    /// Connections closed because the peer stayed silent with a request outstanding.
+    pub connections_closed_silent: u64,
+}
+
+/// A cached connection and the silence window of its requests.
+struct Live {
+    connection: quinn::Connection,
+    liveness: Mutex<ConnectionLiveness>,
+}
+
+impl Live {
+    fn rx_datagrams(&self) -> u64 {
+        self.connection.stats().udp_rx.datagrams
+    }
+}
+
+#[derive(Clone, Debug)]
+enum DialFailure {
+    Timeout { timeout_ms: u64 },
+    Failed(String),
+}
+
+impl DialFailure {
+    fn into_error(self, peer: Ipv4Addr) -> TransportError {
+        let addr = IpAddr::V4(peer);
+        match self {
+            Self::Timeout { timeout_ms } => TransportError::ConnectTimeout { addr, timeout_ms },
+            Self::Failed(message) => TransportError::Connection { addr, message },
+        }
+    }
+}
+
+type Dial = Shared<BoxFuture<'static, Result<Arc<Live>, DialFailure>>>;
+
+/// What the transport holds for one peer.
+enum Slot {
+    Connected(Arc<Live>),
+    /// A dial in flight, run by its own task so that callers giving up (a Raft heartbeat's
+    /// 50 ms deadline) do not cancel it; every caller meanwhile awaits this one.
+    Dialing {
+        dial_id: u64,
+        started_at: Instant,
+        dial: Dial,
+    },
+}
 
 struct Inner {
     endpoint: quinn::Endpoint,
     engine: Arc<Engine>,
     quic_port: u16,
     limits: TransportLimits,
-    connections: Mutex<HashMap<Ipv4Addr, Slot>>,
-    /// Live connections for the common path, read without an async lock; the slots above
-    /// only serialise connection establishment.
-    established: Mutex<HashMap<Ipv4Addr, quinn::Connection>>,
+    slots: Mutex<HashMap<Ipv4Addr, Slot>>,
+    next_dial_id: AtomicU64,
+    dials_started: AtomicU64,
+    connections_closed_silent: AtomicU64,
 }
 
 /// The client side of the transport (cheap to clone). See the module doc.
@@ -201,6 +282,62 @@ impl rustls::client::danger::ServerCertVerifier for MeshCertVerifier {
 
 fn setup_error(e: impl std::fmt::Display) -> MeshError {
     MeshError::TransportSetup(e.to_string())
+}
+
+fn derive_key(identity: &Identity, info: &'static [u8]) -> Result<[u8; 32], MeshError> {
+    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, KDF_SALT)
+        .extract(identity.secret().as_bytes());
+    let info = [info];
+    let okm = prk
+        .expand(&info, ring::hkdf::HKDF_SHA256)
+        .map_err(|_| setup_error("key derivation"))?;
+    let mut key = [0u8; 32];
+    okm.fill(&mut key)
+        .map_err(|_| setup_error("key derivation"))?;
+    Ok(key)
+}
+
+/// Random 8-byte connection IDs that every process of a node accepts as its own.
+///
+/// quinn's default generator signs its IDs with a key that is random per process and silently
+/// drops short-header packets whose ID fails the check, so a restarted process would never
+/// answer its previous process's connections. Checking IDs buys nothing here: every packet
+/// reaching quinn was authenticated by WireGuard as coming from a member.
+struct MeshConnectionIdGenerator;
+
+impl quinn::ConnectionIdGenerator for MeshConnectionIdGenerator {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        quinn::ConnectionId::new(&crate::random::bytes::<CID_BYTES>())
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_BYTES
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// The QUIC endpoint configuration of a node: its stateless-reset key is derived from the
+/// node's identity (HKDF-SHA-256 of the private key, never the key itself), and its
+/// connection IDs are accepted by every process of the node (see
+/// [`MeshConnectionIdGenerator`]).
+///
+/// The reset key must be the same in every process of the node: when a node is killed and
+/// restarts on its identity, peers still hold connections to its previous process and keep
+/// sending on them. The new process answers those packets with a stateless reset carrying the
+/// token the old process announced for the connection ID (a MAC of it under the reset key),
+/// so the peer's old connection dies at once and its next request dials the new process,
+/// instead of its requests vanishing until the idle timeout.
+pub(crate) fn endpoint_config(identity: &Identity) -> Result<quinn::EndpointConfig, MeshError> {
+    let reset_key = derive_key(identity, KDF_INFO_RESET_KEY)?;
+    let mut config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &reset_key,
+    )));
+    config.cid_generator(|| Box::new(MeshConnectionIdGenerator));
+    Ok(config)
 }
 
 /// Server and client QUIC configurations.
@@ -267,8 +404,10 @@ impl Transport {
                 engine,
                 quic_port,
                 limits,
-                connections: Mutex::new(HashMap::new()),
-                established: Mutex::new(HashMap::new()),
+                slots: Mutex::new(HashMap::new()),
+                next_dial_id: AtomicU64::new(0),
+                dials_started: AtomicU64::new(0),
+                connections_closed_silent: AtomicU64::new(0),
             }),
         }
     }
@@ -312,90 +451,185 @@ impl Transport {
         self.inner.engine.mesh_addr
     }
 
-    async fn connection(
-        &self,
-        peer: Ipv4Addr,
-    ) -> Result<(quinn::Connection, bool), TransportError> {
+    /// What the transport did so far.
+    pub fn stats(&self) -> TransportStats {
+        TransportStats {
+            dials_started: self.inner.dials_started.load(Ordering::Relaxed),
+            connections_closed_silent: self.inner.connections_closed_silent.load(Ordering::Relaxed),
+        }
+    }
+
+    /// How long `live`'s peer may stay silent with a request outstanding.
+    fn silence_bound(&self, live: &Live) -> Duration {
+        Duration::from_millis(self.inner.limits.peer_silence_ms_max)
+            .max(live.connection.rtt() * SILENCE_RTTS_MIN)
+    }
+
+    /// Closes `live` because its peer stayed silent for `silent` with a request outstanding.
+    fn close_silent(&self, peer: Ipv4Addr, live: &Live, silent: Duration) {
+        if live.connection.close_reason().is_some() {
+            return;
+        }
+        tracing::info!(
+            peer = %peer,
+            silent_ms = silent.as_millis() as u64,
+            "no packet from the peer with a request outstanding: closing the connection"
+        );
+        self.inner
+            .connections_closed_silent
+            .fetch_add(1, Ordering::Relaxed);
+        live.connection
+            .close(CLOSE_PEER_SILENT.into(), b"peer silent");
+    }
+
+    /// The connection to `peer`: the cached one if it is open and its peer has not been
+    /// silent too long, else the one a dial (shared with every concurrent caller) brings.
+    /// The flag says whether the connection is new (just dialled).
+    async fn connection(&self, peer: Ipv4Addr) -> Result<(Arc<Live>, bool), TransportError> {
         if self.inner.engine.peer_by_addr(peer).is_none() {
             return Err(TransportError::UnknownPeer(IpAddr::V4(peer)));
         }
-        if let Some(connection) = self.inner.established.lock().get(&peer) {
-            if connection.close_reason().is_none() {
-                return Ok((connection.clone(), false));
+        let dial = {
+            let mut slots = self.inner.slots.lock();
+            match slots.get(&peer) {
+                Some(Slot::Connected(live)) => {
+                    let live = Arc::clone(live);
+                    if live.connection.close_reason().is_none() {
+                        let rx_datagrams = live.rx_datagrams();
+                        let silent = live
+                            .liveness
+                            .lock()
+                            .silent_for(rx_datagrams, clock::monotonic());
+                        if silent < self.silence_bound(&live) {
+                            return Ok((live, false));
+                        }
+                        self.close_silent(peer, &live, silent);
+                    }
+                    self.start_dial(&mut slots, peer)
+                }
+                Some(Slot::Dialing {
+                    started_at, dial, ..
+                }) if clock::monotonic().saturating_duration_since(*started_at)
+                    < Duration::from_millis(self.inner.limits.dial_attempt_ms) =>
+                {
+                    dial.clone()
+                }
+                Some(Slot::Dialing { .. }) | None => self.start_dial(&mut slots, peer),
             }
+        };
+        match dial.await {
+            Ok(live) => Ok((live, true)),
+            Err(failure) => Err(failure.into_error(peer)),
         }
-        let slot = Arc::clone(self.inner.connections.lock().entry(peer).or_default());
-        let mut guard = slot.lock().await;
-        if let Some(connection) = guard.as_ref() {
-            if connection.close_reason().is_none() {
-                return Ok((connection.clone(), false));
-            }
-        }
-        let addr = IpAddr::V4(peer);
-        let connecting = self
-            .inner
-            .endpoint
-            .connect(SocketAddr::new(addr, self.inner.quic_port), SERVER_NAME)
-            .map_err(|e| TransportError::Connection {
-                addr,
-                message: e.to_string(),
-            })?;
-        let timeout_ms = self.inner.limits.connect_timeout_ms;
-        let connection = tokio::time::timeout(Duration::from_millis(timeout_ms), connecting)
-            .await
-            .map_err(|_| TransportError::ConnectTimeout { addr, timeout_ms })?
-            .map_err(|e| TransportError::Connection {
-                addr,
-                message: e.to_string(),
-            })?;
-        *guard = Some(connection.clone());
-        self.inner
-            .established
-            .lock()
-            .insert(peer, connection.clone());
-        Ok((connection, true))
     }
 
-    fn forget(&self, peer: Ipv4Addr, connection: &quinn::Connection) {
-        {
-            let mut established = self.inner.established.lock();
-            if established.get(&peer).map(|c| c.stable_id()) == Some(connection.stable_id()) {
-                established.remove(&peer);
-            }
-        }
-        let slot = self.inner.connections.lock().get(&peer).cloned();
-        if let Some(slot) = slot {
-            if let Ok(mut guard) = slot.try_lock() {
-                if guard.as_ref().map(|c| c.stable_id()) == Some(connection.stable_id()) {
-                    *guard = None;
+    /// Starts a dial to `peer` on its own task and records it in `slots`. When the
+    /// connection is up the task installs it, unless another dial's connection was installed
+    /// first (then it closes its own and answers with that one) or the peer was removed
+    /// meanwhile (then it closes its own).
+    fn start_dial(&self, slots: &mut HashMap<Ipv4Addr, Slot>, peer: Ipv4Addr) -> Dial {
+        let dial_id = self.inner.next_dial_id.fetch_add(1, Ordering::Relaxed);
+        self.inner.dials_started.fetch_add(1, Ordering::Relaxed);
+        let inner = Arc::clone(&self.inner);
+        let connecting = self.inner.endpoint.connect(
+            SocketAddr::new(IpAddr::V4(peer), self.inner.quic_port),
+            SERVER_NAME,
+        );
+        let timeout_ms = self.inner.limits.connect_timeout_ms;
+        let task = tokio::spawn(async move {
+            let result = match connecting {
+                Err(e) => Err(DialFailure::Failed(e.to_string())),
+                Ok(connecting) => {
+                    match tokio::time::timeout(Duration::from_millis(timeout_ms), connecting).await
+                    {
+                        Err(_) => Err(DialFailure::Timeout { timeout_ms }),
+                        Ok(Err(e)) => Err(DialFailure::Failed(e.to_string())),
+                        Ok(Ok(connection)) => Ok(Arc::new(Live {
+                            connection,
+                            liveness: Mutex::new(ConnectionLiveness::default()),
+                        })),
+                    }
                 }
+            };
+            let mut slots = inner.slots.lock();
+            match (result, slots.get(&peer)) {
+                (Ok(live), Some(Slot::Connected(installed)))
+                    if installed.connection.close_reason().is_none() =>
+                {
+                    // A later dial won the race.
+                    live.connection
+                        .close(CLOSE_SUPERSEDED.into(), b"superseded");
+                    Ok(Arc::clone(installed))
+                }
+                (Ok(live), Some(_)) => {
+                    slots.insert(peer, Slot::Connected(Arc::clone(&live)));
+                    Ok(live)
+                }
+                (Ok(live), None) => {
+                    live.connection
+                        .close(CLOSE_PEER_REMOVED.into(), b"peer removed");
+                    Err(DialFailure::Failed(
+                        "the peer was removed while connecting".to_string(),
+                    ))
+                }
+                (Err(failure), slot) => {
+                    if matches!(slot, Some(Slot::Dialing { dial_id: id, .. }) if *id == dial_id) {
+                        slots.remove(&peer);
+                    }
+                    tracing::debug!(peer = %peer, failure = ?failure, "dial failed");
+                    Err(failure)
+                }
+            }
+        });
+        let dial: Dial = async move {
+            task.await
+                .unwrap_or_else(|e| Err(DialFailure::Failed(e.to_string())))
+        }
+        .boxed()
+        .shared();
+        slots.insert(
+            peer,
+            Slot::Dialing {
+                dial_id,
+                started_at: clock::monotonic(),
+                dial: dial.clone(),
+            },
+        );
+        dial
+    }
+
+    /// Drops `live` from the cache if it is still the connection to `peer`.
+    fn forget(&self, peer: Ipv4Addr, live: &Live) {
+        let mut slots = self.inner.slots.lock();
+        if let Some(Slot::Connected(cached)) = slots.get(&peer) {
+            if cached.connection.stable_id() == live.connection.stable_id() {
+                slots.remove(&peer);
             }
         }
     }
 
     /// Closes and forgets the connection to a peer (called when it is removed).
     pub(crate) fn drop_peer(&self, peer: Ipv4Addr) {
-        self.inner.established.lock().remove(&peer);
-        if let Some(slot) = self.inner.connections.lock().remove(&peer) {
-            if let Ok(mut guard) = slot.try_lock() {
-                if let Some(connection) = guard.take() {
-                    connection.close(0u32.into(), b"peer removed");
-                }
-            }
+        // A dial in flight finds its slot gone and closes what it brings.
+        if let Some(Slot::Connected(live)) = self.inner.slots.lock().remove(&peer) {
+            live.connection
+                .close(CLOSE_PEER_REMOVED.into(), b"peer removed");
         }
     }
 
     /// Sends `request` to the member at `peer` and returns its answer. A cached connection
-    /// that turns out dead (the peer restarted) is replaced once, within the same deadline.
+    /// that turns out dead (the peer restarted: its stateless reset closed the connection, or
+    /// the peer stayed silent past [`TransportLimits::peer_silence_ms_max`]) is replaced
+    /// once, within the same deadline.
     pub async fn request(&self, peer: Ipv4Addr, request: Bytes) -> Result<Bytes, TransportError> {
         let timeout_ms = self.inner.limits.request_timeout_ms;
         let attempt = async {
             for attempt in 0..2 {
-                let (connection, fresh) = self.connection(peer).await?;
-                match request_on(&connection, &request).await {
+                let (live, fresh) = self.connection(peer).await?;
+                match self.request_on(peer, &live, &request).await {
                     Ok(response) => return Ok(response),
                     Err(e) => {
-                        self.forget(peer, &connection);
+                        self.forget(peer, &live);
                         if fresh || attempt == 1 {
                             return Err(e);
                         }
@@ -411,6 +645,44 @@ impl Transport {
                 addr: IpAddr::V4(peer),
                 timeout_ms,
             })?
+    }
+
+    /// One request on `live`. If the peer stays silent (see [`ConnectionLiveness`]) past the
+    /// bound, the connection is closed and the request fails, so that the caller can retry
+    /// on a new one.
+    async fn request_on(
+        &self,
+        peer: Ipv4Addr,
+        live: &Live,
+        request: &[u8],
+    ) -> Result<Bytes, TransportError> {
+        let sent_at = clock::monotonic();
+        let rx_datagrams = live.rx_datagrams();
+        let silent_since = live.liveness.lock().on_request_sent(rx_datagrams, sent_at);
+        let bound = self.silence_bound(live);
+        let exchange = exchange(&live.connection, request);
+        tokio::pin!(exchange);
+        let check_in = (silent_since + bound).saturating_duration_since(sent_at);
+        tokio::select! {
+            biased;
+            response = &mut exchange => return response,
+            () = tokio::time::sleep(check_in) => {}
+        }
+        let rx_datagrams = live.rx_datagrams();
+        let silent = live
+            .liveness
+            .lock()
+            .silent_for(rx_datagrams, clock::monotonic());
+        if silent >= bound {
+            self.close_silent(peer, live, silent);
+            return Err(TransportError::Connection {
+                addr: IpAddr::V4(peer),
+                message: format!("no packet from the peer for {} ms", silent.as_millis()),
+            });
+        }
+        // The peer acknowledged something after the request went out: it is alive and the
+        // answer is up to its handler (bounded by the caller's deadline).
+        exchange.await
     }
 
     /// Typed request: encodes `request` and decodes the answer with the mesh codec.
@@ -434,16 +706,20 @@ impl Transport {
         let timeout_ms = self.inner.limits.connect_timeout_ms;
         let opening = async {
             for attempt in 0..2 {
-                let (connection, fresh) = self.connection(peer).await?;
+                let (live, fresh) = self.connection(peer).await?;
+                // The opening frame is a request as far as liveness goes: a live peer
+                // acknowledges it, and the next caller finds the connection closed if not.
+                let rx_datagrams = live.rx_datagrams();
+                live.liveness
+                    .lock()
+                    .on_request_sent(rx_datagrams, clock::monotonic());
                 let opened = async {
-                    let (mut send, recv) =
-                        connection
-                            .open_bi()
-                            .await
-                            .map_err(|e| TransportError::Connection {
-                                addr,
-                                message: e.to_string(),
-                            })?;
+                    let (mut send, recv) = live.connection.open_bi().await.map_err(|e| {
+                        TransportError::Connection {
+                            addr,
+                            message: e.to_string(),
+                        }
+                    })?;
                     write_frame(&mut send, &prefixed(KIND_STREAM, &open)).await?;
                     Ok::<_, TransportError>((StreamSender { send }, StreamReceiver { recv }))
                 }
@@ -451,7 +727,7 @@ impl Transport {
                 match opened {
                     Ok(halves) => return Ok(halves),
                     Err(e) => {
-                        self.forget(peer, &connection);
+                        self.forget(peer, &live);
                         if fresh || attempt == 1 {
                             return Err(e);
                         }
@@ -467,8 +743,7 @@ impl Transport {
 
     /// Closes every connection and the endpoint.
     pub(crate) async fn close(&self) {
-        self.inner.connections.lock().clear();
-        self.inner.established.lock().clear();
+        self.inner.slots.lock().clear();
         self.inner.endpoint.close(0u32.into(), b"shutdown");
         let _ =
             tokio::time::timeout(Duration::from_millis(500), self.inner.endpoint.wait_idle()).await;
@@ -482,10 +757,8 @@ fn prefixed(kind: u8, payload: &[u8]) -> Vec<u8> {
     framed
 }
 
-async fn request_on(
-    connection: &quinn::Connection,
-    request: &[u8],
-) -> Result<Bytes, TransportError> {
+/// Sends one request frame on a new stream of `connection` and reads the answer.
+async fn exchange(connection: &quinn::Connection, request: &[u8]) -> Result<Bytes, TransportError> {
     let addr = connection.remote_address().ip();
     let (mut send, mut recv) =
         connection

@@ -67,12 +67,23 @@ pub fn quick_limits() -> TransportLimits {
         connect_timeout_ms: 2_000,
         request_timeout_ms: 4_000,
         idle_timeout_ms: 6_000,
+        peer_silence_ms_max: 250,
+        dial_attempt_ms: 500,
     }
 }
 
 pub async fn start_userspace(dir: &Path, listen: SocketAddr, mesh_addr: Ipv4Addr) -> Mesh {
+    start_userspace_with(dir, listen, mesh_addr, quick_limits()).await
+}
+
+pub async fn start_userspace_with(
+    dir: &Path,
+    listen: SocketAddr,
+    mesh_addr: Ipv4Addr,
+    limits: TransportLimits,
+) -> Mesh {
     let mut config = MeshConfig::new(dir, listen, mesh_addr);
-    config.limits = quick_limits();
+    config.limits = limits;
     Mesh::start(config, Arc::new(EchoHandler))
         .await
         .expect("mesh starts")

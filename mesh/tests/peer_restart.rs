@@ -1,0 +1,229 @@
+//! A peer killed hard (no QUIC close reaches anyone) and restarted on its identity and port:
+//! the others' next requests reach the new process within a caller's deadline, far below the
+//! idle timeout that used to be the only way out of the dead connection.
+//!
+//! "Killed hard" is dropping the `Mesh` without `shutdown`: its drop closes the WireGuard
+//! socket before anything else, so its QUIC connections die without a word, as they do under
+//! `kill -9`.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use shoal_mesh::{Mesh, PeerSpec, Transport, TransportLimits};
+
+/// The deadline of one try, as a Raft or heartbeat caller has one (well under the 6 s idle
+/// timeout of `quick_limits`).
+const CALLER_DEADLINE: Duration = Duration::from_secs(1);
+
+fn loopback_any() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// At most two tries of `CALLER_DEADLINE` each; the errors of both if neither answered.
+async fn request_within_deadline(
+    transport: &Transport,
+    to: Ipv4Addr,
+    body: &'static [u8],
+) -> Result<Bytes, String> {
+    let mut errors = Vec::new();
+    for _ in 0..2 {
+        match tokio::time::timeout(
+            CALLER_DEADLINE,
+            transport.request(to, Bytes::from_static(body)),
+        )
+        .await
+        {
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(e)) => errors.push(e.to_string()),
+            Err(_) => errors.push(format!("no answer within {CALLER_DEADLINE:?}")),
+        }
+    }
+    Err(errors.join("; "))
+}
+
+async fn start_nodes(dirs: &[tempfile::TempDir], limits: TransportLimits) -> Vec<Mesh> {
+    let mut nodes = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        nodes.push(
+            start_userspace_with(dir.path(), loopback_any(), mesh_ip(i as u8 + 1), limits).await,
+        );
+    }
+    let specs: Vec<PeerSpec> = nodes.iter().map(spec_of).collect();
+    for node in &nodes {
+        node.set_peers(&specs).unwrap();
+    }
+    nodes
+}
+
+/// Kills `node` hard and starts it again on the same data dir (identity) and UDP port.
+async fn kill_and_restart(
+    node: Mesh,
+    dir: &Path,
+    limits: TransportLimits,
+    specs: &[PeerSpec],
+) -> Mesh {
+    let listen = node.local_udp_addr();
+    let mesh_addr = node.mesh_addr();
+    drop(node);
+    let restarted = start_userspace_with(dir, listen, mesh_addr, limits).await;
+    restarted.set_peers(specs).unwrap();
+    restarted
+}
+
+fn echo_of(body: &str, from: &Mesh) -> Vec<u8> {
+    format!("echo {body} from {}", from.mesh_addr()).into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peers_stateless_reset_kills_the_old_connection_so_the_next_request_gets_through_within_its_deadline(
+) {
+    init_tracing();
+    // The silence fallback is off: only the restarted process's stateless reset (same reset
+    // key, derived from the identity) can end the old connection before the idle timeout.
+    let limits = TransportLimits {
+        peer_silence_ms_max: 60_000,
+        ..quick_limits()
+    };
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_nodes(&dirs, limits).await;
+    let specs: Vec<PeerSpec> = nodes.iter().map(spec_of).collect();
+    let c_addr = nodes[2].mesh_addr();
+
+    tracing::info!("--- A and B talk to C: each caches a connection to C's process");
+    for from in &nodes[..2] {
+        let answer = request_within_deadline(&from.transport(), c_addr, b"before")
+            .await
+            .unwrap();
+        assert_eq!(answer, echo_of("before", from));
+    }
+    assert_eq!(nodes[0].transport().stats().dials_started, 1);
+
+    tracing::info!("--- kill C hard and restart it on its identity and port");
+    let c = nodes.pop().unwrap();
+    nodes.push(kill_and_restart(c, dirs[2].path(), limits, &specs).await);
+
+    tracing::info!("--- A's and B's next requests to C get through within the deadline");
+    for from in &nodes[..2] {
+        let answer = request_within_deadline(&from.transport(), c_addr, b"after")
+            .await
+            .unwrap_or_else(|e| {
+                panic!("{} could not reach the restarted C: {e}", from.mesh_addr())
+            });
+        assert_eq!(answer, echo_of("after", from));
+    }
+    let stats = nodes[0].transport().stats();
+    assert_eq!(
+        stats.dials_started, 2,
+        "A dialled the new process once: {stats:?}"
+    );
+    assert_eq!(stats.connections_closed_silent, 0, "{stats:?}");
+
+    tracing::info!("--- C reaches A and B too");
+    for to in &nodes[..2] {
+        let answer = request_within_deadline(&nodes[2].transport(), to.mesh_addr(), b"back")
+            .await
+            .unwrap();
+        assert_eq!(answer, echo_of("back", &nodes[2]));
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_to_a_killed_peer_is_closed_and_a_fresh_dial_reaches_it_once_it_is_back(
+) {
+    init_tracing();
+    let limits = quick_limits();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_nodes(&dirs, limits).await;
+    let specs: Vec<PeerSpec> = nodes.iter().map(spec_of).collect();
+    let a = nodes[0].transport();
+    let c_addr = nodes[1].mesh_addr();
+    request_within_deadline(&a, c_addr, b"before")
+        .await
+        .unwrap();
+
+    tracing::info!(
+        "--- kill C hard: A's request goes unanswered and A closes the silent connection"
+    );
+    let c = nodes.pop().unwrap();
+    let listen = c.local_udp_addr();
+    drop(c);
+    let unanswered = tokio::time::timeout(
+        CALLER_DEADLINE,
+        a.request(c_addr, Bytes::from_static(b"into the void")),
+    )
+    .await;
+    assert!(
+        !matches!(unanswered, Ok(Ok(_))),
+        "a killed peer cannot answer"
+    );
+    let stats = a.stats();
+    assert_eq!(stats.connections_closed_silent, 1, "{stats:?}");
+
+    tracing::info!("--- restart C: A's next request gets through within the deadline, though a dial begun while C was down may still be waiting");
+    let c = start_userspace_with(dirs[1].path(), listen, c_addr, limits).await;
+    c.set_peers(&specs).unwrap();
+    let answer = request_within_deadline(&a, c_addr, b"after")
+        .await
+        .unwrap_or_else(|e| panic!("A could not reach the restarted C: {e}"));
+    assert_eq!(answer, echo_of("after", &nodes[0]));
+    // The dial begun when the silent connection was closed (C down, its retransmissions
+    // backing off) was older than `dial_attempt_ms` when C came back: a new one was started
+    // rather than waited for.
+    let stats = a.stats();
+    assert!(stats.dials_started >= 3, "{stats:?}");
+    c.shutdown().await;
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_to_a_restarted_peer_share_one_new_connection() {
+    init_tracing();
+    // One dial may take as long as it needs and the silence fallback is off (the reset ends
+    // the old connection), so that the count below is exact on a slow machine too.
+    let limits = TransportLimits {
+        dial_attempt_ms: 60_000,
+        peer_silence_ms_max: 60_000,
+        ..quick_limits()
+    };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_nodes(&dirs, limits).await;
+    let specs: Vec<PeerSpec> = nodes.iter().map(spec_of).collect();
+    let a = nodes[0].transport();
+    let c_addr = nodes[1].mesh_addr();
+    request_within_deadline(&a, c_addr, b"before")
+        .await
+        .unwrap();
+    assert_eq!(a.stats().dials_started, 1);
+
+    tracing::info!("--- kill and restart C, then 16 requests from A at once");
+    let c = nodes.pop().unwrap();
+    nodes.push(kill_and_restart(c, dirs[1].path(), limits, &specs).await);
+    let requests: Vec<_> = (0..16)
+        .map(|_| {
+            let a = a.clone();
+            tokio::spawn(async move { request_within_deadline(&a, c_addr, b"together").await })
+        })
+        .collect();
+    for request in requests {
+        let answer = request.await.unwrap().unwrap();
+        assert_eq!(answer, echo_of("together", &nodes[0]));
+    }
+    let stats = a.stats();
+    assert_eq!(
+        stats.dials_started, 2,
+        "one new connection for all: {stats:?}"
+    );
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
