@@ -597,12 +597,10 @@ fn register_node(
         check_addr("api_addr", api_addr)?;
     }
     if let Some(existing) = state.node_by_wg_key(&registration.wg_public_key) {
-        // A retry of a registration whose answer was lost: same node, no token use.
-        if existing.state == NodeState::Left {
-            return Err(Refusal::conflict(format!(
-                "node {} with this public key was removed; a removed node needs a new identity",
-                existing.id
-            )));
+        // A retry of a registration whose answer was lost: same node, no token use. A removed
+        // identity (left, or still being drained away) stays out for good.
+        if is_removed(existing) {
+            return Err(Refusal::NodeRemoved { node: existing.id });
         }
         return Ok(Outcome::NodeRegistered {
             node_id: existing.id,
@@ -662,6 +660,8 @@ fn register_node(
     state.data.nodes.insert(node_id, record);
     // Insert into the placeable index through the usual path.
     state.update_node(node_id, |_| ());
+    // A new ready worker is room: workstations waiting for one are placed now.
+    place_pending(state, &PlacementHints::default());
     Ok(Outcome::NodeRegistered {
         node_id,
         mesh_addr,
@@ -685,8 +685,8 @@ fn update_node_info(
     let Some(node) = state.nodes.get(&node_id) else {
         return Err(Refusal::not_found("node", node_id));
     };
-    if node.state == NodeState::Left {
-        return Err(Refusal::conflict(format!("node {node_id} has left")));
+    if is_removed(node) {
+        return Err(Refusal::NodeRemoved { node: node_id });
     }
     if !capacity.saturating_sub(reserve).fits(&node.reserved) {
         return Err(Refusal::conflict(format!(
@@ -699,6 +699,8 @@ fn update_node_info(
         node.capacity = *capacity;
         node.reserve = *reserve;
     });
+    // A joined node commits its capacity here (it registers with none): more room.
+    place_pending(state, &PlacementHints::default());
     Ok(Outcome::Done)
 }
 
@@ -754,11 +756,23 @@ fn replace_workstation(
     }
 }
 
-/// Places pending workstations (id order) where they now fit.
+/// Places pending workstations (id order) where they now fit. Called by every change that
+/// can make room (a node ready, registered or grown; a workstation deleted or shrunk), so a
+/// workstation stays pending only while no ready worker has room for it. Costs O(nodes) when
+/// nothing is pending (the common case), O(workstations) otherwise.
 fn place_pending(
     state: &mut ClusterState,
     hints: &PlacementHints,
 ) -> (Vec<Placed>, Vec<WorkstationId>) {
+    let n_placed: usize = state
+        .index
+        .node_workstations
+        .values()
+        .map(std::collections::BTreeSet::len)
+        .sum();
+    if n_placed >= state.data.workstations.len() {
+        return (Vec::new(), Vec::new());
+    }
     let pending: Vec<WorkstationId> = state
         .data
         .workstations
@@ -793,6 +807,12 @@ fn place_pending(
     (placed, still_pending)
 }
 
+/// True for a node an admin removed: `left`, or still being drained away (`removing`, in any
+/// state). Such a node never becomes ready again; see [`crate::drain::is_removed`].
+fn is_removed(record: &NodeRecord) -> bool {
+    record.removing || record.state == NodeState::Left
+}
+
 fn existing_node(state: &ClusterState, node: NodeId) -> Result<&NodeRecord, Refusal> {
     state
         .data
@@ -808,12 +828,10 @@ fn mark_node_ready(
     hints: &PlacementHints,
 ) -> CommandResponse {
     let record = existing_node(state, node)?;
-    match record.state {
-        NodeState::Left => return Err(Refusal::conflict(format!("node {node} has left"))),
-        NodeState::Draining if record.removing => {
-            return Err(Refusal::conflict(format!("node {node} is being removed")))
-        }
-        _ => {}
+    // A removed node never becomes ready again, whatever state it was removed in (draining,
+    // or down: a node removed while it was silent that comes back with its old data).
+    if is_removed(record) {
+        return Err(Refusal::NodeRemoved { node });
     }
     set_node_state(state, at_ms, node, NodeState::Ready);
     let (replaced, pending) = place_pending(state, hints);
@@ -826,6 +844,9 @@ fn mark_node_ready(
 
 fn drain_node(state: &mut ClusterState, at_ms: u64, node: NodeId) -> CommandResponse {
     let record = existing_node(state, node)?;
+    if record.state == NodeState::Left {
+        return Err(Refusal::NodeRemoved { node });
+    }
     match record.state {
         NodeState::Ready | NodeState::Draining => {}
         other => {
@@ -957,6 +978,20 @@ fn mark_nodes_down(
                 Ok(placed) => replaced.push(placed),
                 Err(_) => pending.push(ws_id),
             }
+        }
+    }
+    // A node that was being removed when it went silent is empty now (its workstations were
+    // re-placed, or wait pending for room elsewhere): it has left. Without this it stayed
+    // `down` with `removing` set for good, and came back `ready` when it heartbeated again.
+    for (node, new_state) in &mut changed {
+        let removing = state
+            .data
+            .nodes
+            .get(node)
+            .is_some_and(|record| record.removing);
+        if removing && state.workstations_on(*node).next().is_none() {
+            set_node_state(state, at_ms, *node, NodeState::Left);
+            *new_state = NodeState::Left;
         }
     }
     Ok(Outcome::NodesChanged {
@@ -1304,6 +1339,8 @@ fn resize_workstation(
         ws.spec.reservation = *reservation;
         ws.spec.limit = *limit;
     }
+    // A smaller reservation frees room.
+    place_pending(state, &PlacementHints::default());
     Ok(Outcome::Done)
 }
 
@@ -1320,6 +1357,8 @@ fn delete_workstation(state: &mut ClusterState, id: WorkstationId) -> CommandRes
             }
         }
     }
+    // Its reservation is free again: a workstation waiting for room may fit now.
+    place_pending(state, &PlacementHints::default());
     Ok(Outcome::Done)
 }
 

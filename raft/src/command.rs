@@ -485,6 +485,18 @@ pub enum Refusal {
         /// What the caller can do.
         reason: String,
     },
+    /// The node was removed from the cluster (`RemoveNode`: being drained away, or `left`):
+    /// its identity stays out for good, so nothing it asks for itself (ready, capacity, a
+    /// registration with its old key) is accepted. Retrying cannot help; a machine comes back
+    /// only as a new node (empty data dir, new join token).
+    #[error(
+        "node {node} was removed from the cluster; a removed node needs a new identity \
+         (empty data dir, new join token)"
+    )]
+    NodeRemoved {
+        /// The removed node.
+        node: NodeId,
+    },
 }
 
 impl Refusal {
@@ -501,6 +513,7 @@ impl Refusal {
             Refusal::NoCapacity { .. } => "no_capacity",
             Refusal::ResizeNoRoom { .. } => "resize_no_room",
             Refusal::LimitReached { .. } => "limit_reached",
+            Refusal::NodeRemoved { .. } => "node_removed",
         }
     }
 

@@ -77,6 +77,19 @@ pub fn node_plan(state: &ClusterState, node: NodeId, hints: &PlacementHints) -> 
     }
 }
 
+/// True when `node` was removed from the cluster (`RemoveNode` committed): it is `left`, or
+/// still being drained away (`removing` set, whatever its state: draining, or down if it was
+/// silent). A removed node stays out for good: the leader refuses its heartbeats and `apply`
+/// refuses its own requests (`Refusal::NodeRemoved`), and the node, once it learns it, stops
+/// its workstations and exits. An id the state does not know is not "removed" (a joining
+/// node has not been applied yet), and ids are never reused.
+pub fn is_removed(state: &ClusterState, node: NodeId) -> bool {
+    state
+        .nodes
+        .get(&node)
+        .is_some_and(|record| record.removing || record.state == NodeState::Left)
+}
+
 /// The next drain step of the cluster: the draining node with the lowest id whose step makes
 /// progress, and its plan. One step at a time cluster-wide, so that each decision is taken
 /// against the state the previous step produced (and workstations move one by one).

@@ -184,6 +184,22 @@ pub enum HeartbeatError {
         /// The confirmation window.
         window_ms: u64,
     },
+    /// The sender was removed from the cluster (`RemoveNode` committed; see
+    /// [`crate::drain::is_removed`]). Final: a removal is never undone, so the node must stop
+    /// its workstations and exit.
+    #[error("node {node} was removed from the cluster")]
+    Removed {
+        /// The sender.
+        node: NodeId,
+    },
+    /// The sender's heartbeat grace expired and this leader is committing it `down`: it is
+    /// not acknowledged (its lease must not be renewed while its workstations are re-placed)
+    /// until that commit, after which it comes back through the back-from-down path.
+    #[error("node {node} is being marked down")]
+    BeingMarkedDown {
+        /// The sender.
+        node: NodeId,
+    },
 }
 
 /// A summary of this node's Raft state.
@@ -839,16 +855,31 @@ impl RaftNode {
                 leader_node,
             });
         }
+        // Applied state holds only committed entries and a removal is never undone, so this
+        // answer is final even before the leadership is confirmed.
+        if self.read(|state| crate::drain::is_removed(state, node)) {
+            return Err(HeartbeatError::Removed { node });
+        }
         let now_ms = self.inner.clock.monotonic_ms();
         let window_ms = self.inner.config.leader_confirm_window_ms;
         let confirmed = self.inner.confirmed_at_ms.load(Ordering::Acquire);
         if confirmed == NEVER || now_ms.saturating_sub(confirmed) > window_ms {
             return Err(HeartbeatError::Unconfirmed { window_ms });
         }
-        self.inner
-            .detector
-            .lock()
-            .heartbeat(node, now_ms, heartbeat);
+        let mut detector = self.inner.detector.lock();
+        // Past its grace the node is listed by the detector until the leader task has
+        // committed it down (then forgotten): an ack now would renew its lease while its
+        // workstations are being re-placed.
+        let grace_ms = detector.grace_ms();
+        if self.inner.config.failure_detection
+            && detector
+                .soft_state()
+                .get(node)
+                .is_some_and(|live| now_ms.saturating_sub(live.last_heartbeat_ms) > grace_ms)
+        {
+            return Err(HeartbeatError::BeingMarkedDown { node });
+        }
+        detector.heartbeat(node, now_ms, heartbeat);
         Ok(HeartbeatAck {
             leader_id: self.inner.id,
             term,
