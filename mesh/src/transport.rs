@@ -46,6 +46,10 @@ const CLOSE_SUPERSEDED: u32 = 3;
 /// Round trips a live peer gets to acknowledge a request before its silence counts (it
 /// acknowledges within one round trip plus its 25 ms acknowledgement delay).
 const SILENCE_RTTS_MIN: u32 = 4;
+/// A second look before a silent connection is closed, long enough for this process's own
+/// endpoint task to catch up on datagrams that arrived while it was not scheduled (a loaded
+/// machine), so that a stall here is not taken for the peer's silence.
+const SILENCE_CONFIRM_MS: u64 = 25;
 /// Labels of the keys derived from the node's identity (HKDF-SHA-256, see [`endpoint_config`]).
 const KDF_SALT: &[u8] = b"shoal-mesh quic endpoint keys";
 const KDF_INFO_RESET_KEY: &[u8] = b"stateless reset key v1";
@@ -465,6 +469,17 @@ impl Transport {
             .max(live.connection.rtt() * SILENCE_RTTS_MIN)
     }
 
+    /// How long `live`'s peer has been silent with a request outstanding, if that is past
+    /// the bound.
+    fn silent_past_bound(&self, live: &Live) -> Option<Duration> {
+        let rx_datagrams = live.rx_datagrams();
+        let silent = live
+            .liveness
+            .lock()
+            .silent_for(rx_datagrams, clock::monotonic());
+        (silent >= self.silence_bound(live)).then_some(silent)
+    }
+
     /// Closes `live` because its peer stayed silent for `silent` with a request outstanding.
     fn close_silent(&self, peer: Ipv4Addr, live: &Live, silent: Duration) {
         if live.connection.close_reason().is_some() {
@@ -483,43 +498,48 @@ impl Transport {
     }
 
     /// The connection to `peer`: the cached one if it is open and its peer has not been
-    /// silent too long, else the one a dial (shared with every concurrent caller) brings.
-    /// The flag says whether the connection is new (just dialled).
+    /// silent too long (a second look after [`SILENCE_CONFIRM_MS`] closes it), else the one a
+    /// dial (shared with every concurrent caller) brings. The flag says whether the
+    /// connection is new (just dialled).
     async fn connection(&self, peer: Ipv4Addr) -> Result<(Arc<Live>, bool), TransportError> {
         if self.inner.engine.peer_by_addr(peer).is_none() {
             return Err(TransportError::UnknownPeer(IpAddr::V4(peer)));
         }
-        let dial = {
-            let mut slots = self.inner.slots.lock();
-            match slots.get(&peer) {
-                Some(Slot::Connected(live)) => {
-                    let live = Arc::clone(live);
-                    if live.connection.close_reason().is_none() {
-                        let rx_datagrams = live.rx_datagrams();
-                        let silent = live
-                            .liveness
-                            .lock()
-                            .silent_for(rx_datagrams, clock::monotonic());
-                        if silent < self.silence_bound(&live) {
+        let mut looked_twice = false;
+        loop {
+            let (suspect, dial) = {
+                let mut slots = self.inner.slots.lock();
+                match slots.get(&peer) {
+                    Some(Slot::Connected(live)) if live.connection.close_reason().is_none() => {
+                        let live = Arc::clone(live);
+                        if looked_twice || self.silent_past_bound(&live).is_none() {
                             return Ok((live, false));
                         }
-                        self.close_silent(peer, &live, silent);
+                        (Some(live), None)
                     }
-                    self.start_dial(&mut slots, peer)
+                    Some(Slot::Dialing {
+                        started_at, dial, ..
+                    }) if clock::monotonic().saturating_duration_since(*started_at)
+                        < Duration::from_millis(self.inner.limits.dial_attempt_ms) =>
+                    {
+                        (None, Some(dial.clone()))
+                    }
+                    _ => (None, Some(self.start_dial(&mut slots, peer))),
                 }
-                Some(Slot::Dialing {
-                    started_at, dial, ..
-                }) if clock::monotonic().saturating_duration_since(*started_at)
-                    < Duration::from_millis(self.inner.limits.dial_attempt_ms) =>
-                {
-                    dial.clone()
-                }
-                Some(Slot::Dialing { .. }) | None => self.start_dial(&mut slots, peer),
+            };
+            if let Some(dial) = dial {
+                return match dial.await {
+                    Ok(live) => Ok((live, true)),
+                    Err(failure) => Err(failure.into_error(peer)),
+                };
             }
-        };
-        match dial.await {
-            Ok(live) => Ok((live, true)),
-            Err(failure) => Err(failure.into_error(peer)),
+            if let Some(live) = suspect {
+                tokio::time::sleep(Duration::from_millis(SILENCE_CONFIRM_MS)).await;
+                if let Some(silent) = self.silent_past_bound(&live) {
+                    self.close_silent(peer, &live, silent);
+                }
+            }
+            looked_twice = true;
         }
     }
 
@@ -659,26 +679,27 @@ impl Transport {
         let sent_at = clock::monotonic();
         let rx_datagrams = live.rx_datagrams();
         let silent_since = live.liveness.lock().on_request_sent(rx_datagrams, sent_at);
-        let bound = self.silence_bound(live);
         let exchange = exchange(&live.connection, request);
         tokio::pin!(exchange);
-        let check_in = (silent_since + bound).saturating_duration_since(sent_at);
+        let check_in = (silent_since + self.silence_bound(live)).saturating_duration_since(sent_at);
         tokio::select! {
             biased;
             response = &mut exchange => return response,
             () = tokio::time::sleep(check_in) => {}
         }
-        let rx_datagrams = live.rx_datagrams();
-        let silent = live
-            .liveness
-            .lock()
-            .silent_for(rx_datagrams, clock::monotonic());
-        if silent >= bound {
-            self.close_silent(peer, live, silent);
-            return Err(TransportError::Connection {
-                addr: IpAddr::V4(peer),
-                message: format!("no packet from the peer for {} ms", silent.as_millis()),
-            });
+        if self.silent_past_bound(live).is_some() {
+            tokio::select! {
+                biased;
+                response = &mut exchange => return response,
+                () = tokio::time::sleep(Duration::from_millis(SILENCE_CONFIRM_MS)) => {}
+            }
+            if let Some(silent) = self.silent_past_bound(live) {
+                self.close_silent(peer, live, silent);
+                return Err(TransportError::Connection {
+                    addr: IpAddr::V4(peer),
+                    message: format!("no packet from the peer for {} ms", silent.as_millis()),
+                });
+            }
         }
         // The peer acknowledged something after the request went out: it is alive and the
         // answer is up to its handler (bounded by the caller's deadline).
