@@ -740,15 +740,17 @@ impl RaftNode {
             }
             let mut metrics = raft.metrics();
             let own = self.inner.id;
+            // Only the leader id leaves the wait: the metrics guard must not live across the
+            // awaits below (it is not `Send`, and callers spawn this future).
             let elected = tokio::time::timeout(
                 step_timeout,
                 metrics.wait_for(|m| m.current_leader.is_some_and(|leader| leader != own)),
             )
-            .await;
-            if let Ok(Ok(m)) = elected {
-                if let Some(leader) = m.current_leader {
-                    return Ok(HandOver::HandedTo(leader));
-                }
+            .await
+            .ok()
+            .and_then(|waited| waited.ok().and_then(|m| m.current_leader));
+            if let Some(leader) = elected {
+                return Ok(HandOver::HandedTo(leader));
             }
             last_failure = format!("node {successor_id} was not elected within {step_timeout:?}");
             // Our own vote lease may have refused the candidate (we were elected moments ago):
