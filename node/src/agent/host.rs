@@ -48,6 +48,12 @@ const WORKSTATION_TMP_BYTES_MAX: u64 = 1 << 30;
 /// Grace between SIGTERM and SIGKILL when a process is killed through the API with TERM.
 const KILL_GRACE_MS: u64 = 5_000;
 
+/// How long a teardown waits, beyond the stop grace, for the actor to stop and drop its
+/// sandbox before it removes what is left itself.
+const TEARDOWN_MARGIN_MS: u64 = 5_000;
+/// Pause between checks that a stopped actor has dropped its sandbox.
+const TEARDOWN_POLL_MS: u64 = 20;
+
 /// One hosted workstation.
 #[derive(Debug, Clone)]
 struct Hosted {
@@ -67,6 +73,9 @@ pub struct Host {
     isolation: String,
     sandbox_host: Arc<SandboxHost>,
     homes_dir: std::path::PathBuf,
+    /// The executor's sandbox work dirs (`SandboxHostConfig`'s state dir + `work`, as the
+    /// agent configures it), one per sandbox name, for the teardown's forced cleanup.
+    sandbox_work_dir: std::path::PathBuf,
     clock: Arc<dyn Clock>,
     limits: WorkstationLimits,
     arbiter: actix::ArbiterHandle,
@@ -88,6 +97,7 @@ impl Host {
             isolation: sandbox_host.isolation().label(),
             sandbox_host,
             homes_dir,
+            sandbox_work_dir: config.data_dir.join("sandbox").join("work"),
             clock: Arc::new(SystemClock),
             limits,
             arbiter,
@@ -367,18 +377,45 @@ impl Host {
             .map_err(workstation_error)
     }
 
-    /// Stops a workstation's processes and its actor (which destroys its sandbox), forgets it
-    /// and removes its home volume.
-    pub async fn remove(&self, ws_id: &str, grace_ms: u64) {
+    /// Tears a workstation down: stops its processes and its actor (whose sandbox is then
+    /// destroyed), then makes sure nothing of it is left on the host whatever the actor
+    /// managed: every process still in its cgroup tree is killed and the tree removed, its
+    /// sandbox work dir and its home volume are deleted. Idempotent, and it needs no disk space
+    /// (it only signals, rmdirs and unlinks), so a full disk cannot stop it. An error means
+    /// something is left: the caller keeps the hosting record and calls it again later.
+    pub async fn remove(&self, ws_id: &str, grace_ms: u64) -> Result<(), ApiError> {
         let hosted = self.hosted.lock().remove(ws_id);
         if let Some(hosted) = hosted {
-            let _ = hosted.addr.send(Shutdown { grace_ms }).await;
+            let wait = Duration::from_millis(grace_ms.saturating_add(TEARDOWN_MARGIN_MS));
+            let stopped = tokio::time::timeout(wait, async {
+                let _ = hosted.addr.send(Shutdown { grace_ms }).await;
+                // The sandbox goes when the stopped actor's spawner is dropped; clean up after
+                // it, not beside it.
+                while hosted.sandbox.strong_count() > 0 {
+                    tokio::time::sleep(Duration::from_millis(TEARDOWN_POLL_MS)).await;
+                }
+            })
+            .await;
+            if stopped.is_err() {
+                warn!(workstation = %ws_id, "the workstation did not stop in time: removing it by force");
+            }
         }
+        let cgroup = format!("{}/{ws_id}", self.sandbox_host.cgroup_prefix());
+        let work = self.sandbox_work_dir.join(ws_id);
         let home = self.homes_dir.join(ws_id);
-        let removed = tokio::task::spawn_blocking(move || sandbox::remove_home(&home)).await;
-        if let Ok(Err(err)) = removed {
-            warn!(workstation = %ws_id, error = %err, "could not remove the home volume");
-        }
+        let cleaned = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            // Kills what is still in the tree (also processes the actor lost track of), removes
+            // the groups, then the work dir.
+            sandbox::cleanup_stale(&cgroup, &work)
+                .map_err(|err| format!("removing the sandbox: {err}"))?;
+            sandbox::remove_home(&home).map_err(|err| format!("removing the home volume: {err}"))
+        })
+        .await
+        .map_err(|err| ApiError::Internal(format!("tearing the workstation down: {err}")))?;
+        cleaned.map_err(|err| {
+            warn!(workstation = %ws_id, error = %err, "workstation teardown incomplete");
+            ApiError::Internal(format!("tearing workstation {ws_id} down: {err}"))
+        })
     }
 
     /// Stops every workstation (graceful shutdown of the node), each within `grace`.

@@ -143,11 +143,19 @@ pub async fn reconcile(agent: &Agent) -> Vec<Failure> {
         let current = placed_ids.get(id);
         if current.is_none_or(|current| current != generation) {
             info!(workstation = %id, generation, current = ?current, "placement left this node: stopping");
-            agent.host.remove(id, 2_000).await;
-            let _ = agent.store.write(|model| {
+            // The record goes only once nothing of the workstation is left on the host: while
+            // it stays, `reconcile_loop` keeps calling this again (a full disk, say, can make
+            // the record's removal fail, never the teardown itself).
+            if let Err(err) = agent.host.remove(id, 2_000).await {
+                warn!(workstation = %id, error = %err, "teardown incomplete: trying again later");
+                continue;
+            }
+            if let Err(err) = agent.store.write(|model| {
                 model.workstations.remove(id);
                 Ok(())
-            });
+            }) {
+                warn!(workstation = %id, error = %err, "could not forget a removed workstation: trying again later");
+            }
         }
     }
     if !agent.fence.may_run() {
@@ -623,14 +631,37 @@ pub async fn local_view(agent: &Agent, ws: &WorkstationRecord) -> Workstation {
     view
 }
 
-/// Runs [`reconcile`] whenever the applied Raft state changes.
+/// First and largest pause between reconciles while a teardown is unfinished.
+const TEARDOWN_RETRY_MS_MIN: u64 = 250;
+const TEARDOWN_RETRY_MS_MAX: u64 = 5_000;
+
+/// Runs [`reconcile`] whenever the applied Raft state changes, and again after a pause
+/// (backing off up to [`TEARDOWN_RETRY_MS_MAX`]) while a workstation that left this node is
+/// still hosted: its teardown or the removal of its record failed (e.g. a full disk) and is
+/// retried until it succeeds, not only when the next entry happens to be applied.
 pub async fn reconcile_loop(agent: std::sync::Arc<Agent>) {
     let mut applied = agent.raft.subscribe_applied();
+    let mut retry_ms = TEARDOWN_RETRY_MS_MIN;
     loop {
         reconcile(&agent).await;
-        if applied.changed().await.is_err() {
-            return;
+        let unfinished = stale_hosted(&agent);
+        if unfinished.is_empty() {
+            retry_ms = TEARDOWN_RETRY_MS_MIN;
+            if applied.changed().await.is_err() {
+                return;
+            }
+            continue;
         }
+        debug!(workstations = ?unfinished, retry_in_ms = retry_ms, "teardown unfinished");
+        tokio::select! {
+            changed = applied.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep(std::time::Duration::from_millis(retry_ms)) => {}
+        }
+        retry_ms = retry_ms.saturating_mul(2).min(TEARDOWN_RETRY_MS_MAX);
     }
 }
 
