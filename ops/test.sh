@@ -14,8 +14,9 @@ profile=default
 [ "${CI:-}" = "true" ] && profile=ci
 cargo nextest run --workspace --locked --profile "$profile" --no-fail-fast
 
-# The chaos suite's quick scenario against a real 3-server cluster (network namespaces, the
-# `tun` mesh, kill -9, partitions, ...), driving the binaries the build step above produced.
+# The chaos suite's quick scenario against a real cluster of 3 servers and 1 worker-only node
+# (network namespaces, the `tun` mesh, kill -9 of leader, follower and worker, partitions, ...),
+# driving the binaries the build step above produced.
 # It needs root; on CI (CI=true) not being able to run it is a failure, elsewhere a skip.
 echo "--- chaos (quick)"
 if [ "$(id -u)" -ne 0 ]; then
@@ -31,7 +32,7 @@ else
   # SIGTERM after 10 minutes lets the harness clean up; SIGKILL a minute later, then --cleanup.
   target="${CARGO_TARGET_DIR:-target}"
   status=0
-  timeout -k 60 600 "$target/debug/shoal-chaos" --quick --shoal "$target/debug/shoal" \
+  timeout -k 60 600 "$target/debug/shoal-chaos" --quick --workers 1 --shoal "$target/debug/shoal" \
     --report "$target/chaos-report.json" ${seed_args[@]+"${seed_args[@]}"} || status=$?
   if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
     echo "chaos: timed out; removing what the run left behind" >&2
