@@ -205,3 +205,107 @@ async fn a_full_disk_stops_acknowledging_and_the_node_commits_again_once_there_i
     drop(mount);
     Ok(())
 }
+
+/// Writes through node 2 or 3, whichever leads, following `ForwardToLeader` between them (node
+/// 1's stopped core still reports its last view, so the cluster-wide helpers cannot be used
+/// while it is down).
+async fn write_via_survivors(cluster: &Cluster, command: Command) -> anyhow::Result<()> {
+    let deadline = Deadline::after(WAIT);
+    loop {
+        for id in [2, 3] {
+            match cluster.node(id)?.write(command.clone()).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(refusal)) => bail!("refused: {refusal:?}"),
+                Err(WriteError::ForwardToLeader { .. }) | Err(WriteError::Timeout { .. }) => {}
+                Err(e) => bail!("write failed: {e}"),
+            }
+        }
+        if deadline.passed() {
+            bail!("no survivor accepted a write within {WAIT:?}");
+        }
+        // Wait for an election among the survivors (an event), bounded.
+        let mut metrics = cluster.node(2)?.metrics();
+        let _ = tokio::time::timeout(Duration::from_millis(100), metrics.changed()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_disk_fills_steps_out_and_rejoins_with_its_log_once_there_is_room(
+) -> anyhow::Result<()> {
+    init_tracing();
+    if !root_or_skip()? {
+        return Ok(());
+    }
+    let mut cluster = Cluster::new(test_config)?;
+    let mount = TmpfsMount::new(&cluster.dir(1))?;
+
+    info!("--- three voters, node 1 (on the tmpfs) leads, some writes committed");
+    let n1 = cluster.start(1).await?;
+    bootstrap(&n1).await?;
+    for id in [2, 3] {
+        cluster.start(id).await?;
+        n1.add_learner(id, addr(id)).await?;
+        n1.promote(id).await?;
+    }
+    ensure!(
+        cluster.wait_leader(None).await? == 1,
+        "node 1 does not lead"
+    );
+    for i in 0..10 {
+        cluster.write(tenant(i)).await??;
+    }
+    let term_before = n1.status().term;
+
+    info!("--- fill node 1's disk; its store fails and it stops acknowledging");
+    let filler = mount.path.join("filler");
+    fill(&filler)?;
+    let mut storage = n1.subscribe_storage();
+    for i in 100..100 + WRITES_UNTIL_FULL_MAX {
+        if n1.write(tenant(i)).await.is_err() {
+            break;
+        }
+    }
+    tokio::time::timeout(WAIT, storage.wait_for(|s| s.failed.is_some()))
+        .await
+        .context("node 1 did not report the storage failure")??;
+    ensure!(
+        !n1.status().is_leader,
+        "a stopped core still claims to lead"
+    );
+
+    info!("--- the survivors elect a leader and commit without node 1");
+    write_via_survivors(&cluster, tenant(30_000)).await?;
+
+    info!("--- free the disk: node 1 rebuilds its core, follows and catches up");
+    std::fs::remove_file(&filler)?;
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        storage.wait_for(|s| s.failed.is_none() && s.recoveries >= 1),
+    )
+    .await
+    .context("node 1 did not recover once the disk had room")??;
+    write_via_survivors(&cluster, tenant(30_001)).await?;
+    let leader = cluster.wait_leader(None).await?;
+    let index = cluster.leader_applied(leader)?;
+    let states = cluster.converged_states(index).await?;
+    ensure!(states.len() == 3, "{} states", states.len());
+    ensure!(n1.status().term >= term_before, "node 1's term went back");
+    let complete = n1.read(|state| {
+        (0..10)
+            .chain([30_000, 30_001])
+            .all(|i| state.tenants.contains_key(&format!("tenant-{i}")))
+    });
+    ensure!(
+        complete,
+        "node 1 lacks committed entries after its recovery"
+    );
+
+    info!("--- the cluster with node 1 back commits again");
+    let response = cluster.write(tenant(30_002)).await?;
+    ensure!(response.is_ok(), "{response:?}");
+    for id in [1, 2, 3] {
+        cluster.kill(id).await?;
+    }
+    drop(mount);
+    Ok(())
+}
