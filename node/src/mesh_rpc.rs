@@ -80,6 +80,20 @@ pub enum HeartbeatReply {
     },
     /// Not recorded; the text says why (not the leader, leadership unconfirmed, unknown node).
     Refused(String),
+    /// The sender was removed from the cluster: final, it must stop its workstations and exit
+    /// (see `agent::cluster`).
+    Removed {
+        /// The sender.
+        node: NodeId,
+    },
+}
+
+/// The reply to a heartbeat the leader did not record.
+fn heartbeat_refused(error: shoal_raft::HeartbeatError) -> HeartbeatReply {
+    match error {
+        shoal_raft::HeartbeatError::Removed { node } => HeartbeatReply::Removed { node },
+        other => HeartbeatReply::Refused(other.to_string()),
+    }
 }
 
 /// Why a write could not be completed through forwarding.
@@ -438,7 +452,7 @@ impl NodeRpcHandler {
         }
         match raft.heartbeat(node, heartbeat) {
             Ok(ack) => acked(raft, ack),
-            Err(err) => HeartbeatReply::Refused(err.to_string()),
+            Err(err) => heartbeat_refused(err),
         }
     }
 }
@@ -536,7 +550,7 @@ pub async fn send_heartbeat<R: LeaderRoute + ?Sized>(
             if leader == status.id {
                 return match raft.heartbeat(status.id, heartbeat) {
                     Ok(ack) => acked(raft, ack),
-                    Err(err) => HeartbeatReply::Refused(err.to_string()),
+                    Err(err) => heartbeat_refused(err),
                 };
             }
             let Some(ip) = raft.read(|state| state.nodes.get(&leader).map(|node| node.mesh_addr))

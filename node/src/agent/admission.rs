@@ -74,9 +74,7 @@ fn refusal_of(refusal: &Refusal) -> JoinRefusal {
             "exhausted" => JoinRefusal::TokenUsedUp,
             _ => JoinRefusal::InvalidToken,
         },
-        Refusal::Conflict { reason } if reason.contains("left") || reason.contains("removed") => {
-            JoinRefusal::RemovedIdentity
-        }
+        Refusal::NodeRemoved { .. } => JoinRefusal::RemovedIdentity,
         other => JoinRefusal::Unavailable(other.to_string()),
     }
 }
@@ -164,6 +162,11 @@ mod tests {
             refusal_of(&Refusal::NotInitialized),
             JoinRefusal::Unavailable(_)
         ));
+        assert_eq!(
+            refusal_of(&Refusal::NodeRemoved { node: 4 }),
+            JoinRefusal::RemovedIdentity,
+            "a removed identity is told so, not to retry"
+        );
     }
 
     #[test]

@@ -9,6 +9,17 @@
 //! state of every hosted workstation into the leader's soft state, so that the failure detector
 //! sees this node alive and other nodes can show its workstations; each acknowledged heartbeat
 //! renews the node's lease, see [`super::fencing`]).
+//!
+//! A removed node stays out. When a node learns that it was removed from the cluster
+//! (`DELETE /v1/nodes/{id}` committed `RemoveNode`): the leader refused its heartbeat as
+//! removed, or its own applied state says so, at start or while running; it writes
+//! [`REMOVED_FILE`] in its data dir, stops its workstations, prints one line on stderr and
+//! exits with [`REMOVED_EXIT_CODE`]. A restart on the
+//! same data dir exits the same way at once, before it starts its mesh or Raft. The machine
+//! comes back only as a new node: empty data dir, new join token (the cluster refuses the old
+//! identity, and node ids are never reused). A removed node that cannot reach the cluster any
+//! more (the members dropped its mesh peer once it left) cannot learn it: it stays up without
+//! a leader, not ready, its packets dropped, until it is stopped.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -23,6 +34,7 @@ use shoal_mesh::{
 };
 use shoal_raft::command::PlacementHints;
 use shoal_raft::command::{Admission, NodeRegistration};
+use shoal_raft::drain::is_removed;
 use shoal_raft::model::{ClusterSettings, NodeState, Resources, Roles};
 use shoal_raft::soft_state::Heartbeat;
 use shoal_raft::{Action, Command, NodeAddr, NodeId, RaftConfig, RaftNode};
@@ -51,6 +63,18 @@ const MIRROR_SYNC_PERIOD: Duration = Duration::from_millis(250);
 
 /// How many times a node tries to commit its capacity (every 500 ms: about 2 minutes).
 const INFO_UPDATE_ATTEMPTS_MAX: u32 = 240;
+
+/// Exit code of `shoal agent` when the node was removed from the cluster (distinct from 1, a
+/// failure worth a restart: a supervisor should not restart it, e.g. systemd's
+/// `RestartPreventExitStatus=10`).
+pub const REMOVED_EXIT_CODE: i32 = 10;
+
+/// Written in the data dir once the node knows it was removed; a start that finds it exits
+/// with [`REMOVED_EXIT_CODE`].
+pub const REMOVED_FILE: &str = "removed";
+
+/// How long a node told by the leader that it was removed waits for its replica to apply it.
+const REMOVED_APPLY_WAIT: Duration = Duration::from_secs(2);
 
 /// What a node must remember about itself to come back as the same member after a restart.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -165,7 +189,12 @@ impl ClusterNode {
         let settings = settings_of(config);
         let mut initial_peers: Vec<PeerSpec> = Vec::new();
         let (member, fresh) = match MemberFile::load(&config.data_dir)? {
-            Some(member) => (member, false),
+            Some(member) => {
+                if config.data_dir.join(REMOVED_FILE).exists() {
+                    exit_removed(member.raft_id);
+                }
+                (member, false)
+            }
             None if config.join.is_some() => {
                 let text = config.join.as_deref().unwrap_or_default();
                 let token = JoinToken::parse(text).context("reading the join token")?;
@@ -277,6 +306,13 @@ impl ClusterNode {
             if !matches!(elected, Ok(Ok(_))) {
                 warn!("no raft leader known yet; serving without one");
             }
+            // Removed while it was away, and its replica caught up with that: never serve.
+            if raft.read(|state| is_removed(state, member.raft_id)) {
+                record_removed(&config.data_dir, member.raft_id);
+                // Nothing runs yet (no workstation, no API): stopping Raft is enough.
+                let _ = raft.shutdown().await;
+                exit_removed(member.raft_id);
+            }
         }
         let mut node = ClusterNode {
             mesh: Arc::new(mesh),
@@ -345,6 +381,10 @@ impl ClusterNode {
                 "worker-only node started: state mirrored from the leader"
             ),
             Err(_) => warn!("no leader answered the worker mirror yet; serving what it kept"),
+        }
+        if mirror.read(|state| is_removed(state, member.raft_id)) {
+            record_removed(&config.data_dir, member.raft_id);
+            exit_removed(member.raft_id);
         }
         let mut node = ClusterNode {
             mesh: Arc::new(mesh),
@@ -432,7 +472,11 @@ const UNLEASED_HEARTBEAT_PERIOD: Duration = Duration::from_millis(200);
 /// (directly when this node leads). An acknowledgement renews the lease (from the time the
 /// heartbeat was sent) and, for a node the cluster marked `down`, leads to [`report_ready`].
 async fn heartbeat_loop(agent: Arc<Agent>, period: Duration) {
+    let id = agent.raft.id();
     loop {
+        if agent.raft.read(|state| is_removed(state, id)) {
+            leave_removed(&agent, "its replica of the cluster state says so").await;
+        }
         let (cpu_millis, memory_bytes) = agent.usage.used();
         // A slow or stuck workstation actor must not hold the heartbeat (and so the lease)
         // back: past the bound, the last observations go out again.
@@ -469,6 +513,9 @@ async fn heartbeat_loop(agent: Arc<Agent>, period: Duration) {
                 }
             }
             Ok(HeartbeatReply::Refused(why)) => debug!(reason = %why, "heartbeat refused"),
+            Ok(HeartbeatReply::Removed { .. }) => {
+                leave_removed(&agent, "the leader refused its heartbeat as removed").await;
+            }
             Err(_) => debug!("heartbeat timed out"),
         }
         let pause = if agent.fence.may_run() {
@@ -478,6 +525,58 @@ async fn heartbeat_loop(agent: Arc<Agent>, period: Duration) {
         };
         tokio::time::sleep(pause).await;
     }
+}
+
+/// Records in the data dir that this node was removed (a restart then exits at once). Best
+/// effort: without it, a restart learns it again from the leader or its replica.
+fn record_removed(data_dir: &Path, node: NodeId) {
+    let text = format!("node-{node} was removed from the cluster\n");
+    if let Err(err) = std::fs::write(data_dir.join(REMOVED_FILE), text) {
+        warn!(error = %err, "could not record the removal in the data dir");
+    }
+}
+
+/// Ends the process of a removed node: one line on stderr, [`REMOVED_EXIT_CODE`].
+fn exit_removed(node: NodeId) -> ! {
+    eprintln!(
+        "shoal agent: node-{node} was removed from the cluster and stops for good (exit code \
+         {REMOVED_EXIT_CODE}); to bring this machine back, empty its data dir and join with a \
+         new token"
+    );
+    std::process::exit(REMOVED_EXIT_CODE)
+}
+
+/// This running node learned that it was removed (`how`): it records it, refuses new work,
+/// stops every workstation it hosts (they are re-placed elsewhere by the leader with the next
+/// generation, or already were), and exits with [`REMOVED_EXIT_CODE`]. A removed leader does
+/// not hand its leadership over (`hand_over_leadership`'s future is not `Send`, and this runs
+/// in a spawned task): the other voters elect a new leader after their election timeout.
+async fn leave_removed(agent: &Agent, how: &str) -> ! {
+    let id = agent.raft.id();
+    warn!(
+        node = id,
+        how, "this node was removed from the cluster: stopping its workstations and exiting"
+    );
+    agent
+        .shutting_down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    record_removed(&agent.config.data_dir, id);
+    // Told by the leader: let the replica apply the removal too (bounded), so that it is
+    // known here even without the marker file.
+    let mut applied = agent.raft.subscribe_applied();
+    let _ = tokio::time::timeout(REMOVED_APPLY_WAIT, async {
+        while !agent.raft.read(|state| is_removed(state, id)) {
+            if applied.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    agent
+        .host
+        .shutdown(Duration::from_millis(agent.config.shutdown_grace_ms))
+        .await;
+    exit_removed(id)
 }
 
 /// A node marked `down` while it was silent (a partition, a pause, a slow join) is heard again:

@@ -80,6 +80,7 @@ impl ApiError {
             Refusal::NotFound { kind, id } => ApiError::not_found(kind, id),
             Refusal::InvalidArgument { field, reason } => ApiError::field(field, reason),
             Refusal::Conflict { reason } => ApiError::Conflict(reason.clone()),
+            Refusal::NodeRemoved { .. } => ApiError::Conflict(refusal.to_string()),
             Refusal::Unsatisfiable {
                 requested,
                 largest_allocatable,

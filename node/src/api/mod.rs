@@ -202,11 +202,26 @@ pub async fn healthz(agent: web::Data<Agent>) -> HttpResponse {
     })
 }
 
-/// Readiness: the node can serve writes (a leader is known, it is not shutting down).
+/// Readiness: the node can serve writes (a leader is known, it is not shutting down, it was not
+/// removed from the cluster).
 #[utoipa::path(get, path = "/readyz",
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)), tag = "system")]
 pub async fn readyz(agent: web::Data<Agent>) -> Result<HttpResponse, ApiError> {
     refuse_if_stopping(&agent)?;
+    // SPEC: ready means a leader is known. A node removed from the cluster that came back
+    // where no member hears it any more never knows one, so it never reports ready.
+    let id = agent.raft.id();
+    if agent
+        .raft
+        .read(|state| shoal_raft::drain::is_removed(state, id))
+    {
+        return Err(ApiError::unavailable(
+            "this node was removed from the cluster",
+        ));
+    }
+    if agent.raft.status().leader.is_none() {
+        return Err(ApiError::unavailable("no Raft leader known"));
+    }
     Ok(HttpResponse::Ok().json(Health {
         status: "ok".to_string(),
         node: agent.node_id.clone(),
