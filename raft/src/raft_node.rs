@@ -1073,8 +1073,13 @@ async fn forward_metrics(
             return None;
         }
         let stopped = {
-            let metrics = rx.borrow_and_update().clone();
+            let mut metrics = rx.borrow_and_update().clone();
             let stopped = metrics.running_state.clone().err();
+            if stopped.is_some() {
+                // A stopped core hears no leader: the node must not look ready, nor send
+                // heartbeats or writes to the leader it knew last (maybe itself).
+                metrics.current_leader = None;
+            }
             tx.send_replace(metrics);
             stopped
         };

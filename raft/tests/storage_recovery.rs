@@ -149,6 +149,11 @@ async fn a_full_disk_stops_acknowledging_and_the_node_commits_again_once_there_i
         !node.status().is_leader,
         "a stopped core still claims to lead"
     );
+    ensure!(
+        node.status().leader.is_none(),
+        "a stopped core still names a leader: {:?}",
+        node.status()
+    );
     let retried = tokio::time::timeout(WAIT, storage.wait_for(|s| s.attempts >= 2))
         .await
         .context("the node did not retry while the disk was full")??
