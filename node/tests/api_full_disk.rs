@@ -210,6 +210,22 @@ async fn after_a_full_disk_the_same_node_commits_again_and_a_workstation_deleted
         refused.text
     );
 
+    info!("--- the node says so: not ready, and its metrics show the storage failure");
+    let anonymous = admin.anonymous();
+    common::eventually(Duration::from_secs(30), || {
+        let anonymous = anonymous.clone();
+        async move {
+            let ready = anonymous.get("/readyz").await?;
+            let metrics = anonymous.get("/metrics").await?;
+            Ok((ready.status == 503
+                && ready.text.contains("storage failed")
+                && metrics.text.contains("shoal_raft_storage_failed 1"))
+            .then_some(()))
+        }
+    })
+    .await
+    .context("the node did not report its storage failure on /readyz and /metrics")?;
+
     info!("--- free the disk; the same agent process recovers by itself");
     std::fs::remove_file(&filler)?;
     let gone = common::eventually(Duration::from_secs(60), || {
@@ -286,6 +302,15 @@ async fn after_a_full_disk_the_same_node_commits_again_and_a_workstation_deleted
     );
     let health = admin.anonymous().get("/healthz").await?;
     assert_eq!(health.status, 200);
+    let ready = admin.anonymous().get("/readyz").await?;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    let metrics = admin.anonymous().get("/metrics").await?;
+    assert!(
+        metrics.text.contains("shoal_raft_storage_failed 0")
+            && !metrics.text.contains("shoal_raft_storage_recoveries 0"),
+        "{}",
+        metrics.text
+    );
     assert_eq!(agent.pid(), pid_before, "the agent was restarted");
     drop(agent);
     drop(mount);

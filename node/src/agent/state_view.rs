@@ -58,6 +58,15 @@ impl StateView {
         }
     }
 
+    /// Whether this node's Raft is stopped by a storage error and being rebuilt (a worker
+    /// mirror has no Raft store: always healthy).
+    pub fn storage_status(&self) -> shoal_raft::StorageStatus {
+        match self {
+            StateView::Raft(raft) => raft.storage_status(),
+            StateView::Mirror(_) => shoal_raft::StorageStatus::default(),
+        }
+    }
+
     /// The leader's soft state (live usage); empty anywhere but on the leader.
     pub fn with_soft_state<R>(&self, f: impl FnOnce(&SoftState) -> R) -> R {
         match self {

@@ -219,6 +219,11 @@ pub async fn readyz(agent: web::Data<Agent>) -> Result<HttpResponse, ApiError> {
             "this node was removed from the cluster",
         ));
     }
+    if let Some(error) = agent.raft.storage_status().failed {
+        return Err(ApiError::unavailable(format!(
+            "raft storage failed, retrying: {error}"
+        )));
+    }
     if agent.raft.status().leader.is_none() {
         return Err(ApiError::unavailable("no Raft leader known"));
     }
@@ -258,6 +263,19 @@ pub async fn metrics_text(agent: web::Data<Agent>) -> HttpResponse {
             ("state=\"draining\"", draining),
             ("state=\"down\"", down),
         ],
+    );
+    let storage = agent.raft.storage_status();
+    gauge(
+        &mut out,
+        "shoal_raft_storage_failed",
+        "1 while this node's Raft is stopped by a storage error (e.g. a full disk) and retrying.",
+        &[("", u64::from(storage.failed.is_some()))],
+    );
+    gauge(
+        &mut out,
+        "shoal_raft_storage_recoveries",
+        "Times this node rebuilt its Raft core after a storage error since it started.",
+        &[("", storage.recoveries)],
     );
     gauge(
         &mut out,
