@@ -5,7 +5,8 @@
 //! - pure cores: [`apply`] (the state machine), [`scheduler`] (placement), [`membership`]
 //!   (which Raft membership change comes next; who succeeds a leader that steps down),
 //!   [`drain`] (the next step of a draining node), [`failure_detector`] / [`soft_state`]
-//!   (heartbeats), [`lease`] (node-side fencing);
+//!   (heartbeats), [`lease`] (node-side fencing), [`journal`] (the bounded window of recently
+//!   applied commands a leader sends worker mirrors as deltas);
 //! - storage: [`store`] (redb log store and state machine, checksummed), [`codec`];
 //! - drivers: [`RaftNode`] (wraps `openraft::Raft`), [`network`] (the transport seam),
 //!   [`testing`] (an in-memory transport for tests).
@@ -20,6 +21,7 @@ pub mod codec;
 pub mod command;
 pub mod drain;
 pub mod failure_detector;
+pub mod journal;
 pub mod lease;
 pub mod membership;
 pub mod model;

@@ -93,6 +93,8 @@ pub(crate) struct Index {
 pub struct ClusterState {
     pub(crate) data: ClusterData,
     pub(crate) index: Index,
+    /// The commands applied most recently (the state machine records them; never encoded).
+    pub(crate) journal: crate::journal::Journal,
 }
 
 impl PartialEq for ClusterState {
@@ -204,7 +206,17 @@ impl ClusterState {
                 .token_by_hash
                 .insert(token.secret_sha256.clone(), token.id);
         }
-        Self { data, index }
+        Self {
+            data,
+            index,
+            journal: crate::journal::Journal::default(),
+        }
+    }
+
+    /// The commands the state machine applied most recently, with the applied index of this
+    /// state when known: a worker mirror at an older index can be sent the commands after it.
+    pub fn journal(&self) -> &crate::journal::Journal {
+        &self.journal
     }
 
     /// Encodes the durable data (the snapshot format).

@@ -230,6 +230,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut applied = shared.applied.write();
             for entry in entries {
                 applied.last_applied = Some(entry.log_id);
+                // The leader answers worker mirrors from this window (see `journal`).
+                let command = match &entry.payload {
+                    EntryPayload::Normal(command) => Some(command),
+                    _ => None,
+                };
+                applied.state.journal.record(entry.log_id.index, command);
                 match entry.payload {
                     EntryPayload::Blank => responses.push(Ok(Outcome::Done)),
                     EntryPayload::Normal(command) => {
