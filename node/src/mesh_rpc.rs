@@ -46,6 +46,9 @@ pub const OBSERVED_QUERY_WORKSTATIONS_MAX: usize = 4_096;
 /// Largest encoded cluster state the leader sends to a worker mirror (a mesh frame is at most
 /// 16 MiB; the state is bounded well below it: the audit log holds at most 50,000 entries).
 pub const MIRROR_STATE_BYTES_MAX: usize = 15 * 1024 * 1024;
+/// Most encoded command bytes in one delta answer to a worker mirror: a mirror further behind
+/// gets a prefix and asks again (or the whole state, when the window no longer reaches back).
+pub const MIRROR_DELTA_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// How many times a forwarded write follows a `NotLeader` answer before giving up (an
 /// election moved the leader while the write was in flight).
 pub const FORWARD_HOPS_MAX: usize = 3;
@@ -121,6 +124,13 @@ pub enum ViewRequest {
     },
     /// The leader's live usage of every node (from heartbeats), for placing runs.
     Usage,
+    /// "I have applied exactly up to `have_applied`": the leader answers
+    /// [`ViewReply::Current`], the committed commands after it ([`ViewReply::Delta`]) while its
+    /// window of recent commands reaches back that far, else the whole state.
+    SyncDelta {
+        /// The mirror's applied index; its state is exactly the leader's at that index.
+        have_applied: u64,
+    },
 }
 
 /// The live usage of one node, as the leader's soft state has it.
@@ -153,6 +163,16 @@ pub enum ViewReply {
     Usage(Vec<NodeUsage>),
     /// Not served; the text says why (unknown node, state too large, not started).
     Refused(String),
+    /// The committed commands after `from`, in log order, that bring a mirror exactly at
+    /// `from` to `head.applied` (blank and membership entries carry none).
+    Delta {
+        /// Leader, term, the applied index the commands lead to, voters.
+        head: ViewHead,
+        /// The applied index the commands follow (the mirror's `have_applied`).
+        from: u64,
+        /// `(log index, encoded Command)`, at most [`MIRROR_DELTA_BYTES_MAX`] bytes of them.
+        commands: Vec<(u64, Vec<u8>)>,
+    },
 }
 
 /// What a mirror learns with every answer: who leads, in which term, up to where.
@@ -383,51 +403,106 @@ impl NodeRpcHandler {
                 ViewReply::Usage(usage)
             }
             ViewRequest::Sync { have_applied } => {
-                let applied = status.last_applied_index.unwrap_or(0);
-                let head = ViewHead {
-                    leader: status.id,
-                    leader_mesh_addr: mesh_addr_of(status.id),
-                    term: status.term,
-                    applied,
-                    voters: status.voters.iter().copied().collect(),
-                };
-                // A new leader may not have applied all a mirror has: the mirror keeps its
-                // (newer, committed) state.
-                if have_applied >= applied {
-                    return ViewReply::Current(head);
-                }
-                let cached = self
-                    .view_cache
-                    .lock()
-                    .as_ref()
-                    .filter(|(index, _)| *index == applied)
-                    .map(|(_, bytes)| Arc::clone(bytes));
-                let bytes = match cached {
-                    Some(bytes) => bytes,
-                    // Read after the status: the state is at `applied` or newer, never older.
-                    None => match raft.read(|state| state.encode()) {
-                        Ok(bytes) => {
-                            let bytes = Arc::new(bytes);
-                            *self.view_cache.lock() = Some((applied, Arc::clone(&bytes)));
-                            bytes
-                        }
-                        Err(err) => return ViewReply::Refused(format!("encoding: {err}")),
-                    },
-                };
-                if bytes.len() > MIRROR_STATE_BYTES_MAX {
-                    return ViewReply::Refused(format!(
-                        "the state is {} bytes, more than a mirror takes ({MIRROR_STATE_BYTES_MAX})",
-                        bytes.len()
-                    ));
-                }
-                ViewReply::Snapshot {
-                    head,
-                    state: bytes.as_ref().clone(),
-                }
+                self.view_sync(raft, &status, have_applied, false)
+            }
+            ViewRequest::SyncDelta { have_applied } => {
+                self.view_sync(raft, &status, have_applied, true)
             }
         }
     }
 
+    /// Answers a mirror at `have_applied`: current, the commands after it (`deltas`, while the
+    /// state's journal reaches back), or the whole state. The applied index always comes from
+    /// the same read of the state as the commands or the encoding, so that a mirror's state is
+    /// exactly the leader's at the index it is told (a mirror that applies commands on top of
+    /// it would otherwise diverge).
+    fn view_sync(
+        &self,
+        raft: &RaftNode,
+        status: &shoal_raft::RaftStatus,
+        have_applied: u64,
+        deltas: bool,
+    ) -> ViewReply {
+        let head = |applied: u64| ViewHead {
+            leader: status.id,
+            leader_mesh_addr: raft
+                .read(|state| state.nodes.get(&status.id).map(|node| node.mesh_addr)),
+            term: status.term,
+            applied,
+            voters: status.voters.iter().copied().collect(),
+        };
+        let (applied, slice) = raft.read(|state| {
+            let journal = state.journal();
+            let slice = deltas
+                .then(|| journal.after(have_applied, MIRROR_DELTA_BYTES_MAX))
+                .flatten();
+            (journal.applied_index(), slice)
+        });
+        let Some(applied) = applied else {
+            // Only right after a start or a snapshot install, before the next entry applies
+            // (a new leader applies a blank entry at once): the mirror asks again.
+            return ViewReply::Refused("the leader's applied index is not known yet".to_string());
+        };
+        // A new leader may not have applied all a mirror has: the mirror keeps its (newer,
+        // committed) state.
+        if have_applied >= applied {
+            return ViewReply::Current(head(applied));
+        }
+        if let Some(slice) = slice {
+            return ViewReply::Delta {
+                head: head(slice.to_index),
+                from: have_applied,
+                commands: slice
+                    .commands
+                    .into_iter()
+                    .map(|(index, command)| (index, command.to_vec()))
+                    .collect(),
+            };
+        }
+        let cached = self
+            .view_cache
+            .lock()
+            .as_ref()
+            .filter(|(index, _)| *index == applied)
+            .map(|(_, bytes)| Arc::clone(bytes));
+        let (applied, bytes) = match cached {
+            Some(bytes) => (applied, bytes),
+            None => {
+                let encoded = raft.read(|state| {
+                    state
+                        .journal()
+                        .applied_index()
+                        .map(|index| (index, state.encode()))
+                });
+                match encoded {
+                    Some((index, Ok(bytes))) => {
+                        let bytes = Arc::new(bytes);
+                        *self.view_cache.lock() = Some((index, Arc::clone(&bytes)));
+                        (index, bytes)
+                    }
+                    Some((_, Err(err))) => return ViewReply::Refused(format!("encoding: {err}")),
+                    None => {
+                        return ViewReply::Refused(
+                            "the leader's applied index is not known yet".to_string(),
+                        )
+                    }
+                }
+            }
+        };
+        if bytes.len() > MIRROR_STATE_BYTES_MAX {
+            return ViewReply::Refused(format!(
+                "the state is {} bytes, more than a mirror takes ({MIRROR_STATE_BYTES_MAX})",
+                bytes.len()
+            ));
+        }
+        ViewReply::Snapshot {
+            head: head(applied),
+            state: bytes.as_ref().clone(),
+        }
+    }
+}
+
+impl NodeRpcHandler {
     fn handle_heartbeat(&self, from: &PeerInfo, body: &[u8]) -> HeartbeatReply {
         let Some(raft) = self.raft.get() else {
             return HeartbeatReply::Refused("raft not started yet".to_string());

@@ -2,15 +2,22 @@
 //! SPEC: "Workers that are not servers hold no Raft log: they heartbeat to the leader over the
 //! mesh and receive their assignments." The mirror asks the leader over the mesh
 //! ([`crate::mesh_rpc::TAG_VIEW`]) every sync period with its applied index; the leader answers
-//! "current" (a few bytes) or sends its whole committed state. Whom to ask and what an answer
-//! means are decided by the pure [`super::mirror_sync`]; this file is the driver.
+//! "current" (a few bytes), the committed commands after that index (a delta, which the mirror
+//! applies itself with Raft's pure `apply`), or, when its window of recent commands no longer
+//! reaches back (or the mirror's state is not known to be exact), its whole committed state.
+//! Whom to ask and what an answer means are decided by the pure [`super::mirror_sync`]; this
+//! file is the driver.
 //!
 //! The mirrored state is kept in `<data>/mirror.bin` (CRC-checked), so that a restarted worker
-//! knows its peers and the servers to ask before the first answer.
+//! knows its peers and the servers to ask before the first answer: written at once after a
+//! whole state, and at most every [`PERSIST_ROUNDS`] sync rounds after deltas. A state read
+//! back from it is not trusted to be exact (it may be older than its file says, or written by
+//! an older version): the first sync after a start asks for the whole state.
 
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +37,10 @@ const MIRROR_FILE: &str = "mirror.bin";
 pub const SYNC_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most requests in one sync round (candidates plus `NotLeader` hops).
 pub const SYNC_ASKS_MAX: usize = 12;
+/// After deltas, `mirror.bin` is rewritten at most every this many sync rounds (the file only
+/// helps a restart find its peers; re-encoding the whole state on every change would cost
+/// what the deltas save).
+pub const PERSIST_ROUNDS: u32 = 20;
 
 /// Fault-injection seam for tests (a follower whose apply lags): when this environment
 /// variable names a path and a file exists there, the mirror takes nothing from the leader
@@ -71,6 +82,11 @@ pub struct WorkerMirror {
     sync_lock: tokio::sync::Mutex<()>,
     /// See [`HOLD_FILE_ENV`].
     hold_file: Option<PathBuf>,
+    /// Whether the state is exactly the leader's at `head.applied` (after a whole state from
+    /// a leader, and the deltas on top of it): only then may deltas be applied to it.
+    exact: AtomicBool,
+    /// Whether deltas changed the state since `mirror.bin` was written.
+    unsaved: AtomicBool,
 }
 
 impl std::fmt::Debug for WorkerMirror {
@@ -114,6 +130,8 @@ impl WorkerMirror {
             soft: SoftState::new(),
             sync_lock: tokio::sync::Mutex::new(()),
             hold_file: std::env::var_os(HOLD_FILE_ENV).map(PathBuf::from),
+            exact: AtomicBool::new(false),
+            unsaved: AtomicBool::new(false),
         }
     }
 
@@ -185,7 +203,11 @@ impl WorkerMirror {
                 break;
             }
             asks += 1;
-            let request = ViewRequest::Sync { have_applied };
+            let request = if self.exact.load(Ordering::Acquire) {
+                ViewRequest::SyncDelta { have_applied }
+            } else {
+                ViewRequest::Sync { have_applied }
+            };
             let reply = match tokio::time::timeout(
                 SYNC_REQUEST_TIMEOUT,
                 view_request(&self.transport, ip, &request),
@@ -213,6 +235,19 @@ impl WorkerMirror {
                     self.install(head, decoded, state).await;
                     return Ok(true);
                 }
+                SyncStep::Apply { head, commands } => {
+                    let decoded =
+                        match mirror_sync::decode_delta(have_applied, head.applied, &commands) {
+                            Ok(decoded) => decoded,
+                            Err(err) => {
+                                // Nothing was applied; the next round asks for the whole state.
+                                self.exact.store(false, Ordering::Release);
+                                return Err(SyncError::Undecodable(err.to_string()));
+                            }
+                        };
+                    self.apply_commands(head, &decoded);
+                    return Ok(true);
+                }
                 SyncStep::Current(head) => {
                     *self.head.lock() = ViewHead {
                         applied: have_applied,
@@ -235,13 +270,54 @@ impl WorkerMirror {
         let applied = head.applied;
         *self.state.write() = state;
         *self.head.lock() = head.clone();
+        self.exact.store(true, Ordering::Release);
+        self.unsaved.store(false, Ordering::Release);
         self.applied.send_replace(applied);
         debug!(applied, "mirror installed the leader's state");
-        let path = self.path.clone();
-        let kept = Persisted {
+        self.keep(Persisted {
             head,
             state: encoded,
+        })
+        .await;
+    }
+
+    /// Applies a delta's decoded commands (see [`mirror_sync::apply_delta`]); the state is
+    /// then the leader's at `head.applied`.
+    fn apply_commands(&self, head: ViewHead, commands: &[shoal_raft::Command]) {
+        let applied = head.applied;
+        mirror_sync::apply_delta(&mut self.state.write(), commands);
+        *self.head.lock() = head;
+        self.unsaved.store(true, Ordering::Release);
+        self.applied.send_replace(applied);
+        debug!(
+            applied,
+            commands = commands.len(),
+            "mirror applied the leader's commands"
+        );
+    }
+
+    /// Writes `mirror.bin` if deltas changed the state since it was last written.
+    async fn keep_if_unsaved(&self) {
+        let kept = {
+            // No sync round changes the state or head while they are encoded together.
+            let _one_at_a_time = self.sync_lock.lock().await;
+            if !self.unsaved.swap(false, Ordering::AcqRel) {
+                return;
+            }
+            let head = self.head.lock().clone();
+            match self.read(ClusterState::encode) {
+                Ok(state) => Persisted { head, state },
+                Err(err) => {
+                    warn!(error = %err, "could not encode the mirrored state");
+                    return;
+                }
+            }
         };
+        self.keep(kept).await;
+    }
+
+    async fn keep(&self, kept: Persisted) {
+        let path = self.path.clone();
         let stored = tokio::task::spawn_blocking(move || store(&path, &kept)).await;
         if let Ok(Err(err)) | Err(err) = stored.map_err(|err| err.to_string()) {
             warn!(error = %err, "could not keep the mirrored state on disk");
@@ -253,7 +329,12 @@ impl WorkerMirror {
     pub async fn sync_loop(self: Arc<Self>, period: Duration) {
         let mut last_leader: Option<NodeId> = None;
         let mut failing = false;
+        let mut rounds: u32 = 0;
         loop {
+            rounds = rounds.wrapping_add(1);
+            if rounds.is_multiple_of(PERSIST_ROUNDS) {
+                self.keep_if_unsaved().await;
+            }
             match self.sync_once().await {
                 Ok(_) => {
                     let leader = self.status().leader;
