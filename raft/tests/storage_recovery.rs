@@ -314,3 +314,57 @@ async fn a_leader_whose_disk_fills_steps_out_and_rejoins_with_its_log_once_there
     drop(mount);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_while_its_disk_is_full_stops_cleanly_and_starts_again_from_its_data(
+) -> anyhow::Result<()> {
+    init_tracing();
+    if !root_or_skip()? {
+        return Ok(());
+    }
+    let mut cluster = Cluster::new(test_config)?;
+    let mount = TmpfsMount::new(&cluster.dir(1))?;
+    let node = cluster.start(1).await?;
+    bootstrap(&node).await?;
+    for i in 0..5 {
+        cluster.write(tenant(i)).await??;
+    }
+
+    info!("--- fill the disk until the store fails; the node is retrying");
+    let filler = mount.path.join("filler");
+    fill(&filler)?;
+    let mut storage = node.subscribe_storage();
+    for i in 100..100 + WRITES_UNTIL_FULL_MAX {
+        if node.write(tenant(i)).await.is_err() {
+            break;
+        }
+    }
+    tokio::time::timeout(
+        WAIT,
+        storage.wait_for(|s| s.failed.is_some() && s.attempts >= 1),
+    )
+    .await
+    .context("the node did not report the storage failure")??;
+
+    info!("--- stop it while the disk is still full: the stop finishes and frees the store");
+    tokio::time::timeout(WAIT, cluster.kill(1))
+        .await
+        .context("the stop hung on a full disk")??;
+    drop(node);
+
+    info!("--- free the disk and start it again from the same data dir");
+    std::fs::remove_file(&filler)?;
+    let node = cluster.start(1).await?;
+    ensure!(node.storage_status() == shoal_raft::StorageStatus::default());
+    let response = cluster.write(tenant(20_000)).await?;
+    ensure!(response.is_ok(), "{response:?}");
+    let complete = node.read(|state| {
+        (0..5)
+            .chain([20_000])
+            .all(|i| state.tenants.contains_key(&format!("tenant-{i}")))
+    });
+    ensure!(complete, "committed entries are missing after the restart");
+    cluster.kill(1).await?;
+    drop(mount);
+    Ok(())
+}
