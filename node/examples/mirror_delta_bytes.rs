@@ -90,7 +90,6 @@ fn measure(n_workstations: u64) -> anyhow::Result<()> {
     }
     let (index, answer) = entry(&mut state, create(n_workstations));
     anyhow::ensure!(answer.is_ok(), "{answer:?}");
-    drop(entry);
     let head = ViewHead {
         leader: 1,
         leader_mesh_addr: None,
