@@ -97,6 +97,7 @@ pub struct FileConfig {
     log_subscribers_per_workstation_max: Option<usize>,
     shutdown_grace_ms: Option<u64>,
     log_keepalive_ms: Option<u64>,
+    tenant_workstations_max: Option<u32>,
 }
 
 /// The configuration the agent runs with.
@@ -150,6 +151,10 @@ pub struct AgentConfig {
     pub shutdown_grace_ms: u64,
     /// An idle log stream gets an SSE comment this often (SPEC.md: at least every 15 s).
     pub log_keepalive_ms: u64,
+    /// Most workstations one tenant may have at a time (placed or pending); one more is
+    /// refused with 429. Only a bootstrapping node reads it: it is a cluster setting from then
+    /// on (`ClusterSettings::tenant_workstations_max`).
+    pub tenant_workstations_max: u32,
 }
 
 impl AgentConfig {
@@ -209,6 +214,9 @@ impl AgentConfig {
                 .unwrap_or(64),
             shutdown_grace_ms: file.shutdown_grace_ms.unwrap_or(5_000),
             log_keepalive_ms: file.log_keepalive_ms.unwrap_or(10_000),
+            tenant_workstations_max: file
+                .tenant_workstations_max
+                .unwrap_or(shoal_raft::model::ClusterSettings::default().tenant_workstations_max),
         };
         config.check()?;
         Ok(config)
@@ -230,6 +238,10 @@ impl AgentConfig {
         }
         if self.api_workers == 0 || self.api_workers > 64 {
             bail!("api_workers must be between 1 and 64");
+        }
+        let quota_max = shoal_raft::apply::TENANT_WORKSTATIONS_MAX_MAX;
+        if !(1..=quota_max).contains(&self.tenant_workstations_max) {
+            bail!("tenant_workstations_max must be between 1 and {quota_max}");
         }
         Ok(())
     }
@@ -310,6 +322,7 @@ mod tests {
             file.log_subscribers_per_workstation_max.is_some(),
             file.shutdown_grace_ms.is_some(),
             file.log_keepalive_ms.is_some(),
+            file.tenant_workstations_max.is_some(),
         ];
         assert!(shown.iter().all(|shown| *shown));
         assert!(text.contains("# admin_token_file = "));
@@ -327,5 +340,29 @@ mod tests {
         assert!(AgentConfig::resolve(&args).is_err());
         assert!(parse_roles("server,cook").is_err());
         assert_eq!(parse_roles("worker").unwrap(), (false, true));
+    }
+
+    #[test]
+    fn the_tenant_workstation_quota_is_read_from_the_file_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shoal.toml");
+        let resolve = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            AgentConfig::resolve(&AgentArgs {
+                config: Some(path.clone()),
+                data_dir: Some(PathBuf::from("/x")),
+                ..AgentArgs::default()
+            })
+        };
+        let default = resolve("").unwrap();
+        assert_eq!(default.tenant_workstations_max, 1_000);
+        let set = resolve("tenant_workstations_max = 3\n").unwrap();
+        assert_eq!(set.tenant_workstations_max, 3);
+        for refused in ["0", "1000001", "-1"] {
+            assert!(
+                resolve(&format!("tenant_workstations_max = {refused}\n")).is_err(),
+                "{refused}"
+            );
+        }
     }
 }

@@ -458,3 +458,43 @@ async fn committed_writes_through_a_lagging_node_answer_from_the_leaders_outcome
     .await?;
     Ok(())
 }
+
+/// The per-tenant workstation quota comes from the bootstrapping node's config file: with
+/// `tenant_workstations_max = 2` a tenant's third workstation is refused with 429 naming the
+/// limit, another tenant is not affected, and a delete makes room again.
+#[tokio::test]
+async fn the_tenant_workstation_quota_is_set_at_bootstrap_from_the_config_file(
+) -> anyhow::Result<()> {
+    common::init_tracing();
+    let agent = Agent::bootstrap_with_config("tenant_workstations_max = 2\n")?;
+    let admin = agent.client(&agent.admin_key()?);
+    let acme = agent.client(&admin.create_tenant_key("acme").await?);
+    let other = agent.client(&admin.create_tenant_key("other").await?);
+    let small = json!({"cpu_millis": 10, "memory_bytes": 16 << 20});
+
+    info!("--- two workstations fit the quota");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let created = acme.post("/v1/workstations", &small).await?;
+        assert_eq!(created.status, 201, "{}", created.text);
+        ids.push(created.body["id"].as_str().unwrap_or_default().to_string());
+    }
+
+    info!("--- the third is refused with 429 naming the limit; another tenant still creates");
+    let refused = acme.post("/v1/workstations", &small).await?;
+    assert_eq!(refused.status, 429, "{}", refused.text);
+    assert!(
+        refused.text.contains("tenant_workstations_max"),
+        "{}",
+        refused.text
+    );
+    let theirs = other.post("/v1/workstations", &small).await?;
+    assert_eq!(theirs.status, 201, "{}", theirs.text);
+
+    info!("--- a delete makes room");
+    let deleted = acme.delete(&format!("/v1/workstations/{}", ids[0])).await?;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    let again = acme.post("/v1/workstations", &small).await?;
+    assert_eq!(again.status, 201, "{}", again.text);
+    Ok(())
+}

@@ -149,6 +149,7 @@ fn settings_of(config: &AgentConfig) -> ClusterSettings {
     ClusterSettings {
         voter_target: 3,
         heartbeat_grace_ms: config.heartbeat_grace_ms,
+        tenant_workstations_max: config.tenant_workstations_max,
         ..ClusterSettings::default()
     }
 }
