@@ -10,6 +10,19 @@
 //! length and a payload (see [`crate::codec`]). The first frame's first byte says what the
 //! stream is: `0` request (one request frame, one response frame), `1` stream (an opening
 //! frame, then frames both ways until either side finishes).
+//!
+//! Connections: one cached connection per peer, dialled on first use. A peer killed and
+//! restarted on its identity must not leave us talking to its previous process:
+//! - its new process answers the old connection's packets with a stateless reset (the reset
+//!   key is derived from the identity, see `endpoint_config`), which closes the connection
+//!   at once; the request is retried once on a new one;
+//! - failing that, a connection whose peer sends nothing at all for
+//!   [`TransportLimits::peer_silence_ms_max`] while a request waits is closed, and the request
+//!   retried once (see `ConnectionLiveness`);
+//! - a dial runs on its own task, shared by every caller meanwhile (callers giving up do not
+//!   cancel it), and is replaced after [`TransportLimits::dial_attempt_ms`] so that a dial
+//!   begun while the peer was down does not make callers wait for its backed-off
+//!   retransmissions.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -826,5 +839,36 @@ async fn serve_stream(
         kind => {
             tracing::debug!(kind, peer = %from.mesh_addr, "unknown stream kind");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reset_key_is_the_same_for_every_process_of_a_node_and_is_not_its_private_key() {
+        let node = Identity::from_secret_bytes([7; 32]);
+        let same_node_restarted = Identity::from_secret_bytes([7; 32]);
+        let other_node = Identity::from_secret_bytes([8; 32]);
+        let key = derive_key(&node, KDF_INFO_RESET_KEY).unwrap();
+        assert_eq!(
+            key,
+            derive_key(&same_node_restarted, KDF_INFO_RESET_KEY).unwrap()
+        );
+        assert_ne!(key, derive_key(&other_node, KDF_INFO_RESET_KEY).unwrap());
+        assert_ne!(key, [7; 32]);
+        assert_ne!(key, node.public_key().0);
+        assert!(endpoint_config(&node).is_ok());
+    }
+
+    #[test]
+    fn connection_ids_are_random_and_of_the_announced_length() {
+        use quinn::ConnectionIdGenerator as _;
+        let mut generator = MeshConnectionIdGenerator;
+        let first = generator.generate_cid();
+        let second = generator.generate_cid();
+        assert_eq!(first.len(), generator.cid_len());
+        assert_ne!(first, second);
     }
 }
