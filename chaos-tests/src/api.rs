@@ -20,6 +20,9 @@ pub struct ClusterInfo {
     pub leader: Option<String>,
     pub term: u64,
     pub answered_by: String,
+    /// The Raft voters (SPEC: a server is a Raft voter).
+    #[serde(default)]
+    pub servers: Vec<String>,
 }
 
 /// CPU and memory.

@@ -67,6 +67,9 @@ pub struct Cluster {
     pub mesh: String,
     /// Where the bootstrap node writes the admin key.
     pub admin_token_path: PathBuf,
+    /// The agents' config file (`--config`), when the run needs one: it sets the cluster's
+    /// voter target to the number of servers (read by the bootstrapping node only).
+    pub config_path: Option<PathBuf>,
     /// Every agent pid the run started, with its node: processes an agent spawned carry its
     /// pid in their tree marker, also after the agent was killed.
     pub agent_pids: BTreeMap<i32, NodeIdx>,
@@ -85,6 +88,16 @@ impl Cluster {
     ) -> anyhow::Result<Cluster> {
         let root = tag.root_dir();
         std::fs::create_dir_all(&root).with_context(|| format!("mkdir {}", root.display()))?;
+        let n_servers = roles.iter().filter(|r| **r == Role::ServerWorker).count();
+        let config_path = match agent_config_text(n_servers)? {
+            Some(text) => {
+                let path = root.join("agent.toml");
+                std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                Some(path)
+            }
+            None => None,
+        };
         let net = TestNetwork::create(tag, roles.len())?;
         let mut nodes = Vec::new();
         for (idx, role) in roles.iter().enumerate() {
@@ -112,6 +125,7 @@ impl Cluster {
             shoal: shoal.to_path_buf(),
             mesh: mesh.to_string(),
             admin_token_path: root.join("admin.token"),
+            config_path,
             agent_pids: BTreeMap::new(),
             cgroup_names: BTreeSet::new(),
         })
@@ -151,6 +165,9 @@ impl Cluster {
         ];
         if node.role == Role::Worker {
             args.extend(["--role".to_string(), "worker".to_string()]);
+        }
+        if let Some(path) = &self.config_path {
+            args.extend(["--config".to_string(), path.display().to_string()]);
         }
         args.extend(node.join_args.iter().cloned());
         let spec = ProcessSpec {
@@ -263,6 +280,18 @@ impl Cluster {
     }
 }
 
+/// The agents' config file for a cluster of `n_servers` servers: `None` for 3 (the agent's
+/// default voter target, so the harness also drives binaries without the option), a
+/// `voter_target` line for 1 or 5 (SPEC: a server is a Raft voter; 1, 3 or 5 of them), an
+/// error for any other number.
+pub fn agent_config_text(n_servers: usize) -> anyhow::Result<Option<String>> {
+    match n_servers {
+        3 => Ok(None),
+        1 | 5 => Ok(Some(format!("voter_target = {n_servers}\n"))),
+        other => bail!("a cluster has 1, 3 or 5 servers, not {other}"),
+    }
+}
+
 /// The `cgroup=` value of the last `shoal-agent ready` line of an agent's output; only a name
 /// of the agent's own form (`shoal-…`, no `/`) is taken, since cleanup removes what it names.
 pub fn ready_line_cgroup(log: &str) -> Option<String> {
@@ -283,7 +312,23 @@ pub fn ready_line_cgroup(log: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::ready_line_cgroup;
+    use super::{agent_config_text, ready_line_cgroup};
+
+    #[test]
+    fn every_server_is_a_voter_one_three_or_five() {
+        assert_eq!(agent_config_text(3).unwrap(), None);
+        assert_eq!(
+            agent_config_text(5).unwrap().as_deref(),
+            Some("voter_target = 5\n")
+        );
+        assert_eq!(
+            agent_config_text(1).unwrap().as_deref(),
+            Some("voter_target = 1\n")
+        );
+        for n in [0, 2, 4, 6] {
+            assert!(agent_config_text(n).is_err(), "{n} servers");
+        }
+    }
 
     #[test]
     fn ready_line_cgroup_cases() {

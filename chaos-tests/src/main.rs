@@ -43,10 +43,10 @@ struct Cli {
     /// Where to write the JSON report.
     #[arg(long, default_value = "target/chaos-report.json")]
     report: PathBuf,
-    /// Server nodes.
+    /// Server nodes (Raft voters): 1, 3 or 5. The run starts once every one of them votes.
     #[arg(long, default_value_t = 3)]
     servers: usize,
-    /// Worker-only nodes (none by default until Shoal's worker-only nodes can serve a run).
+    /// Worker-only nodes (CI runs the quick scenario with 1: ops/test.sh).
     #[arg(long, default_value_t = 0)]
     workers: usize,
     /// Mesh data plane of the agents: `tun` or `userspace`.

@@ -304,6 +304,28 @@ impl Ctx {
         }
     }
 
+    /// Waits until node 0 reports `n_servers` Raft voters (SPEC: a server is a Raft voter;
+    /// joined servers start as learners and are promoted one by one).
+    async fn wait_voters(&self, n_servers: usize, timeout_ms: u64) -> anyhow::Result<()> {
+        let deadline_ms = self.clock.now_ms() + timeout_ms;
+        let mut voters = Vec::new();
+        loop {
+            if let Some(info) = self.cluster_info(0).await {
+                voters = info.servers;
+                if voters.len() == n_servers {
+                    info!(?voters, "every server is a voter");
+                    return Ok(());
+                }
+            }
+            if self.clock.now_ms() > deadline_ms || !self.sleep_ms(200).await {
+                bail!(
+                    "{} of {n_servers} servers are Raft voters after {timeout_ms} ms: {voters:?}",
+                    voters.len()
+                );
+            }
+        }
+    }
+
     /// Creates a join token through any up node.
     async fn create_token(&self, role: Role) -> Result<String, (Outcome, String)> {
         let body = match role {
@@ -393,27 +415,35 @@ async fn run_async(
     });
     ctx.wait_node_up(0, NODE_UP_TIMEOUT_MS).await?;
 
-    info!(n_nodes, "--- join the other nodes with tokens");
-    for idx in 1..n_nodes {
-        if let Err(error) = ctx.join(idx).await {
-            // A verdict still: the run failed because the cluster could not form.
-            warn!(error = %format!("{error:#}"), "the cluster did not form");
-            let history = std::mem::take(&mut *lock(&ctx.history));
-            let report = Report::new(
-                RunInfo {
-                    scenario: options.scenario.clone(),
-                    seed: options.seed,
-                    shoal_binary: options.shoal.display().to_string(),
-                    n_nodes,
-                    duration_ms: ctx.clock.now_ms(),
-                    modes_left_out: options.modes_left_out.clone(),
-                },
-                &history,
-                Vec::new(),
-                vec![format!("the cluster did not form: {error:#}")],
-            );
-            return Ok((report, history));
+    info!(
+        n_nodes,
+        "--- join the other nodes with tokens, wait until every server votes"
+    );
+    let formed = async {
+        for idx in 1..n_nodes {
+            ctx.join(idx).await?;
         }
+        ctx.wait_voters(options.n_servers, NODE_UP_TIMEOUT_MS).await
+    }
+    .await;
+    if let Err(error) = formed {
+        // A verdict still: the run failed because the cluster could not form.
+        warn!(error = %format!("{error:#}"), "the cluster did not form");
+        let history = std::mem::take(&mut *lock(&ctx.history));
+        let report = Report::new(
+            RunInfo {
+                scenario: options.scenario.clone(),
+                seed: options.seed,
+                shoal_binary: options.shoal.display().to_string(),
+                n_nodes,
+                duration_ms: ctx.clock.now_ms(),
+                modes_left_out: options.modes_left_out.clone(),
+            },
+            &history,
+            Vec::new(),
+            vec![format!("the cluster did not form: {error:#}")],
+        );
+        return Ok((report, history));
     }
 
     info!(

@@ -89,6 +89,7 @@ pub struct FileConfig {
     api_workers: Option<usize>,
     heartbeat_interval_ms: Option<u64>,
     heartbeat_grace_ms: Option<u64>,
+    voter_target: Option<u8>,
     node_reserve_cpu_millis: Option<u64>,
     node_reserve_memory_bytes: Option<u64>,
     workstations_per_node_max: Option<usize>,
@@ -135,6 +136,9 @@ pub struct AgentConfig {
     pub heartbeat_interval_ms: u64,
     /// A node is `down` after this long without a heartbeat.
     pub heartbeat_grace_ms: u64,
+    /// Raft voters the cluster keeps (1, 3 or 5; servers beyond it stay learners). Only a
+    /// bootstrapping node reads it: it is a cluster setting from then on.
+    pub voter_target: u8,
     /// CPU kept back for the node itself.
     pub node_reserve_cpu_millis: u64,
     /// Memory kept back for the node itself.
@@ -204,6 +208,7 @@ impl AgentConfig {
             api_workers: file.api_workers.unwrap_or(2),
             heartbeat_interval_ms: file.heartbeat_interval_ms.unwrap_or(1_000),
             heartbeat_grace_ms: file.heartbeat_grace_ms.unwrap_or(10_000),
+            voter_target: file.voter_target.unwrap_or(3),
             node_reserve_cpu_millis: file.node_reserve_cpu_millis.unwrap_or(0),
             node_reserve_memory_bytes: file.node_reserve_memory_bytes.unwrap_or(256 << 20),
             workstations_per_node_max: file.workstations_per_node_max.unwrap_or(256),
@@ -229,6 +234,9 @@ impl AgentConfig {
         }
         if self.heartbeat_interval_ms == 0 || self.heartbeat_grace_ms < self.heartbeat_interval_ms {
             bail!("heartbeat_grace_ms must be at least heartbeat_interval_ms, which must be > 0");
+        }
+        if !matches!(self.voter_target, 1 | 3 | 5) {
+            bail!("voter_target must be 1, 3 or 5");
         }
         if self.log_keepalive_ms == 0 || self.log_keepalive_ms > 15_000 {
             bail!("log_keepalive_ms must be between 1 and 15000 (SPEC.md: at least every 15 s)");
@@ -314,6 +322,7 @@ mod tests {
             file.api_workers.is_some(),
             file.heartbeat_interval_ms.is_some(),
             file.heartbeat_grace_ms.is_some(),
+            file.voter_target.is_some(),
             file.node_reserve_cpu_millis.is_some(),
             file.node_reserve_memory_bytes.is_some(),
             file.workstations_per_node_max.is_some(),
@@ -339,6 +348,13 @@ mod tests {
         };
         assert!(AgentConfig::resolve(&args).is_err());
         assert!(parse_roles("server,cook").is_err());
+        std::fs::write(dir.path().join("shoal.toml"), "voter_target = 4\n").unwrap();
+        let args = AgentArgs {
+            config: Some(dir.path().join("shoal.toml")),
+            data_dir: Some(PathBuf::from("/x")),
+            ..AgentArgs::default()
+        };
+        assert!(AgentConfig::resolve(&args).is_err(), "voter_target 4");
         assert_eq!(parse_roles("worker").unwrap(), (false, true));
     }
 

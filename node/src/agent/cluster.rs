@@ -147,7 +147,7 @@ impl std::fmt::Debug for ClusterNode {
 /// The settings a bootstrapping node commits.
 fn settings_of(config: &AgentConfig) -> ClusterSettings {
     ClusterSettings {
-        voter_target: 3,
+        voter_target: config.voter_target,
         heartbeat_grace_ms: config.heartbeat_grace_ms,
         tenant_workstations_max: config.tenant_workstations_max,
         ..ClusterSettings::default()
