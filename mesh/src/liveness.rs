@@ -38,6 +38,13 @@ impl ConnectionLiveness {
             .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
     }
 
+    /// An upper bound of [`Self::silent_for`] that needs no counter: the time since the
+    /// silence window began, zero if none is open.
+    pub(crate) fn window_age(&self, now: Instant) -> Duration {
+        self.unanswered_since
+            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
+    }
+
     fn observe(&mut self, rx_datagrams: u64) {
         if rx_datagrams != self.rx_datagrams_seen {
             // The peer sent something after every earlier request: it was alive then.
@@ -108,7 +115,9 @@ mod tests {
                     prop_assert_eq!(since, expected);
                 } else {
                     let expected = model_since.map_or(Duration::ZERO, |s| now - s);
+                    let age = liveness.window_age(now);
                     prop_assert_eq!(liveness.silent_for(rx, now), expected);
+                    prop_assert!(age >= expected, "the window age bounds the silence");
                 }
             }
         }

@@ -485,11 +485,15 @@ impl Transport {
     /// How long `live`'s peer has been silent with a request outstanding, if that is past
     /// the bound.
     fn silent_past_bound(&self, live: &Live) -> Option<Duration> {
+        let now = clock::monotonic();
+        // The common case without touching quinn's connection state: the silence cannot be
+        // longer than its window, and the bound is never below the configured limit.
+        let limit = Duration::from_millis(self.inner.limits.peer_silence_ms_max);
+        if live.liveness.lock().window_age(now) < limit {
+            return None;
+        }
         let rx_datagrams = live.rx_datagrams();
-        let silent = live
-            .liveness
-            .lock()
-            .silent_for(rx_datagrams, clock::monotonic());
+        let silent = live.liveness.lock().silent_for(rx_datagrams, now);
         (silent >= self.silence_bound(live)).then_some(silent)
     }
 
