@@ -27,11 +27,13 @@ pub fn next_step(
     voters: &BTreeSet<NodeId>,
     learners: &BTreeSet<NodeId>,
 ) -> Option<MembershipStep> {
+    // A removed node leaves Raft at once, while its workstations are still being drained
+    // away: it stops taking part as soon as it learns it was removed, and with two voters
+    // the change that removes it needs its vote.
     let is_server = |id: &NodeId| {
-        state
-            .nodes
-            .get(id)
-            .is_some_and(|node| node.roles.server && node.state != NodeState::Left)
+        state.nodes.get(id).is_some_and(|node| {
+            node.roles.server && !node.removing && node.state != NodeState::Left
+        })
     };
     // Removals first; never remove the last voter.
     for id in learners.iter().chain(voters.iter()) {

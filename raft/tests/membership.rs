@@ -382,6 +382,38 @@ fn workstations_left_pending_by_a_removal_are_placed_when_room_appears_with_the_
     assert!(state.check_invariants().is_ok());
 }
 
+/// Regression (chaos, removed_node_returns): a removed voter stayed a voter until its
+/// workstations were drained away, while it had already stopped; with two voters the cluster
+/// then had no quorum and the drain, and the membership change, never committed.
+#[test]
+fn a_removed_server_leaves_the_raft_membership_at_once_while_its_workstations_drain() {
+    let mut state = cluster_of(3, 4_000);
+    let (_, on) = create(&mut state, 1_000);
+    assert!(run(&mut state, Action::RemoveNode { node: on }).is_ok());
+    assert_eq!(
+        state.nodes[&on].state,
+        NodeState::Draining,
+        "still draining"
+    );
+    let others: Vec<NodeId> = [1, 2, 3].into_iter().filter(|id| *id != on).collect();
+    let voters = set(&[1, 2, 3]);
+    assert_eq!(
+        next_step(&state, &voters, &set(&[])),
+        Some(MembershipStep::Remove(on))
+    );
+    // Down to two voters, removing one of them is planned too (its vote commits it).
+    let two = set(&[others[0], on]);
+    assert_eq!(
+        next_step(&state, &two, &set(&[])),
+        Some(MembershipStep::Remove(on))
+    );
+    // Never the last voter: the others join first.
+    assert!(!matches!(
+        next_step(&state, &set(&[on]), &set(&[])),
+        Some(MembershipStep::Remove(_))
+    ));
+}
+
 #[test]
 fn a_removed_node_id_and_mesh_address_are_never_reused() {
     let mut state = cluster_of(3, 4_000);

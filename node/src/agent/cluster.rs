@@ -76,6 +76,15 @@ pub const REMOVED_FILE: &str = "removed";
 /// How long a node told by the leader that it was removed waits for its replica to apply it.
 const REMOVED_APPLY_WAIT: Duration = Duration::from_secs(2);
 
+/// How long a removed node that holds the configuration leaving it out waits for it to be
+/// applied before it exits.
+const REMOVED_ACK_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a removed node that is still a Raft voter keeps taking part in Raft (running no
+/// workstation, serving no API) so that the membership change removing it can commit: in a
+/// cluster of two voters that change needs its vote.
+const REMOVED_VOTER_WAIT: Duration = Duration::from_secs(30);
+
 /// What a node must remember about itself to come back as the same member after a restart.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MemberFile {
@@ -310,7 +319,9 @@ impl ClusterNode {
             // Removed while it was away, and its replica caught up with that: never serve.
             if raft.read(|state| is_removed(state, member.raft_id)) {
                 record_removed(&config.data_dir, member.raft_id);
-                // Nothing runs yet (no workstation, no API): stopping Raft is enough.
+                // Nothing runs yet (no workstation, no API); Raft may still need its vote.
+                let view = StateView::Raft(raft.clone());
+                wait_out_of_voters(&view, member.raft_id).await;
                 let _ = raft.shutdown().await;
                 exit_removed(member.raft_id);
             }
@@ -573,11 +584,72 @@ async fn leave_removed(agent: &Agent, how: &str) -> ! {
         }
     })
     .await;
+    // Held until the exit: no reconcile or resume starts a workstation here again.
+    let _no_more_starts = agent.reconcile_lock.lock().await;
     agent
         .host
         .shutdown(Duration::from_millis(agent.config.shutdown_grace_ms))
         .await;
+    wait_out_of_voters(&agent.raft, id).await;
     exit_removed(id)
+}
+
+/// Waits (at most [`REMOVED_VOTER_WAIT`]) until this removed node's vote is no longer needed:
+/// the leader removes a removed node from the Raft membership at once, and with two voters
+/// the joint configuration of that change cannot commit without this node's acknowledgement.
+/// Once this node holds a configuration whose newest voter set leaves it out, it has
+/// acknowledged it (or is about to); it then waits a moment ([`REMOVED_ACK_WAIT`]) for that
+/// entry to be applied here, which the leader may never tell it (it stops replicating to a
+/// removed node). A worker-only node is never a voter.
+async fn wait_out_of_voters(view: &StateView, id: NodeId) {
+    let Some(raft) = view.as_raft() else {
+        return;
+    };
+    if !in_newest_voters(raft, id).0 {
+        return;
+    }
+    info!(
+        node = id,
+        "removed: staying a Raft voter until the membership change commits"
+    );
+    let mut metrics = raft.metrics();
+    let waiting = async {
+        while in_newest_voters(raft, id).0 {
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+        let _ = tokio::time::timeout(REMOVED_ACK_WAIT, async {
+            while !in_newest_voters(raft, id).1 {
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    };
+    if tokio::time::timeout(REMOVED_VOTER_WAIT, waiting)
+        .await
+        .is_err()
+    {
+        warn!(node = id, "removed: still a Raft voter; exiting anyway");
+    }
+}
+
+/// Whether `id` is a voter of the newest configuration this node holds, and whether that
+/// configuration is applied (so committed) here.
+fn in_newest_voters(raft: &RaftNode, id: NodeId) -> (bool, bool) {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    let in_newest = m
+        .membership_config
+        .membership()
+        .get_joint_config()
+        .last()
+        .is_some_and(|voters| voters.contains(&id));
+    let applied = m.last_applied.map(|log_id| log_id.index);
+    let config_at = m.membership_config.log_id().map(|log_id| log_id.index);
+    (in_newest, applied >= config_at)
 }
 
 /// A node marked `down` while it was silent (a partition, a pause, a slow join) is heard again:

@@ -202,14 +202,15 @@ pub async fn healthz(agent: web::Data<Agent>) -> HttpResponse {
     })
 }
 
-/// Readiness: the node can serve writes (a leader is known, it is not shutting down, it was not
-/// removed from the cluster).
+/// Readiness: the node can serve writes (the leader acknowledged it within its lease, it is not
+/// shutting down, it was not removed from the cluster).
 #[utoipa::path(get, path = "/readyz",
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)), tag = "system")]
 pub async fn readyz(agent: web::Data<Agent>) -> Result<HttpResponse, ApiError> {
     refuse_if_stopping(&agent)?;
-    // SPEC: ready means a leader is known. A node removed from the cluster that came back
-    // where no member hears it any more never knows one, so it never reports ready.
+    // Ready means the cluster hears this node: its lease was renewed by a heartbeat the
+    // leader acknowledged. "A leader is known" is not enough: a removed node that came back
+    // where no member hears it any more still names the leader of the vote it kept on disk.
     let id = agent.raft.id();
     if agent
         .raft
@@ -224,8 +225,10 @@ pub async fn readyz(agent: web::Data<Agent>) -> Result<HttpResponse, ApiError> {
             "raft storage failed, retrying: {error}"
         )));
     }
-    if agent.raft.status().leader.is_none() {
-        return Err(ApiError::unavailable("no Raft leader known"));
+    if !agent.fence.may_run() {
+        return Err(ApiError::unavailable(
+            "no lease: the leader has not acknowledged this node recently",
+        ));
     }
     Ok(HttpResponse::Ok().json(Health {
         status: "ok".to_string(),
