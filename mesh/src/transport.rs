@@ -15,10 +15,13 @@
 //! restarted on its identity must not leave us talking to its previous process:
 //! - its new process answers the old connection's packets with a stateless reset (the reset
 //!   key is derived from the identity, see `endpoint_config`), which closes the connection
-//!   at once; the request is retried once on a new one;
+//!   at once: the request on it fails and the next one dials the new process;
 //! - failing that, a connection whose peer sends nothing at all for
-//!   [`TransportLimits::peer_silence_ms_max`] while a request waits is closed, and the request
-//!   retried once (see `ConnectionLiveness`);
+//!   [`TransportLimits::peer_silence_ms_max`] while a request waits is closed in the same way
+//!   (see `ConnectionLiveness`);
+//! - a request that went out is never resent by the transport (the peer may have handled it:
+//!   a forwarded write or run must not happen twice); only the caller, who knows whether it
+//!   is idempotent, retries;
 //! - a dial runs on its own task, shared by every caller meanwhile (callers giving up do not
 //!   cancel it), and is replaced after [`TransportLimits::dial_attempt_ms`] so that a dial
 //!   begun while the peer was down does not make callers wait for its backed-off
@@ -153,9 +156,9 @@ pub struct TransportLimits {
     pub idle_timeout_ms: u64,
     /// A connection on which a request went out and then nothing at all arrived from the
     /// peer (not even an acknowledgement) for this long, or four round trips if that is
-    /// longer, is closed and the request retried once on a new connection: the peer's
-    /// process is gone. Usually a restarted peer's stateless reset closes the connection
-    /// sooner; this is the fallback.
+    /// longer, is closed (the request fails; the next one dials a new connection): the
+    /// peer's process is gone. Usually a restarted peer's stateless reset closes the
+    /// connection sooner; this is the fallback.
     pub peer_silence_ms_max: u64,
     /// A dial not through after this long is joined no more: the next caller starts a new
     /// one, whose first packet goes out at once, where the old dial's retransmissions back off
@@ -654,10 +657,13 @@ impl Transport {
         }
     }
 
-    /// Sends `request` to the member at `peer` and returns its answer. A cached connection
-    /// that turns out dead (the peer restarted: its stateless reset closed the connection, or
-    /// the peer stayed silent past [`TransportLimits::peer_silence_ms_max`]) is replaced
-    /// once, within the same deadline.
+    /// Sends `request` to the member at `peer` and returns its answer.
+    ///
+    /// A cached connection found dead before the request went out on it is replaced at once,
+    /// within the same deadline. A request that went out is never sent twice here, since the
+    /// peer may have handled it: if the connection then dies (the restarted peer's stateless
+    /// reset, or the peer silent past [`TransportLimits::peer_silence_ms_max`]), the request
+    /// fails at once and the caller's next request dials a new connection.
     pub async fn request(&self, peer: Ipv4Addr, request: Bytes) -> Result<Bytes, TransportError> {
         let timeout_ms = self.inner.limits.request_timeout_ms;
         let attempt = async {
@@ -665,12 +671,12 @@ impl Transport {
                 let (live, fresh) = self.connection(peer).await?;
                 match self.request_on(peer, &live, &request).await {
                     Ok(response) => return Ok(response),
-                    Err(e) => {
+                    Err(failure) => {
                         self.forget(peer, &live);
-                        if fresh || attempt == 1 {
-                            return Err(e);
+                        if fresh || attempt == 1 || failure.maybe_delivered {
+                            return Err(failure.error);
                         }
-                        tracing::debug!(peer = %peer, error = %e, "stale connection, reconnecting");
+                        tracing::debug!(peer = %peer, error = %failure.error, "stale connection, reconnecting");
                     }
                 }
             }
@@ -685,14 +691,14 @@ impl Transport {
     }
 
     /// One request on `live`. If the peer stays silent (see [`ConnectionLiveness`]) past the
-    /// bound, the connection is closed and the request fails, so that the caller can retry
-    /// on a new one.
+    /// bound, the connection is closed and the request fails, so that the next request dials
+    /// a new one.
     async fn request_on(
         &self,
         peer: Ipv4Addr,
         live: &Live,
         request: &[u8],
-    ) -> Result<Bytes, TransportError> {
+    ) -> Result<Bytes, RequestFailure> {
         let sent_at = clock::monotonic();
         let rx_datagrams = live.rx_datagrams();
         let silent_since = live.liveness.lock().on_request_sent(rx_datagrams, sent_at);
@@ -712,10 +718,12 @@ impl Transport {
             }
             if let Some(silent) = self.silent_past_bound(live) {
                 self.close_silent(peer, live, silent);
-                return Err(TransportError::Connection {
-                    addr: IpAddr::V4(peer),
-                    message: format!("no packet from the peer for {} ms", silent.as_millis()),
-                });
+                return Err(RequestFailure::maybe_delivered(
+                    TransportError::Connection {
+                        addr: IpAddr::V4(peer),
+                        message: format!("no packet from the peer for {} ms", silent.as_millis()),
+                    },
+                ));
             }
         }
         // The peer acknowledged something after the request went out: it is alive and the
@@ -796,19 +804,48 @@ fn prefixed(kind: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Sends one request frame on a new stream of `connection` and reads the answer.
-async fn exchange(connection: &quinn::Connection, request: &[u8]) -> Result<Bytes, TransportError> {
+async fn exchange(connection: &quinn::Connection, request: &[u8]) -> Result<Bytes, RequestFailure> {
     let addr = connection.remote_address().ip();
-    let (mut send, mut recv) =
-        connection
-            .open_bi()
-            .await
-            .map_err(|e| TransportError::Connection {
-                addr,
-                message: e.to_string(),
-            })?;
-    write_frame(&mut send, &prefixed(KIND_REQUEST, request)).await?;
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| {
+        RequestFailure::not_sent(TransportError::Connection {
+            addr,
+            message: e.to_string(),
+        })
+    })?;
+    // A peer handles a request only once its whole frame arrived: if the write failed, the
+    // frame was not all sent.
+    write_frame(&mut send, &prefixed(KIND_REQUEST, request))
+        .await
+        .map_err(RequestFailure::not_sent)?;
     let _ = send.finish();
-    read_frame(&mut recv).await?.ok_or(TransportError::Closed)
+    read_frame(&mut recv)
+        .await
+        .and_then(|frame| frame.ok_or(TransportError::Closed))
+        .map_err(RequestFailure::maybe_delivered)
+}
+
+/// A failed request, and whether the peer may have handled it (then only the caller, who
+/// knows whether the request can be handled twice, may send it again).
+#[derive(Debug)]
+struct RequestFailure {
+    error: TransportError,
+    maybe_delivered: bool,
+}
+
+impl RequestFailure {
+    fn not_sent(error: TransportError) -> Self {
+        Self {
+            error,
+            maybe_delivered: false,
+        }
+    }
+
+    fn maybe_delivered(error: TransportError) -> Self {
+        Self {
+            error,
+            maybe_delivered: true,
+        }
+    }
 }
 
 async fn serve_stream(

@@ -10,11 +10,14 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use shoal_mesh::{Mesh, PeerSpec, Transport, TransportLimits};
+use shoal_mesh::{Mesh, MeshConfig, PeerInfo, PeerSpec, RpcHandler, Transport, TransportLimits};
+use tokio::sync::Notify;
 
 /// The deadline of one try, as a Raft or heartbeat caller has one (well under the 6 s idle
 /// timeout of `quick_limits`).
@@ -136,7 +139,7 @@ async fn a_restarted_peers_stateless_reset_kills_the_old_connection_so_the_next_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_connection_to_a_killed_peer_is_closed_and_a_fresh_dial_reaches_it_once_it_is_back(
+async fn a_silent_connection_to_a_killed_peer_is_closed_and_a_dial_begun_while_it_was_down_does_not_delay_it_once_back(
 ) {
     init_tracing();
     let limits = quick_limits();
@@ -167,18 +170,37 @@ async fn a_silent_connection_to_a_killed_peer_is_closed_and_a_fresh_dial_reaches
     let stats = a.stats();
     assert_eq!(stats.connections_closed_silent, 1, "{stats:?}");
 
-    tracing::info!("--- restart C: A's next request gets through within the deadline, though a dial begun while C was down may still be waiting");
+    tracing::info!("--- the next request dials C while it is down; the dial outlives the caller");
+    let unanswered = tokio::time::timeout(
+        Duration::from_millis(1_500),
+        a.request(c_addr, Bytes::from_static(b"into the void again")),
+    )
+    .await;
+    assert!(
+        !matches!(unanswered, Ok(Ok(_))),
+        "a killed peer cannot answer"
+    );
+    assert_eq!(a.stats().dials_started, 2);
+
+    tracing::info!("--- restart C; once C has reached A (the tunnel is up both ways), one try of A's gets through");
     let c = start_userspace_with(dirs[1].path(), listen, c_addr, limits).await;
     c.set_peers(&specs).unwrap();
-    let answer = request_within_deadline(&a, c_addr, b"after")
+    let answer = request_within_deadline(&c.transport(), nodes[0].mesh_addr(), b"hello")
         .await
-        .unwrap_or_else(|e| panic!("A could not reach the restarted C: {e}"));
+        .unwrap();
+    assert_eq!(answer, echo_of("hello", &c));
+    // The dial begun while C was down is older than `dial_attempt_ms`: its retransmissions
+    // back off (the next one about 3 s after it began, past its 2 s connect timeout), so
+    // waiting for it would miss the deadline; a new dial is started instead.
+    let answer = tokio::time::timeout(
+        CALLER_DEADLINE,
+        a.request(c_addr, Bytes::from_static(b"after")),
+    )
+    .await
+    .expect("an answer within the deadline")
+    .expect("an answer");
     assert_eq!(answer, echo_of("after", &nodes[0]));
-    // The dial begun when the silent connection was closed (C down, its retransmissions
-    // backing off) was older than `dial_attempt_ms` when C came back: a new one was started
-    // rather than waited for.
-    let stats = a.stats();
-    assert!(stats.dials_started >= 3, "{stats:?}");
+    assert_eq!(a.stats().dials_started, 3);
     c.shutdown().await;
     for node in nodes {
         node.shutdown().await;
@@ -226,4 +248,88 @@ async fn concurrent_requests_to_a_restarted_peer_share_one_new_connection() {
     for node in nodes {
         node.shutdown().await;
     }
+}
+
+/// Counts the requests it handles (across restarts: the count is shared); a `hang` request is
+/// counted and then never answered, like a write its node handled just before being killed.
+struct CountingHandler {
+    handled: Arc<AtomicU32>,
+    first_handled: Arc<Notify>,
+}
+
+#[async_trait::async_trait]
+impl RpcHandler for CountingHandler {
+    async fn handle(&self, _from: PeerInfo, request: Bytes) -> Bytes {
+        if request == b"hang"[..] {
+            self.handled.fetch_add(1, Ordering::SeqCst);
+            self.first_handled.notify_one();
+            std::future::pending::<()>().await;
+        }
+        request
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_its_peer_handled_before_being_killed_is_not_sent_again_to_the_restarted_peer() {
+    init_tracing();
+    let limits = quick_limits();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let handled = Arc::new(AtomicU32::new(0));
+    let first_handled = Arc::new(Notify::new());
+    let start_c = |listen: SocketAddr| {
+        let mut config = MeshConfig::new(dirs[1].path(), listen, mesh_ip(2));
+        config.limits = limits;
+        let handler = Arc::new(CountingHandler {
+            handled: Arc::clone(&handled),
+            first_handled: Arc::clone(&first_handled),
+        });
+        async move { Mesh::start(config, handler).await.expect("mesh starts") }
+    };
+    let a_node = start_userspace_with(dirs[0].path(), loopback_any(), mesh_ip(1), limits).await;
+    let c = start_c(loopback_any()).await;
+    let specs = vec![spec_of(&a_node), spec_of(&c)];
+    a_node.set_peers(&specs).unwrap();
+    c.set_peers(&specs).unwrap();
+    let a = a_node.transport();
+    let c_addr = c.mesh_addr();
+
+    let answer = request_within_deadline(&a, c_addr, b"warm").await.unwrap();
+    assert_eq!(answer, &b"warm"[..], "A has a connection to C cached");
+
+    tracing::info!("--- C handles A's request but dies before answering");
+    let pending = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            tokio::time::timeout(
+                Duration::from_secs(8),
+                a.request(c_addr, Bytes::from_static(b"hang")),
+            )
+            .await
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(5), first_handled.notified())
+        .await
+        .expect("C handles the request");
+    let listen = c.local_udp_addr();
+    drop(c);
+
+    tracing::info!(
+        "--- C restarts: A's request fails (the old connection is reset) and is not resent"
+    );
+    let c = start_c(listen).await;
+    c.set_peers(&specs).unwrap();
+    let outcome = pending.await.unwrap();
+    assert!(
+        matches!(outcome, Ok(Err(_))),
+        "the request fails: {outcome:?}"
+    );
+    let answer = request_within_deadline(&a, c_addr, b"next").await.unwrap();
+    assert_eq!(answer, &b"next"[..]);
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        1,
+        "the request was handled once"
+    );
+    c.shutdown().await;
+    a_node.shutdown().await;
 }
