@@ -6,7 +6,8 @@
 //! - [`TAG_WRITE`]: a [`Command`] forwarded by a follower to the leader, answered with a
 //!   [`ForwardReply`].
 //! - [`TAG_VIEW`]: a worker mirror's request to the leader ([`ViewRequest`]): the committed
-//!   state of a node that holds no Raft log, or the leader's live usage table.
+//!   state of a node that holds no Raft log, as the commands after the mirror's applied index
+//!   (from the state machine's journal) or whole, or the leader's live usage table.
 //!
 //! [`MeshRaftTransport`] is the client side for Raft; [`forward_write`] is the write path of
 //! a node that does not lead (through its Raft node, or for a worker through
