@@ -13,8 +13,12 @@ use crate::state::ClusterState;
 /// One membership change for the leader to make.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MembershipStep {
-    /// Remove a member (voter or learner) whose node has left or is not a server.
+    /// Remove a member (a learner) whose node has left, was removed or is not a server.
     Remove(NodeId),
+    /// Remove every voter whose node has left, was removed or is not a server, in one change:
+    /// one at a time, a first change could keep a voter that is gone for good in the new
+    /// configuration, and its joint configuration would then never commit.
+    RemoveVoters(BTreeSet<NodeId>),
     /// Add a ready server node as a learner.
     AddLearner(NodeId, NodeAddr),
     /// Promote a learner to voter.
@@ -35,14 +39,15 @@ pub fn next_step(
             node.roles.server && !node.removing && node.state != NodeState::Left
         })
     };
-    // Removals first; never remove the last voter.
-    for id in learners.iter().chain(voters.iter()) {
-        if state.nodes.contains_key(id)
-            && !is_server(id)
-            && !(voters.len() == 1 && voters.contains(id))
-        {
-            return Some(MembershipStep::Remove(*id));
-        }
+    // Removals first: learners one by one, departing voters all at once; never every voter
+    // (a server is promoted first).
+    let departing = |id: &&NodeId| state.nodes.contains_key(id) && !is_server(id);
+    if let Some(id) = learners.iter().find(departing) {
+        return Some(MembershipStep::Remove(*id));
+    }
+    let departing_voters: BTreeSet<NodeId> = voters.iter().filter(departing).copied().collect();
+    if !departing_voters.is_empty() && departing_voters.len() < voters.len() {
+        return Some(MembershipStep::RemoveVoters(departing_voters));
     }
     let n_voters = voters.iter().filter(|id| is_server(id)).count();
     if n_voters < state.voter_target() {

@@ -1348,6 +1348,14 @@ async fn reconcile_membership(task: &LeaderTask) {
         )
         .await
         .map(|r| r.map(|_| ())),
+        MembershipStep::RemoveVoters(ids) => tokio::time::timeout(
+            timeout,
+            task.raft
+                .get()
+                .change_membership(ChangeMembers::RemoveVoters(ids), false),
+        )
+        .await
+        .map(|r| r.map(|_| ())),
         MembershipStep::Remove(id) => {
             let change = if voters.contains(&id) {
                 ChangeMembers::RemoveVoters(BTreeSet::from([id]))
