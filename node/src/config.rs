@@ -89,6 +89,9 @@ pub struct FileConfig {
     api_workers: Option<usize>,
     heartbeat_interval_ms: Option<u64>,
     heartbeat_grace_ms: Option<u64>,
+    raft_heartbeat_interval_ms: Option<u64>,
+    raft_election_timeout_ms_min: Option<u64>,
+    raft_election_timeout_ms_max: Option<u64>,
     voter_target: Option<u8>,
     node_reserve_cpu_millis: Option<u64>,
     node_reserve_memory_bytes: Option<u64>,
@@ -136,6 +139,14 @@ pub struct AgentConfig {
     pub heartbeat_interval_ms: u64,
     /// A node is `down` after this long without a heartbeat.
     pub heartbeat_grace_ms: u64,
+    /// Raft leader heartbeat period (default 50 ms).
+    pub raft_heartbeat_interval_ms: u64,
+    /// Lower bound of the randomised Raft election timeout (default 150 ms).
+    pub raft_election_timeout_ms_min: u64,
+    /// Upper bound of the randomised Raft election timeout (default 300 ms). A dead leader
+    /// is replaced this much plus one election timeout after its last heartbeat (openraft's
+    /// leader lease); keep both above the data disk's p99 fsync latency.
+    pub raft_election_timeout_ms_max: u64,
     /// Raft voters the cluster keeps (1, 3 or 5; servers beyond it stay learners). Only a
     /// bootstrapping node reads it: it is a cluster setting from then on.
     pub voter_target: u8,
@@ -185,6 +196,7 @@ impl AgentConfig {
         if log_format != "text" && log_format != "json" {
             bail!("log_format must be `text` or `json`, not `{log_format}`");
         }
+        let raft_defaults = shoal_raft::RaftConfig::new(0);
         let config = AgentConfig {
             data_dir,
             bootstrap: args.bootstrap,
@@ -208,6 +220,15 @@ impl AgentConfig {
             api_workers: file.api_workers.unwrap_or(2),
             heartbeat_interval_ms: file.heartbeat_interval_ms.unwrap_or(1_000),
             heartbeat_grace_ms: file.heartbeat_grace_ms.unwrap_or(10_000),
+            raft_heartbeat_interval_ms: file
+                .raft_heartbeat_interval_ms
+                .unwrap_or(raft_defaults.heartbeat_interval_ms),
+            raft_election_timeout_ms_min: file
+                .raft_election_timeout_ms_min
+                .unwrap_or(raft_defaults.election_timeout_ms_min),
+            raft_election_timeout_ms_max: file
+                .raft_election_timeout_ms_max
+                .unwrap_or(raft_defaults.election_timeout_ms_max),
             voter_target: file.voter_target.unwrap_or(3),
             node_reserve_cpu_millis: file.node_reserve_cpu_millis.unwrap_or(0),
             node_reserve_memory_bytes: file.node_reserve_memory_bytes.unwrap_or(256 << 20),
@@ -234,6 +255,20 @@ impl AgentConfig {
         }
         if self.heartbeat_interval_ms == 0 || self.heartbeat_grace_ms < self.heartbeat_interval_ms {
             bail!("heartbeat_grace_ms must be at least heartbeat_interval_ms, which must be > 0");
+        }
+        if self.raft_heartbeat_interval_ms == 0
+            || self.raft_election_timeout_ms_min < 2 * self.raft_heartbeat_interval_ms
+            || self.raft_election_timeout_ms_max <= self.raft_election_timeout_ms_min
+            || self.raft_election_timeout_ms_max > 60_000
+        {
+            bail!(
+                "raft timeouts: need 0 < raft_heartbeat_interval_ms, raft_election_timeout_ms_min at \
+                 least twice the heartbeat, and raft_election_timeout_ms_max above the min and at \
+                 most 60000 (got {}, {}, {})",
+                self.raft_heartbeat_interval_ms,
+                self.raft_election_timeout_ms_min,
+                self.raft_election_timeout_ms_max
+            );
         }
         if !matches!(self.voter_target, 1 | 3 | 5) {
             bail!("voter_target must be 1, 3 or 5");
@@ -322,6 +357,9 @@ mod tests {
             file.api_workers.is_some(),
             file.heartbeat_interval_ms.is_some(),
             file.heartbeat_grace_ms.is_some(),
+            file.raft_heartbeat_interval_ms.is_some(),
+            file.raft_election_timeout_ms_min.is_some(),
+            file.raft_election_timeout_ms_max.is_some(),
             file.voter_target.is_some(),
             file.node_reserve_cpu_millis.is_some(),
             file.node_reserve_memory_bytes.is_some(),
@@ -335,6 +373,46 @@ mod tests {
         ];
         assert!(shown.iter().all(|shown| *shown));
         assert!(text.contains("# admin_token_file = "));
+    }
+
+    #[test]
+    fn raft_timeouts_default_to_the_raft_crates_and_inconsistent_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shoal.toml");
+        let resolve = |text: &str| {
+            std::fs::write(&path, format!("data_dir = \"/x\"\n{text}")).unwrap();
+            AgentConfig::resolve(&AgentArgs {
+                config: Some(path.clone()),
+                ..AgentArgs::default()
+            })
+        };
+        let defaults = resolve("").unwrap();
+        let raft = shoal_raft::RaftConfig::new(1);
+        assert_eq!(
+            (
+                defaults.raft_heartbeat_interval_ms,
+                defaults.raft_election_timeout_ms_min,
+                defaults.raft_election_timeout_ms_max
+            ),
+            (
+                raft.heartbeat_interval_ms,
+                raft.election_timeout_ms_min,
+                raft.election_timeout_ms_max
+            )
+        );
+        let faster =
+            resolve("raft_election_timeout_ms_min = 100\nraft_election_timeout_ms_max = 150\n")
+                .unwrap();
+        assert_eq!(faster.raft_election_timeout_ms_max, 150);
+        for bad in [
+            "raft_heartbeat_interval_ms = 0\n",
+            "raft_election_timeout_ms_min = 90\n",
+            "raft_election_timeout_ms_min = 300\nraft_election_timeout_ms_max = 300\n",
+            "raft_election_timeout_ms_max = 60001\n",
+        ] {
+            let err = resolve(bad).unwrap_err().to_string();
+            assert!(err.contains("raft timeouts"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -262,8 +262,14 @@ impl ClusterNode {
         if member.worker_only {
             return Self::start_worker_only(member, mesh, handler, &initial_peers, config).await;
         }
+        let raft_config = RaftConfig {
+            heartbeat_interval_ms: config.raft_heartbeat_interval_ms,
+            election_timeout_ms_min: config.raft_election_timeout_ms_min,
+            election_timeout_ms_max: config.raft_election_timeout_ms_max,
+            ..RaftConfig::new(member.raft_id)
+        };
         let raft = RaftNode::start(
-            RaftConfig::new(member.raft_id),
+            raft_config,
             &config.data_dir.join("raft"),
             Arc::new(MeshRaftTransport::new(mesh.transport())),
             Arc::new(shoal_raft::clock::SystemClock::default()),
