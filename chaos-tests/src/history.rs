@@ -317,6 +317,10 @@ pub struct History {
     pub leftovers: Vec<LeftoverScan>,
     /// Faults as injected.
     pub faults: Vec<FaultRecord>,
+    /// When the nemesis paused mid-run (a soak's round ended, every fault healed) to let the
+    /// cluster converge, ms since the run started.
+    #[serde(default)]
+    pub pauses_ms: Vec<u64>,
     /// The final state.
     pub final_state: FinalState,
 }

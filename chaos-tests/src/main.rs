@@ -31,7 +31,9 @@ struct Cli {
     /// The short scenario (a few minutes): every fault mode, at least 20 leader kills.
     #[arg(long, conflicts_with = "soak")]
     quick: bool,
-    /// A long run of the given length (e.g. `30m`).
+    /// A long run of the given length (e.g. `30m`) on one cluster: rounds of 40 faults, each
+    /// followed by a pause until the cluster has converged (checked like the end of the run);
+    /// the last minute is for the final convergence.
     #[arg(long, value_name = "DURATION")]
     soak: Option<humantime::Duration>,
     /// The seed of the fault schedule and the workload (random if not given; printed).
@@ -122,13 +124,17 @@ fn scenario_modes(cli: &Cli) -> (Vec<FaultMode>, Vec<String>) {
 /// The nemesis configuration of a scenario.
 fn nemesis_config(cli: &Cli, soak: Option<std::time::Duration>) -> NemesisConfig {
     let warmup_ms = 10_000;
-    let (mut faults_end_ms_max, faults_max) = match soak {
+    // A quick run's worth of faults; a soak repeats such rounds, pausing for convergence after
+    // each.
+    const ROUND_FAULTS: u32 = 40;
+    let (mut faults_end_ms_max, faults_max, pause_every_faults) = match soak {
         // The last minute is for convergence.
         Some(d) => (
             (d.as_millis() as u64).saturating_sub(60_000).max(150_000),
             100_000,
+            ROUND_FAULTS,
         ),
-        None => (210_000, 40),
+        None => (210_000, ROUND_FAULTS, 0),
     };
     if let Some(window) = cli.fault_window {
         faults_end_ms_max = warmup_ms + window.as_millis() as u64;
@@ -146,6 +152,7 @@ fn nemesis_config(cli: &Cli, soak: Option<std::time::Duration>) -> NemesisConfig
         faults_max,
         // Past the default 10 s heartbeat grace: the node is marked down, work re-placed.
         node_lost_ms: 15_000,
+        pause_every_faults,
     }
 }
 

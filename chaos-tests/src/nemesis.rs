@@ -86,6 +86,20 @@ pub struct NemesisConfig {
     /// re-placed); 0 disables it.
     #[serde(default)]
     pub node_lost_ms: u64,
+    /// A soak is rounds of faults: after every this many faults the nemesis pauses until the
+    /// cluster has converged (or the convergence limit has passed), so convergence is checked
+    /// after every round, not only at the end; 0 never pauses (the quick scenario).
+    #[serde(default)]
+    pub pause_every_faults: u32,
+}
+
+impl NemesisConfig {
+    /// Whether the nemesis pauses for convergence after fault `seq` of a schedule of
+    /// `n_faults` (never after the last one: the run's end waits for convergence anyway).
+    pub fn pauses_after(&self, seq: u64, n_faults: usize) -> bool {
+        let every = u64::from(self.pause_every_faults);
+        every > 0 && (seq + 1).is_multiple_of(every) && seq + 1 < n_faults as u64
+    }
 }
 
 /// One fault in the schedule.
@@ -247,7 +261,22 @@ mod tests {
             heal_ms_max: 3_000,
             faults_max: 500,
             node_lost_ms: 15_000,
+            pause_every_faults: 0,
         }
+    }
+
+    #[test]
+    fn a_soak_pauses_after_every_round_but_not_after_the_last_fault() {
+        let mut cfg = config(vec![FaultMode::KillLeader], 1, 600_000);
+        assert!(
+            (0..100).all(|seq| !cfg.pauses_after(seq, 100)),
+            "quick never pauses"
+        );
+        cfg.pause_every_faults = 40;
+        let pauses: Vec<u64> = (0..100).filter(|seq| cfg.pauses_after(*seq, 100)).collect();
+        assert_eq!(pauses, vec![39, 79]);
+        let pauses: Vec<u64> = (0..80).filter(|seq| cfg.pauses_after(*seq, 80)).collect();
+        assert_eq!(pauses, vec![39]);
     }
 
     #[test]

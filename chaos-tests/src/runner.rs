@@ -456,35 +456,37 @@ async fn run_async(
     }
     tasks.push(tokio::spawn(failover_prober(ctx.clone())));
     let observer = tokio::spawn(observer_loop(ctx.clone()));
-    for fault in &schedule.faults {
-        let wait_ms = fault.start_ms.saturating_sub(ctx.clock.now_ms());
+    // How far a soak's pauses have pushed the rest of the schedule back.
+    let mut shift_ms = 0;
+    let n_faults = schedule.faults.len();
+    for (idx, fault) in schedule.faults.iter().enumerate() {
+        let wait_ms = (fault.start_ms + shift_ms).saturating_sub(ctx.clock.now_ms());
         if !ctx.sleep_ms(wait_ms).await {
             break;
         }
         let record = inject(&ctx, fault).await;
         info!(seq = fault.seq, mode = ?fault.mode, fired = record.fired(), error = ?record.error, "fault done");
         lock(&ctx.history).faults.push(record);
+        if options.nemesis.pauses_after(fault.seq, n_faults) {
+            info!(
+                seq = fault.seq,
+                "--- round over: heal, restart what is down, wait for convergence"
+            );
+            heal_all(&ctx).await;
+            let pause_ms = ctx.clock.now_ms();
+            lock(&ctx.history).pauses_ms.push(pause_ms);
+            wait_converged(&ctx, pause_ms, options.convergence_ms_max).await;
+            if let Some(next) = schedule.faults.get(idx + 1) {
+                let late_ms = ctx.clock.now_ms().saturating_sub(next.start_ms + shift_ms);
+                shift_ms += late_ms;
+            }
+        }
     }
 
     info!("--- faults over: heal, restart what is down, wait for convergence");
     heal_all(&ctx).await;
     let faults_end_ms = ctx.clock.now_ms();
-    let deadline_ms = faults_end_ms + options.convergence_ms_max;
-    while ctx.clock.now_ms() < deadline_ms && !ctx.cancelled() {
-        let converged = lock(&ctx.history)
-            .snapshots
-            .iter()
-            .rev()
-            .take(3)
-            .filter(|s| s.at_ms >= faults_end_ms)
-            .filter(|s| shoal_chaos::checkers::convergence::converged(s))
-            .count()
-            == 3;
-        if converged {
-            break;
-        }
-        ctx.sleep_ms(250).await;
-    }
+    wait_converged(&ctx, faults_end_ms, options.convergence_ms_max).await;
     ctx.stop_clients.store(true, Ordering::Relaxed);
     for task in tasks {
         let _ = task.await;
@@ -526,6 +528,27 @@ async fn run_async(
         notes,
     );
     Ok((report, history))
+}
+
+/// Waits until the last three snapshots since `since_ms` show a converged cluster, or
+/// `convergence_ms_max` has passed (the convergence checker then says so).
+async fn wait_converged(ctx: &Ctx, since_ms: u64, convergence_ms_max: u64) {
+    let deadline_ms = since_ms + convergence_ms_max;
+    while ctx.clock.now_ms() < deadline_ms && !ctx.cancelled() {
+        let converged = lock(&ctx.history)
+            .snapshots
+            .iter()
+            .rev()
+            .take(3)
+            .filter(|s| s.at_ms >= since_ms)
+            .filter(|s| shoal_chaos::checkers::convergence::converged(s))
+            .count()
+            == 3;
+        if converged {
+            break;
+        }
+        ctx.sleep_ms(250).await;
+    }
 }
 
 fn spawn_signal_watch(cancel: Arc<AtomicBool>) {

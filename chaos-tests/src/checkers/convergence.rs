@@ -54,18 +54,52 @@ fn describe(snapshot: &ClusterSnapshot) -> String {
     )
 }
 
-/// Checks the snapshots taken after the last fault.
+/// Checks the snapshots taken after the last fault and, in a soak, after every pause of the
+/// nemesis (until the next fault starts).
 pub fn check(history: &History, convergence_ms_max: u64) -> Verdict {
     let statement = "After the faults stop, the cluster converges within the stated time: one \
                      leader, every live node ready, desired state equal to actual.";
     let faults_end_ms = history.faults_end_ms().unwrap_or(0);
+    let mut violations = Vec::new();
+    let mut n_checked = 0;
+    let mut pause_times_ms = Vec::new();
+    for &pause_ms in history.pauses_ms.iter().filter(|p| **p < faults_end_ms) {
+        let next_fault_ms = history
+            .faults
+            .iter()
+            .filter_map(|f| f.start_ms)
+            .filter(|start| *start > pause_ms)
+            .min()
+            .unwrap_or(u64::MAX);
+        let during: Vec<&ClusterSnapshot> = history
+            .snapshots
+            .iter()
+            .filter(|s| s.at_ms >= pause_ms && s.at_ms < next_fault_ms)
+            .collect();
+        n_checked += during.len();
+        match during.iter().find(|s| converged(s)) {
+            Some(s) if s.at_ms - pause_ms <= convergence_ms_max => {
+                pause_times_ms.push(s.at_ms - pause_ms)
+            }
+            Some(s) => violations.push(format!(
+                "the pause at {pause_ms} ms converged only after {} ms (limit {convergence_ms_max} ms)",
+                s.at_ms - pause_ms
+            )),
+            None => violations.push(format!(
+                "the pause at {pause_ms} ms never converged in {} snapshots before the next fault \
+                 (limit {convergence_ms_max} ms); last: {}",
+                during.len(),
+                during.last().map(|s| describe(s)).unwrap_or_default()
+            )),
+        }
+    }
     let after: Vec<&ClusterSnapshot> = history
         .snapshots
         .iter()
         .filter(|s| s.at_ms >= faults_end_ms)
         .collect();
+    n_checked += after.len();
     let first = after.iter().find(|s| converged(s));
-    let mut violations = Vec::new();
     let mut measured = None;
     match first {
         Some(s) => {
@@ -86,7 +120,19 @@ pub fn check(history: &History, convergence_ms_max: u64) -> Verdict {
         }
         None => {}
     }
-    let verdict = Verdict::new("convergence", statement, after.len(), violations);
+    if !history.pauses_ms.is_empty() {
+        let slowest = pause_times_ms.iter().max().copied().unwrap_or(0);
+        let text = format!(
+            "{} of {} mid-run pauses converged, the slowest in {slowest} ms",
+            pause_times_ms.len(),
+            history.pauses_ms.len()
+        );
+        measured = Some(match measured {
+            Some(m) => format!("{m}; {text}"),
+            None => text,
+        });
+    }
+    let verdict = Verdict::new("convergence", statement, n_checked, violations);
     match measured {
         Some(m) => verdict.with_measured(m),
         None => verdict,
@@ -150,6 +196,49 @@ mod tests {
             snapshot(1300, &[Some((3, "a")), Some((3, "a"))], false),
         ]);
         assert!(!check(&h, 60_000).ok);
+    }
+
+    #[test]
+    fn a_soak_pause_that_never_converges_before_the_next_fault_is_a_violation() {
+        let fault = |start_ms, end_ms| FaultRecord {
+            seq: 0,
+            mode: FaultMode::KillLeader,
+            targets: vec![0],
+            start_ms: Some(start_ms),
+            end_ms: Some(end_ms),
+            error: None,
+            expectation: None,
+        };
+        let mut h = History {
+            faults: vec![fault(0, 1000), fault(5000, 6000)],
+            pauses_ms: vec![1000],
+            snapshots: vec![
+                snapshot(1500, &[Some((3, "a"))], false),
+                snapshot(4500, &[Some((3, "a"))], false),
+                // After the next fault: not evidence for the pause.
+                snapshot(5500, &[Some((3, "a"))], true),
+                snapshot(6500, &[Some((4, "b"))], true),
+            ],
+            ..History::default()
+        };
+        let verdict = check(&h, 30_000);
+        assert!(!verdict.ok, "{verdict:?}");
+        assert!(
+            verdict.violations[0].contains("pause at 1000 ms"),
+            "{verdict:?}"
+        );
+
+        h.snapshots[1] = snapshot(4500, &[Some((3, "a"))], true);
+        let verdict = check(&h, 30_000);
+        assert!(verdict.ok, "{verdict:?}");
+        assert_eq!(
+            verdict.measured.as_deref(),
+            Some(
+                "converged 500 ms after the last fault ended; 1 of 1 mid-run pauses converged, \
+                 the slowest in 3500 ms"
+            )
+        );
+        assert!(!check(&h, 3000).ok, "too slow for a 3 s limit");
     }
 
     #[test]
