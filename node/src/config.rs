@@ -426,14 +426,28 @@ mod tests {
         };
         assert!(AgentConfig::resolve(&args).is_err());
         assert!(parse_roles("server,cook").is_err());
-        std::fs::write(dir.path().join("shoal.toml"), "voter_target = 4\n").unwrap();
-        let args = AgentArgs {
-            config: Some(dir.path().join("shoal.toml")),
-            data_dir: Some(PathBuf::from("/x")),
-            ..AgentArgs::default()
-        };
-        assert!(AgentConfig::resolve(&args).is_err(), "voter_target 4");
         assert_eq!(parse_roles("worker").unwrap(), (false, true));
+    }
+
+    /// Chaos (`--servers 5`): the voter target was fixed at 3, so a five-server cluster ran
+    /// with two learners.
+    #[test]
+    fn a_five_server_cluster_can_ask_for_five_voters_and_an_even_count_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shoal.toml");
+        let resolve = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            AgentConfig::resolve(&AgentArgs {
+                config: Some(path.clone()),
+                data_dir: Some(PathBuf::from("/x")),
+                ..AgentArgs::default()
+            })
+        };
+        assert_eq!(resolve("").unwrap().voter_target, 3);
+        assert_eq!(resolve("voter_target = 5\n").unwrap().voter_target, 5);
+        assert_eq!(resolve("voter_target = 1\n").unwrap().voter_target, 1);
+        assert!(resolve("voter_target = 4\n").is_err());
+        assert!(resolve("voter_target = 0\n").is_err());
     }
 
     #[test]
