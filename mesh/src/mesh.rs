@@ -83,6 +83,34 @@ pub struct Mesh {
     identity: Identity,
 }
 
+/// How long a start keeps trying to bind a WireGuard port that is still in use.
+const BIND_IN_USE_WAIT_MS_MAX: u64 = 5_000;
+/// Pause between binds of a port in use.
+const BIND_IN_USE_RETRY_MS: u64 = 100;
+
+/// Binds the WireGuard UDP socket. A port in use is retried for up to
+/// [`BIND_IN_USE_WAIT_MS_MAX`]: after a kill -9 the previous process of this node can hold it
+/// a moment longer (a descendant still exiting), and a node restarted at once must not fail
+/// for good on that (the chaos suite saw a restarted node stay down). Any other error, or a
+/// port still in use after the wait, is returned.
+async fn bind_udp_retrying(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let attempts_max = BIND_IN_USE_WAIT_MS_MAX / BIND_IN_USE_RETRY_MS;
+    let mut attempt = 0;
+    loop {
+        match engine::bind_udp(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < attempts_max => {
+                if attempt == 0 {
+                    tracing::warn!(%addr, "WireGuard port in use; retrying for up to {BIND_IN_USE_WAIT_MS_MAX} ms");
+                }
+                attempt += 1;
+                // No event says when another process lets go of a port: poll, bounded.
+                tokio::time::sleep(std::time::Duration::from_millis(BIND_IN_USE_RETRY_MS)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Mesh {
     /// Loads (or creates) the identity, opens the WireGuard socket and the data plane, and
     /// serves `handler` on the QUIC port of the mesh address. Must run inside a tokio runtime.
@@ -91,10 +119,12 @@ impl Mesh {
         handler: Arc<dyn RpcHandler>,
     ) -> Result<Self, MeshError> {
         let identity = Identity::load_or_create(&config.data_dir)?;
-        let socket = engine::bind_udp(config.listen_addr).map_err(|source| MeshError::Socket {
-            addr: config.listen_addr,
-            source,
-        })?;
+        let socket = bind_udp_retrying(config.listen_addr)
+            .await
+            .map_err(|source| MeshError::Socket {
+                addr: config.listen_addr,
+                source,
+            })?;
         let (sink, inbox, ifname) = match &config.data_plane {
             DataPlane::Userspace => {
                 let inbox = Arc::new(UserspaceInbox::new(config.quic_port));

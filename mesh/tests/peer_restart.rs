@@ -333,3 +333,29 @@ async fn a_request_its_peer_handled_before_being_killed_is_not_sent_again_to_the
     c.shutdown().await;
     a_node.shutdown().await;
 }
+
+/// A node restarted at once after a kill -9 can find its WireGuard port still held for a
+/// moment (a descendant of the old process still exiting; the chaos suite saw a restarted node
+/// fail with "Address already in use" and stay down): the start waits for the port instead
+/// of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_waits_for_its_wireguard_port_while_the_previous_process_still_holds_it() {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let holder = std::net::UdpSocket::bind(loopback_any()).expect("bind a holder");
+    let port = holder.local_addr().expect("holder addr");
+    // The "previous process" lets go of the port a little after the new one started.
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(holder);
+    });
+    let mesh = tokio::time::timeout(
+        Duration::from_secs(20),
+        start_userspace(dir.path(), port, mesh_ip(40)),
+    )
+    .await
+    .expect("the start ends within its bounded wait");
+    assert_eq!(mesh.local_udp_addr(), port);
+    release.await.expect("release task");
+    mesh.shutdown().await;
+}

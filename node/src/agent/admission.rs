@@ -52,10 +52,24 @@ pub struct RaftAdmission {
 /// The mesh peers a node should have: every node of the committed list that has not left,
 /// except the one with `own_key`.
 pub fn peers_from_state(state: &ClusterState, own_key: &str) -> Vec<PeerSpec> {
+    peers_keeping(state, own_key, &std::collections::BTreeSet::new())
+}
+
+/// [`peers_from_state`], but a node that left stays a peer while it is in `raft_members`:
+/// the change that takes a removed voter out of the Raft membership may need its vote, which
+/// it can only give over the mesh; its packets are dropped once that change is applied.
+pub fn peers_keeping(
+    state: &ClusterState,
+    own_key: &str,
+    raft_members: &std::collections::BTreeSet<shoal_raft::NodeId>,
+) -> Vec<PeerSpec> {
     state
         .nodes
         .values()
-        .filter(|node| node.state != NodeState::Left && node.wg_public_key != own_key)
+        .filter(|node| {
+            (node.state != NodeState::Left || raft_members.contains(&node.id))
+                && node.wg_public_key != own_key
+        })
         .filter_map(|node| {
             Some(PeerSpec {
                 public_key: NodePublicKey::parse(&node.wg_public_key).ok()?,
@@ -177,6 +191,60 @@ mod tests {
         }
         assert_eq!(JoinExtra::parse(b""), None);
         assert_eq!(JoinExtra::parse(b"\x01\x02"), None);
+    }
+
+    /// Regression (chaos, removed_node_returns): the members dropped a removed node's mesh
+    /// peer as soon as it left, before the Raft change removing it from the voters committed;
+    /// that change needed its vote, so it never committed and every later one was refused.
+    #[test]
+    fn a_node_that_left_stays_a_peer_only_while_it_is_a_raft_member() {
+        use shoal_raft::command::{Admission as Kind, NodeRegistration};
+        let key = |i: u8| NodePublicKey([i; 32]).to_base64();
+        let mut state = ClusterState::new();
+        let mut run = |action: Action| {
+            let answer = shoal_raft::apply::apply(&mut state, &Command::new(0, "t", action));
+            assert!(answer.is_ok(), "{answer:?}");
+        };
+        run(Action::InitCluster {
+            cluster_id: "c".into(),
+            settings: Default::default(),
+        });
+        run(Action::CreateToken {
+            secret_sha256: "a".repeat(64),
+            prefix: "p".into(),
+            roles: Roles::SERVER_WORKER,
+            ttl_ms: 1_000,
+            uses_max: 10,
+        });
+        for i in 1..=3u8 {
+            run(Action::RegisterNode(NodeRegistration {
+                admission: if i == 1 {
+                    Kind::Bootstrap
+                } else {
+                    Kind::Token {
+                        secret_sha256: "a".repeat(64),
+                    }
+                },
+                wg_public_key: key(i),
+                endpoint: format!("127.0.0.1:{}", 51_000 + u16::from(i)),
+                rpc_port: DEFAULT_QUIC_PORT,
+                api_addr: None,
+                roles: Roles::SERVER_WORKER,
+                capacity: Resources::new(1_000, 1 << 30),
+                reserve: Resources::new(0, 0),
+            }));
+        }
+        run(Action::RemoveNode { node: 3 });
+        let peers = |members: &[u64]| -> Vec<u8> {
+            let members = members.iter().copied().collect();
+            peers_keeping(&state, &key(1), &members)
+                .iter()
+                .map(|peer| peer.public_key.0[0])
+                .collect()
+        };
+        assert_eq!(peers(&[1, 2, 3]), vec![2, 3], "still a voter: still a peer");
+        assert_eq!(peers(&[1, 2]), vec![2], "out of Raft: dropped");
+        assert_eq!(peers_from_state(&state, &key(1)).len(), 1);
     }
 
     #[test]

@@ -41,7 +41,7 @@ use shoal_raft::{Action, Command, NodeAddr, NodeId, RaftConfig, RaftNode};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::admission::{peers_from_state, JoinExtra, RaftAdmission};
+use super::admission::{peers_from_state, peers_keeping, JoinExtra, RaftAdmission};
 use super::fencing;
 use super::state_view::StateView;
 use super::usage::Usage;
@@ -702,7 +702,11 @@ async fn peer_loop(raft: StateView, mesh: Arc<Mesh>) {
         // A node that just joined has not received the log yet: its peers are the ones the
         // join answer named until the committed node list reaches it.
         let known = raft.read(|state| !state.nodes.is_empty());
-        let current = raft.read(|state| peers_from_state(state, &own_key));
+        // Raft members (from the applied membership) keep their peer until they leave Raft.
+        let status = raft.status();
+        let members: std::collections::BTreeSet<NodeId> =
+            status.voters.union(&status.learners).copied().collect();
+        let current = raft.read(|state| peers_keeping(state, &own_key, &members));
         if known && last.as_ref() != Some(&current) {
             match mesh.set_peers(&current) {
                 Ok(()) => info!(
