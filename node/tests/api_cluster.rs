@@ -76,7 +76,12 @@ async fn two_nodes_join_with_a_token_and_the_api_survives_kill_9_of_the_leader(
         Ok((servers == 3).then(|| cluster["leader"].as_str().unwrap_or("").to_string()))
     })
     .await?;
-    assert_eq!(leader, node0.node_id, "the bootstrapping node leads");
+    // Usually the bootstrapping node, but a starved machine may move leadership (the test
+    // asserted node 0 once and failed under load): any of the three will do.
+    assert!(
+        [&node0.node_id, &node1.node_id, &node2.node_id].contains(&&leader),
+        "the leader {leader} is one of the three nodes"
+    );
     for api in [&api1, &api2] {
         let nodes = eventually(CLUSTER_WAIT, || async {
             let answer = api.get("/v1/nodes").await;
@@ -89,22 +94,32 @@ async fn two_nodes_join_with_a_token_and_the_api_survives_kill_9_of_the_leader(
         assert_eq!(nodes.as_array().map_or(0, Vec::len), 3, "{nodes}");
     }
 
-    info!("--- joined nodes committed their capacity and API address; the leader sees their usage");
+    info!(
+        "--- joined nodes committed their capacity and API address; every node shows their usage"
+    );
     let joined_ids = [node1.node_id.clone(), node2.node_id.clone()];
-    eventually(CLUSTER_WAIT, || async {
-        let Ok(answer) = api0.get("/v1/nodes").await else {
-            return Ok(None);
-        };
-        let complete = joined_ids.iter().all(|id| {
-            node_named(&answer.body, id).is_some_and(|node| {
-                node["capacity"]["cpu_millis"].as_u64().unwrap_or(0) > 0
-                    && node["api_addr"].as_str().is_some()
-                    && node["used"]["memory_bytes"].as_u64().unwrap_or(0) > 0
-            })
-        });
-        Ok(complete.then_some(()))
-    })
-    .await?;
+    let all_ids = [
+        node0.node_id.clone(),
+        node1.node_id.clone(),
+        node2.node_id.clone(),
+    ];
+    // Live usage is the leader's soft state; followers ask the leader for it.
+    for api in [&api0, &api1, &api2] {
+        eventually(CLUSTER_WAIT, || async {
+            let Ok(answer) = api.get("/v1/nodes").await else {
+                return Ok(None);
+            };
+            let complete = all_ids.iter().all(|id| {
+                node_named(&answer.body, id).is_some_and(|node| {
+                    node["capacity"]["cpu_millis"].as_u64().unwrap_or(0) > 0
+                        && node["api_addr"].as_str().is_some()
+                        && node["used"]["memory_bytes"].as_u64().unwrap_or(0) > 0
+                })
+            });
+            Ok(complete.then_some(()))
+        })
+        .await?;
+    }
 
     info!("--- heartbeats over the mesh keep every node ready past the grace");
     // A node marked down during a slow join reports ready again once it heartbeats.

@@ -89,26 +89,24 @@ fn node_state(state: shoal_raft::model::NodeState) -> NodeState {
 }
 
 /// The nodes of the cluster: this node as it sees itself (live usage), the others as the
-/// committed node list and the leader's soft state describe them.
-pub fn nodes(agent: &Agent) -> Vec<NodeInfo> {
+/// committed node list and the leader's soft state describe them. Live usage is soft state,
+/// known on the leader from heartbeats: another node asks the leader for it (cached for at most
+/// a second, bounded wait), so every node shows the same pool.
+pub async fn nodes(agent: &Agent) -> Vec<NodeInfo> {
     let own_id = agent.raft.id();
-    // Live usage is soft state, known on the leader from heartbeats. Read before the applied
-    // state, so that the two locks are never held together.
-    let live_usage: std::collections::BTreeMap<u64, Resources> =
-        agent.raft.with_soft_state(|soft| {
-            soft.iter()
-                .filter_map(|(id, live)| {
-                    let heartbeat = live.last.as_ref()?;
-                    Some((
-                        *id,
-                        Resources {
-                            cpu_millis: heartbeat.used.cpu_millis,
-                            memory_bytes: heartbeat.used.memory_bytes,
-                        },
-                    ))
-                })
-                .collect()
-        });
+    let live_usage: std::collections::BTreeMap<u64, Resources> = super::runs::live_usage(agent)
+        .await
+        .into_iter()
+        .map(|(id, used)| {
+            (
+                id,
+                Resources {
+                    cpu_millis: used.cpu_millis,
+                    memory_bytes: used.memory_bytes,
+                },
+            )
+        })
+        .collect();
     let others: Vec<NodeInfo> = agent.raft.read(|state| {
         state
             .nodes
@@ -129,7 +127,6 @@ pub fn nodes(agent: &Agent) -> Vec<NodeInfo> {
                     cpu_millis: node.reserved.cpu_millis,
                     memory_bytes: node.reserved.memory_bytes,
                 },
-                // Live usage is soft state: known on the leader, from heartbeats.
                 used: live_usage.get(&node.id).copied().unwrap_or_default(),
                 last_heartbeat_unix_ms: None,
                 n_workstations: state.workstations_on(node.id).count() as u64,
@@ -176,7 +173,7 @@ fn add(resource: &mut PoolResource, capacity: u64, reserved: u64, used: u64) {
     responses((status = 200, body = ClusterInfo), (status = 401, body = ErrorBody)),
     security(("bearer" = [])), tag = "cluster")]
 pub async fn cluster(_caller: Caller, agent: web::Data<Agent>) -> Result<HttpResponse, ApiError> {
-    let nodes = nodes(&agent);
+    let nodes = nodes(&agent).await;
     let status = agent.raft.status();
     // This build's API names nodes by the single-server store's id; Raft knows only itself.
     let leader = status.leader.map(|id| format!("node-{id}"));
@@ -204,7 +201,7 @@ pub async fn list_nodes(
     _caller: Caller,
     agent: web::Data<Agent>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(nodes(&agent)))
+    Ok(HttpResponse::Ok().json(nodes(&agent).await))
 }
 
 /// One node.
@@ -217,6 +214,7 @@ pub async fn show_node(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     nodes(&agent)
+        .await
         .into_iter()
         .find(|node| node.id == *id)
         .map(|node| HttpResponse::Ok().json(node))
@@ -240,7 +238,7 @@ pub async fn drain_node(
     agent
         .propose(&caller.prefix, shoal_raft::Action::DrainNode { node })
         .await?;
-    node_answer(&agent, &id)
+    node_answer(&agent, &id).await
 }
 
 /// Removes a node (admin): `left` at once if it hosts nothing, otherwise it drains first (the
@@ -260,7 +258,7 @@ pub async fn remove_node(
     agent
         .propose(&caller.prefix, shoal_raft::Action::RemoveNode { node })
         .await?;
-    node_answer(&agent, &id)
+    node_answer(&agent, &id).await
 }
 
 /// `node-N` (as the API names nodes) or `N` → the Raft node id; anything else is 404.
@@ -272,9 +270,10 @@ fn raft_node_id(id: &str) -> Result<u64, ApiError> {
 }
 
 /// The node as `/v1/nodes/{id}` shows it, after a change.
-fn node_answer(agent: &Agent, id: &str) -> Result<HttpResponse, ApiError> {
+async fn node_answer(agent: &Agent, id: &str) -> Result<HttpResponse, ApiError> {
     let wanted = raft_node_id(id).map(|n| format!("node-{n}"))?;
     nodes(agent)
+        .await
         .into_iter()
         .find(|node| node.id == wanted)
         .map(|node| HttpResponse::Ok().json(node))

@@ -242,7 +242,7 @@ pub async fn readyz(agent: web::Data<Agent>) -> Result<HttpResponse, ApiError> {
     responses((status = 200, content_type = "text/plain", body = String)), tag = "system")]
 pub async fn metrics_text(agent: web::Data<Agent>) -> HttpResponse {
     use metrics::gauge;
-    let nodes = cluster::nodes(&agent);
+    let nodes = cluster::nodes(&agent).await;
     let pool = cluster::pool(&nodes);
     let mut out = String::with_capacity(4096);
     let ready = nodes

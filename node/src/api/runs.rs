@@ -154,7 +154,7 @@ async fn place(agent: &Agent, request: &RunRequest) -> Option<NodeId> {
 /// The leader's live usage of every node: its soft state on the leader, elsewhere a table
 /// fetched from the leader at most once per [`run_placement::USAGE_TABLE_MAX_AGE_MS`] (empty
 /// when the leader does not answer in time: then only this node is a candidate).
-async fn live_usage(agent: &Agent) -> BTreeMap<NodeId, Resources> {
+pub(crate) async fn live_usage(agent: &Agent) -> BTreeMap<NodeId, Resources> {
     if agent.raft.status().is_leader {
         return agent.raft.with_soft_state(|soft| {
             soft.iter()
