@@ -23,10 +23,19 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run one node of a cluster (the agent daemon and its HTTP control API).
+    #[command(after_help = AGENT_EXIT_CODES_HELP)]
     Agent(config::AgentArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
+
+/// What `shoal agent` exits with; a supervisor should restart it on 1, never on 10.
+const AGENT_EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0    stopped on SIGTERM or SIGINT (after handing work over)
+  1    could not start or failed (the reason is printed in one line)
+  10   this node was removed from its cluster (DELETE /v1/nodes/{id}); it never comes back
+       under this identity: empty the data dir and join with a new token";
 
 fn main() {
     // `shoal --addr X status` means `shoal status --addr X` (see `hoist_connection_flags`).
@@ -48,4 +57,21 @@ fn main() {
         },
     };
     std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_help_names_the_removed_exit_code_the_agent_uses() {
+        let line = format!(
+            "  {}   this node was removed",
+            agent::cluster::REMOVED_EXIT_CODE
+        );
+        assert!(
+            AGENT_EXIT_CODES_HELP.contains(&line),
+            "{AGENT_EXIT_CODES_HELP}"
+        );
+    }
 }
