@@ -91,6 +91,8 @@ const FINAL_READ_AGREE_MS: u64 = 15_000;
 /// probes' 1 s timeout, so that requests a follower holds (forwarding to a dead leader) never
 /// delay the next attempt.
 const PROBES_IN_FLIGHT_MAX: usize = 48;
+/// Most `DELETE /v1/nodes/{id}` attempts of one removal while the answer is indeterminate.
+const REMOVE_ATTEMPTS_MAX: u32 = 3;
 /// How long a fault that owes a reaction is watched.
 const REACTION_WATCH_MS: u64 = 10_000;
 
@@ -304,17 +306,19 @@ impl Ctx {
         }
     }
 
-    /// Waits until node 0 reports `n_servers` Raft voters (SPEC: a server is a Raft voter;
+    /// Waits until an up node reports `n_servers` Raft voters (SPEC: a server is a Raft voter;
     /// joined servers start as learners and are promoted one by one).
     async fn wait_voters(&self, n_servers: usize, timeout_ms: u64) -> anyhow::Result<()> {
         let deadline_ms = self.clock.now_ms() + timeout_ms;
         let mut voters = Vec::new();
         loop {
-            if let Some(info) = self.cluster_info(0).await {
-                voters = info.servers;
-                if voters.len() == n_servers {
-                    info!(?voters, "every server is a voter");
-                    return Ok(());
+            for idx in self.up_nodes() {
+                if let Some(info) = self.cluster_info(idx).await {
+                    voters = info.servers;
+                    if voters.len() == n_servers {
+                        info!(?voters, "every server is a voter");
+                        return Ok(());
+                    }
                 }
             }
             if self.clock.now_ms() > deadline_ms || !self.sleep_ms(200).await {
@@ -1083,15 +1087,29 @@ async fn inject_inner(
                     .or(followers.first().copied()),
                 "node to ask",
             )?;
-            ctx.api
-                .call::<Value>(
-                    Method::DELETE,
-                    Cluster::api_addr(via),
-                    &format!("/v1/nodes/{id}"),
-                    None,
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("removing node {id}: {e}"))?;
+            // An indeterminate answer (a timeout while the cluster elects) may still have
+            // committed the removal: ask again (the answer then says whether it did) rather
+            // than restart the node on its old data as if it were a member.
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let result = ctx
+                    .api
+                    .call::<Value>(
+                        Method::DELETE,
+                        Cluster::api_addr(via),
+                        &format!("/v1/nodes/{id}"),
+                        None,
+                    )
+                    .await;
+                match result {
+                    Ok(_) => break,
+                    Err(e) if e.outcome == Outcome::Unknown && attempt < REMOVE_ATTEMPTS_MAX => {
+                        warn!(%id, attempt, error = %e, "removal answer unknown: asking again");
+                    }
+                    Err(e) => bail!("removing node {id} (attempt {attempt}): {e}"),
+                }
+            }
             {
                 let mut cluster = lock(&ctx.cluster);
                 cluster.nodes[target].out = true;
@@ -1114,7 +1132,20 @@ async fn inject_inner(
             };
             datadir::clear_dir(&data_dir)?;
             lock(&ctx.cluster).nodes[target].out = false;
-            if let Err(error) = ctx.join(target).await {
+            let joined = async {
+                ctx.join(target).await?;
+                // Back to full strength before the next fault: until the new node is promoted,
+                // the cluster has one voter fewer, and killing another would leave it without
+                // a quorum, which no Raft cluster survives.
+                let n_servers = lock(&ctx.cluster)
+                    .nodes
+                    .iter()
+                    .filter(|n| n.role == Role::ServerWorker && !n.out)
+                    .count();
+                ctx.wait_voters(n_servers, NODE_UP_TIMEOUT_MS).await
+            }
+            .await;
+            if let Err(error) = joined {
                 let mut cluster = lock(&ctx.cluster);
                 cluster.nodes[target].out = true;
                 let _ = cluster.kill(target);
