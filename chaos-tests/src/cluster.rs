@@ -68,7 +68,8 @@ pub struct Cluster {
     /// Where the bootstrap node writes the admin key.
     pub admin_token_path: PathBuf,
     /// The agents' config file (`--config`), when the run needs one: it sets the cluster's
-    /// voter target to the number of servers (read by the bootstrapping node only).
+    /// voter target to the number of servers (read by the bootstrapping node only), followed
+    /// by the run's `--agent-config` text.
     pub config_path: Option<PathBuf>,
     /// Every agent pid the run started, with its node: processes an agent spawned carry its
     /// pid in their tree marker, also after the agent was killed.
@@ -85,11 +86,20 @@ impl Cluster {
         roles: &[Role],
         shoal: &Path,
         mesh: &str,
+        agent_config_extra: Option<&str>,
     ) -> anyhow::Result<Cluster> {
         let root = tag.root_dir();
         std::fs::create_dir_all(&root).with_context(|| format!("mkdir {}", root.display()))?;
         let n_servers = roles.iter().filter(|r| **r == Role::ServerWorker).count();
-        let config_path = match agent_config_text(n_servers)? {
+        let config_text = match (agent_config_text(n_servers)?, agent_config_extra) {
+            (None, None) => None,
+            (generated, extra) => Some(format!(
+                "{}{}",
+                generated.unwrap_or_default(),
+                extra.unwrap_or_default()
+            )),
+        };
+        let config_path = match config_text {
             Some(text) => {
                 let path = root.join("agent.toml");
                 std::fs::write(&path, text)

@@ -70,6 +70,10 @@ struct Cli {
     /// process the environment driver's tests partition, pause and kill.
     #[arg(long, value_name = "ADDR", hide = true)]
     serve_tcp: Option<std::net::SocketAddr>,
+    /// Extra agent configuration (TOML) given to every node, e.g. Raft timeouts to measure
+    /// failover with (`raft_election_timeout_ms_min = 80`); the report names the file.
+    #[arg(long, value_name = "FILE")]
+    agent_config: Option<PathBuf>,
     /// Print the seed's fault schedule as JSON and exit (needs no root, starts nothing).
     #[arg(long)]
     print_schedule: bool,
@@ -220,10 +224,13 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     }
     let shoal = std::fs::canonicalize(&cli.shoal)
         .with_context(|| format!("resolving {}", cli.shoal.display()))?;
-    let scenario = match soak {
+    let mut scenario = match soak {
         Some(d) => format!("soak {}", humantime::format_duration(d)),
         None => "quick".to_string(),
     };
+    if let Some(path) = &cli.agent_config {
+        scenario.push_str(&format!(" with agent config {}", path.display()));
+    }
     eprintln!("shoal-chaos: scenario {scenario}, seed {seed} (replay with --seed {seed})");
     for left_out in scenario_modes(&cli).1 {
         eprintln!("shoal-chaos: fault mode left out: {left_out}");
@@ -241,6 +248,13 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         cancel: Arc::new(AtomicBool::new(false)),
         logs_dir: Some(cli.report.with_extension("logs")),
         modes_left_out: scenario_modes(&cli).1,
+        agent_config_extra: match &cli.agent_config {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --agent-config {}", path.display()))?,
+            ),
+            None => None,
+        },
     };
     let (report, history) = runner::run(options)?;
     if let Some(parent) = cli.report.parent() {

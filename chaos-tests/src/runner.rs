@@ -65,6 +65,8 @@ pub struct RunOptions {
     pub logs_dir: Option<PathBuf>,
     /// Fault modes the scenario left out, with the reason (for the report).
     pub modes_left_out: Vec<String>,
+    /// TOML appended to every agent's config (`--agent-config`).
+    pub agent_config_extra: Option<String>,
 }
 
 /// How long a node has to come up (bootstrap or join).
@@ -120,7 +122,13 @@ fn run_on_thread(options: RunOptions) -> anyhow::Result<(Report, History)> {
     let schedule = Schedule::generate(options.seed, &options.nemesis)?;
     let mut roles = vec![Role::ServerWorker; options.n_servers];
     roles.extend(std::iter::repeat_n(Role::Worker, options.n_workers));
-    let cluster = Cluster::prepare(&tag, &roles, &options.shoal, &options.mesh)?;
+    let cluster = Cluster::prepare(
+        &tag,
+        &roles,
+        &options.shoal,
+        &options.mesh,
+        options.agent_config_extra.as_deref(),
+    )?;
     enter_netns(cluster.net.hub_ns())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
