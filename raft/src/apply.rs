@@ -420,6 +420,14 @@ fn apply_one(state: &mut ClusterState, at_ms: u64, action: &Action) -> (String, 
             format!("{workstation}/{process}"),
             remove_process(state, *workstation, *process),
         ),
+        Action::RaiseLogFloor {
+            workstation,
+            generation,
+            floor,
+        } => (
+            workstation.to_string(),
+            raise_log_floor(state, *workstation, *generation, *floor),
+        ),
     }
 }
 
@@ -1446,5 +1454,29 @@ fn remove_process(
     ws.processes
         .remove(&process)
         .ok_or_else(|| Refusal::not_found("process", process))?;
+    Ok(Outcome::Done)
+}
+
+/// Raises a workstation's log floor to `floor` (never lowers it) for the generation the
+/// hosting node runs: a later re-placement then starts above it. Refused without a change for
+/// an unknown workstation or a generation that is not the current one (the node's report is
+/// about a placement that has moved on).
+fn raise_log_floor(
+    state: &mut ClusterState,
+    id: WorkstationId,
+    generation: u64,
+    floor: u64,
+) -> CommandResponse {
+    require_initialized(state)?;
+    let Some(ws) = state.data.workstations.get_mut(&id) else {
+        return Err(Refusal::not_found("workstation", id));
+    };
+    if ws.generation != generation {
+        return Err(Refusal::conflict(format!(
+            "workstation {id} is at generation {}, not {generation}",
+            ws.generation
+        )));
+    }
+    ws.log_offset_floor = ws.log_offset_floor.max(floor);
     Ok(Outcome::Done)
 }

@@ -315,6 +315,21 @@ pub enum Action {
         /// `ok` or the error code.
         outcome: String,
     },
+    /// The hosting node's durable high-water mark of a workstation's log: committed before
+    /// the node starts the workstation's actor in a new local log epoch, with `floor` the
+    /// first offset above that epoch, so that a re-placement (which starts above
+    /// `log_offset_floor`) continues above every offset the old node can have served, even
+    /// when the leader that re-places never heard the old node's reports. Raises the floor
+    /// (never lowers it); refused for an unknown workstation or another generation.
+    /// (Appended last: earlier variants keep their encoding.)
+    RaiseLogFloor {
+        /// The workstation.
+        workstation: WorkstationId,
+        /// The generation the node hosts; a stale one is refused (`Conflict`).
+        generation: u64,
+        /// The new floor (a log offset).
+        floor: u64,
+    },
 }
 
 impl Action {
@@ -343,6 +358,7 @@ impl Action {
             Action::AddProcess { .. } => "process.create",
             Action::RemoveProcess { .. } => "process.remove",
             Action::RecordAudit { .. } => "audit.record",
+            Action::RaiseLogFloor { .. } => "workstation.log_floor",
         }
     }
 }

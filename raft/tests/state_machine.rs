@@ -875,6 +875,9 @@ fn arb_action() -> impl Strategy<Value = Action> {
             id: WorkstationId(id), reservation: Resources::new(c, m), limit: Limit { cpu_limit_millis: c, memory_limit_bytes: m },
         }),
         1 => (1u64..20).prop_map(|id| Action::DeleteWorkstation { id: WorkstationId(id) }),
+        1 => (1u64..20, 1u64..4, 0u64..(1 << 44)).prop_map(|(id, generation, floor)| Action::RaiseLogFloor {
+            workstation: WorkstationId(id), generation, floor,
+        }),
         1 => (1u64..6).prop_map(|n| Action::MarkNodesDown { nodes: vec![n], hints: Default::default(), observed: Default::default() }),
         1 => (1u64..6).prop_map(|n| Action::MarkNodeReady { node: n, hints: Default::default() }),
         1 => (1u64..6).prop_map(|n| Action::DrainNode { node: n }),

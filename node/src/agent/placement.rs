@@ -12,6 +12,9 @@
 //! view on a node that does not host them.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 use shoal_raft::model::{NetworkPolicy as RaftNetwork, Workstation as RaftWorkstation};
 use tracing::{debug, info, warn};
@@ -209,6 +212,15 @@ pub async fn reconcile(agent: &Agent) -> Vec<Failure> {
             continue;
         }
         let record = record_of(&ws, &agent.node_id);
+        // A re-placed generation starts in an epoch above its floor; that epoch is committed
+        // as the floor's high-water mark first, so that a further re-placement goes above it
+        // (epoch 0, a first placement, is below every re-placement's floor already). Not
+        // committed: not started; the next reconcile tries again.
+        if record.log_epoch > 0
+            && !commit_log_floor(agent, &id, record.generation, record.log_epoch).await
+        {
+            continue;
+        }
         let inserted = agent.store.write(|model| {
             model.workstations.insert(id.clone(), record.clone());
             Ok(())
@@ -264,57 +276,171 @@ pub fn stale_hosted(agent: &Agent) -> Vec<String> {
     })
 }
 
+/// How long one resume waits for a log floor to commit (the fence loop awaits the resume);
+/// what does not commit in time is retried by [`resume_retry_loop`].
+const LOG_FLOOR_COMMIT_TIMEOUT: Duration = Duration::from_secs(2);
+/// First and largest pause between attempts to resume workstations whose log floor did not
+/// commit.
+const RESUME_RETRY_MS_MIN: u64 = 250;
+const RESUME_RETRY_MS_MAX: u64 = 5_000;
+
+/// The first log offset above local log epoch `epoch` (epoch `e` writes offsets in
+/// `[e << LOG_EPOCH_SHIFT, (e + 1) << LOG_EPOCH_SHIFT)`): the floor a node commits before it
+/// starts a workstation's actor in `epoch`.
+pub fn log_floor_above_epoch(epoch: u64) -> u64 {
+    epoch
+        .saturating_add(1)
+        .saturating_mul(1u64 << super::host::LOG_EPOCH_SHIFT)
+}
+
 /// Brings back, after the lease was (re)gained, every hosted placement whose generation is
 /// still current in the committed state: a new log epoch (offsets never go back), its sandbox
 /// and actor, and its processes whose restart policy asks for it (`never` ones stay exited,
 /// as after a node restart). Then [`reconcile`] stops what moved and starts what is new.
-pub async fn resume(agent: &Agent) {
-    if agent
-        .shutting_down
-        .load(std::sync::atomic::Ordering::SeqCst)
-    {
+///
+/// The new epoch is local to this node, so before starting in it the node commits
+/// `RaiseLogFloor` (the first offset above that epoch) through Raft: a later re-placement by
+/// a leader that never heard this node's offset reports still continues above it. A
+/// workstation whose floor does not commit is not started; [`resume_retry_loop`] tries again
+/// while the lease is held.
+pub async fn resume(agent: &Arc<Agent>) {
+    if agent.shutting_down.load(Ordering::SeqCst) {
         return;
     }
-    {
+    let unfinished = resume_current(agent).await;
+    if unfinished > 0 {
+        tokio::spawn(resume_retry_loop(Arc::clone(agent)));
+    }
+    reconcile(agent).await;
+}
+
+/// Resumes again, backing off up to [`RESUME_RETRY_MS_MAX`], until every current placement
+/// hosted here runs, the lease is lost (the next resume takes over) or the agent stops.
+async fn resume_retry_loop(agent: Arc<Agent>) {
+    let mut retry_ms = RESUME_RETRY_MS_MIN;
+    loop {
+        tokio::time::sleep(Duration::from_millis(retry_ms)).await;
+        if agent.shutting_down.load(Ordering::SeqCst) || !agent.fence.may_run() {
+            return;
+        }
+        let unfinished = resume_current(&agent).await;
+        if unfinished == 0 {
+            reconcile(&agent).await;
+            return;
+        }
+        debug!(
+            unfinished,
+            retry_in_ms = retry_ms,
+            "log floors not committed yet"
+        );
+        retry_ms = retry_ms.saturating_mul(2).min(RESUME_RETRY_MS_MAX);
+    }
+}
+
+/// One resume pass: commits each stopped current placement's next log floor, then starts the
+/// committed ones in that epoch. Answers how many were left stopped because their floor did
+/// not commit.
+async fn resume_current(agent: &Agent) -> usize {
+    // What to resume, and in which epoch (read under the lock, started under it below).
+    let candidates: Vec<(String, u64, u64)> = {
         let _serialised = agent.reconcile_lock.lock().await;
         let current = current_placements(agent);
-        let hosted: Vec<String> = agent.store.read(|model| {
+        let hosted: Vec<(String, u64, u64)> = agent.store.read(|model| {
             model
                 .workstations
                 .values()
                 .filter(|ws| current.get(&ws.id) == Some(&ws.generation))
-                .map(|ws| ws.id.clone())
+                .map(|ws| (ws.id.clone(), ws.generation, ws.log_epoch.saturating_add(1)))
                 .collect()
         });
-        for id in hosted {
-            if agent.host.state(&id).await.0 == WorkstationState::Running {
-                continue;
+        let mut stopped = Vec::with_capacity(hosted.len());
+        for candidate in hosted {
+            if agent.host.state(&candidate.0).await.0 != WorkstationState::Running {
+                stopped.push(candidate);
             }
-            let record = agent.store.write(|model| {
-                let record = model.workstations.get_mut(&id);
-                Ok(record.map(|record| {
-                    record.log_epoch += 1;
-                    record.clone()
-                }))
+        }
+        stopped
+    };
+    if candidates.is_empty() {
+        return 0;
+    }
+    // The floors, committed without the lock held (Raft round trips), all at once.
+    let committed: Vec<bool> = futures::future::join_all(
+        candidates
+            .iter()
+            .map(|(id, generation, epoch)| commit_log_floor(agent, id, *generation, *epoch)),
+    )
+    .await;
+    let _serialised = agent.reconcile_lock.lock().await;
+    let current = current_placements(agent);
+    let mut unfinished = 0;
+    for ((id, generation, epoch), committed) in candidates.into_iter().zip(committed) {
+        if !committed {
+            unfinished += 1;
+            continue;
+        }
+        // Moved meanwhile ([`reconcile`] stops it) or started by another pass.
+        if current.get(&id) != Some(&generation)
+            || agent.host.state(&id).await.0 == WorkstationState::Running
+        {
+            continue;
+        }
+        // Only in the epoch whose floor was committed: another pass may have used it.
+        let record = agent.store.write(|model| {
+            let record = model.workstations.get_mut(&id).filter(|record| {
+                record.generation == generation && record.log_epoch.saturating_add(1) == epoch
             });
-            let Ok(Some(record)) = record else {
-                continue;
-            };
-            if let Err(err) = agent.host.ensure(&record) {
-                warn!(workstation = %id, error = %err, "could not resume workstation");
-                continue;
-            }
-            for spec in record.processes.values() {
-                if !spec.killed && spec.restart != RestartPolicy::Never {
-                    if let Err(err) = agent.host.start_process(&id, spec).await {
-                        warn!(workstation = %id, proc = spec.id, error = %err, "could not restart process");
-                    }
+            Ok(record.map(|record| {
+                record.log_epoch = epoch;
+                record.clone()
+            }))
+        });
+        let Ok(Some(record)) = record else {
+            continue;
+        };
+        if let Err(err) = agent.host.ensure(&record) {
+            warn!(workstation = %id, error = %err, "could not resume workstation");
+            continue;
+        }
+        for spec in record.processes.values() {
+            if !spec.killed && spec.restart != RestartPolicy::Never {
+                if let Err(err) = agent.host.start_process(&id, spec).await {
+                    warn!(workstation = %id, proc = spec.id, error = %err, "could not restart process");
                 }
             }
-            info!(workstation = %id, generation = record.generation, "workstation resumed");
+        }
+        info!(workstation = %id, generation = record.generation, log_epoch = epoch, "workstation resumed");
+    }
+    unfinished
+}
+
+/// Commits `RaiseLogFloor` for a workstation about to run in local log `epoch` (bounded by
+/// [`LOG_FLOOR_COMMIT_TIMEOUT`]); true once it is applied.
+async fn commit_log_floor(agent: &Agent, id: &str, generation: u64, epoch: u64) -> bool {
+    let Ok(workstation) = id.parse::<WorkstationId>() else {
+        return false;
+    };
+    let floor = log_floor_above_epoch(epoch);
+    let action = shoal_raft::Action::RaiseLogFloor {
+        workstation,
+        generation,
+        floor,
+    };
+    let actor = format!("node-{}", agent.raft.id());
+    match tokio::time::timeout(LOG_FLOOR_COMMIT_TIMEOUT, agent.propose(&actor, action)).await {
+        Ok(Ok(_)) => {
+            debug!(workstation = %id, generation, log_epoch = epoch, floor, "log floor committed");
+            true
+        }
+        Ok(Err(err)) => {
+            warn!(workstation = %id, generation, log_epoch = epoch, error = %err, "log floor not committed: not resuming yet");
+            false
+        }
+        Err(_) => {
+            warn!(workstation = %id, generation, log_epoch = epoch, timeout_ms = LOG_FLOOR_COMMIT_TIMEOUT.as_millis() as u64, "log floor not committed in time: not resuming yet");
+            false
         }
     }
-    reconcile(agent).await;
 }
 
 /// Observations of hosted workstations, kept between heartbeats (CPU is a rate: it needs the
@@ -692,6 +818,21 @@ mod tests {
         fn the_log_epoch_starts_at_or_above_the_floor(floor in 0u64..(1 << 60)) {
             let start = log_epoch_above(floor) << super::super::host::LOG_EPOCH_SHIFT;
             prop_assert!(start >= floor);
+        }
+
+        /// The floor committed before running in an epoch is above every offset of that
+        /// epoch, and a re-placement above it (Raft adds `LOG_OFFSET_GAP_BYTES`) starts in a
+        /// later epoch: a re-placed log never restarts inside or below an epoch its old node
+        /// ran in.
+        #[test]
+        fn a_committed_epoch_floor_puts_a_re_placement_in_a_later_epoch(epoch in 0u64..(1 << 23)) {
+            let shift = super::super::host::LOG_EPOCH_SHIFT;
+            let floor = log_floor_above_epoch(epoch);
+            let last_offset_of_epoch = ((epoch + 1) << shift) - 1;
+            prop_assert!(floor > last_offset_of_epoch);
+            let re_placed = floor + shoal_raft::command::LOG_OFFSET_GAP_BYTES;
+            prop_assert!(log_epoch_above(re_placed) > epoch);
+            prop_assert!(log_epoch_above(re_placed) << shift >= re_placed);
         }
     }
 }
