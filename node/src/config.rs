@@ -317,6 +317,18 @@ pub fn parse_roles(text: &str) -> anyhow::Result<(bool, bool)> {
 mod tests {
     use super::*;
 
+    /// Resolves a config file holding `text` (with data dir `/x`, no flags).
+    fn resolve(text: &str) -> anyhow::Result<AgentConfig> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("shoal.toml");
+        std::fs::write(&path, text)?;
+        AgentConfig::resolve(&AgentArgs {
+            config: Some(path),
+            data_dir: Some(PathBuf::from("/x")),
+            ..AgentArgs::default()
+        })
+    }
+
     #[test]
     fn flags_override_file_and_file_overrides_defaults() {
         let dir = tempfile::tempdir().unwrap();
@@ -377,15 +389,6 @@ mod tests {
 
     #[test]
     fn raft_timeouts_default_to_the_raft_crates_and_inconsistent_ones_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("shoal.toml");
-        let resolve = |text: &str| {
-            std::fs::write(&path, format!("data_dir = \"/x\"\n{text}")).unwrap();
-            AgentConfig::resolve(&AgentArgs {
-                config: Some(path.clone()),
-                ..AgentArgs::default()
-            })
-        };
         let defaults = resolve("").unwrap();
         let raft = shoal_raft::RaftConfig::new(1);
         assert_eq!(
@@ -433,16 +436,6 @@ mod tests {
     /// with two learners.
     #[test]
     fn a_five_server_cluster_can_ask_for_five_voters_and_an_even_count_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("shoal.toml");
-        let resolve = |text: &str| {
-            std::fs::write(&path, text).unwrap();
-            AgentConfig::resolve(&AgentArgs {
-                config: Some(path.clone()),
-                data_dir: Some(PathBuf::from("/x")),
-                ..AgentArgs::default()
-            })
-        };
         assert_eq!(resolve("").unwrap().voter_target, 3);
         assert_eq!(resolve("voter_target = 5\n").unwrap().voter_target, 5);
         assert_eq!(resolve("voter_target = 1\n").unwrap().voter_target, 1);
@@ -452,16 +445,6 @@ mod tests {
 
     #[test]
     fn the_tenant_workstation_quota_is_read_from_the_file_and_checked() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("shoal.toml");
-        let resolve = |text: &str| {
-            std::fs::write(&path, text).unwrap();
-            AgentConfig::resolve(&AgentArgs {
-                config: Some(path.clone()),
-                data_dir: Some(PathBuf::from("/x")),
-                ..AgentArgs::default()
-            })
-        };
         let default = resolve("").unwrap();
         assert_eq!(default.tenant_workstations_max, 1_000);
         let set = resolve("tenant_workstations_max = 3\n").unwrap();
