@@ -80,6 +80,43 @@ pub fn peers_keeping(
         .collect()
 }
 
+/// [`peers_keeping`], plus every peer of `previous` whose key the state does not know at all.
+///
+/// A node's applied state can be older than what it was told: a joiner replays the log from
+/// the start, and until it applies its own registration the committed list lacks the nodes
+/// that joined after that point, possibly the current leader. The join answer named them, so
+/// they are kept until the state knows them (node records are never deleted: a known key's
+/// own record then decides). Dropping them cut the leader off and stopped the replication
+/// that would have brought the list up to date (chaos removed_node_returns, seed 702). A
+/// state peer whose mesh address such a peer holds is left out: the unknown peer is the newer
+/// holder of that address.
+pub fn peers_following(
+    state: &ClusterState,
+    own_key: &str,
+    raft_members: &std::collections::BTreeSet<shoal_raft::NodeId>,
+    previous: &[PeerSpec],
+) -> Vec<PeerSpec> {
+    let known: std::collections::BTreeSet<&str> = state
+        .nodes
+        .values()
+        .map(|node| node.wg_public_key.as_str())
+        .collect();
+    let unknown: Vec<PeerSpec> = previous
+        .iter()
+        .filter(|peer| {
+            let key = peer.public_key.to_base64();
+            key != own_key && !known.contains(key.as_str())
+        })
+        .cloned()
+        .collect();
+    let mut peers: Vec<PeerSpec> = peers_keeping(state, own_key, raft_members)
+        .into_iter()
+        .filter(|peer| unknown.iter().all(|kept| kept.mesh_addr != peer.mesh_addr))
+        .collect();
+    peers.extend(unknown);
+    peers
+}
+
 fn refusal_of(refusal: &Refusal) -> JoinRefusal {
     match refusal {
         Refusal::TokenRejected { reason } => match reason.as_str() {
@@ -245,6 +282,152 @@ mod tests {
         assert_eq!(peers(&[1, 2, 3]), vec![2, 3], "still a voter: still a peer");
         assert_eq!(peers(&[1, 2]), vec![2], "out of Raft: dropped");
         assert_eq!(peers_from_state(&state, &key(1)).len(), 1);
+    }
+
+    fn apply_ok(state: &mut ClusterState, action: Action) {
+        let answer = shoal_raft::apply::apply(state, &Command::new(0, "t", action));
+        assert!(answer.is_ok(), "{answer:?}");
+    }
+
+    /// Registers key `i` from `endpoint`, as the bootstrap node when `i` is 1.
+    fn register(state: &mut ClusterState, i: u8, endpoint: &str) {
+        use shoal_raft::command::{Admission as Kind, NodeRegistration};
+        apply_ok(
+            state,
+            Action::RegisterNode(NodeRegistration {
+                admission: if i == 1 {
+                    Kind::Bootstrap
+                } else {
+                    Kind::Token {
+                        secret_sha256: "a".repeat(64),
+                    }
+                },
+                wg_public_key: NodePublicKey([i; 32]).to_base64(),
+                endpoint: endpoint.to_string(),
+                rpc_port: DEFAULT_QUIC_PORT,
+                api_addr: None,
+                roles: Roles::SERVER_WORKER,
+                capacity: Resources::new(1_000, 1 << 30),
+                reserve: Resources::new(0, 0),
+            }),
+        );
+    }
+
+    fn id_of(state: &ClusterState, i: u8) -> shoal_raft::NodeId {
+        let key = NodePublicKey([i; 32]).to_base64();
+        state
+            .nodes
+            .values()
+            .find(|node| node.wg_public_key == key)
+            .map(|node| node.id)
+            .unwrap_or_default()
+    }
+
+    fn spec_of(state: &ClusterState, i: u8) -> Option<PeerSpec> {
+        peers_from_state(state, "")
+            .into_iter()
+            .find(|peer| peer.public_key.0[0] == i)
+    }
+
+    /// Regression (chaos removed_node_returns, seed 702): a node removed and rejoined with a
+    /// new identity from the same endpoint replayed the log from its start; the node list
+    /// applied so far lacked the leader (itself a node that had rejoined later), so the peer
+    /// loop dropped the leader the join answer had named, the leader's handshakes were
+    /// refused and the new node, promoted to voter, never caught up.
+    #[test]
+    fn a_node_removed_and_rejoined_with_a_new_identity_from_the_same_endpoint_keeps_the_leader_while_its_log_catches_up(
+    ) {
+        let key = |i: u8| NodePublicKey([i; 32]).to_base64();
+        let mut now = ClusterState::new();
+        apply_ok(
+            &mut now,
+            Action::InitCluster {
+                cluster_id: "c".into(),
+                settings: Default::default(),
+            },
+        );
+        apply_ok(
+            &mut now,
+            Action::CreateToken {
+                secret_sha256: "a".repeat(64),
+                prefix: "p".into(),
+                roles: Roles::SERVER_WORKER,
+                ttl_ms: 1_000,
+                uses_max: 10,
+            },
+        );
+        register(&mut now, 1, "198.18.0.10:51820");
+        register(&mut now, 2, "198.18.0.11:51820");
+        register(&mut now, 3, "198.18.0.12:51820");
+        // What the rejoining node has applied when its replay reaches this point.
+        let replayed = now.clone();
+        // Node 3 is removed and its address rejoins as key 5 (the leader later); node 1 is
+        // removed and its address rejoins as key 6, the node under test.
+        let gone = id_of(&now, 3);
+        apply_ok(&mut now, Action::RemoveNode { node: gone });
+        register(&mut now, 5, "198.18.0.12:51820");
+        let gone = id_of(&now, 1);
+        apply_ok(&mut now, Action::RemoveNode { node: gone });
+        register(&mut now, 6, "198.18.0.10:51820");
+        let members: std::collections::BTreeSet<_> =
+            [id_of(&now, 2), id_of(&now, 5), id_of(&now, 6)].into();
+        // The join answer, computed by a member that has applied the registration.
+        let answer = peers_from_state(&now, &key(6));
+        let leader = spec_of(&now, 5).expect("the leader is in the join answer");
+        assert!(answer.contains(&leader));
+
+        let peers = peers_following(&replayed, &key(6), &members, &answer);
+        assert!(
+            peers.contains(&leader),
+            "a replay that does not know the leader yet keeps it: {peers:?}"
+        );
+        assert!(peers.iter().any(|peer| peer.public_key.0[0] == 2));
+        assert!(peers.iter().all(|peer| peer.public_key.0[0] != 6));
+
+        // Caught up: the committed list decides; the old identities are gone.
+        let caught_up = peers_following(&now, &key(6), &members, &peers);
+        let mut keys: Vec<u8> = caught_up.iter().map(|peer| peer.public_key.0[0]).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, vec![2, 5], "{caught_up:?}");
+
+        // A peer the state knows and that left is dropped, even if it was a previous peer.
+        let gone = id_of(&now, 5);
+        apply_ok(&mut now, Action::RemoveNode { node: gone });
+        let members: std::collections::BTreeSet<_> = [id_of(&now, 2), id_of(&now, 6)].into();
+        let after = peers_following(&now, &key(6), &members, &caught_up);
+        let keys: Vec<u8> = after.iter().map(|peer| peer.public_key.0[0]).collect();
+        assert_eq!(keys, vec![2], "{after:?}");
+    }
+
+    #[test]
+    fn a_peer_the_state_does_not_know_yet_wins_its_mesh_address_over_an_older_holder() {
+        let mut state = ClusterState::new();
+        apply_ok(
+            &mut state,
+            Action::InitCluster {
+                cluster_id: "c".into(),
+                settings: Default::default(),
+            },
+        );
+        register(&mut state, 1, "127.0.0.1:51001");
+        let old = spec_of(&state, 1).expect("node 1 is a peer");
+        let newer = PeerSpec {
+            public_key: NodePublicKey([9; 32]),
+            endpoint: old.endpoint,
+            mesh_addr: old.mesh_addr,
+        };
+        let own = NodePublicKey([7; 32]).to_base64();
+        let peers = peers_following(
+            &state,
+            &own,
+            &std::collections::BTreeSet::new(),
+            std::slice::from_ref(&newer),
+        );
+        assert_eq!(
+            peers,
+            vec![newer],
+            "one holder per mesh address, the newer one"
+        );
     }
 
     #[test]

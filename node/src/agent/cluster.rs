@@ -41,7 +41,7 @@ use shoal_raft::{Action, Command, NodeAddr, NodeId, RaftConfig, RaftNode};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::admission::{peers_from_state, peers_keeping, JoinExtra, RaftAdmission};
+use super::admission::{peers_following, peers_from_state, JoinExtra, RaftAdmission};
 use super::fencing;
 use super::state_view::StateView;
 use super::usage::Usage;
@@ -98,6 +98,10 @@ pub struct MemberFile {
     /// mirrors the leader's state ([`WorkerMirror`]).
     #[serde(default)]
     pub worker_only: bool,
+    /// The peers the join answer named: a restart before the log has caught up with the
+    /// join starts with them, since its replayed node list can lack the leader.
+    #[serde(default)]
+    pub join_peers: Vec<PeerSpec>,
 }
 
 impl MemberFile {
@@ -203,6 +207,9 @@ impl ClusterNode {
                 if config.data_dir.join(REMOVED_FILE).exists() {
                     exit_removed(member.raft_id);
                 }
+                if !member.worker_only {
+                    initial_peers = member.join_peers.clone();
+                }
                 (member, false)
             }
             None if config.join.is_some() => {
@@ -230,6 +237,7 @@ impl ClusterNode {
                     mesh_addr: accepted.mesh_addr,
                     mesh_prefix_len: accepted.mesh_prefix_len,
                     worker_only,
+                    join_peers: initial_peers.clone(),
                 };
                 member.store(&config.data_dir)?;
                 (member, false)
@@ -240,6 +248,7 @@ impl ClusterNode {
                     mesh_addr: first_mesh_addr(&settings),
                     mesh_prefix_len: settings.overlay_prefix_len,
                     worker_only: false,
+                    join_peers: Vec::new(),
                 },
                 true,
             ),
@@ -342,6 +351,7 @@ impl ClusterNode {
         node.tasks.push(tokio::spawn(peer_loop(
             node.raft.clone(),
             Arc::clone(&node.mesh),
+            initial_peers,
         )));
         Ok(node)
     }
@@ -416,6 +426,7 @@ impl ClusterNode {
         node.tasks.push(tokio::spawn(peer_loop(
             node.raft.clone(),
             Arc::clone(&node.mesh),
+            peers,
         )));
         Ok(node)
     }
@@ -694,7 +705,10 @@ async fn report_ready(agent: &Agent, leader_applied_index: u64) {
     }
 }
 
-async fn peer_loop(raft: StateView, mesh: Arc<Mesh>) {
+/// Makes the mesh peers follow the applied node list. `initial` are the peers the node was
+/// told of (join answer) or started with: those the applied list does not know yet stay peers
+/// ([`peers_following`]), so that a node replaying an old log keeps the leader.
+async fn peer_loop(raft: StateView, mesh: Arc<Mesh>, initial: Vec<PeerSpec>) {
     let own_key = mesh.public_key().to_base64();
     let mut applied = raft.subscribe_applied();
     let mut last: Option<Vec<PeerSpec>> = None;
@@ -706,7 +720,8 @@ async fn peer_loop(raft: StateView, mesh: Arc<Mesh>) {
         let status = raft.status();
         let members: std::collections::BTreeSet<NodeId> =
             status.voters.union(&status.learners).copied().collect();
-        let current = raft.read(|state| peers_keeping(state, &own_key, &members));
+        let previous = last.as_deref().unwrap_or(&initial);
+        let current = raft.read(|state| peers_following(state, &own_key, &members, previous));
         if known && last.as_ref() != Some(&current) {
             match mesh.set_peers(&current) {
                 Ok(()) => info!(
