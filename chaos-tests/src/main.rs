@@ -86,14 +86,9 @@ fn parse_mode(text: &str) -> Result<FaultMode, String> {
 
 /// Fault modes the default scenarios leave out because the Shoal under test cannot do what
 /// they exercise yet, with the reason. Remove an entry as soon as Shoal can: `--modes` still
-/// runs them on request.
-const MODES_NOT_YET_SUPPORTED: &[(FaultMode, &str)] = &[(
-    FaultMode::RemovedNodeReturns,
-    "the last run still failed: `--modes removed_node_returns,kill_leader --seed 702` on 889b232 \
-     (with the harness waiting for full voter strength after each rejoin): after two removals and \
-     rejoins passed, removing a third server (killed, DELETE /v1/nodes/{id} through the leader) got \
-     no answer within 5 s three times and the cluster did not converge (team/notes/bugs.md, 03:20)",
-)];
+/// runs them on request. Empty since `removed_node_returns` passed with seeds 702 and 704 on
+/// 4584c41 (both had failed on 889b232).
+const MODES_NOT_YET_SUPPORTED: &[(FaultMode, &str)] = &[];
 
 /// The fault modes of a scenario and the ones it leaves out (`mode: why`).
 fn scenario_modes(cli: &Cli) -> (Vec<FaultMode>, Vec<String>) {
