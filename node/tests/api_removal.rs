@@ -135,6 +135,17 @@ async fn a_removed_node_exits_its_workstation_runs_elsewhere_next_generation_and
     .await?;
     started.agents[removed_idx].kill9();
 
+    // What a kill -9 leaves behind: a workstation cgroup in the node's own tree (chaos
+    // no_leftovers: a removed node restarted after a kill -9 exited before its start-up
+    // cleanup, and the machine's rejoin under a new sandbox name never removed the old tree).
+    let leftover = std::path::Path::new("/sys/fs/cgroup/pids")
+        .join(&started.agents[removed_idx].cgroup_name)
+        .join("ws-left-by-a-kill");
+    let planted = nix::unistd::geteuid().is_root()
+        && leftover.parent().is_some_and(|tree| tree.exists())
+        && std::fs::create_dir_all(&leftover).is_ok();
+    info!(planted, leftover = %leftover.display(), "a leftover sandbox cgroup (v1 pids, root only)");
+
     info!("--- started again on its old data dir, it exits at once with the removal code");
     let data_dir = started.agents[removed_idx].data_dir.clone();
     let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
@@ -183,6 +194,14 @@ async fn a_removed_node_exits_its_workstation_runs_elsewhere_next_generation_and
         )),
         "one clear line: {stderr}"
     );
+
+    if planted {
+        assert!(
+            !leftover.exists(),
+            "the removed node's restart removed what its earlier run left: {}",
+            leftover.display()
+        );
+    }
 
     info!("--- never ready again, and the cluster still answers");
     assert_eq!(

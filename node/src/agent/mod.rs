@@ -174,6 +174,22 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
     let (store, admin_key) = open_or_create_store(&config, &random)?;
     // The sandbox names (cgroups, uids, dirs) use the store's random id, unique per host.
     let sandbox_name = store.read(|model| model.node_id.clone());
+    // What an earlier run of this node left behind (cgroups and processes of a kill -9) goes
+    // first, before the cluster start may end the process: a node that learns at start that
+    // it was removed exits there for good, and its data dir is emptied for a rejoin under a
+    // new sandbox name, so nothing would ever remove the old tree (chaos: no_leftovers).
+    // `SandboxHost::start` cleans up again below; it is idempotent.
+    let stale_cgroup_prefix = format!("shoal-{sandbox_name}");
+    match shoal_executor::sandbox::cleanup_stale(
+        &stale_cgroup_prefix,
+        &config.data_dir.join("sandbox").join("work"),
+    ) {
+        Ok(removed) if removed > 0 => {
+            info!(removed, cgroup = %stale_cgroup_prefix, "removed what an earlier run of this node left")
+        }
+        Ok(_) => {}
+        Err(err) => warn!(error = %err, "could not remove what an earlier run of this node left"),
+    }
     let (usage, mut system) = Usage::probe();
     let mut cluster =
         cluster::ClusterNode::start(&config, &store.read(|m| m.cluster_id.clone()), &usage).await?;
