@@ -163,6 +163,39 @@ fn commands_before_init_are_refused_and_init_happens_once() {
     );
 }
 
+/// Mints a worker join token at `at_ms` and registers a worker-only node (key `key`, 4 CPUs,
+/// 8 GiB) with it one millisecond later.
+fn join_worker_with_token(state: &mut ClusterState, at_ms: u64, key: &str) {
+    must(
+        state,
+        &cmd(
+            at_ms,
+            Action::CreateToken {
+                secret_sha256: sha256_hex("t"),
+                prefix: "shoal1.test".to_string(),
+                roles: Roles::WORKER,
+                ttl_ms: 1000,
+                uses_max: 5,
+            },
+        ),
+    );
+    must(
+        state,
+        &cmd(
+            at_ms + 1,
+            reg(
+                Admission::Token {
+                    secret_sha256: sha256_hex("t"),
+                },
+                key,
+                Roles::WORKER,
+                4000,
+                8 * GIB,
+            ),
+        ),
+    );
+}
+
 #[test]
 fn registration_allocates_fresh_ids_and_mesh_addresses_and_checks_tokens() {
     let mut state = init();
@@ -583,34 +616,7 @@ fn drain_moves_workstations_one_by_one_and_removal_ends_in_left() {
             ),
         ),
     );
-    must(
-        &mut state,
-        &cmd(
-            2,
-            Action::CreateToken {
-                secret_sha256: sha256_hex("t"),
-                prefix: "shoal1.test".to_string(),
-                roles: Roles::WORKER,
-                ttl_ms: 1000,
-                uses_max: 5,
-            },
-        ),
-    );
-    must(
-        &mut state,
-        &cmd(
-            3,
-            reg(
-                Admission::Token {
-                    secret_sha256: sha256_hex("t"),
-                },
-                "k2",
-                Roles::WORKER,
-                4000,
-                8 * GIB,
-            ),
-        ),
-    );
+    join_worker_with_token(&mut state, 2, "k2");
     for i in 0..4 {
         must(
             &mut state,
@@ -703,34 +709,7 @@ fn the_only_ready_worker_cannot_be_drained_nor_the_only_server_removed_and_nothi
     );
     // With a second ready worker (not a server), the first can be drained; the worker-only
     // node can be removed, the server still cannot.
-    must(
-        &mut state,
-        &cmd(
-            5,
-            Action::CreateToken {
-                secret_sha256: sha256_hex("t"),
-                prefix: "shoal1.test".to_string(),
-                roles: Roles::WORKER,
-                ttl_ms: 1000,
-                uses_max: 5,
-            },
-        ),
-    );
-    must(
-        &mut state,
-        &cmd(
-            6,
-            reg(
-                Admission::Token {
-                    secret_sha256: sha256_hex("t"),
-                },
-                "k2",
-                Roles::WORKER,
-                4000,
-                8 * GIB,
-            ),
-        ),
-    );
+    join_worker_with_token(&mut state, 5, "k2");
     assert!(apply(&mut state, &cmd(7, Action::RemoveNode { node: 1 })).is_err());
     assert!(is_ok(&apply(
         &mut state,
