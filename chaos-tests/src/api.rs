@@ -36,6 +36,9 @@ pub struct Resources {
 #[derive(Clone, Debug, Deserialize)]
 pub struct NodeInfo {
     pub id: String,
+    /// `server,worker`, `server` or `worker`: only workers host workstations.
+    #[serde(default)]
+    pub role: Option<String>,
     pub state: String,
     #[serde(default)]
     pub capacity: Resources,
@@ -100,6 +103,8 @@ pub struct ApiError {
     pub outcome: Outcome,
     /// What happened.
     pub message: String,
+    /// The HTTP status, when the node answered with one.
+    pub status: Option<u16>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -162,6 +167,7 @@ impl Api {
             return Err(ApiError {
                 outcome: status_outcome(status),
                 message: format!("{status}: {}", truncate(&text, 300)),
+                status: Some(status.as_u16()),
             });
         }
         let text = if text.is_empty() { "null" } else { &text };
@@ -169,6 +175,7 @@ impl Api {
             // It answered 2xx: the request took effect even if the answer is odd.
             outcome: Outcome::Unknown,
             message: format!("undecodable answer ({e}): {}", truncate(text, 300)),
+            status: Some(status.as_u16()),
         })
     }
 
@@ -208,6 +215,7 @@ impl Api {
             return Err(ApiError {
                 outcome: status_outcome(status),
                 message: format!("{status}: {}", truncate(&text, 300)),
+                status: Some(status.as_u16()),
             });
         }
         let mut segment = FollowSegment {
@@ -263,6 +271,7 @@ impl Api {
             Some(message) if segment.events.len() <= 1 => Err(ApiError {
                 outcome: Outcome::Fail,
                 message,
+                status: Some(status.as_u16()),
             }),
             _ => Ok(segment),
         }
@@ -295,6 +304,7 @@ fn classify(error: reqwest::Error) -> ApiError {
     ApiError {
         outcome,
         message: error.to_string(),
+        status: error.status().map(|s| s.as_u16()),
     }
 }
 

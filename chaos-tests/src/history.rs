@@ -231,6 +231,10 @@ pub struct ClusterSnapshot {
     /// When not: which workstations differ and how (`key: state`), for the report.
     #[serde(default)]
     pub differences: Vec<String>,
+    /// Workstations left pending because they fit on no ready worker node (see
+    /// [`crate::checkers::desired_state`]): right, so not differences; kept for the report.
+    #[serde(default)]
+    pub pending_fits_nowhere: Vec<String>,
 }
 
 /// What a scan of a node's host state found that still belongs to deleted workstations.
@@ -294,6 +298,11 @@ pub struct FinalState {
     pub workstations: Vec<(String, u64, u64)>,
     /// Processes present at the end: (workstation key, argv joined by spaces).
     pub processes: Vec<(String, String)>,
+    /// Workstations whose processes could not be read, with why: (workstation key, reason).
+    /// Only a workstation without a node qualifies (its node answers 503 "has no node right
+    /// now"); any other failed read fails the whole read. The process checks skip these.
+    #[serde(default)]
+    pub processes_unknown: Vec<(String, String)>,
     /// Node indices the cluster lists as members at the end.
     pub member_nodes: Vec<NodeIdx>,
 }
@@ -321,6 +330,10 @@ pub struct History {
     /// cluster converge, ms since the run started.
     #[serde(default)]
     pub pauses_ms: Vec<u64>,
+    /// Leader kills (fault `seq`) that fired although the cluster had not settled, with why
+    /// (see [`crate::nemesis::kill_precondition`]); `stats` reports their failover apart.
+    #[serde(default)]
+    pub unsettled_kills: Vec<(u64, String)>,
     /// The final state.
     pub final_state: FinalState,
 }

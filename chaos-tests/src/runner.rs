@@ -19,6 +19,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
+use shoal_chaos::checkers::desired_state::{self, NodeRoom, WorkstationStatus};
 use shoal_chaos::checkers::{check_all, CheckConfig};
 use shoal_chaos::clock::RunClock;
 use shoal_chaos::env::cleanup::{self, RunGuard};
@@ -33,7 +34,7 @@ use shoal_chaos::history::{
 use shoal_chaos::nemesis::{pick, FaultMode, NemesisConfig, Schedule, ScheduledFault};
 use shoal_chaos::partition::Grudge;
 use shoal_chaos::report::{Report, RunInfo};
-use shoal_chaos::workload::{producer_key, producer_pattern, Workload, WorkloadConfig};
+use shoal_chaos::workload::{producer_key, producer_pattern, PoolView, Workload, WorkloadConfig};
 
 use crate::api::{Api, ClusterInfo, NodeInfo, Process, TokenCreated, Workstation};
 use crate::cluster::{Cluster, Role};
@@ -185,6 +186,9 @@ struct Ctx {
     probing: AtomicBool,
     cancel: Arc<AtomicBool>,
     notes: Mutex<Vec<String>>,
+    /// The observer's latest workstations and nodes, from which each workload client takes its
+    /// [`PoolView`].
+    pool: Mutex<(Vec<WorkstationStatus>, Vec<NodeRoom>)>,
 }
 
 /// Locks a mutex; a poisoned lock only means another task panicked, and the data is still
@@ -409,6 +413,7 @@ async fn run_async(
         probing: AtomicBool::new(false),
         cancel: options.cancel.clone(),
         notes: Mutex::new(Vec::new()),
+        pool: Mutex::new((Vec::new(), Vec::new())),
     });
     spawn_signal_watch(options.cancel.clone());
 
@@ -610,7 +615,11 @@ async fn client_loop(ctx: Arc<Ctx>, seed: u64, client: u64) {
     let mut workload = Workload::new(seed, client, WorkloadConfig::default());
     let mut n_ops = 0usize;
     while !ctx.stop_clients.load(Ordering::Relaxed) && !ctx.cancelled() {
-        let kind = workload.next_op();
+        let pool = {
+            let pool = lock(&ctx.pool);
+            PoolView::for_client(client, &pool.0, &pool.1)
+        };
+        let kind = workload.next_op(&pool);
         let up = ctx.up_nodes();
         let Some(node) = up.get(n_ops % up.len().max(1)).copied() else {
             ctx.sleep_ms(200).await;
@@ -902,19 +911,50 @@ async fn observe_once(ctx: &Ctx) {
             (id.clone(), state)
         })
         .collect();
-    // Every workstation the cluster keeps should be running on a node.
-    let differences: Vec<String> = workstations
+    // Every workstation the cluster keeps should be running on a node, unless it is pending
+    // because no ready worker node has room for it (then pending is right).
+    let statuses: Vec<WorkstationStatus> = workstations
         .iter()
-        .filter(|w| w.state != "running" || w.node.is_none())
-        .map(|w| format!("{}: {}", w.name.as_deref().unwrap_or(&w.id), w.state))
+        .map(|w| WorkstationStatus {
+            key: w.name.clone().unwrap_or_else(|| w.id.clone()),
+            state: w.state.clone(),
+            node: w.node.clone(),
+            cpu_millis: w.cpu_millis,
+            memory_bytes: w.memory_bytes,
+        })
         .collect();
+    let rooms = node_rooms(&nodes);
+    let comparison = desired_state::compare(&statuses, &rooms);
+    *lock(&ctx.pool) = (statuses, rooms);
     history.snapshots.push(ClusterSnapshot {
         at_ms,
         leaders: answers,
         node_states,
-        desired_equals_actual: differences.is_empty(),
-        differences,
+        desired_equals_actual: comparison.differences.is_empty(),
+        differences: comparison.differences,
+        pending_fits_nowhere: comparison.pending_fits_nowhere,
     });
+}
+
+/// The nodes of a `GET /v1/nodes` answer as placement sees them.
+fn node_rooms(nodes: &[NodeInfo]) -> Vec<NodeRoom> {
+    nodes
+        .iter()
+        .map(|n| NodeRoom {
+            id: n.id.clone(),
+            state: n.state.clone(),
+            // A node that does not say counts as a worker: the stricter reading (it could
+            // take the workstation, so a pending one is a difference).
+            worker: n
+                .role
+                .as_deref()
+                .is_none_or(|roles| roles.split(',').any(|role| role.trim() == "worker")),
+            cpu_allocatable_millis: n.capacity.cpu_millis,
+            memory_allocatable_bytes: n.capacity.memory_bytes,
+            cpu_reserved_millis: n.reserved.cpu_millis,
+            memory_reserved_bytes: n.reserved.memory_bytes,
+        })
+        .collect()
 }
 
 /// Injects one scheduled fault and heals it; the record says what happened.
@@ -1317,21 +1357,25 @@ async fn heal_all(ctx: &Ctx) {
 }
 
 /// The final state, once every up node serves the same one (reads come from each node's
-/// applied state, and a follower may lag the leader for a moment): the leader's read. If the
-/// replicas still disagree after `FINAL_READ_AGREE_MS`, the leader's read is used and a note
-/// says so (the run then fails: the cluster did not converge).
+/// applied state, and a follower may lag the leader for a moment): the leader's read. A node
+/// whose read fails is read again every 500 ms. If the replicas still disagree (or a read
+/// still fails) after `FINAL_READ_AGREE_MS`, the leader's read is used and a note says so,
+/// naming for each node what it served or which request failed and how.
 async fn read_final_state(ctx: &Ctx) -> (FinalState, Option<String>) {
     let deadline_ms = ctx.clock.now_ms() + FINAL_READ_AGREE_MS;
     loop {
         let up = ctx.up_nodes();
         let mut reads = Vec::new();
+        let mut failures = Vec::new();
         for &idx in &up {
-            if let Some(state) = read_state_from(ctx, idx).await {
-                reads.push((idx, state));
+            match read_state_from(ctx, idx).await {
+                Ok(state) => reads.push((idx, state)),
+                Err(why) => failures.push((idx, why)),
             }
         }
         let leader = ctx.find_leader().await;
-        let agree = reads.len() == up.len()
+        let agree = failures.is_empty()
+            && reads.len() == up.len()
             && reads.windows(2).all(|pair| pair[0].1 == pair[1].1)
             && leader.is_some();
         if agree || ctx.clock.now_ms() > deadline_ms || !ctx.sleep_ms(500).await {
@@ -1346,11 +1390,17 @@ async fn read_final_state(ctx: &Ctx) -> (FinalState, Option<String>) {
                     .iter()
                     .map(|(idx, s)| {
                         format!(
-                            "node {idx}: {} workstations, {} processes",
+                            "node {idx}: {} workstations, {} processes, {} with processes unknown",
                             s.workstations.len(),
-                            s.processes.len()
+                            s.processes.len(),
+                            s.processes_unknown.len()
                         )
                     })
+                    .chain(
+                        failures
+                            .iter()
+                            .map(|(idx, why)| format!("node {idx} failed: {why}")),
+                    )
                     .collect();
                 format!(
                     "the up nodes did not serve one final state within {FINAL_READ_AGREE_MS} ms \
@@ -1365,15 +1415,23 @@ async fn read_final_state(ctx: &Ctx) -> (FinalState, Option<String>) {
     }
 }
 
-/// Node `idx`'s view of the final state, normalised (sorted) for comparison.
-async fn read_state_from(ctx: &Ctx, idx: NodeIdx) -> Option<FinalState> {
+/// Node `idx`'s view of the final state, normalised (sorted) for comparison, or which request
+/// failed and how. A workstation without a node has no host to list its processes: its
+/// processes request answers 503 ("has no node right now"), and it is recorded with its
+/// processes unknown instead of failing the read (a node that answers 200 for it, from the
+/// desired state, is used as it is).
+async fn read_state_from(ctx: &Ctx, idx: NodeIdx) -> Result<FinalState, String> {
     let addr = Cluster::api_addr(idx);
     let workstations = ctx
         .api
         .get::<Vec<Workstation>>(addr, "/v1/workstations")
         .await
-        .ok()?;
-    let nodes = ctx.api.get::<Vec<NodeInfo>>(addr, "/v1/nodes").await.ok()?;
+        .map_err(|e| format!("GET /v1/workstations: {e}"))?;
+    let nodes = ctx
+        .api
+        .get::<Vec<NodeInfo>>(addr, "/v1/nodes")
+        .await
+        .map_err(|e| format!("GET /v1/nodes: {e}"))?;
     let mut state = FinalState {
         read_ok: true,
         ..FinalState::default()
@@ -1383,16 +1441,29 @@ async fn read_state_from(ctx: &Ctx, idx: NodeIdx) -> Option<FinalState> {
         state
             .workstations
             .push((key.clone(), ws.cpu_millis, ws.memory_bytes));
-        let processes = ctx
-            .api
-            .get::<Vec<Process>>(addr, &format!("/v1/workstations/{}/processes", ws.id))
-            .await
-            .ok()?;
-        state.processes.extend(
-            processes
-                .into_iter()
-                .map(|p| (key.clone(), p.argv.join(" "))),
-        );
+        let path = format!("/v1/workstations/{}/processes", ws.id);
+        match ctx.api.get::<Vec<Process>>(addr, &path).await {
+            Ok(processes) => state.processes.extend(
+                processes
+                    .into_iter()
+                    .map(|p| (key.clone(), p.argv.join(" "))),
+            ),
+            Err(error) if ws.node.is_none() && error.status == Some(503) => {
+                info!(idx, %key, %error, "processes of a workstation without a node: unknown");
+                // The reason carries no error text, so that every node records the same one.
+                state.processes_unknown.push((
+                    key.clone(),
+                    format!("{}, no node: GET {path} answered 503", ws.state),
+                ));
+            }
+            Err(error) => {
+                return Err(format!(
+                    "GET {path} ({key}, {} on {}): {error}",
+                    ws.state,
+                    ws.node.as_deref().unwrap_or("no node")
+                ))
+            }
+        }
     }
     let cluster = lock(&ctx.cluster);
     state.member_nodes = nodes
@@ -1402,8 +1473,9 @@ async fn read_state_from(ctx: &Ctx, idx: NodeIdx) -> Option<FinalState> {
         .collect();
     state.workstations.sort();
     state.processes.sort();
+    state.processes_unknown.sort();
     state.member_nodes.sort_unstable();
-    Some(state)
+    Ok(state)
 }
 
 /// Looks on the host for processes, cgroups and mounts that name a deleted workstation.

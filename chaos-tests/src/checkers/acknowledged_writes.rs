@@ -35,6 +35,17 @@ pub fn check(history: &History) -> Verdict {
         .map(|(key, cpu, mem)| (key.as_str(), (*cpu, *mem)))
         .collect();
 
+    // Workstations whose processes the final read could not list (no node to ask): their
+    // process checks are skipped, counted and named; the workstation itself is still checked.
+    let processes_unknown: BTreeMap<&str, &str> = history
+        .final_state
+        .processes_unknown
+        .iter()
+        .map(|(key, why)| (key.as_str(), why.as_str()))
+        .collect();
+    let mut skipped: Vec<String> = Vec::new();
+    let mut n_processes_skipped = 0;
+
     let mut n_checked = 0;
     let mut violations = Vec::new();
     for (key, ops) in &by_key {
@@ -66,6 +77,17 @@ pub fn check(history: &History) -> Verdict {
                 violations.push(violation);
             }
             n_checked += 1;
+            if let Some(why) = processes_unknown.get(key) {
+                let n_acknowledged = ops
+                    .iter()
+                    .filter(|op| {
+                        matches!(op.kind, OpKind::ExecProcess { .. }) && op.outcome == Outcome::Ok
+                    })
+                    .count();
+                n_processes_skipped += n_acknowledged;
+                skipped.push(format!("{key} ({why})"));
+                continue;
+            }
             for op in ops {
                 if let (OpKind::ExecProcess { argv, .. }, Outcome::Ok) = (&op.kind, op.outcome) {
                     n_checked += 1;
@@ -103,8 +125,22 @@ pub fn check(history: &History) -> Verdict {
             }
         }
     }
-    Verdict::new("acknowledged_writes", statement, n_checked, violations)
+    let verdict = Verdict::new("acknowledged_writes", statement, n_checked, violations);
+    if skipped.is_empty() {
+        return verdict;
+    }
+    let n_skipped = skipped.len();
+    skipped.truncate(SKIPPED_NAMED_MAX);
+    verdict.with_measured(format!(
+        "process checks skipped for {n_skipped} workstations ({n_processes_skipped} acknowledged \
+         processes) whose processes could not be read: {}",
+        skipped.join(", ")
+    ))
 }
+
+/// At most this many workstations with skipped process checks are named in the verdict (all
+/// are counted).
+const SKIPPED_NAMED_MAX: usize = 10;
 
 /// The final size must be one a create or resize could have left there last.
 fn check_size(key: &str, ops: &[&Operation], size: (u64, u64)) -> Option<String> {
@@ -199,6 +235,7 @@ mod tests {
                     .map(|(k, cpu)| (k.to_string(), cpu, 1))
                     .collect(),
                 processes: vec![],
+                processes_unknown: vec![],
                 member_nodes: vec![],
             },
             ..History::default()
@@ -309,5 +346,61 @@ mod tests {
             .processes
             .push(("a".into(), "sleep 100".into()));
         assert!(check(&h).ok);
+    }
+
+    /// Soak seed 4326430475747548734 on 6c0791f: a pending workstation (no node) made every
+    /// node's final read fail, so nothing was checked. Its processes are now unknown and only
+    /// its process checks are skipped, said so in the verdict.
+    #[test]
+    fn a_pending_workstation_skips_only_its_process_checks_and_the_verdict_counts_them() {
+        let exec = |key: &str| OpKind::ExecProcess {
+            key: key.into(),
+            argv: vec!["sleep".into(), "100".into()],
+        };
+        let mut h = history(
+            vec![
+                op(0, create("a", 100), 0, 10, Outcome::Ok),
+                op(1, exec("a"), 20, 30, Outcome::Ok),
+                op(2, exec("a"), 40, 50, Outcome::Ok),
+                op(3, create("b", 100), 0, 10, Outcome::Ok),
+                op(4, exec("b"), 20, 30, Outcome::Ok),
+            ],
+            vec![("a", 100), ("b", 100)],
+        );
+        h.final_state
+            .processes
+            .push(("b".into(), "sleep 100".into()));
+        h.final_state.processes_unknown.push((
+            "a".into(),
+            "pending, no node: GET /v1/workstations/ws-1/processes answered 503".into(),
+        ));
+        let verdict = check(&h);
+        assert!(verdict.ok, "{verdict:?}");
+        // a: create and size; b: create, size and its one process.
+        assert_eq!(verdict.n_checked, 5, "{verdict:?}");
+        assert_eq!(
+            verdict.measured.as_deref(),
+            Some(
+                "process checks skipped for 1 workstations (2 acknowledged processes) whose \
+                 processes could not be read: a (pending, no node: GET \
+                 /v1/workstations/ws-1/processes answered 503)"
+            )
+        );
+
+        // The workstation itself is still checked: a lost size is found.
+        h.final_state.workstations[0].1 = 300;
+        let verdict = check(&h);
+        assert!(!verdict.ok, "{verdict:?}");
+        assert!(verdict.violations[0].contains("workstation a: final size"));
+
+        // Another workstation's lost process is still found.
+        h.final_state.workstations[0].1 = 100;
+        h.final_state.processes.clear();
+        let verdict = check(&h);
+        assert!(!verdict.ok, "{verdict:?}");
+        assert_eq!(
+            verdict.violations,
+            vec!["workstation b: acknowledged process `sleep 100` lost".to_string()]
+        );
     }
 }

@@ -46,12 +46,22 @@ fn describe(snapshot: &ClusterSnapshot) -> String {
         .collect();
     let mut differences = snapshot.differences.clone();
     differences.truncate(5);
-    format!(
+    let mut text = format!(
         "leaders [{}], not ready [{}], desired != actual [{}]",
         leaders.join(" "),
         not_ready.join(" "),
         differences.join(", ")
-    )
+    );
+    if !snapshot.pending_fits_nowhere.is_empty() {
+        let mut fits_nowhere = snapshot.pending_fits_nowhere.clone();
+        fits_nowhere.truncate(3);
+        text.push_str(&format!(
+            ", {} pending that fit nowhere (not differences) [{}]",
+            snapshot.pending_fits_nowhere.len(),
+            fits_nowhere.join(", ")
+        ));
+    }
+    text
 }
 
 /// Checks the snapshots taken after the last fault and, in a soak, after every pause of the
@@ -132,6 +142,21 @@ pub fn check(history: &History, convergence_ms_max: u64) -> Verdict {
             None => text,
         });
     }
+    let n_full = history
+        .snapshots
+        .iter()
+        .filter(|s| !s.pending_fits_nowhere.is_empty())
+        .count();
+    if n_full > 0 {
+        let text = format!(
+            "{n_full} snapshots had workstations pending that fit on no ready worker node \
+             (not counted as differences)"
+        );
+        measured = Some(match measured {
+            Some(m) => format!("{m}; {text}"),
+            None => text,
+        });
+    }
     let verdict = Verdict::new("convergence", statement, n_checked, violations);
     match measured {
         Some(m) => verdict.with_measured(m),
@@ -156,6 +181,7 @@ mod tests {
             node_states: vec![("a".into(), if ready { "ready" } else { "down" }.into())],
             desired_equals_actual: true,
             differences: vec![],
+            pending_fits_nowhere: vec![],
         }
     }
     fn history(snapshots: Vec<ClusterSnapshot>) -> History {
@@ -239,6 +265,43 @@ mod tests {
             )
         );
         assert!(!check(&h, 3000).ok, "too slow for a 3 s limit");
+    }
+
+    /// Soak seed 4326430475747548734 on 6c0791f: the cluster was full and the checker called
+    /// the pending workstations a failure to converge.
+    #[test]
+    fn a_full_cluster_with_pending_workstations_converges_and_the_report_counts_them() {
+        let mut full = snapshot(1500, &[Some((3, "a"))], true);
+        let comparison = crate::checkers::desired_state::compare(
+            &[crate::checkers::desired_state::WorkstationStatus {
+                key: "c0w275".into(),
+                state: "pending".into(),
+                node: None,
+                cpu_millis: 200,
+                memory_bytes: 1,
+            }],
+            &[crate::checkers::desired_state::NodeRoom {
+                id: "a".into(),
+                state: "ready".into(),
+                worker: true,
+                cpu_allocatable_millis: 2000,
+                memory_allocatable_bytes: 1 << 30,
+                cpu_reserved_millis: 2000,
+                memory_reserved_bytes: 0,
+            }],
+        );
+        full.desired_equals_actual = comparison.differences.is_empty();
+        full.differences = comparison.differences;
+        full.pending_fits_nowhere = comparison.pending_fits_nowhere;
+        let verdict = check(&history(vec![full]), 30_000);
+        assert!(verdict.ok, "{verdict:?}");
+        assert_eq!(
+            verdict.measured.as_deref(),
+            Some(
+                "converged 500 ms after the last fault ended; 1 snapshots had workstations \
+                 pending that fit on no ready worker node (not counted as differences)"
+            )
+        );
     }
 
     #[test]

@@ -3,11 +3,16 @@
 //!
 //! A checker that found nothing to check fails: a run that produced no evidence for an
 //! invariant has not shown that the invariant holds.
+//!
+//! [`desired_state`] is not a checker: it is the pure comparison of desired and actual state
+//! (with the scheduler's fit rule for pending workstations) that the runner applies to each
+//! convergence snapshot.
 
 pub mod acknowledged_writes;
 pub mod capacity;
 pub mod convergence;
 pub mod coverage;
+pub mod desired_state;
 pub mod exclusive_placement;
 pub mod fault_expectations;
 pub mod leftovers;
