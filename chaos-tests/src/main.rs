@@ -4,7 +4,8 @@
 //!
 //! `cargo run -p shoal-chaos -- --quick` (a few minutes), `-- --soak 30m`, `--seed N` to
 //! replay, `--shoal PATH`, `--report FILE`, `--cleanup` to remove a crashed run's leftovers,
-//! `--print-schedule` to show a seed's fault schedule without running anything.
+//! `--print-schedule` to show a seed's fault schedule without running anything,
+//! `--check-history FILE` to re-run the checkers on a saved history.
 
 mod api;
 mod cluster;
@@ -20,8 +21,10 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use rand::RngCore;
 
+use shoal_chaos::checkers::{check_all, CheckConfig, Verdict};
 use shoal_chaos::env::cleanup::{self, Scope};
 use shoal_chaos::env::is_root;
+use shoal_chaos::history::History;
 use shoal_chaos::nemesis::{FaultMode, NemesisConfig, Schedule};
 
 /// Fault-injection runs against a real Shoal cluster.
@@ -77,7 +80,15 @@ struct Cli {
     /// Print the seed's fault schedule as JSON and exit (needs no root, starts nothing).
     #[arg(long)]
     print_schedule: bool,
+    /// Re-run the checkers on a saved history (`<report>.history.json`) and print the verdicts
+    /// (needs no root, starts nothing). The scheduled fault modes are taken to be the modes of
+    /// the faults the history recorded.
+    #[arg(long, value_name = "FILE")]
+    check_history: Option<PathBuf>,
 }
+
+/// How long the cluster has to converge after the faults stop (and after each soak pause).
+const CONVERGENCE_MS_MAX: u64 = 30_000;
 
 fn parse_mode(text: &str) -> Result<FaultMode, String> {
     serde_json::from_value(serde_json::Value::String(text.to_string()))
@@ -189,6 +200,25 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         );
         return Ok(true);
     }
+    if let Some(path) = &cli.check_history {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let history: History = serde_json::from_str(&text)
+            .with_context(|| format!("decoding the history in {}", path.display()))?;
+        let mut modes: Vec<FaultMode> = history.faults.iter().map(|f| f.mode).collect();
+        modes.sort();
+        modes.dedup();
+        let verdicts = check_all(
+            &history,
+            &CheckConfig {
+                lease_ms: runner::LEASE_MS,
+                convergence_ms_max: CONVERGENCE_MS_MAX,
+                scheduled_modes: modes,
+            },
+        );
+        let _ = write!(std::io::stdout(), "{}", verdict_lines(&verdicts));
+        return Ok(verdicts.iter().all(|v| v.ok));
+    }
     let seed = cli.seed.unwrap_or_else(|| rand::rngs::OsRng.next_u64());
     let soak = cli.soak.map(|d| *d);
     let nemesis = nemesis_config(&cli, soak);
@@ -237,7 +267,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         n_servers: cli.servers,
         n_workers: cli.workers,
         mesh: cli.mesh.clone(),
-        convergence_ms_max: 30_000,
+        convergence_ms_max: CONVERGENCE_MS_MAX,
         n_clients: 3,
         nemesis,
         cancel: Arc::new(AtomicBool::new(false)),
@@ -273,6 +303,36 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     Ok(report.passed)
 }
 
+/// One line per verdict with its measured figure and every violation it kept, then the
+/// overall verdict.
+fn verdict_lines(verdicts: &[Verdict]) -> String {
+    let mut out = String::new();
+    for verdict in verdicts {
+        out.push_str(&format!(
+            "{:<20} {:<4} checked {}, {} violations{}\n",
+            verdict.invariant,
+            if verdict.ok { "ok" } else { "FAIL" },
+            verdict.n_checked,
+            verdict.n_violations,
+            verdict
+                .measured
+                .as_ref()
+                .map(|m| format!(", {m}"))
+                .unwrap_or_default()
+        ));
+        for violation in &verdict.violations {
+            out.push_str(&format!("    {violation}\n"));
+        }
+    }
+    let passed = verdicts.iter().all(|v| v.ok);
+    out.push_str(if passed {
+        "verdict: PASS\n"
+    } else {
+        "verdict: FAIL\n"
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,5 +365,42 @@ mod tests {
             scenario_modes(&cli),
             (vec![FaultMode::DiskFull], Vec::new())
         );
+    }
+
+    #[test]
+    fn check_history_re_runs_the_checkers_on_a_saved_history() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("run.history.json");
+        // An empty history is no evidence for any invariant: the re-check fails.
+        std::fs::write(
+            &path,
+            serde_json::to_string(&History::default()).expect("encodes"),
+        )
+        .expect("written");
+        let cli = Cli::parse_from([
+            "shoal-chaos",
+            "--check-history",
+            path.to_str().expect("utf-8 path"),
+        ]);
+        assert!(!run(cli).expect("a verdict"));
+
+        let missing = dir.path().join("missing.json");
+        let cli = Cli::parse_from([
+            "shoal-chaos",
+            "--check-history",
+            missing.to_str().expect("utf-8 path"),
+        ]);
+        let error = run(cli).expect_err("no such file");
+        assert!(format!("{error:#}").contains("missing.json"), "{error:#}");
+    }
+
+    #[test]
+    fn verdict_lines_name_every_kept_violation_and_the_overall_verdict() {
+        let failed = Verdict::new("convergence", "s", 3, vec!["a".into(), "b".into()]);
+        let passed = Verdict::new("capacity", "s", 4, vec![]).with_measured("m".into());
+        let text = verdict_lines(&[passed, failed]);
+        assert!(text.contains("capacity             ok   checked 4, 0 violations, m\n"));
+        assert!(text.contains("convergence          FAIL checked 3, 2 violations\n    a\n    b\n"));
+        assert!(text.ends_with("verdict: FAIL\n"), "{text}");
     }
 }

@@ -79,7 +79,7 @@ const OBSERVE_TIMEOUT_MS: u64 = 1_000;
 /// Period of the observer.
 const OBSERVE_PERIOD_MS: u64 = 500;
 /// How long two nodes may both run a workstation during a re-placement.
-const LEASE_MS: u64 = 12_000;
+pub const LEASE_MS: u64 = 12_000;
 /// How long one log follow listens before hanging up (the next follow resumes).
 const FOLLOW_LISTEN_MS: u64 = 1_500;
 /// Most events one log follow takes before hanging up.
