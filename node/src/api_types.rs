@@ -336,6 +336,11 @@ pub struct Workstation {
     /// CPU and memory it used at its node's last heartbeat, when reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub used: Option<Resources>,
+    /// Why it is `pending`, in one line (e.g. "no ready worker node has 200 millicores and
+    /// 64 MiB free (closest: node-3 with 150 millicores and 2 GiB free)"); present only while
+    /// `state` is `pending`. An addition to SPEC's fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -119,3 +119,489 @@ pub fn resize_fits(
         })
     }
 }
+
+/// Most not-ready worker nodes a [`PendingReason::NoReadyWorker`] names (the reason is one line
+/// in an API answer, whatever the cluster's size).
+pub const PENDING_REASON_NODES_MAX: usize = 4;
+
+/// Why a workstation is not running on a node: what [`pending_reason`] finds, with the same
+/// predicate [`choose_node`] places by (a ready worker whose free capacity fits), so that the
+/// reason the API shows cannot disagree with placement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PendingReason {
+    /// It is placed: its node has not reported it running yet.
+    Placed {
+        /// The node it is placed on.
+        node: NodeId,
+    },
+    /// A ready worker has room for it now: the next change that places pending workstations
+    /// (a node ready or grown, a workstation deleted or shrunk) places it.
+    RoomOn {
+        /// The ready worker with the most free room that fits (lowest id on a tie).
+        node: NodeId,
+    },
+    /// No worker node that has not left could hold the reservation even when empty: it waits
+    /// until a larger node joins, or until it is resized smaller.
+    NeverFits {
+        /// Its reservation.
+        requested: Resources,
+        /// The largest allocatable of any worker node that has not left, per dimension.
+        largest_allocatable: Resources,
+    },
+    /// No worker node is ready: each is down, draining or left, or none has joined.
+    NoReadyWorker {
+        /// Its reservation.
+        requested: Resources,
+        /// Worker nodes that have not left, with their state (at most
+        /// [`PENDING_REASON_NODES_MAX`], lowest ids first).
+        not_ready: Vec<(NodeId, NodeState)>,
+    },
+    /// Ready workers exist, and none has the reservation free.
+    NoRoom {
+        /// Its reservation.
+        requested: Resources,
+        /// The ready worker that comes closest to holding it (the largest smallest share of
+        /// the reservation that its free room covers; lowest id on a tie).
+        closest: NodeId,
+        /// That node's free capacity.
+        closest_free: Resources,
+    },
+}
+
+impl PendingReason {
+    /// True when no ready worker node has the reservation free: placement would refuse it now.
+    pub fn fits_nowhere(&self) -> bool {
+        matches!(
+            self,
+            PendingReason::NeverFits { .. }
+                | PendingReason::NoReadyWorker { .. }
+                | PendingReason::NoRoom { .. }
+        )
+    }
+}
+
+/// Why a workstation with `reservation` placed on `node` (or on none, `None`) is not running:
+/// placed and not reported yet, or why no node takes it now. Pure; the same fit predicate
+/// and candidate set as [`choose_node`] (ready worker nodes, free capacity), so a reason that
+/// [`PendingReason::fits_nowhere`] is exactly a reservation `choose_node` refuses.
+pub fn pending_reason(
+    state: &ClusterState,
+    node: Option<NodeId>,
+    reservation: &Resources,
+) -> PendingReason {
+    if let Some(node) = node {
+        return PendingReason::Placed { node };
+    }
+    // Walk the same index `choose_node` walks, most free first: the first node that fits is
+    // the one with the most room.
+    for (_, node_id) in &state.index.placeable {
+        if state
+            .nodes
+            .get(node_id)
+            .is_some_and(|record| record.free().fits(reservation))
+        {
+            return PendingReason::RoomOn { node: *node_id };
+        }
+    }
+    if let Refusal::Unsatisfiable {
+        requested,
+        largest_allocatable,
+    } = refusal_for(state, reservation)
+    {
+        return PendingReason::NeverFits {
+            requested,
+            largest_allocatable,
+        };
+    }
+    let mut closest: Option<(u128, NodeId, Resources)> = None;
+    for (_, node_id) in &state.index.placeable {
+        let Some(record) = state.nodes.get(node_id) else {
+            continue;
+        };
+        let free = record.free();
+        let covered = share_ppm(free.cpu_millis, reservation.cpu_millis)
+            .min(share_ppm(free.memory_bytes, reservation.memory_bytes));
+        let better = match closest {
+            None => true,
+            Some((best, best_id, _)) => covered > best || (covered == best && *node_id < best_id),
+        };
+        if better {
+            closest = Some((covered, *node_id, free));
+        }
+    }
+    match closest {
+        Some((_, closest, closest_free)) => PendingReason::NoRoom {
+            requested: *reservation,
+            closest,
+            closest_free,
+        },
+        None => PendingReason::NoReadyWorker {
+            requested: *reservation,
+            not_ready: state
+                .nodes
+                .values()
+                .filter(|record| record.roles.worker && record.state != NodeState::Left)
+                .map(|record| (record.id, record.state))
+                .take(PENDING_REASON_NODES_MAX)
+                .collect(),
+        },
+    }
+}
+
+/// How many millionths of `wanted` `have` covers (capped at all of it; all of nothing).
+fn share_ppm(have: u64, wanted: u64) -> u128 {
+    if wanted == 0 || have >= wanted {
+        return 1_000_000;
+    }
+    u128::from(have) * 1_000_000 / u128::from(wanted)
+}
+
+/// Bytes in binary units for a one-line reason: `64 MiB`, `1.5 GiB`, `512 bytes`.
+fn bytes_text(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
+    for (name, size) in UNITS {
+        if bytes >= size {
+            if bytes.is_multiple_of(size) {
+                return format!("{} {name}", bytes / size);
+            }
+            // One decimal, rounded down so that a shortfall is never shown as enough.
+            let tenths = u128::from(bytes) * 10 / u128::from(size);
+            return format!("{}.{} {name}", tenths / 10, tenths % 10);
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+fn resources_text(resources: &Resources) -> String {
+    format!(
+        "{} millicores and {}",
+        resources.cpu_millis,
+        bytes_text(resources.memory_bytes)
+    )
+}
+
+impl std::fmt::Display for PendingReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PendingReason::Placed { node } => {
+                write!(
+                    f,
+                    "placed on node-{node}, which has not reported it running yet"
+                )
+            }
+            PendingReason::RoomOn { node } => write!(
+                f,
+                "node-{node} has room; waiting for the next placement round"
+            ),
+            PendingReason::NeverFits {
+                requested,
+                largest_allocatable,
+            } => write!(
+                f,
+                "no worker node can ever hold {} (largest allocatable: {} millicores, {}); \
+                 resize it or add a larger node",
+                resources_text(requested),
+                largest_allocatable.cpu_millis,
+                bytes_text(largest_allocatable.memory_bytes)
+            ),
+            PendingReason::NoReadyWorker {
+                requested,
+                not_ready,
+            } => {
+                write!(
+                    f,
+                    "no ready worker node to place {} on",
+                    resources_text(requested)
+                )?;
+                if !not_ready.is_empty() {
+                    let names: Vec<String> = not_ready
+                        .iter()
+                        .map(|(id, state)| format!("node-{id} is {state}"))
+                        .collect();
+                    write!(f, " ({})", names.join(", "))?;
+                }
+                Ok(())
+            }
+            PendingReason::NoRoom {
+                requested,
+                closest,
+                closest_free,
+            } => write!(
+                f,
+                "no ready worker node has {} free (closest: node-{closest} with {} \
+                 millicores and {} free)",
+                resources_text(requested),
+                closest_free.cpu_millis,
+                bytes_text(closest_free.memory_bytes)
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::NodeRecord;
+    use crate::model::Roles;
+    use crate::state::ClusterData;
+
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    /// One node of a test cluster: allocatable, what is reserved on it, state, worker role.
+    #[derive(Clone, Copy, Debug)]
+    struct TestNode {
+        cpu_millis: u64,
+        memory_bytes: u64,
+        reserved: Resources,
+        state: NodeState,
+        worker: bool,
+    }
+
+    fn ready(cpu_millis: u64, memory_bytes: u64, reserved: Resources) -> TestNode {
+        TestNode {
+            cpu_millis,
+            memory_bytes,
+            reserved,
+            state: NodeState::Ready,
+            worker: true,
+        }
+    }
+
+    /// A cluster of the given nodes, ids from 1 (reservations set directly: the pending
+    /// reason reads only nodes and the placeable index).
+    fn cluster(nodes: &[TestNode]) -> ClusterState {
+        let mut data = ClusterData {
+            cluster_id: Some("c".to_string()),
+            next_node_id: nodes.len() as u64 + 1,
+            ..ClusterData::default()
+        };
+        for (i, node) in nodes.iter().enumerate() {
+            let id = i as u64 + 1;
+            data.nodes.insert(
+                id,
+                NodeRecord {
+                    id,
+                    wg_public_key: format!("k{id}"),
+                    endpoint: "e".to_string(),
+                    mesh_addr: Ipv4Addr::new(10, 42, 0, id as u8),
+                    rpc_port: 1,
+                    api_addr: None,
+                    roles: if node.worker {
+                        Roles::SERVER_WORKER
+                    } else {
+                        Roles::SERVER
+                    },
+                    capacity: Resources::new(node.cpu_millis, node.memory_bytes),
+                    reserve: Resources::default(),
+                    reserved: node.reserved,
+                    state: node.state,
+                    removing: false,
+                    registered_ms: 0,
+                    state_changed_ms: 0,
+                },
+            );
+        }
+        ClusterState::from_data(data)
+    }
+
+    #[test]
+    fn a_placed_workstation_waits_for_its_node_to_report_it() {
+        let state = cluster(&[ready(1000, GIB, Resources::default())]);
+        let reason = pending_reason(&state, Some(1), &Resources::new(100, MIB));
+        assert_eq!(reason, PendingReason::Placed { node: 1 });
+        assert!(!reason.fits_nowhere());
+        assert_eq!(
+            reason.to_string(),
+            "placed on node-1, which has not reported it running yet"
+        );
+    }
+
+    #[test]
+    fn a_shortfall_names_the_request_and_the_ready_node_that_comes_closest() {
+        let state = cluster(&[
+            ready(1000, 4 * GIB, Resources::new(850, 2 * GIB)),
+            ready(1000, 8 * GIB, Resources::new(900, GIB)),
+            TestNode {
+                state: NodeState::Down,
+                ..ready(8000, 64 * GIB, Resources::default())
+            },
+        ]);
+        let reason = pending_reason(&state, None, &Resources::new(200, 64 * MIB));
+        assert_eq!(
+            reason,
+            PendingReason::NoRoom {
+                requested: Resources::new(200, 64 * MIB),
+                closest: 1,
+                closest_free: Resources::new(150, 2 * GIB),
+            }
+        );
+        assert!(reason.fits_nowhere());
+        assert_eq!(
+            reason.to_string(),
+            "no ready worker node has 200 millicores and 64 MiB free \
+             (closest: node-1 with 150 millicores and 2 GiB free)"
+        );
+    }
+
+    #[test]
+    fn with_no_ready_worker_the_reason_names_the_workers_and_their_state() {
+        let state = cluster(&[
+            TestNode {
+                worker: false,
+                ..ready(1000, GIB, Resources::default())
+            },
+            TestNode {
+                state: NodeState::Down,
+                ..ready(4000, 4 * GIB, Resources::default())
+            },
+            TestNode {
+                state: NodeState::Draining,
+                ..ready(4000, 4 * GIB, Resources::default())
+            },
+        ]);
+        let reason = pending_reason(&state, None, &Resources::new(500, 3 * GIB / 2));
+        assert!(reason.fits_nowhere());
+        assert_eq!(
+            reason.to_string(),
+            "no ready worker node to place 500 millicores and 1.5 GiB on \
+             (node-2 is down, node-3 is draining)"
+        );
+    }
+
+    #[test]
+    fn a_reservation_larger_than_every_worker_can_never_fit() {
+        let state = cluster(&[
+            ready(2000, 4 * GIB, Resources::default()),
+            ready(4000, 2 * GIB, Resources::default()),
+        ]);
+        let reason = pending_reason(&state, None, &Resources::new(3000, 3 * GIB));
+        assert_eq!(
+            reason,
+            PendingReason::NeverFits {
+                requested: Resources::new(3000, 3 * GIB),
+                largest_allocatable: Resources::new(4000, 4 * GIB),
+            }
+        );
+        assert!(reason.to_string().starts_with(
+            "no worker node can ever hold 3000 millicores and 3 GiB (largest allocatable: \
+             4000 millicores, 4 GiB)"
+        ));
+    }
+
+    #[test]
+    fn room_on_a_ready_worker_is_not_a_shortfall() {
+        let state = cluster(&[
+            ready(1000, GIB, Resources::new(1000, 0)),
+            ready(1000, GIB, Resources::new(200, 0)),
+        ]);
+        let reason = pending_reason(&state, None, &Resources::new(500, MIB));
+        assert_eq!(reason, PendingReason::RoomOn { node: 2 });
+        assert!(!reason.fits_nowhere());
+    }
+
+    #[test]
+    fn bytes_are_shown_in_binary_units_rounded_down() {
+        for (bytes, text) in [
+            (0, "0 bytes"),
+            (512, "512 bytes"),
+            (1 << 10, "1 KiB"),
+            (64 * MIB, "64 MiB"),
+            (3 * GIB / 2, "1.5 GiB"),
+            (2 * GIB - 1, "1.9 GiB"),
+            (5 << 40, "5 TiB"),
+        ] {
+            assert_eq!(bytes_text(bytes), text, "{bytes}");
+        }
+    }
+
+    fn arb_node() -> impl Strategy<Value = TestNode> {
+        (
+            0u64..8_000,
+            0u64..(16 * GIB),
+            0u64..=100,
+            0u64..=100,
+            prop_oneof![
+                4 => Just(NodeState::Ready),
+                1 => Just(NodeState::Draining),
+                1 => Just(NodeState::Down),
+                1 => Just(NodeState::Left),
+            ],
+            prop::bool::weighted(0.8),
+        )
+            .prop_map(
+                |(cpu_millis, memory_bytes, cpu_pct, mem_pct, state, worker)| TestNode {
+                    cpu_millis,
+                    memory_bytes,
+                    reserved: Resources::new(
+                        cpu_millis * cpu_pct / 100,
+                        memory_bytes / 100 * mem_pct,
+                    ),
+                    state,
+                    worker,
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+        /// The reason agrees with placement: it says "fits nowhere" exactly when `choose_node`
+        /// refuses, and then no ready worker node has the reservation free; a node it names
+        /// as having room, or as the closest, is a ready worker.
+        #[test]
+        fn a_fits_nowhere_reason_means_no_ready_node_has_room(
+            nodes in prop::collection::vec(arb_node(), 0..10),
+            cpu_millis in 1u64..9_000,
+            memory_bytes in 1u64..(17 * GIB),
+        ) {
+            let state = cluster(&nodes);
+            let reservation = Resources::new(cpu_millis, memory_bytes);
+            let reason = pending_reason(&state, None, &reservation);
+            let chosen = choose_node(&state, "t", &reservation, None, &PlacementHints::default());
+            prop_assert_eq!(reason.fits_nowhere(), chosen.is_err(), "{:?} vs {:?}", reason, chosen);
+            let is_ready_worker = |id: &NodeId| {
+                state.nodes.get(id).is_some_and(|node| node.roles.worker && node.state == NodeState::Ready)
+            };
+            if reason.fits_nowhere() {
+                prop_assert!(state
+                    .nodes
+                    .values()
+                    .filter(|node| node.roles.worker && node.state == NodeState::Ready)
+                    .all(|node| !node.free().fits(&reservation)));
+            }
+            match &reason {
+                PendingReason::RoomOn { node } => {
+                    prop_assert!(is_ready_worker(node));
+                    prop_assert!(state.nodes[node].free().fits(&reservation));
+                }
+                PendingReason::NoRoom { closest, closest_free, .. } => {
+                    prop_assert!(is_ready_worker(closest));
+                    prop_assert_eq!(*closest_free, state.nodes[closest].free());
+                }
+                PendingReason::NoReadyWorker { not_ready, .. } => {
+                    prop_assert!(state.nodes.values().all(|node| !(node.roles.worker && node.state == NodeState::Ready)));
+                    prop_assert!(not_ready.len() <= PENDING_REASON_NODES_MAX);
+                    prop_assert!(not_ready.iter().all(|(_, node_state)| *node_state != NodeState::Left));
+                }
+                PendingReason::NeverFits { .. } => {
+                    prop_assert!(state
+                        .nodes
+                        .values()
+                        .filter(|node| node.roles.worker && node.state != NodeState::Left)
+                        .all(|node| !node.allocatable().fits(&reservation)));
+                }
+                PendingReason::Placed { .. } => prop_assert!(false, "not placed"),
+            }
+        }
+    }
+}

@@ -155,6 +155,40 @@ proptest! {
         prop_assert_eq!(run(), run());
     }
 
+    /// After nodes are lost, every workstation the state machine left pending has a reason
+    /// that says it fits nowhere, and indeed no ready worker node has its reservation free;
+    /// every placed one is reported as placed on its node.
+    #[test]
+    fn every_workstation_left_pending_after_node_loss_has_a_fits_nowhere_reason(
+        nodes in arb_nodes(),
+        requests in arb_requests(),
+        lost in prop::collection::btree_set(1u64..13, 1..6),
+    ) {
+        let mut state = cluster(&nodes);
+        let reqs: Vec<WorkstationRequest> = requests.iter().map(|(t, c, m)| request(*t, *c, *m)).collect();
+        let _ = apply(&mut state, &Command::new(1, "t", Action::PlaceBatch { requests: reqs, hints: Default::default() }));
+        let lost: Vec<u64> = lost.into_iter().filter(|id| state.nodes.contains_key(id)).collect();
+        let _ = apply(&mut state, &Command::new(2, "t", Action::MarkNodesDown {
+            nodes: lost,
+            hints: Default::default(),
+            observed: Default::default(),
+        }));
+        for ws in state.workstations.values() {
+            let reason = scheduler::pending_reason(&state, ws.node, &ws.spec.reservation);
+            match ws.node {
+                Some(node) => prop_assert_eq!(reason, scheduler::PendingReason::Placed { node }),
+                None => {
+                    prop_assert!(reason.fits_nowhere(), "{}: {}", ws.id, reason);
+                    prop_assert!(state
+                        .nodes
+                        .values()
+                        .filter(|n| n.roles.worker && n.state == shoal_raft::model::NodeState::Ready)
+                        .all(|n| !n.free().fits(&ws.spec.reservation)));
+                }
+            }
+        }
+    }
+
     #[test]
     fn no_capacity_now_means_nothing_fits_anywhere(
         nodes in arb_nodes(),

@@ -101,6 +101,7 @@ impl WorkstationRecord {
             log_next_offset,
             processes: Vec::new(),
             used: None,
+            pending_reason: None,
         }
     }
 }

@@ -266,6 +266,38 @@ impl AppHandler for AgentApp {
     }
 }
 
+/// How long a client is told to wait before it asks again about a workstation that has no
+/// node: placement happens as soon as room appears, and a node lost is noticed within the
+/// heartbeat grace.
+pub const PENDING_RETRY_AFTER_SECS: u64 = 5;
+
+/// Why workstation `ws_id` has no node, in one line: the scheduler's pending reason
+/// ([`shoal_raft::scheduler::pending_reason`]) against this node's applied state; `None` if
+/// the state does not know it.
+pub fn pending_reason_of(agent: &Agent, ws_id: &str) -> Option<String> {
+    let id: shoal_raft::model::WorkstationId = ws_id.parse().ok()?;
+    agent.raft.read(|state| {
+        let ws = state.workstations.get(&id)?;
+        Some(
+            shoal_raft::scheduler::pending_reason(state, ws.node, &ws.spec.reservation).to_string(),
+        )
+    })
+}
+
+/// The answer to a request that needs the node hosting `ws_id` while it has none (it is
+/// `pending`): 503 with `Retry-After`, naming the workstation, its state and why.
+pub fn no_host_error(agent: &Agent, ws_id: &str) -> ApiError {
+    let reason = pending_reason_of(agent, ws_id)
+        .unwrap_or_else(|| "it is not placed on any node".to_string());
+    ApiError::Unavailable {
+        message: format!(
+            "workstation `{ws_id}` is pending: {reason}; its log and running processes are \
+             served once a node runs it"
+        ),
+        retry_after_secs: PENDING_RETRY_AFTER_SECS,
+    }
+}
+
 /// Sends `request` to the node hosting workstation `ws_id` (per Raft's placement).
 pub async fn ask_host(
     agent: &Agent,
@@ -279,9 +311,7 @@ pub async fn ask_host(
         state.nodes.get(&node).map(|record| record.mesh_addr)
     });
     let Some(ip) = ip else {
-        return Err(unavailable(format!(
-            "workstation `{ws_id}` has no node right now"
-        )));
+        return Err(no_host_error(agent, ws_id));
     };
     let body = serde_json::to_vec(request)
         .map_err(|err| ApiError::Internal(format!("encoding a mesh request: {err}")))?;

@@ -295,7 +295,7 @@ async fn remote_follow(
         let node = state.workstations.get(&ws_id)?.node?;
         state.nodes.get(&node).map(|record| record.mesh_addr)
     });
-    let ip = ip.ok_or_else(|| ApiError::unavailable(format!("workstation `{id}` has no node")))?;
+    let ip = ip.ok_or_else(|| crate::agent::remote::no_host_error(agent, id))?;
     let open = serde_json::to_vec(&RemoteRequest::Follow {
         ws: id.to_string(),
         from,

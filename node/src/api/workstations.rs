@@ -101,6 +101,42 @@ fn hosted_here(agent: &Agent, ws: &WorkstationRecord) -> bool {
         .read(|model| model.workstations.contains_key(&ws.id))
 }
 
+/// The `reason` of a process whose workstation has no node: it runs again once one is found.
+pub const PENDING_PROCESS_REASON: &str = "workstation_pending";
+
+/// Whether the applied state has the workstation on no node (`pending`: nothing fits, or it
+/// waits for re-placement after its node was lost).
+fn unplaced(agent: &Agent, ws: &WorkstationRecord) -> bool {
+    let Ok(id) = ws.id.parse::<shoal_raft::model::WorkstationId>() else {
+        return false;
+    };
+    agent.raft.read(|state| {
+        state
+            .workstations
+            .get(&id)
+            .is_some_and(|placed| placed.node.is_none())
+    })
+}
+
+/// The processes of a workstation that has no node, as its next host will treat them. That
+/// host's first start of the placement (`placement::reconcile`, a workstation it does not host
+/// yet) starts every desired process of the applied state whatever its restart policy, and
+/// the `killed` flag lives only in the old host's record, which it does not have: so each one
+/// is `starting`, with the reason [`PENDING_PROCESS_REASON`]. If that start ever leaves a
+/// process out (SPEC: a `never` process is `exited` with `node_lost` after a re-placement),
+/// this must say `exited` with that reason for it.
+pub fn pending_processes(ws: &WorkstationRecord) -> Vec<Process> {
+    ws.processes
+        .values()
+        .map(|spec| {
+            let mut process = process_json(&ws.id, spec, None);
+            process.state = crate::api_types::ProcessState::Starting;
+            process.reason = Some(PENDING_PROCESS_REASON.to_string());
+            process
+        })
+        .collect()
+}
+
 async fn view(agent: &Agent, ws: &WorkstationRecord) -> Workstation {
     let observed = placement::observe_remote(agent, std::slice::from_ref(ws)).await;
     view_observed(agent, ws, &observed).await
@@ -113,10 +149,19 @@ async fn view_observed(
     ws: &WorkstationRecord,
     observed: &std::collections::BTreeMap<String, shoal_raft::soft_state::WorkstationUsage>,
 ) -> Workstation {
-    if !hosted_here(agent, ws) {
-        return placement::remote_view(ws, observed.get(&ws.id));
+    let mut view = if hosted_here(agent, ws) {
+        placement::local_view(agent, ws).await
+    } else {
+        placement::remote_view(ws, observed.get(&ws.id))
+    };
+    if view.state == crate::api_types::WorkstationState::Pending {
+        view.pending_reason = crate::agent::remote::pending_reason_of(agent, &ws.id);
+        if unplaced(agent, ws) {
+            view.node = None;
+            view.processes = pending_processes(ws);
+        }
     }
-    placement::local_view(agent, ws).await
+    view
 }
 
 /// Longest wait for this node to apply a write the leader has committed and answered.
@@ -631,9 +676,12 @@ fn check_process(request: &CreateProcessRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Lists a workstation's processes with their observed state.
+/// Lists a workstation's processes with their observed state; for a `pending` workstation
+/// (no node), its desired processes as its next host will start them, each with the reason
+/// `workstation_pending`.
 #[utoipa::path(get, path = "/v1/workstations/{id}/processes",
-    responses((status = 200, body = Vec<Process>), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = Vec<Process>), (status = 404, body = ErrorBody),
+              (status = 503, body = ErrorBody)),
     security(("bearer" = [])), tag = "processes")]
 pub async fn list_processes(
     caller: Caller,
@@ -641,6 +689,10 @@ pub async fn list_processes(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let ws = visible(&agent, &caller, &id)?;
+    if unplaced(&agent, &ws) {
+        // No host to ask: the desired processes, as the next host will start them.
+        return Ok(HttpResponse::Ok().json(pending_processes(&ws)));
+    }
     if !hosted_here(&agent, &ws) {
         use crate::agent::remote::{ask_host, RemoteReply, RemoteRequest};
         let reply = ask_host(
@@ -739,4 +791,61 @@ pub async fn kill_process(
     record_audit(&agent, &caller, "process.kill", &resource, outcome).await;
     result?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api_types::{ProcessState, RestartPolicy};
+
+    fn spec(id: u64, restart: RestartPolicy, killed: bool) -> ProcessSpec {
+        ProcessSpec {
+            id,
+            argv: vec!["sleep".to_string(), id.to_string()],
+            env: Default::default(),
+            cwd: None,
+            restart,
+            created_unix_ms: 7,
+            killed,
+        }
+    }
+
+    #[test]
+    fn every_process_of_a_pending_workstation_is_starting_because_the_next_host_starts_all() {
+        let processes = [
+            spec(0, RestartPolicy::Never, false),
+            spec(1, RestartPolicy::OnFailure, false),
+            spec(2, RestartPolicy::Always, true),
+        ];
+        let ws = WorkstationRecord {
+            id: "ws-9".to_string(),
+            name: None,
+            tenant: "t".to_string(),
+            node: String::new(),
+            generation: 2,
+            cpu_millis: 100,
+            memory_bytes: 1 << 20,
+            cpu_limit_millis: 100,
+            memory_limit_bytes: 1 << 20,
+            network: Default::default(),
+            created_unix_ms: 1,
+            processes: processes.iter().map(|p| (p.id, p.clone())).collect(),
+            next_process_id: 3,
+            log_epoch: 0,
+        };
+        let listed = pending_processes(&ws);
+        assert_eq!(listed.len(), 3);
+        for (process, spec) in listed.iter().zip(&processes) {
+            assert_eq!(process.id, spec.id.to_string());
+            assert_eq!(process.workstation, "ws-9");
+            assert_eq!(process.argv, spec.argv);
+            assert_eq!(process.restart, spec.restart);
+            assert_eq!(process.state, ProcessState::Starting);
+            assert_eq!(process.reason.as_deref(), Some(PENDING_PROCESS_REASON));
+            assert_eq!(
+                (process.exit_code, process.signal, process.restarts),
+                (None, None, 0)
+            );
+        }
+    }
 }

@@ -221,7 +221,8 @@ pub fn ws(args: &WsArgs) -> CliResult<u8> {
                     |detail| {
                         let current = client.get(&path)?;
                         let state = text(&current, &["state"]);
-                        *detail = state.clone();
+                        *detail = pending_reason(&current)
+                            .map_or_else(|| state.clone(), |reason| format!("{state}: {reason}"));
                         Ok((state != "pending").then_some(current))
                     },
                 )?;
@@ -285,6 +286,12 @@ pub fn ws(args: &WsArgs) -> CliResult<u8> {
                 ]);
             }
             print!("{}", table.render());
+            // Why each pending one waits, under the table (a column would be too wide).
+            for workstation in items(&answer, "workstations") {
+                if let Some(reason) = pending_reason(workstation) {
+                    println!("{} is pending: {reason}", text(workstation, &["id"]));
+                }
+            }
             Ok(exit_code::OK)
         }
         WsAction::Show { id } => {
@@ -375,10 +382,25 @@ fn create_when_room(
     }
 }
 
+/// Why a workstation is pending, when its answer says (`pending_reason`, only while
+/// `pending`).
+fn pending_reason(workstation: &Value) -> Option<String> {
+    workstation
+        .get("pending_reason")
+        .and_then(Value::as_str)
+        .filter(|reason| !reason.is_empty())
+        .map(str::to_string)
+}
+
 /// A workstation as a key/value block.
 fn print_workstation(workstation: &Value) {
+    print!("{}", workstation_block(workstation));
+}
+
+/// The key/value block of a workstation; a `pending` one gets a `pending` row saying why.
+fn workstation_block(workstation: &Value) -> String {
     let mut block = Table::new(&["", ""]);
-    let rows: [(&str, String); 12] = [
+    let mut rows: Vec<(&str, String)> = vec![
         ("id", text(workstation, &["id"])),
         ("name", text(workstation, &["name"])),
         ("tenant", text(workstation, &["tenant"])),
@@ -406,11 +428,17 @@ fn print_workstation(workstation: &Value) {
         ("home volume", text(workstation, &["home_volume"])),
         ("created", timestamp(workstation, &["created_unix_ms"])),
     ];
+    if let Some(reason) = pending_reason(workstation) {
+        rows.insert(4, ("pending", reason));
+    }
     for (label, value) in rows {
         block.row(vec![label.to_string(), value]);
     }
     let rendered = block.render();
-    print!("{}", rendered.split_once('\n').map_or("", |(_, rest)| rest));
+    rendered
+        .split_once('\n')
+        .map_or("", |(_, rest)| rest)
+        .to_string()
 }
 
 /// `shoal exec`.
@@ -506,5 +534,23 @@ mod tests {
         assert_eq!(parse_env("A="), Ok(("A".into(), String::new())));
         assert!(parse_env("=1").is_err());
         assert!(parse_env("A").is_err());
+    }
+
+    #[test]
+    fn a_pending_workstation_shows_why_under_its_state_and_a_running_one_does_not() {
+        let reason = "no ready worker node has 500 millicores and 64 MiB free";
+        let pending = serde_json::json!({
+            "id": "ws-2", "state": "pending", "node": null, "pending_reason": reason,
+        });
+        let block = workstation_block(&pending);
+        let lines: Vec<&str> = block.lines().collect();
+        let state_line = lines.iter().position(|line| line.starts_with("state"));
+        let reason_line = lines.iter().position(|line| line.starts_with("pending"));
+        assert!(state_line.is_some(), "{block}");
+        assert_eq!(reason_line, state_line.map(|at| at + 1), "{block}");
+        assert!(block.contains(reason), "{block}");
+        let running = serde_json::json!({"id": "ws-3", "state": "running", "node": "node-1"});
+        assert!(!workstation_block(&running).contains("pending"));
+        assert_eq!(pending_reason(&running), None);
     }
 }
