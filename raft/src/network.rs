@@ -12,6 +12,7 @@ use openraft::error::RPCError;
 use openraft::error::RaftError;
 use openraft::error::RemoteError;
 use openraft::error::Unreachable;
+use openraft::network::Backoff;
 use openraft::network::RPCOption;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
@@ -131,7 +132,14 @@ impl RpcHandle {
         let raft = self.raft.get();
         match rpc {
             RaftRpc::AppendEntries(req) => {
-                RaftRpcReply::AppendEntries(raft.append_entries(req).await)
+                let reply = raft.append_entries(req).await;
+                if matches!(&reply, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)))
+                {
+                    self.raft
+                        .leader_heard
+                        .send_modify(|n| *n = n.wrapping_add(1));
+                }
+                RaftRpcReply::AppendEntries(reply)
             }
             RaftRpc::Vote(req) => RaftRpcReply::Vote(raft.vote(req).await),
             RaftRpc::InstallSnapshot(req) => {
@@ -147,6 +155,10 @@ impl RpcHandle {
 /// openraft's network factory over a [`RaftTransport`].
 pub(crate) struct NetworkFactory {
     pub(crate) transport: Arc<dyn RaftTransport>,
+    /// How long a leader waits before it tries a peer again after [`TransportError::Unreachable`]:
+    /// one heartbeat interval, not openraft's default 500 ms, so that a peer restarted after a
+    /// kill hears the leader well before its own election timer fires (see [`Connection::call`]).
+    pub(crate) retry_after_unreachable: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -157,6 +169,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: node.clone(),
             transport: self.transport.clone(),
+            retry_after_unreachable: self.retry_after_unreachable,
         }
     }
 }
@@ -166,6 +179,7 @@ pub(crate) struct Connection {
     target: NodeId,
     addr: NodeAddr,
     transport: Arc<dyn RaftTransport>,
+    retry_after_unreachable: Duration,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<u64, NodeAddr, RaftError<u64, E>>;
@@ -177,10 +191,16 @@ impl Connection {
         ttl: Duration,
     ) -> Result<RaftRpcReply, RpcErr<E>> {
         let bytes = codec::encode(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        // A reply that does not come within the ttl (one heartbeat interval for appends) is a
+        // network error, NOT `Unreachable`: openraft stops sending to an unreachable peer for a
+        // backoff, dropping its heartbeats meanwhile, so a follower whose fsync stalled for one
+        // heartbeat interval, or a peer restarted right after a kill, would not hear the leader
+        // for the whole backoff and start an election that deposes a healthy leader (the chaos
+        // suite saw restarted nodes do exactly that, 300-400 ms after their restart).
         let sent = tokio::time::timeout(ttl, self.transport.send(self.target, &self.addr, bytes))
             .await
             .map_err(|_| {
-                RPCError::Unreachable(Unreachable::new(&TransportError::Failed {
+                RPCError::Network(NetworkError::new(&TransportError::Failed {
                     target: self.target,
                     detail: format!("no reply within {} ms", ttl.as_millis()),
                 }))
@@ -219,6 +239,10 @@ impl Connection {
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(self.retry_after_unreachable))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
@@ -262,5 +286,58 @@ impl RaftNetwork<TypeConfig> for Connection {
             }
             _ => Err(self.unexpected()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that takes every request and never answers (a killed node, or one whose disk
+    /// stalled).
+    struct SilentPeer;
+
+    #[async_trait::async_trait]
+    impl RaftTransport for SilentPeer {
+        async fn send(
+            &self,
+            _target: NodeId,
+            _target_addr: &NodeAddr,
+            _request: Vec<u8>,
+        ) -> Result<Vec<u8>, TransportError> {
+            std::future::pending().await
+        }
+    }
+
+    fn connection(transport: Arc<dyn RaftTransport>) -> Connection {
+        Connection {
+            target: 2,
+            addr: NodeAddr {
+                addr: "10.42.0.2:0".to_string(),
+            },
+            transport,
+            retry_after_unreachable: Duration::from_millis(50),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reply_that_misses_its_ttl_is_a_network_error_so_openraft_keeps_sending_heartbeats() {
+        let connection = connection(Arc::new(SilentPeer));
+        let error = connection
+            .call::<openraft::error::Infallible>(RaftRpc::ElectNow, Duration::from_millis(50))
+            .await
+            .expect_err("a silent peer cannot answer");
+        // `Unreachable` would make openraft drop this peer's heartbeats for a whole backoff.
+        assert!(
+            matches!(error, RPCError::Network(_)),
+            "expected a network error, got {error:?}"
+        );
+    }
+
+    #[test]
+    fn after_an_unreachable_peer_the_leader_retries_within_one_heartbeat_interval() {
+        let connection = connection(Arc::new(SilentPeer));
+        let waits: Vec<Duration> = connection.backoff().take(3).collect();
+        assert_eq!(waits, vec![Duration::from_millis(50); 3]);
     }
 }

@@ -93,6 +93,14 @@ pub struct RaftConfig {
     pub failure_detection: bool,
     /// Let the leader task add/promote/remove Raft members to follow the cluster state.
     pub auto_membership: bool,
+    /// A voter that starts with other voters in its membership (a restart) holds its own
+    /// elections until it hears a leader, for at most this long. openraft 0.9 has no pre-vote:
+    /// a restarted node that has not heard the leader yet (its mesh connections are being
+    /// re-established) would otherwise start an election after its election timeout, and its
+    /// higher term deposes a healthy leader (the chaos suite saw this after most restarts).
+    /// The cost: if the leader is lost while this node is down, this node's first election
+    /// comes this much later (the other voters elect as usual).
+    pub election_hold_after_start_ms: u64,
 }
 
 impl RaftConfig {
@@ -113,6 +121,7 @@ impl RaftConfig {
             leader_confirm_window_ms: 1_000,
             failure_detection: true,
             auto_membership: true,
+            election_hold_after_start_ms: 1_000,
         }
     }
 }
@@ -339,11 +348,14 @@ impl RaftNode {
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
         let raft_config = Arc::new(raft_config);
+        let mut log_store = log_store;
+        let restarted = had_a_leader(&mut log_store).await;
         let raft = openraft::Raft::new(
             config.node_id,
             raft_config.clone(),
             NetworkFactory {
                 transport: transport.clone(),
+                retry_after_unreachable: Duration::from_millis(config.heartbeat_interval_ms),
             },
             log_store,
             state_machine,
@@ -361,8 +373,16 @@ impl RaftNode {
         let (shutdown_tx, _) = watch::channel(false);
         let cell = Arc::new(RaftCell {
             metrics_tx: watch::channel(raft.metrics().borrow().clone()).0,
+            leader_heard: watch::channel(0).0,
             raft: parking_lot::RwLock::new(raft),
         });
+        if restarted {
+            hold_elections_until_a_leader_is_heard(
+                &cell,
+                config.node_id,
+                Duration::from_millis(config.election_hold_after_start_ms),
+            );
+        }
         let (storage, _) = watch::channel(StorageStatus::default());
         let supervisor = Supervisor {
             id: config.node_id,
@@ -377,6 +397,7 @@ impl RaftNode {
             clock: clock.clone(),
             shutdown_timeout: Duration::from_millis(config.admin_timeout_ms),
             retry_ms: STORAGE_RETRY_MS_MIN,
+            election_hold: Duration::from_millis(config.election_hold_after_start_ms),
         };
         let inner = Arc::new(Inner {
             id: config.node_id,
@@ -959,6 +980,9 @@ pub(crate) struct RaftCell {
     raft: parking_lot::RwLock<openraft::Raft<TypeConfig>>,
     /// Fed by the supervisor from the current core's metrics.
     metrics_tx: watch::Sender<RaftMetrics>,
+    /// Counts `AppendEntries` this node accepted (a leader's vote not lower than its own): what
+    /// ends a restarted voter's election hold.
+    pub(crate) leader_heard: watch::Sender<u64>,
 }
 
 impl RaftCell {
@@ -1025,6 +1049,8 @@ struct Supervisor {
     shutdown_timeout: Duration,
     /// The next pause between rebuild attempts (kept across failures in quick succession).
     retry_ms: u64,
+    /// [`RaftConfig::election_hold_after_start_ms`], for a rebuilt core.
+    election_hold: Duration,
 }
 
 async fn supervise(mut sup: Supervisor) {
@@ -1170,17 +1196,95 @@ async fn rebuild(sup: &Supervisor) -> Result<openraft::Raft<TypeConfig>, String>
             .map_err(|e| e.to_string())?;
     // From here on a failed attempt must wait for this database to close.
     *sup.database_closed.lock() = log_store.subscribe_closed();
-    openraft::Raft::new(
+    let mut log_store = log_store;
+    let restarted = had_a_leader(&mut log_store).await;
+    let raft = openraft::Raft::new(
         sup.id,
         sup.raft_config.clone(),
         NetworkFactory {
             transport: sup.transport.clone(),
+            retry_after_unreachable: Duration::from_millis(sup.raft_config.heartbeat_interval),
         },
         log_store,
         state_machine,
     )
     .await
-    .map_err(|e| format!("raft failed to start: {e}"))
+    .map_err(|e| format!("raft failed to start: {e}"))?;
+    if restarted {
+        // Held on the cell, which serves this core once the supervisor installs it.
+        hold_elections_until_a_leader_is_heard_on(&raft, &sup.cell, sup.id, sup.election_hold);
+    }
+    Ok(raft)
+}
+
+/// Whether this node's stored vote is a committed one: it has been part of a cluster that had
+/// a leader, so on start there is a leader to hear (or to replace) rather than a cluster to
+/// form.
+async fn had_a_leader(log_store: &mut store::LogStore) -> bool {
+    use openraft::storage::RaftLogStorage as _;
+    match log_store.read_vote().await {
+        Ok(Some(vote)) => vote.is_committed() && vote.leader_id().get_term() > 0,
+        _ => false,
+    }
+}
+
+/// Whether a restarted voter's election hold may end early: it is the only voter (nobody
+/// else could lead).
+fn sole_voter(metrics: &RaftMetrics, id: NodeId) -> bool {
+    let mut voters = metrics.membership_config.membership().voter_ids();
+    voters.next() == Some(id) && voters.next().is_none()
+}
+
+/// Disables openraft's election timer on a restarted voter until it accepts an `AppendEntries`
+/// from a leader, or `hold` passes (see [`RaftConfig::election_hold_after_start_ms`]).
+/// `trigger().elect()` (the leadership hand-over) is not affected, and the node still grants
+/// votes to others meanwhile.
+fn hold_elections_until_a_leader_is_heard(cell: &Arc<RaftCell>, id: NodeId, hold: Duration) {
+    hold_elections_until_a_leader_is_heard_on(&cell.get(), cell, id, hold);
+}
+
+fn hold_elections_until_a_leader_is_heard_on(
+    raft: &openraft::Raft<TypeConfig>,
+    cell: &Arc<RaftCell>,
+    id: NodeId,
+    hold: Duration,
+) {
+    raft.runtime_config().elect(false);
+    tracing::info!(
+        node_id = id,
+        hold_ms = hold.as_millis() as u64,
+        "holding elections until a leader is heard"
+    );
+    let raft = raft.clone();
+    let mut heard = cell.leader_heard.subscribe();
+    let mut metrics = raft.metrics();
+    tokio::spawn(async move {
+        heard.mark_unchanged();
+        let why = tokio::time::timeout(hold, async {
+            loop {
+                if sole_voter(&metrics.borrow_and_update(), id) {
+                    return "sole voter";
+                }
+                tokio::select! {
+                    changed = heard.changed() => {
+                        if changed.is_ok() {
+                            return "heard a leader";
+                        }
+                        return "stopped";
+                    }
+                    changed = metrics.changed() => {
+                        if changed.is_err() {
+                            return "stopped";
+                        }
+                    }
+                }
+            }
+        })
+        .await
+        .unwrap_or("hold passed");
+        raft.runtime_config().elect(true);
+        tracing::info!(node_id = id, why, "election hold ended");
+    });
 }
 
 /// Writes, fsyncs and removes a probe file of [`STORAGE_PROBE_BYTES`] in `dir`.

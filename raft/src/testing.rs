@@ -18,6 +18,8 @@ use crate::network::TransportError;
 struct Routes {
     handles: HashMap<NodeId, RpcHandle>,
     isolated: HashSet<NodeId>,
+    /// One-way cuts: `(from, to)` requests are lost.
+    blocked: HashSet<(NodeId, NodeId)>,
 }
 
 /// Routes encoded RPCs between registered nodes.
@@ -64,6 +66,16 @@ impl TestRouter {
     pub fn heal(&self, id: NodeId) {
         self.routes.lock().isolated.remove(&id);
     }
+
+    /// Loses every request `from` sends to `to` (the other direction still works).
+    pub fn block(&self, from: NodeId, to: NodeId) {
+        self.routes.lock().blocked.insert((from, to));
+    }
+
+    /// Undoes [`TestRouter::block`].
+    pub fn unblock(&self, from: NodeId, to: NodeId) {
+        self.routes.lock().blocked.remove(&(from, to));
+    }
 }
 
 struct TestTransport {
@@ -81,7 +93,10 @@ impl RaftTransport for TestTransport {
     ) -> Result<Vec<u8>, TransportError> {
         let handle = {
             let routes = self.router.routes.lock();
-            if routes.isolated.contains(&self.from) || routes.isolated.contains(&target) {
+            if routes.isolated.contains(&self.from)
+                || routes.isolated.contains(&target)
+                || routes.blocked.contains(&(self.from, target))
+            {
                 return Err(TransportError::Unreachable {
                     target,
                     detail: "isolated".to_string(),

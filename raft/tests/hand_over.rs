@@ -12,20 +12,6 @@ use shoal_raft::Command;
 use shoal_raft::HandOver;
 use shoal_raft::Outcome;
 
-/// Bootstraps node 1 and makes nodes 2 and 3 voters (Raft membership only: the hand-over does
-/// not depend on the cluster state's node list).
-async fn three_voters(cluster: &mut Cluster) -> anyhow::Result<()> {
-    let n1 = cluster.start(1).await?;
-    bootstrap(&n1).await?;
-    for id in [2, 3] {
-        cluster.start(id).await?;
-        n1.add_learner(id, addr(id)).await?;
-        n1.promote(id).await?;
-    }
-    ensure!(n1.status().voters.len() == 3, "{:?}", n1.status().voters);
-    Ok(())
-}
-
 fn tenant(at_ms: u64, name: &str) -> Command {
     Command::new(
         at_ms,

@@ -235,3 +235,17 @@ pub fn test_config(id: NodeId) -> RaftConfig {
     config.leader_tick_ms = 100;
     config
 }
+
+/// Bootstraps node 1 and makes nodes 2 and 3 voters (Raft membership only, without the cluster
+/// state's node list).
+pub async fn three_voters(cluster: &mut Cluster) -> anyhow::Result<()> {
+    let n1 = cluster.start(1).await?;
+    bootstrap(&n1).await?;
+    for id in [2, 3] {
+        cluster.start(id).await?;
+        n1.add_learner(id, addr(id)).await?;
+        n1.promote(id).await?;
+    }
+    anyhow::ensure!(n1.status().voters.len() == 3, "{:?}", n1.status().voters);
+    Ok(())
+}
