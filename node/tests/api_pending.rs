@@ -244,6 +244,31 @@ async fn a_workstation_that_lost_its_node_and_fits_nowhere_says_why_lists_its_pr
         );
     }
 
+    info!("--- a process started while it is pending is committed: 201, `starting`, pending");
+    let added = api
+        .post(
+            &format!("/v1/workstations/{ws_id}/processes"),
+            &json!({"argv": ["sleep", "601"], "restart": "on-failure"}),
+        )
+        .await?;
+    assert_eq!(added.status, 201, "{}", added.text);
+    assert_eq!(added.body["state"], "starting", "{}", added.text);
+    assert_eq!(
+        added.body["reason"], "workstation_pending",
+        "{}",
+        added.text
+    );
+    let processes = api
+        .get(&format!("/v1/workstations/{ws_id}/processes"))
+        .await?;
+    assert_eq!(processes.status, 200, "{}", processes.text);
+    assert_eq!(
+        processes.body.as_array().map(Vec::len),
+        Some(3),
+        "{}",
+        processes.text
+    );
+
     info!("--- a resize to 50 millicores makes it fit the server node: it runs there again");
     let resized = api
         .patch(
@@ -260,7 +285,9 @@ async fn a_workstation_that_lost_its_node_and_fits_nowhere_says_why_lists_its_pr
     .await?;
     assert_eq!(running["node"], json!(server.node_id), "{running}");
     assert!(running.get("pending_reason").is_none(), "{running}");
-    let processes = all_running(&api, &ws_id, 2).await?;
-    info!(%processes, "--- both processes run on the new host");
+    // Every process runs on the new host, the `never` one too: that is what a new host does
+    // today (notes/bugs.md, 05:20), and what the pending list said (`starting`).
+    let processes = all_running(&api, &ws_id, 3).await?;
+    info!(%processes, "--- all three processes run on the new host");
     Ok(())
 }

@@ -637,7 +637,8 @@ pub async fn create_process(
         // Committed, and started by its node (elsewhere, or here once applied): it has not
         // run yet, so it is `starting`, not a process a restart left behind.
         process.state = crate::api_types::ProcessState::Starting;
-        process.reason = None;
+        // A workstation with no node starts it once placed: say so, as its process list does.
+        process.reason = unplaced(&agent, &ws).then(|| PENDING_PROCESS_REASON.to_string());
     }
     Ok(HttpResponse::Created().json(process))
 }
