@@ -244,6 +244,63 @@ pub fn pick<T: Copy>(candidates: &[T], target_pick: u64) -> Option<T> {
     candidates.get(idx).copied()
 }
 
+/// What one server answered just before a leader kill (`GET /v1/cluster` and `/readyz`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerAnswer {
+    /// The leader it names, if it knows one.
+    pub leader: Option<String>,
+    /// Its current Raft term.
+    pub term: u64,
+    /// How many Raft voters it lists.
+    pub n_voters: usize,
+    /// Whether its `/readyz` answered 200 (it holds a lease from an acknowledged heartbeat).
+    pub ready: bool,
+}
+
+/// Whether the cluster is settled enough for a leader kill to measure failover: every server
+/// the run expects is up and answered, all name the same leader in the same term, each lists
+/// every server as a voter and is ready. `Ok((leader, term))` when settled, otherwise why not.
+/// A kill of a cluster that is not settled (a voter still restarting, catching up, electing or
+/// cut off) measures that fault as much as the failover, so its sample is reported apart.
+pub fn kill_precondition(
+    n_servers: usize,
+    up_servers: &[usize],
+    answers: &[Option<ServerAnswer>],
+) -> Result<(String, u64), String> {
+    if up_servers.len() < n_servers {
+        return Err(format!("{} of {n_servers} servers up", up_servers.len()));
+    }
+    let mut agreed: Option<(String, u64)> = None;
+    for (idx, answer) in up_servers.iter().zip(answers) {
+        let Some(answer) = answer else {
+            return Err(format!("server {idx} does not answer /v1/cluster"));
+        };
+        let Some(leader) = &answer.leader else {
+            return Err(format!("server {idx} knows no leader"));
+        };
+        if answer.n_voters != n_servers {
+            return Err(format!(
+                "server {idx} lists {} of {n_servers} voters",
+                answer.n_voters
+            ));
+        }
+        if !answer.ready {
+            return Err(format!("server {idx} is not ready (no lease)"));
+        }
+        match &agreed {
+            None => agreed = Some((leader.clone(), answer.term)),
+            Some((l, t)) if l == leader && *t == answer.term => {}
+            Some((l, t)) => {
+                return Err(format!(
+                    "servers disagree on the leader: {l} in term {t}, server {idx} says {leader} in term {}",
+                    answer.term
+                ))
+            }
+        }
+    }
+    agreed.ok_or_else(|| "no server answered".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +353,67 @@ mod tests {
             Schedule::generate(1, &cfg),
             Err(ScheduleError::WindowTooShort { .. })
         ));
+    }
+
+    #[test]
+    fn a_leader_kill_waits_for_every_server_up_ready_and_agreeing() {
+        let answer = |_idx: usize, leader: Option<&str>, term: u64| {
+            Some(ServerAnswer {
+                leader: leader.map(str::to_string),
+                term,
+                n_voters: 3,
+                ready: true,
+            })
+        };
+        let all_up = [0, 1, 2];
+        let settled = [
+            answer(0, Some("n1"), 4),
+            answer(1, Some("n1"), 4),
+            answer(2, Some("n1"), 4),
+        ];
+        assert_eq!(
+            kill_precondition(3, &all_up, &settled),
+            Ok(("n1".into(), 4))
+        );
+        let check_err = |up: &[usize], answers: &[Option<ServerAnswer>], needle: &str| {
+            let err = kill_precondition(3, up, answers).unwrap_err();
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        };
+        check_err(&[0, 2], &settled[..2], "2 of 3 servers up");
+        check_err(
+            &all_up,
+            &[settled[0].clone(), None, settled[2].clone()],
+            "server 1 does not answer",
+        );
+        check_err(
+            &all_up,
+            &[settled[0].clone(), answer(1, None, 4), settled[2].clone()],
+            "server 1 knows no leader",
+        );
+        check_err(
+            &all_up,
+            &[
+                settled[0].clone(),
+                settled[1].clone(),
+                answer(2, Some("n1"), 5),
+            ],
+            "disagree",
+        );
+        check_err(
+            &all_up,
+            &[
+                settled[0].clone(),
+                settled[1].clone(),
+                answer(2, Some("n3"), 4),
+            ],
+            "disagree",
+        );
+        let mut learner = settled.clone();
+        learner[1].as_mut().unwrap().n_voters = 2;
+        check_err(&all_up, &learner, "server 1 lists 2 of 3 voters");
+        let mut unready = settled.clone();
+        unready[2].as_mut().unwrap().ready = false;
+        check_err(&all_up, &unready, "server 2 is not ready");
     }
 
     #[test]

@@ -161,13 +161,22 @@ impl Report {
         let fmt_ms = |v: Option<u64>| v.map(|ms| format!("{ms} ms")).unwrap_or("n/a".into());
         let _ = writeln!(
             out,
-            "failover (leader kill -> first acknowledged write): {} kills, {} measured, p50 {}, p99 {}, {} without an ack",
+            "failover (leader kill -> first acknowledged write): {} kills, {} measured on a settled cluster, p50 {}, p99 {}, {} without an ack",
             self.failover.n_kills,
             self.failover.samples_ms.len(),
             fmt_ms(self.failover.p50_ms),
             fmt_ms(self.failover.p99_ms),
             self.failover.n_without_ack
         );
+        for kill in &self.failover.unsettled {
+            let _ = writeln!(
+                out,
+                "failover after a kill on an unsettled cluster (not in the percentiles): fault {}: {} ({})",
+                kill.seq,
+                fmt_ms(kill.failover_ms),
+                kill.reason
+            );
+        }
         if let (Some(p50), Some(p99)) = (self.failover.p50_ms, self.failover.p99_ms) {
             let met = p50 <= FAILOVER_P50_TARGET_MS && p99 <= FAILOVER_P99_TARGET_MS;
             let _ = writeln!(

@@ -31,7 +31,9 @@ use shoal_chaos::history::{
     LeaderObservation, LeftoverScan, LogFollow, NodeIdx, OpKind, Operation, Outcome,
     RunningObservation,
 };
-use shoal_chaos::nemesis::{pick, FaultMode, NemesisConfig, Schedule, ScheduledFault};
+use shoal_chaos::nemesis::{
+    kill_precondition, pick, FaultMode, NemesisConfig, Schedule, ScheduledFault, ServerAnswer,
+};
 use shoal_chaos::partition::Grudge;
 use shoal_chaos::report::{Report, RunInfo};
 use shoal_chaos::workload::{producer_key, producer_pattern, PoolView, Workload, WorkloadConfig};
@@ -98,6 +100,12 @@ const PROBES_IN_FLIGHT_MAX: usize = 48;
 const REMOVE_ATTEMPTS_MAX: u32 = 3;
 /// How long a fault that owes a reaction is watched.
 const REACTION_WATCH_MS: u64 = 10_000;
+/// How long a leader kill waits for a settled cluster (`nemesis::kill_precondition`) before it
+/// fires anyway, its failover then reported apart with the reason.
+const KILL_SETTLE_WAIT_MS_MAX: u64 = 15_000;
+/// How long the cluster must stay settled under one leader and term before a leader kill: a
+/// voter that restarted, resumed or rejoined has followed that leader for at least this long.
+const KILL_SETTLED_FOR_MS: u64 = 1_000;
 
 /// Runs the scenario; blocks until the run is over and everything is cleaned up.
 pub fn run(options: RunOptions) -> anyhow::Result<(Report, History)> {
@@ -1003,8 +1011,18 @@ async fn inject_inner(
     let duration_ms = fault.duration_ms;
     match fault.mode {
         FaultMode::KillLeader | FaultMode::KillFollower | FaultMode::KillWorker => {
+            let settled_leader = if fault.mode == FaultMode::KillLeader {
+                let (leader, unsettled) = settle_for_kill(ctx).await;
+                if let Some(reason) = unsettled {
+                    warn!(seq = fault.seq, %reason, "leader kill on an unsettled cluster");
+                    lock(&ctx.history).unsettled_kills.push((fault.seq, reason));
+                }
+                leader
+            } else {
+                None
+            };
             let target = match fault.mode {
-                FaultMode::KillLeader => need(leader, "leader")?,
+                FaultMode::KillLeader => need(settled_leader.or(leader), "leader")?,
                 FaultMode::KillFollower => need(pick(&followers, fault.target_pick), "follower")?,
                 _ => need(pick(&workers, fault.target_pick), "worker-only node")?,
             };
@@ -1230,6 +1248,68 @@ async fn inject_inner(
     }
     record.end_ms = Some(ctx.clock.now_ms());
     Ok(())
+}
+
+/// Before a leader kill: waits until `kill_precondition` has held under one leader and term for
+/// `KILL_SETTLED_FOR_MS`, at most `KILL_SETTLE_WAIT_MS_MAX`. Returns the leader to kill (the
+/// settled one, or whichever is known) and, when the cluster did not settle, why not.
+async fn settle_for_kill(ctx: &Ctx) -> (Option<NodeIdx>, Option<String>) {
+    let deadline_ms = ctx.clock.now_ms() + KILL_SETTLE_WAIT_MS_MAX;
+    // Since when the precondition has held, and under which leader and term.
+    let mut held: Option<(u64, (String, u64))> = None;
+    let mut last_reason = String::from("not asked yet");
+    loop {
+        let (n_servers, up_servers) = {
+            let cluster = lock(&ctx.cluster);
+            let n_servers = cluster
+                .nodes
+                .iter()
+                .filter(|n| n.role == Role::ServerWorker && !n.out)
+                .count();
+            (n_servers, cluster.up_servers())
+        };
+        let mut answers = Vec::with_capacity(up_servers.len());
+        for idx in &up_servers {
+            let answer = match ctx.cluster_info(*idx).await {
+                Some(info) => Some(ServerAnswer {
+                    leader: info.leader,
+                    term: info.term,
+                    n_voters: info.servers.len(),
+                    ready: ctx.api_fast.ready(Cluster::api_addr(*idx)).await,
+                }),
+                None => None,
+            };
+            answers.push(answer);
+        }
+        let now_ms = ctx.clock.now_ms();
+        match kill_precondition(n_servers, &up_servers, &answers) {
+            Ok(agreed) => match &held {
+                Some((since_ms, same)) if *same == agreed => {
+                    if now_ms.saturating_sub(*since_ms) >= KILL_SETTLED_FOR_MS {
+                        return (lock(&ctx.cluster).idx_of(&agreed.0), None);
+                    }
+                }
+                _ => held = Some((now_ms, agreed)),
+            },
+            Err(reason) => {
+                held = None;
+                last_reason = reason;
+            }
+        }
+        if now_ms > deadline_ms || !ctx.sleep_ms(100).await {
+            let reason = match held {
+                Some(_) => format!("not settled for {KILL_SETTLED_FOR_MS} ms"),
+                None => last_reason,
+            };
+            let leader = ctx.find_leader().await;
+            return (
+                leader,
+                Some(format!(
+                    "not settled after {KILL_SETTLE_WAIT_MS_MAX} ms: {reason}"
+                )),
+            );
+        }
+    }
 }
 
 /// Watches a node after a fault it must recover from: a write sent through it (a join token)

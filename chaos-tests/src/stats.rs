@@ -17,25 +17,47 @@ pub fn percentile(samples: &[u64], p: f64) -> Option<u64> {
 }
 
 /// Leader kill → first acknowledged write, over every leader kill of a run.
+///
+/// Only kills that fired on a settled cluster (every server up, ready and following one leader,
+/// see [`crate::nemesis::kill_precondition`]) count towards the percentiles: they measure
+/// Shoal's failover. The others are listed in `unsettled` with their reason and time, never
+/// dropped: their time also measures the fault before them (a voter restarting, catching up
+/// or cut off).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FailoverStats {
     /// How many leader kills fired.
     pub n_kills: usize,
-    /// Per kill, ms from the kill to the completion of the first write invoked after it that
-    /// the cluster acknowledged; kills with no later acknowledged write are not counted here.
+    /// Per kill on a settled cluster, ms from the kill to the completion of the first write
+    /// invoked after it that the cluster acknowledged; kills with no later acknowledged write
+    /// are not counted here.
     pub samples_ms: Vec<u64>,
     /// Kills after which no write was ever acknowledged.
     pub n_without_ack: usize,
-    /// Median.
+    /// Median of `samples_ms`.
     pub p50_ms: Option<u64>,
-    /// 99th percentile.
+    /// 99th percentile of `samples_ms`.
     pub p99_ms: Option<u64>,
+    /// Kills that fired on a cluster that had not settled, reported apart.
+    #[serde(default)]
+    pub unsettled: Vec<UnsettledKill>,
+}
+
+/// A leader kill that fired before the cluster had settled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnsettledKill {
+    /// The fault's position in the schedule.
+    pub seq: u64,
+    /// Kill → first acknowledged write, if one was.
+    pub failover_ms: Option<u64>,
+    /// What was not settled.
+    pub reason: String,
 }
 
 impl FailoverStats {
     /// Measures failover from the history's leader kills and its operations.
     pub fn from_history(history: &History) -> Self {
         let mut samples_ms = Vec::new();
+        let mut unsettled = Vec::new();
         let mut n_kills = 0;
         let mut n_without_ack = 0;
         for fault in &history.faults {
@@ -54,9 +76,22 @@ impl FailoverStats {
                 })
                 .map(|op| op.complete_ms)
                 .min();
-            match first_ack {
-                Some(ack_ms) => samples_ms.push(ack_ms - kill_ms),
-                None => n_without_ack += 1,
+            let failover_ms = first_ack.map(|ack_ms| ack_ms - kill_ms);
+            if failover_ms.is_none() {
+                n_without_ack += 1;
+            }
+            let why = history
+                .unsettled_kills
+                .iter()
+                .find(|(seq, _)| *seq == fault.seq);
+            match (why, failover_ms) {
+                (Some((_, reason)), _) => unsettled.push(UnsettledKill {
+                    seq: fault.seq,
+                    failover_ms,
+                    reason: reason.clone(),
+                }),
+                (None, Some(ms)) => samples_ms.push(ms),
+                (None, None) => {}
             }
         }
         Self {
@@ -65,6 +100,7 @@ impl FailoverStats {
             p99_ms: percentile(&samples_ms, 99.0),
             samples_ms,
             n_without_ack,
+            unsettled,
         }
     }
 }
@@ -135,5 +171,46 @@ mod tests {
         assert_eq!(stats.n_without_ack, 1);
         assert_eq!(stats.p50_ms, Some(300));
         assert_eq!(stats.p99_ms, Some(1050));
+        assert!(stats.unsettled.is_empty());
+    }
+
+    #[test]
+    fn a_kill_on_an_unsettled_cluster_is_reported_apart_with_its_reason_not_dropped() {
+        let write = |id, invoke_ms, complete_ms| Operation {
+            id,
+            node: 0,
+            kind: OpKind::CreateToken,
+            invoke_ms,
+            complete_ms,
+            outcome: Outcome::Ok,
+            error: None,
+        };
+        let kill = |seq, at| FaultRecord {
+            seq,
+            mode: FaultMode::KillLeader,
+            targets: vec![0],
+            start_ms: Some(at),
+            end_ms: Some(at + 1000),
+            error: None,
+            expectation: None,
+        };
+        let history = History {
+            operations: vec![write(0, 1100, 1500), write(1, 5000, 7900)],
+            faults: vec![kill(0, 1000), kill(1, 4000)],
+            unsettled_kills: vec![(1, "server 2 knows no leader".into())],
+            ..History::default()
+        };
+        let stats = FailoverStats::from_history(&history);
+        assert_eq!(stats.n_kills, 2);
+        assert_eq!(stats.samples_ms, vec![500]);
+        assert_eq!(stats.p99_ms, Some(500));
+        assert_eq!(
+            stats.unsettled,
+            vec![UnsettledKill {
+                seq: 1,
+                failover_ms: Some(3900),
+                reason: "server 2 knows no leader".into(),
+            }]
+        );
     }
 }
