@@ -290,6 +290,19 @@ impl ClusterNode {
             mesh.set_peers(&initial_peers)
                 .context("adding the cluster's members as peers")?;
         }
+        let mesh = Arc::new(mesh);
+        // The peers follow the node list from now on, before the wait for a leader below: a
+        // restarted server has replayed its log, and must reach every voter it knows to elect a
+        // leader when the one it followed is gone. A server whose stored vote names no leader
+        // (it had campaigned) waits here, and with only the peers its join answer named (none
+        // for the bootstrap node) it reached no voter that joined later (chaos: a follower
+        // restarted while the leader was cut off, then the leader killed: no quorum until the
+        // killed leader came back, 2.5 s).
+        let peer_task = tokio::spawn(peer_loop(
+            StateView::Raft(raft.clone()),
+            Arc::clone(&mesh),
+            initial_peers,
+        ));
         mesh.set_admission(Arc::new(RaftAdmission {
             view: StateView::Raft(raft.clone()),
             transport: mesh.transport(),
@@ -341,19 +354,13 @@ impl ClusterNode {
                 exit_removed(member.raft_id);
             }
         }
-        let mut node = ClusterNode {
-            mesh: Arc::new(mesh),
+        Ok(ClusterNode {
+            mesh,
             raft: StateView::Raft(raft),
             handler,
             member,
-            tasks: Vec::new(),
-        };
-        node.tasks.push(tokio::spawn(peer_loop(
-            node.raft.clone(),
-            Arc::clone(&node.mesh),
-            initial_peers,
-        )));
-        Ok(node)
+            tasks: vec![peer_task],
+        })
     }
 
     /// A worker-only node: no Raft node (the cluster never makes it a learner or voter, see
