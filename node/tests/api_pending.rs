@@ -1,7 +1,10 @@
 //! A `pending` workstation (its node was lost and no ready worker has room for it) with real
 //! `shoal agent` processes on loopback: the API says why it is pending, lists its processes
 //! as its next host will start them, answers a clear 503 for what needs a host, and the
-//! workstation runs again once a resize makes it fit.
+//! workstation runs again once a resize makes it fit. SPEC, Lifecycle, Node lost: on the new
+//! host the `always` and `on-failure` processes run again, the `never` one is `exited` with
+//! reason `node_lost`, and a process its owner stopped with TERM before the node was lost stays
+//! `exited` with reason `killed` (the stop is in Raft, not only on the lost node).
 //!
 //! SPEC refuses a create that fits no node now (503), so a workstation becomes pending here
 //! the way it does in a cluster: a server+worker node is filled but for 100 millicores, a
@@ -35,22 +38,48 @@ async fn workstation(api: &Api, id: &str) -> Option<Value> {
     }
 }
 
-/// Waits until every process of workstation `id` is `running`; returns the list.
-async fn all_running(api: &Api, id: &str, n_processes: usize) -> anyhow::Result<Value> {
-    eventually(CLUSTER_WAIT, || async {
+/// The process `proc` in a process list.
+fn process_in<'a>(processes: &'a Value, proc: &str) -> Option<&'a Value> {
+    processes
+        .as_array()?
+        .iter()
+        .find(|process| process["id"] == proc)
+}
+
+/// Waits until the processes of workstation `id` are exactly `expected`: each process id with
+/// its state and, for the ones that are not `running`, the reason; returns the list. On a
+/// timeout the error shows the last list seen.
+async fn processes_become(
+    api: &Api,
+    id: &str,
+    expected: &[(&str, &str, Option<&str>)],
+) -> anyhow::Result<Value> {
+    let last_seen = std::sync::Mutex::new(String::new());
+    let found = eventually(CLUSTER_WAIT, || async {
         let Ok(answer) = api.get(&format!("/v1/workstations/{id}/processes")).await else {
             return Ok(None);
         };
-        let running = answer.status == 200
-            && answer.body.as_array().is_some_and(|processes| {
-                processes.len() == n_processes
-                    && processes
-                        .iter()
-                        .all(|process| process["state"] == "running")
+        if let Ok(mut last) = last_seen.lock() {
+            last.clone_from(&answer.text);
+        }
+        let matches = answer.status == 200
+            && answer.body.as_array().map(Vec::len) == Some(expected.len())
+            && expected.iter().all(|(proc, state, reason)| {
+                process_in(&answer.body, proc).is_some_and(|process| {
+                    process["state"] == *state
+                        && reason.is_none_or(|reason| process["reason"] == reason)
+                })
             });
-        Ok(running.then_some(answer.body))
+        Ok(matches.then_some(answer.body))
     })
-    .await
+    .await;
+    found.map_err(|err| {
+        let last = last_seen
+            .lock()
+            .map(|last| last.clone())
+            .unwrap_or_default();
+        err.context(format!("expected {expected:?}, last seen {last}"))
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +178,9 @@ async fn a_workstation_that_lost_its_node_and_fits_nowhere_says_why_lists_its_pr
     })
     .await?;
 
-    info!("--- a workstation of 500 millicores can only go to the worker; two processes run there");
+    info!(
+        "--- a workstation of 500 millicores can only go to the worker; three processes run there"
+    );
     let ws = api
         .post(
             "/v1/workstations",
@@ -159,12 +190,14 @@ async fn a_workstation_that_lost_its_node_and_fits_nowhere_says_why_lists_its_pr
     assert_eq!(ws.status, 201, "{}", ws.text);
     assert_eq!(ws.body["node"], json!(worker.node_id), "{}", ws.text);
     let ws_id = ws.body["id"].as_str().unwrap_or_default().to_string();
+    let mut ids = Vec::new();
     for (argv, restart) in [
         (json!(["sleep", "600"]), "always"),
         (
             json!(["sh", "-c", "echo pending-test-output; exec sleep 600"]),
             "never",
         ),
+        (json!(["sleep", "60203"]), "always"),
     ] {
         let proc = api
             .post(
@@ -173,8 +206,37 @@ async fn a_workstation_that_lost_its_node_and_fits_nowhere_says_why_lists_its_pr
             )
             .await?;
         assert_eq!(proc.status, 201, "{}", proc.text);
+        ids.push(proc.body["id"].as_str().unwrap_or_default().to_string());
     }
-    all_running(&api, &ws_id, 2).await?;
+    let (always, never, stopped) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+    processes_become(
+        &api,
+        &ws_id,
+        &[
+            (&always, "running", None),
+            (&never, "running", None),
+            (&stopped, "running", None),
+        ],
+    )
+    .await?;
+
+    info!("--- TERM stops the third (`always`) process on the worker: exited, killed");
+    let term = api
+        .delete(&format!("/v1/workstations/{ws_id}/processes/{stopped}"))
+        .await?;
+    assert_eq!(term.status, 204, "{}", term.text);
+    let processes = api
+        .get(&format!("/v1/workstations/{ws_id}/processes"))
+        .await?;
+    let killed = process_in(&processes.body, &stopped)
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (&killed["state"], &killed["reason"]),
+        (&json!("exited"), &json!("killed")),
+        "{}",
+        processes.text
+    );
 
     info!("--- the worker is killed: after the grace the workstation has no node and is pending");
     worker.kill9();
@@ -207,29 +269,50 @@ async fn a_workstation_that_lost_its_node_and_fits_nowhere_says_why_lists_its_pr
         filler.text
     );
 
-    info!("--- its processes answer 200: both `starting`, because the next host starts both");
+    info!(
+        "--- its processes answer 200 as the next host treats them: the `always` one starting, \
+         the `never` one exited with node_lost, the stopped one exited with killed"
+    );
     let processes = api
         .get(&format!("/v1/workstations/{ws_id}/processes"))
         .await?;
     assert_eq!(processes.status, 200, "{}", processes.text);
-    let list = processes.body.as_array().cloned().unwrap_or_default();
-    assert_eq!(list.len(), 2, "{}", processes.text);
-    for process in &list {
-        assert_eq!(process["state"], "starting", "{}", processes.text);
+    assert_eq!(
+        processes.body.as_array().map(Vec::len),
+        Some(3),
+        "{}",
+        processes.text
+    );
+    for (proc, state, reason) in [
+        (&always, "starting", "workstation_pending"),
+        (&never, "exited", "node_lost"),
+        (&stopped, "exited", "killed"),
+    ] {
+        let process = process_in(&processes.body, proc)
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(
-            process["reason"], "workstation_pending",
-            "{}",
+            (&process["state"], &process["reason"]),
+            (&json!(state), &json!(reason)),
+            "{proc}: {}",
             processes.text
         );
     }
 
-    info!("--- its log and a kill need a host: 503 with Retry-After, naming it and why");
+    info!("--- a stop needs no host (it is committed in Raft): TERM again answers 204");
+    let term_again = api
+        .delete(&format!("/v1/workstations/{ws_id}/processes/{stopped}"))
+        .await?;
+    assert_eq!(term_again.status, 204, "{}", term_again.text);
+
+    info!("--- its log and a signal that does not stop need a host: 503 with Retry-After, naming it and why");
     let logs = api
         .get(&format!("/v1/workstations/{ws_id}/logs?from=0"))
         .await?;
-    let first_proc = list[0]["id"].as_str().unwrap_or_default().to_string();
     let kill = api
-        .delete(&format!("/v1/workstations/{ws_id}/processes/{first_proc}"))
+        .delete(&format!(
+            "/v1/workstations/{ws_id}/processes/{always}?signal=HUP"
+        ))
         .await?;
     info!(logs = %logs.text, "--- the log's answer");
     for answer in [&logs, &kill] {
@@ -244,27 +327,38 @@ async fn a_workstation_that_lost_its_node_and_fits_nowhere_says_why_lists_its_pr
         );
     }
 
-    info!("--- a process started while it is pending is committed: 201, `starting`, pending");
-    let added = api
-        .post(
-            &format!("/v1/workstations/{ws_id}/processes"),
-            &json!({"argv": ["sleep", "601"], "restart": "on-failure"}),
-        )
-        .await?;
-    assert_eq!(added.status, 201, "{}", added.text);
-    assert_eq!(added.body["state"], "starting", "{}", added.text);
-    assert_eq!(
-        added.body["reason"], "workstation_pending",
-        "{}",
-        added.text
+    info!(
+        "--- processes started while it is pending (`on-failure` and `never`) are committed: \
+         201, `starting`, pending; the next placement starts both"
     );
+    let mut added_ids = Vec::new();
+    for (argv, restart) in [
+        (json!(["sleep", "601"]), "on-failure"),
+        (json!(["sleep", "603"]), "never"),
+    ] {
+        let added = api
+            .post(
+                &format!("/v1/workstations/{ws_id}/processes"),
+                &json!({"argv": argv, "restart": restart}),
+            )
+            .await?;
+        assert_eq!(added.status, 201, "{}", added.text);
+        assert_eq!(added.body["state"], "starting", "{}", added.text);
+        assert_eq!(
+            added.body["reason"], "workstation_pending",
+            "{}",
+            added.text
+        );
+        added_ids.push(added.body["id"].as_str().unwrap_or_default().to_string());
+    }
+    let (on_failure, never_added) = (added_ids[0].clone(), added_ids[1].clone());
     let processes = api
         .get(&format!("/v1/workstations/{ws_id}/processes"))
         .await?;
     assert_eq!(processes.status, 200, "{}", processes.text);
     assert_eq!(
         processes.body.as_array().map(Vec::len),
-        Some(3),
+        Some(5),
         "{}",
         processes.text
     );
@@ -285,9 +379,37 @@ async fn a_workstation_that_lost_its_node_and_fits_nowhere_says_why_lists_its_pr
     .await?;
     assert_eq!(running["node"], json!(server.node_id), "{running}");
     assert!(running.get("pending_reason").is_none(), "{running}");
-    // Every process runs on the new host, the `never` one too: that is what a new host does
-    // today (notes/bugs.md, 05:20), and what the pending list said (`starting`).
-    let processes = all_running(&api, &ws_id, 3).await?;
-    info!(%processes, "--- all three processes run on the new host");
+    info!(
+        "--- on the new host the `always` and `on-failure` processes and the `never` one added \
+         while pending run; the `never` one from the lost node is exited with node_lost, the \
+         stopped one with killed"
+    );
+    let processes = processes_become(
+        &api,
+        &ws_id,
+        &[
+            (&always, "running", None),
+            (&never, "exited", Some("node_lost")),
+            (&stopped, "exited", Some("killed")),
+            (&on_failure, "running", None),
+            (&never_added, "running", None),
+        ],
+    )
+    .await?;
+    info!(%processes, "--- the new host runs exactly what the pending list said it would");
+    assert_eq!(
+        common::count_processes_with_argv(&["sleep", "60203"]),
+        0,
+        "the process stopped before the node was lost is not running anywhere"
+    );
+    let logs = api
+        .get(&format!("/v1/workstations/{ws_id}/logs?from=0"))
+        .await?;
+    assert_eq!(logs.status, 200, "{}", logs.text);
+    assert!(
+        !logs.text.contains("pending-test-output"),
+        "the `never` process did not run again on the new host: {}",
+        logs.text
+    );
     Ok(())
 }

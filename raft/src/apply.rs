@@ -32,6 +32,7 @@ use crate::model::NodeState;
 use crate::model::ProcessId;
 use crate::model::Resources;
 use crate::model::Roles;
+use crate::model::StopSignal;
 use crate::model::Tenant;
 use crate::model::TenantId;
 use crate::model::TokenId;
@@ -157,9 +158,9 @@ fn tenant_of(state: &ClusterState, action: &Action) -> Option<TenantId> {
         Action::CreateWorkstation { request, .. } => Some(truncated(&request.tenant).to_string()),
         Action::CreateTenant { tenant } => Some(truncated(tenant).to_string()),
         Action::ResizeWorkstation { id, .. } | Action::DeleteWorkstation { id } => owner(id),
-        Action::AddProcess { workstation, .. } | Action::RemoveProcess { workstation, .. } => {
-            owner(workstation)
-        }
+        Action::AddProcess { workstation, .. }
+        | Action::RemoveProcess { workstation, .. }
+        | Action::StopProcess { workstation, .. } => owner(workstation),
         _ => None,
     }
 }
@@ -427,6 +428,14 @@ fn apply_one(state: &mut ClusterState, at_ms: u64, action: &Action) -> (String, 
         } => (
             workstation.to_string(),
             raise_log_floor(state, *workstation, *generation, *floor),
+        ),
+        Action::StopProcess {
+            workstation,
+            process,
+            signal,
+        } => (
+            format!("{workstation}/{process}"),
+            stop_process(state, *workstation, *process, *signal),
         ),
     }
 }
@@ -1427,6 +1436,9 @@ fn add_process(
     }
     ws.next_process_id = ws.next_process_id.saturating_add(1);
     let id = ProcessId(ws.next_process_id);
+    // The current placement starts it, or, without a node, the next one: a workstation that
+    // lost its node already holds the generation its next placement gets.
+    let first_generation = ws.generation;
     ws.processes.insert(
         id,
         DesiredProcess {
@@ -1436,9 +1448,36 @@ fn add_process(
             cwd: cwd.clone(),
             restart,
             created_ms: at_ms,
+            first_generation,
+            stopped: None,
         },
     );
     Ok(Outcome::ProcessAdded { id })
+}
+
+/// Marks a process stopped for good; see `Action::StopProcess`.
+fn stop_process(
+    state: &mut ClusterState,
+    workstation: WorkstationId,
+    process: ProcessId,
+    signal: StopSignal,
+) -> CommandResponse {
+    let ws = state
+        .data
+        .workstations
+        .get_mut(&workstation)
+        .ok_or_else(|| Refusal::not_found("workstation", workstation))?;
+    let spec = ws
+        .processes
+        .get_mut(&process)
+        .ok_or_else(|| Refusal::not_found("process", process))?;
+    // A KILL after a TERM (the owner lost patience) is kept; a TERM never softens a KILL.
+    spec.stopped = if spec.stopped == Some(StopSignal::Kill) || signal == StopSignal::Kill {
+        Some(StopSignal::Kill)
+    } else {
+        Some(StopSignal::Term)
+    };
+    Ok(Outcome::Done)
 }
 
 fn remove_process(

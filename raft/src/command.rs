@@ -17,6 +17,7 @@ use crate::model::ProcessId;
 use crate::model::Resources;
 use crate::model::RestartPolicy;
 use crate::model::Roles;
+use crate::model::StopSignal;
 use crate::model::TenantId;
 use crate::model::TokenId;
 use crate::model::WorkstationId;
@@ -330,6 +331,20 @@ pub enum Action {
         /// The new floor (a log offset).
         floor: u64,
     },
+    /// The owner stopped a process for good (TERM or KILL through the API): committed before
+    /// the signal is sent, so that no later placement of the workstation starts it again and
+    /// every node reports it `exited` with reason `killed`; the hosting node stops it when it
+    /// applies this, if the API's signal has not. Idempotent: stopping a stopped process
+    /// succeeds (a KILL after a TERM is kept). Audited as `process.kill`, the API's action.
+    /// (Appended last: earlier variants keep their encoding.)
+    StopProcess {
+        /// The workstation.
+        workstation: WorkstationId,
+        /// The process.
+        process: ProcessId,
+        /// TERM (with the node's grace) or KILL.
+        signal: StopSignal,
+    },
 }
 
 impl Action {
@@ -359,6 +374,7 @@ impl Action {
             Action::RemoveProcess { .. } => "process.remove",
             Action::RecordAudit { .. } => "audit.record",
             Action::RaiseLogFloor { .. } => "workstation.log_floor",
+            Action::StopProcess { .. } => "process.kill",
         }
     }
 }

@@ -362,6 +362,13 @@ pub enum RestartPolicy {
 }
 
 /// A process the owner wants running in a workstation.
+///
+/// `first_generation` and `stopped` were added after the first release of the format:
+/// bincode is positional (`#[serde(default)]` does not help it), so a snapshot or a worker's
+/// `mirror.bin` that holds a desired process and was written before them does not decode
+/// (the store refuses to start with a clear error; the mirror file is ignored and fetched
+/// again). Log entries are unaffected: `AddProcess` carries neither field, and `StopProcess`
+/// is a new last variant.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct DesiredProcess {
     /// Id within the workstation.
@@ -376,6 +383,49 @@ pub struct DesiredProcess {
     pub restart: RestartPolicy,
     /// Creation time (command time).
     pub created_ms: u64,
+    /// The placement generation that starts it first: the workstation's generation when the
+    /// process was added. That is the current placement, or, for a workstation without a node,
+    /// its next one (a re-placement gives the next generation before it looks for a node, and
+    /// placing a pending workstation keeps it). A `never` process is started by this placement
+    /// only; see [`DesiredProcess::started_by`].
+    pub first_generation: u64,
+    /// Set when the owner stopped it for good (TERM or KILL through the API, committed as
+    /// `StopProcess`): no placement starts it again and it is reported `exited` with reason
+    /// `killed`. Never cleared. The signal is the one a host that still runs it stops it with.
+    pub stopped: Option<StopSignal>,
+}
+
+impl DesiredProcess {
+    /// Whether the placement of `generation` starts this process when it starts the
+    /// workstation: never once it was stopped; a `never` process only in its first
+    /// generation (SPEC: after a node loss it is `exited` with reason `node_lost`); `always`
+    /// and `on-failure` processes in every generation from their first on.
+    pub fn started_by(&self, generation: u64) -> bool {
+        if self.stopped.is_some() || generation < self.first_generation {
+            return false;
+        }
+        match self.restart {
+            RestartPolicy::Never => generation == self.first_generation,
+            RestartPolicy::OnFailure | RestartPolicy::Always => true,
+        }
+    }
+
+    /// True for a `never` process whose first placement is over: a later placement of its
+    /// workstation (after a node loss, a drain or a move) does not start it.
+    pub fn lost_with_its_node(&self, generation: u64) -> bool {
+        self.stopped.is_none()
+            && self.restart == RestartPolicy::Never
+            && generation > self.first_generation
+    }
+}
+
+/// How an owner's stop (`StopProcess`) ends a process that is still running somewhere.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StopSignal {
+    /// SIGTERM, then SIGKILL after the node's grace.
+    Term,
+    /// SIGKILL at once.
+    Kill,
 }
 
 /// A persistent sandbox with a reservation, placed on one node.

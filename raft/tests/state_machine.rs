@@ -19,6 +19,7 @@ use shoal_raft::model::ProcessId;
 use shoal_raft::model::Resources;
 use shoal_raft::model::RestartPolicy;
 use shoal_raft::model::Roles;
+use shoal_raft::model::StopSignal;
 use shoal_raft::model::WorkstationId;
 use shoal_raft::model::WorkstationSpec;
 use shoal_raft::model::WorkstationState;
@@ -865,6 +866,10 @@ fn arb_action() -> impl Strategy<Value = Action> {
         1 => (0u64..6, 500u64..8000, GIB..(16 * GIB)).prop_map(|(k, c, m)| reg(Admission::Token { secret_sha256: sha256_hex("join") }, &format!("key{k}"), Roles::WORKER, c, m)),
         1 => (1u64..20, prop::collection::vec("[a-z]{1,8}", 0..4)).prop_map(|(id, argv)| Action::AddProcess {
             workstation: WorkstationId(id), argv, env: BTreeMap::new(), cwd: None, restart: RestartPolicy::OnFailure,
+        }),
+        1 => (1u64..20, 1u64..4, any::<bool>()).prop_map(|(id, process, kill)| Action::StopProcess {
+            workstation: WorkstationId(id), process: ProcessId(process),
+            signal: if kill { StopSignal::Kill } else { StopSignal::Term },
         }),
     ]
 }

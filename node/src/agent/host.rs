@@ -342,6 +342,22 @@ impl Host {
         }
     }
 
+    /// Asks the workstation's actor to stop a process (`kill`: SIGKILL at once, else SIGTERM
+    /// and SIGKILL after the grace) without waiting for it: the actor carries the stop out by
+    /// itself. Used by `placement::reconcile` to carry out a stop committed in Raft whose
+    /// signal from the API did not reach this node. A workstation with no actor here runs no
+    /// process, so there is nothing to stop.
+    pub fn stop_process_detached(&self, ws_id: &str, proc_id: u64, kill: bool) {
+        let Ok(addr) = self.addr(ws_id) else {
+            return;
+        };
+        let grace_ms = if kill { 0 } else { KILL_GRACE_MS };
+        addr.do_send(StopProcess {
+            proc: ProcId(proc_id),
+            grace_ms,
+        });
+    }
+
     /// The observed processes of a workstation.
     pub async fn processes(&self, ws_id: &str) -> Result<Vec<ProcessStatus>, ApiError> {
         let addr = self.addr(ws_id)?;
@@ -459,6 +475,28 @@ pub fn record_json(record: &ExecRecord) -> LogRecord {
     }
 }
 
+/// The `reason` of a process its owner stopped for good (TERM or KILL).
+pub const REASON_KILLED: &str = "killed";
+/// The `reason` of a `never` process after its workstation was re-placed (SPEC, Lifecycle).
+pub const REASON_NODE_LOST: &str = "node_lost";
+/// The `reason` of a `never` process its node did not start again after an agent restart or
+/// a lease loss, within the same placement.
+pub const REASON_NODE_RESTARTED: &str = "node_restarted";
+
+/// Why no placement starts `spec` any more, if none does: its owner stopped it
+/// ([`REASON_KILLED`]), or it is a `never` process whose first placement is over
+/// ([`REASON_NODE_LOST`]). Such a process is `exited` with this reason on every node, hosted,
+/// pending or seen from elsewhere.
+pub fn not_started_reason(spec: &ProcessSpec) -> Option<&'static str> {
+    if spec.killed {
+        Some(REASON_KILLED)
+    } else if spec.node_lost {
+        Some(REASON_NODE_LOST)
+    } else {
+        None
+    }
+}
+
 /// A process in its API form, combining the durable spec and the observed status.
 pub fn process_json(ws_id: &str, spec: &ProcessSpec, status: Option<&ProcessStatus>) -> Process {
     let (state, exit_code, signal, restarts, reason) = match status {
@@ -474,19 +512,23 @@ pub fn process_json(ws_id: &str, spec: &ProcessSpec, status: Option<&ProcessStat
             status.signal,
             status.restarts,
             if spec.killed {
-                Some("killed".to_string())
+                Some(REASON_KILLED.to_string())
             } else {
                 status.last_error.clone()
             },
         ),
-        // Known to the cluster but not running here: after a node restart, a `never` process
-        // is not started again.
+        // Known to the cluster but not running here: stopped by its owner, a `never` process
+        // whose first placement is over, or one that a node restart does not start again.
         None => (
             ProcessState::Exited,
             None,
             None,
             0,
-            Some("node_restarted".to_string()),
+            Some(
+                not_started_reason(spec)
+                    .unwrap_or(REASON_NODE_RESTARTED)
+                    .to_string(),
+            ),
         ),
     };
     Process {

@@ -37,8 +37,14 @@ pub struct ProcessSpec {
     pub restart: RestartPolicy,
     /// Creation time.
     pub created_unix_ms: u64,
-    /// Set once the owner killed it: it is not started again.
+    /// Set once the owner stopped it for good (TERM or KILL): it is not started again. Raft's
+    /// committed `StopProcess` is the truth; this is its copy in the hosting record, which
+    /// `placement::reconcile` keeps in step (and stops the process when it sets it).
     pub killed: bool,
+    /// A `never` process whose first placement is over (its workstation was re-placed): this
+    /// placement does not start it, and it is reported `exited` with reason `node_lost`.
+    #[serde(default)]
+    pub node_lost: bool,
 }
 
 /// A workstation's spec and placement.

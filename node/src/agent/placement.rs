@@ -69,7 +69,9 @@ pub fn log_epoch_above(floor: u64) -> u64 {
     }
 }
 
-/// The hosting record of a Raft workstation placed on `node`.
+/// The hosting record of a Raft workstation placed on `node`. Whether a process was stopped
+/// (`killed`) or is a `never` process lost with an earlier placement (`node_lost`) comes from
+/// the committed state, so every node reports the same.
 pub fn record_of(ws: &RaftWorkstation, node: &str) -> WorkstationRecord {
     let processes: BTreeMap<u64, ProcessSpec> = ws
         .processes
@@ -84,7 +86,8 @@ pub fn record_of(ws: &RaftWorkstation, node: &str) -> WorkstationRecord {
                     cwd: process.cwd.clone(),
                     restart: restart_of(process.restart),
                     created_unix_ms: process.created_ms,
-                    killed: false,
+                    killed: process.stopped.is_some(),
+                    node_lost: process.lost_with_its_node(ws.generation),
                 },
             )
         })
@@ -161,6 +164,7 @@ pub async fn reconcile(agent: &Agent) -> Vec<Failure> {
             }
         }
     }
+    carry_out_stops(agent, &placed);
     if !agent.fence.may_run() {
         // Stopping is always safe; starting waits for a held lease and current state.
         if !placed.is_empty() {
@@ -191,7 +195,8 @@ pub async fn reconcile(agent: &Agent) -> Vec<Failure> {
             if let Err(err) = agent.host.apply_limits(agent, &id, sizing).await {
                 warn!(workstation = %id, error = %err, "could not apply a resize");
             }
-            // Then start the desired processes added since.
+            // Then start the desired processes added since (a process stopped before this
+            // node saw it is recorded, not started).
             for process in ws.processes.values().filter(|p| !known.contains(&p.id.0)) {
                 let spec = record_of(&ws, &agent.node_id)
                     .processes
@@ -204,6 +209,9 @@ pub async fn reconcile(agent: &Agent) -> Vec<Failure> {
                     }
                     Ok(())
                 });
+                if !process.started_by(ws.generation) {
+                    continue;
+                }
                 if let Err(err) = agent.host.start_process(&id, &spec).await {
                     warn!(workstation = %id, proc = spec.id, error = %err, "could not start process");
                     failures.push((id.clone(), Some(spec.id), err));
@@ -239,7 +247,15 @@ pub async fn reconcile(agent: &Agent) -> Vec<Failure> {
             failures.push((id.clone(), None, err));
             continue;
         }
-        for spec in record.processes.values() {
+        // Only what this placement starts: not the processes their owner stopped, and not
+        // the `never` ones whose first placement is over (SPEC: `exited`, `node_lost`).
+        for process in ws.processes.values() {
+            if !process.started_by(ws.generation) {
+                continue;
+            }
+            let Some(spec) = record.processes.get(&process.id.0) else {
+                continue;
+            };
             if let Err(err) = agent.host.start_process(&id, spec).await {
                 warn!(workstation = %id, proc = spec.id, error = %err, "could not start process");
             }
@@ -247,6 +263,77 @@ pub async fn reconcile(agent: &Agent) -> Vec<Failure> {
         info!(workstation = %id, generation = ws.generation, "placed workstation started here");
     }
     failures
+}
+
+/// Carries out the stops committed in Raft (`StopProcess`) on the workstations hosted here:
+/// a process stopped in the committed state but not yet in the hosting record is marked
+/// there and stopped with the committed signal. The API's kill signals the host directly once
+/// the stop is committed; this catches a signal that did not arrive (the host unreachable for
+/// a moment, a race with the host's first start of the process). Safe without the lease:
+/// it only stops.
+fn carry_out_stops(agent: &Agent, placed: &[RaftWorkstation]) {
+    for ws in placed {
+        let id = ws.id.to_string();
+        let stopped: Vec<(u64, bool)> = ws
+            .processes
+            .values()
+            .filter_map(|process| {
+                let signal = process.stopped?;
+                Some((process.id.0, signal == shoal_raft::model::StopSignal::Kill))
+            })
+            .collect();
+        // Committed stops the hosting record has not taken yet (read first: a write rewrites
+        // the state file, and this runs at every applied change).
+        let unrecorded = |model: &super::model::Model| {
+            model
+                .workstations
+                .get(&id)
+                .filter(|record| record.generation == ws.generation)
+                .is_some_and(|record| {
+                    stopped.iter().any(|(proc_id, _)| {
+                        record
+                            .processes
+                            .get(proc_id)
+                            .is_some_and(|spec| !spec.killed)
+                    })
+                })
+        };
+        if stopped.is_empty() || !agent.store.read(unrecorded) {
+            continue;
+        }
+        let newly: Result<Vec<(u64, bool)>, _> = agent.store.write(|model| {
+            let Some(record) = model
+                .workstations
+                .get_mut(&id)
+                .filter(|record| record.generation == ws.generation)
+            else {
+                return Ok(Vec::new());
+            };
+            let mut newly = Vec::new();
+            for (proc_id, kill) in &stopped {
+                if let Some(spec) = record.processes.get_mut(proc_id) {
+                    if !spec.killed {
+                        spec.killed = true;
+                        newly.push((*proc_id, *kill));
+                    }
+                }
+            }
+            Ok(newly)
+        });
+        match newly {
+            Ok(newly) => {
+                for (proc_id, kill) in newly {
+                    info!(workstation = %id, proc = proc_id, kill, "stop committed in Raft: stopping the process here");
+                    agent.host.stop_process_detached(&id, proc_id, kill);
+                }
+            }
+            Err(err) => {
+                // The next reconcile tries again; meanwhile the process is not started again
+                // (starts read the committed state) and the API reads the stop from Raft.
+                warn!(workstation = %id, error = %err, "could not record a committed stop");
+            }
+        }
+    }
 }
 
 /// The committed placements on this node: workstation id → its current generation.
@@ -402,8 +489,28 @@ async fn resume_current(agent: &Agent) -> usize {
             warn!(workstation = %id, error = %err, "could not resume workstation");
             continue;
         }
+        // Stops are read from the committed state too: one applied since the last reconcile
+        // may not be in the hosting record yet.
+        let stopped_in_raft: Vec<u64> = id
+            .parse::<WorkstationId>()
+            .ok()
+            .and_then(|ws_id| {
+                agent.raft.read(|state| {
+                    state.workstations.get(&ws_id).map(|ws| {
+                        ws.processes
+                            .values()
+                            .filter(|process| process.stopped.is_some())
+                            .map(|process| process.id.0)
+                            .collect()
+                    })
+                })
+            })
+            .unwrap_or_default();
         for spec in record.processes.values() {
-            if !spec.killed && spec.restart != RestartPolicy::Never {
+            if !spec.killed
+                && !stopped_in_raft.contains(&spec.id)
+                && spec.restart != RestartPolicy::Never
+            {
                 if let Err(err) = agent.host.start_process(&id, spec).await {
                     warn!(workstation = %id, proc = spec.id, error = %err, "could not restart process");
                 }
@@ -685,6 +792,18 @@ pub async fn observe_remote(
     })
 }
 
+/// A process its node has not reported: `exited` with the reason when no placement starts it
+/// (stopped by its owner, or a `never` process lost with an earlier placement), else
+/// `starting`.
+fn not_started_or_starting(ws_id: &str, spec: &super::model::ProcessSpec) -> Process {
+    let mut process = super::host::process_json(ws_id, spec, None);
+    if super::host::not_started_reason(spec).is_none() {
+        process.state = ProcessState::Starting;
+        process.reason = None;
+    }
+    process
+}
+
 /// The view of a workstation hosted on another node, from the leader's soft state:
 /// `pending` until its node has reported it.
 pub fn remote_view(ws: &WorkstationRecord, observed: Option<&WorkstationUsage>) -> Workstation {
@@ -693,12 +812,7 @@ pub fn remote_view(ws: &WorkstationRecord, observed: Option<&WorkstationUsage>) 
         view.processes = ws
             .processes
             .values()
-            .map(|spec| {
-                let mut process = super::host::process_json(&ws.id, spec, None);
-                process.state = ProcessState::Starting;
-                process.reason = None;
-                process
-            })
+            .map(|spec| not_started_or_starting(&ws.id, spec))
             .collect();
         return view;
     };
@@ -725,10 +839,7 @@ pub fn remote_view(ws: &WorkstationRecord, observed: Option<&WorkstationUsage>) 
                     process.reason = seen.reason.clone();
                 }
                 // Added since the node's last heartbeat.
-                None => {
-                    process.state = ProcessState::Starting;
-                    process.reason = None;
-                }
+                None => process = not_started_or_starting(&ws.id, spec),
             }
             process
         })

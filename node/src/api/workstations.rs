@@ -78,17 +78,15 @@ fn visible(agent: &Agent, caller: &Caller, id: &str) -> Result<WorkstationRecord
         &placed,
         &placed.node.map(placement::node_name).unwrap_or_default(),
     );
-    // Raft is the truth for the spec and placement; the hosting record adds what only the
-    // hosting node knows (killed processes, the log epoch).
+    // Raft is the truth for the spec, the placement and which processes were stopped or lost
+    // with an earlier placement; the hosting record adds what only the hosting node knows
+    // (the log epoch).
     Ok(agent
         .store
-        .read(|model| model.workstations.get(id).cloned())
-        .map(|hosted| {
+        .read(|model| model.workstations.get(id).map(|hosted| hosted.log_epoch))
+        .map(|log_epoch| {
             let mut record = from_raft.clone();
-            for (id, process) in record.processes.iter_mut() {
-                process.killed = hosted.processes.get(id).is_some_and(|spec| spec.killed);
-            }
-            record.log_epoch = hosted.log_epoch;
+            record.log_epoch = log_epoch;
             record
         })
         .unwrap_or(from_raft))
@@ -118,20 +116,21 @@ fn unplaced(agent: &Agent, ws: &WorkstationRecord) -> bool {
     })
 }
 
-/// The processes of a workstation that has no node, as its next host will treat them. That
-/// host's first start of the placement (`placement::reconcile`, a workstation it does not host
-/// yet) starts every desired process of the applied state whatever its restart policy, and
-/// the `killed` flag lives only in the old host's record, which it does not have: so each one
-/// is `starting`, with the reason [`PENDING_PROCESS_REASON`]. If that start ever leaves a
-/// process out (SPEC: a `never` process is `exited` with `node_lost` after a re-placement),
-/// this must say `exited` with that reason for it.
+/// The processes of a workstation that has no node, as its next host will treat them: that
+/// host's first start of the placement (`placement::reconcile`) starts exactly the processes
+/// Raft's `DesiredProcess::started_by` names for the placement's generation. A process its
+/// owner stopped is `exited` with reason `killed`, a `never` process whose first placement is
+/// over is `exited` with reason `node_lost` (SPEC, Lifecycle: both as the next host reports
+/// them), and every other one is `starting`, with the reason [`PENDING_PROCESS_REASON`].
 pub fn pending_processes(ws: &WorkstationRecord) -> Vec<Process> {
     ws.processes
         .values()
         .map(|spec| {
             let mut process = process_json(&ws.id, spec, None);
-            process.state = crate::api_types::ProcessState::Starting;
-            process.reason = Some(PENDING_PROCESS_REASON.to_string());
+            if crate::agent::host::not_started_reason(spec).is_none() {
+                process.state = crate::api_types::ProcessState::Starting;
+                process.reason = Some(PENDING_PROCESS_REASON.to_string());
+            }
             process
         })
         .collect()
@@ -601,6 +600,7 @@ pub async fn create_process(
         restart: request.restart.unwrap_or_default(),
         created_unix_ms: now,
         killed: false,
+        node_lost: false,
     };
     // Not applied here yet: this node's reconcile loop starts it once it has; the answer
     // is the committed process, `starting`.
@@ -721,7 +721,11 @@ pub async fn list_processes(
     Ok(HttpResponse::Ok().json(processes))
 }
 
-/// Signals a process hosted on this node; TERM and KILL mark it killed (not restarted).
+/// Signals a process hosted on this node. TERM and KILL (`stops`) come after the stop was
+/// committed in Raft (`StopProcess`, see [`kill_process`]): the hosting record takes the flag
+/// (so that [`placement::reconcile`] does not stop it a second time) and the process is
+/// stopped, waiting for its exit; a process this node never started (not started by this
+/// placement, or not yet) has nothing to stop, and no placement starts it now.
 pub async fn kill_here(
     agent: &Agent,
     ws_id: &str,
@@ -729,7 +733,17 @@ pub async fn kill_here(
     signal: nix::sys::signal::Signal,
     stops: bool,
 ) -> Result<(), ApiError> {
-    if stops {
+    if !stops {
+        return agent.host.kill_process(ws_id, proc_id, signal).await;
+    }
+    let unrecorded = agent.store.read(|model| {
+        model
+            .workstations
+            .get(ws_id)
+            .and_then(|ws| ws.processes.get(&proc_id))
+            .is_some_and(|spec| !spec.killed)
+    });
+    if unrecorded {
         agent.store.write(|model| {
             if let Some(spec) = model
                 .workstations
@@ -741,7 +755,10 @@ pub async fn kill_here(
             Ok(())
         })?;
     }
-    agent.host.kill_process(ws_id, proc_id, signal).await
+    match agent.host.kill_process(ws_id, proc_id, signal).await {
+        Err(ApiError::NotFound(_)) => Ok(()),
+        other => other,
+    }
 }
 
 /// Signals a process (`?signal=TERM` by default; TERM and KILL stop it for good).
@@ -767,6 +784,9 @@ pub async fn kill_process(
         signal,
         nix::sys::signal::Signal::SIGTERM | nix::sys::signal::Signal::SIGKILL
     );
+    if stops {
+        return stop_process(&agent, &caller, &ws, proc_id, signal, query.signal.clone()).await;
+    }
     let resource = format!("{}/p-{proc_id}", ws.id);
     let result = if hosted_here(&agent, &ws) {
         kill_here(&agent, &ws.id, proc_id, signal, stops).await
@@ -794,12 +814,85 @@ pub async fn kill_process(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// TERM or KILL: stops a process for good. The stop is committed in Raft first
+/// (`StopProcess`, audited as `process.kill`), so that nothing can undo it: no later placement
+/// starts the process (a re-placement after a node loss included), and every node reports it
+/// `exited` with reason `killed`. A stop that does not commit answers its error and signals
+/// nothing. Once committed, the hosting node is signalled directly so that the answer comes
+/// after the exit; if that signal does not get through, the host stops the process itself
+/// when it applies the stop (`placement::reconcile`), and a workstation with no node has
+/// nothing running: the answer is 204 either way, because the stop is done as far as the
+/// cluster is concerned.
+async fn stop_process(
+    agent: &Agent,
+    caller: &Caller,
+    ws: &WorkstationRecord,
+    proc_id: u64,
+    signal: nix::sys::signal::Signal,
+    signal_text: Option<String>,
+) -> Result<HttpResponse, ApiError> {
+    let raft_ws_id: shoal_raft::model::WorkstationId = ws
+        .id
+        .parse()
+        .map_err(|_| ApiError::not_found("workstation", &ws.id))?;
+    let raft_proc_id = shoal_raft::model::ProcessId(proc_id);
+    let stop_signal = if signal == nix::sys::signal::Signal::SIGKILL {
+        shoal_raft::model::StopSignal::Kill
+    } else {
+        shoal_raft::model::StopSignal::Term
+    };
+    agent
+        .propose(
+            &caller.prefix,
+            shoal_raft::Action::StopProcess {
+                workstation: raft_ws_id,
+                process: raft_proc_id,
+                signal: stop_signal,
+            },
+        )
+        .await?;
+    // This node's views read the stop from its applied state: wait (bounded) until it is
+    // there, as a create or an exec does.
+    until_applied(agent, |state| {
+        state
+            .workstations
+            .get(&raft_ws_id)
+            .and_then(|ws| ws.processes.get(&raft_proc_id))
+            .is_none_or(|process| process.stopped.is_some())
+    })
+    .await;
+    let delivered = if unplaced(agent, ws) {
+        Ok(())
+    } else if hosted_here(agent, ws) {
+        kill_here(agent, &ws.id, proc_id, signal, true).await
+    } else {
+        use crate::agent::remote::{ask_host, RemoteReply, RemoteRequest};
+        let request = RemoteRequest::Kill {
+            ws: ws.id.clone(),
+            proc: proc_id,
+            signal: signal_text.unwrap_or_else(|| "TERM".to_string()),
+        };
+        match ask_host(agent, &ws.id, &request).await {
+            Ok(RemoteReply::Done) => Ok(()),
+            Ok(RemoteReply::Failed(why)) => Err(ApiError::unavailable(why)),
+            Ok(RemoteReply::Error(error)) => Err(error.into_api_error()),
+            Ok(_) => Err(ApiError::Internal("mismatched mesh answer".into())),
+            Err(err) => Err(err),
+        }
+    };
+    if let Err(err) = delivered {
+        tracing::warn!(workstation = %ws.id, proc = proc_id, error = %err,
+            "stop committed, but the signal did not reach the host: it stops the process when it applies the stop");
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api_types::{ProcessState, RestartPolicy};
 
-    fn spec(id: u64, restart: RestartPolicy, killed: bool) -> ProcessSpec {
+    fn spec(id: u64, restart: RestartPolicy, killed: bool, node_lost: bool) -> ProcessSpec {
         ProcessSpec {
             id,
             argv: vec!["sleep".to_string(), id.to_string()],
@@ -808,15 +901,19 @@ mod tests {
             restart,
             created_unix_ms: 7,
             killed,
+            node_lost,
         }
     }
 
     #[test]
-    fn every_process_of_a_pending_workstation_is_starting_because_the_next_host_starts_all() {
+    fn a_pending_workstation_lists_what_its_next_host_starts_as_starting_and_the_rest_as_exited_with_why(
+    ) {
         let processes = [
-            spec(0, RestartPolicy::Never, false),
-            spec(1, RestartPolicy::OnFailure, false),
-            spec(2, RestartPolicy::Always, true),
+            spec(0, RestartPolicy::Never, false, false),
+            spec(1, RestartPolicy::OnFailure, false, false),
+            spec(2, RestartPolicy::Always, true, false),
+            spec(3, RestartPolicy::Never, false, true),
+            spec(4, RestartPolicy::Never, true, false),
         ];
         let ws = WorkstationRecord {
             id: "ws-9".to_string(),
@@ -831,18 +928,25 @@ mod tests {
             network: Default::default(),
             created_unix_ms: 1,
             processes: processes.iter().map(|p| (p.id, p.clone())).collect(),
-            next_process_id: 3,
+            next_process_id: 5,
             log_epoch: 0,
         };
         let listed = pending_processes(&ws);
-        assert_eq!(listed.len(), 3);
-        for (process, spec) in listed.iter().zip(&processes) {
+        let expected = [
+            (ProcessState::Starting, PENDING_PROCESS_REASON),
+            (ProcessState::Starting, PENDING_PROCESS_REASON),
+            (ProcessState::Exited, "killed"),
+            (ProcessState::Exited, "node_lost"),
+            (ProcessState::Exited, "killed"),
+        ];
+        assert_eq!(listed.len(), processes.len());
+        for ((process, spec), (state, reason)) in listed.iter().zip(&processes).zip(expected) {
             assert_eq!(process.id, spec.id.to_string());
             assert_eq!(process.workstation, "ws-9");
             assert_eq!(process.argv, spec.argv);
             assert_eq!(process.restart, spec.restart);
-            assert_eq!(process.state, ProcessState::Starting);
-            assert_eq!(process.reason.as_deref(), Some(PENDING_PROCESS_REASON));
+            assert_eq!(process.state, state, "{process:?}");
+            assert_eq!(process.reason.as_deref(), Some(reason), "{process:?}");
             assert_eq!(
                 (process.exit_code, process.signal, process.restarts),
                 (None, None, 0)
