@@ -44,7 +44,17 @@ async fn every_node_hears_the_leader(cluster: &Cluster, name: &str) -> anyhow::R
 async fn a_restarted_voter_that_cannot_hear_the_leader_does_not_start_an_election(
 ) -> anyhow::Result<()> {
     init_tracing();
-    let mut cluster = Cluster::new(config_with_hold(60_000))?;
+    // Nodes 1 and 2 tolerate long stalls (election timeouts of seconds), so that on a loaded
+    // machine no election but node 3's own could change a term during the check below.
+    let mut cluster = Cluster::new(|id| {
+        let mut config = test_config(id);
+        config.election_hold_after_start_ms = 60_000;
+        if id != 3 {
+            config.election_timeout_ms_min = 3_000;
+            config.election_timeout_ms_max = 4_000;
+        }
+        config
+    })?;
 
     tracing::info!("--- three voters, node 1 leads");
     three_voters(&mut cluster).await?;
