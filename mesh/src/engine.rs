@@ -34,6 +34,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
+use crate::clock;
 use crate::identity::{Identity, NodePublicKey};
 use crate::ip_packet::{self, Ipv4Packet};
 use crate::join_wire;
@@ -48,6 +49,9 @@ const TIMER_TICK_MS: u64 = 100;
 const BUF_BYTES: usize = 65_536 + 256;
 /// Handshakes per second before boringtun answers with cookies (as boringtun's device).
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// Shortest time between two handshakes the transport forces to one peer
+/// ([`Engine::force_handshake`]).
+const FORCED_HANDSHAKE_INTERVAL_MIN: Duration = Duration::from_millis(250);
 /// Decrypted QUIC datagrams waiting for quinn (userspace mode); more are dropped like a full
 /// socket buffer would.
 pub(crate) const INBOX_PACKETS_MAX: usize = 4096;
@@ -117,6 +121,8 @@ pub(crate) struct LivePeer {
     pub(crate) mesh_addr: Ipv4Addr,
     tunn: Mutex<Tunn>,
     endpoint: Mutex<Option<SocketAddr>>,
+    /// When the transport last forced a handshake with this peer (for the rate limit).
+    forced_handshake_at: Mutex<Option<std::time::Instant>>,
 }
 
 /// A snapshot of one peer for `wg show` (UAPI).
@@ -401,6 +407,7 @@ impl Engine {
                             mesh_addr: entry.spec.mesh_addr,
                             tunn: Mutex::new(tunn),
                             endpoint: Mutex::new(entry.spec.endpoint),
+                            forced_handshake_at: Mutex::new(None),
                         });
                         peers.by_index.insert(entry.index, Arc::clone(&live));
                         peers
@@ -436,6 +443,44 @@ impl Engine {
             self.initiate_handshake(&live);
         }
         Ok(changes)
+    }
+
+    /// Starts a new WireGuard handshake with the peer at `addr` now, even while one is in
+    /// progress or a session exists; false if the peer is unknown or one was forced less than
+    /// [`FORCED_HANDSHAKE_INTERVAL_MIN`] ago. The transport calls it when the peer stayed
+    /// silent or a dial got no answer: one side may hold a session the other has lost (a peer
+    /// restarted and the response to its handshake was lost, e.g. in a partition), and
+    /// WireGuard's own timers would retry only after REKEY_TIMEOUT (5 s), or, on the side
+    /// still holding the old session, after KEEPALIVE + REKEY_TIMEOUT (15 s). A handshake
+    /// replaces a working session without interrupting it, so forcing one is always safe.
+    pub(crate) fn force_handshake(&self, addr: Ipv4Addr) -> bool {
+        let Some(live) = self.peer_by_addr(addr) else {
+            return false;
+        };
+        let now = clock::monotonic();
+        {
+            let mut forced_at = live.forced_handshake_at.lock();
+            if forced_at
+                .is_some_and(|at| now.saturating_duration_since(at) < FORCED_HANDSHAKE_INTERVAL_MIN)
+            {
+                return false;
+            }
+            *forced_at = Some(now);
+        }
+        let Some(endpoint) = *live.endpoint.lock() else {
+            return false;
+        };
+        tracing::debug!(peer = %addr, "peer silent: forcing a new WireGuard handshake");
+        SEND_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let mut tunn = live.tunn.lock();
+            if let TunnResult::WriteToNetwork(packet) =
+                tunn.format_handshake_initiation(&mut buf, true)
+            {
+                self.send_raw(packet, endpoint);
+            }
+        });
+        true
     }
 
     fn initiate_handshake(&self, live: &LivePeer) {

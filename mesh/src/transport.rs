@@ -515,6 +515,8 @@ impl Transport {
             .fetch_add(1, Ordering::Relaxed);
         live.connection
             .close(CLOSE_PEER_SILENT.into(), b"peer silent");
+        // The tunnel may be what is stale (the peer restarted and lost the session we hold).
+        self.inner.engine.force_handshake(peer);
     }
 
     /// The connection to `peer`: the cached one if it is open and its peer has not been
@@ -544,7 +546,14 @@ impl Transport {
                     {
                         (None, Some(dial.clone()))
                     }
-                    _ => (None, Some(self.start_dial(&mut slots, peer))),
+                    stale => {
+                        if matches!(stale, Some(Slot::Dialing { .. })) {
+                            // A dial with no answer within `dial_attempt_ms`: the tunnel may
+                            // be what is stale (see `Engine::force_handshake`).
+                            self.inner.engine.force_handshake(peer);
+                        }
+                        (None, Some(self.start_dial(&mut slots, peer)))
+                    }
                 }
             };
             if let Some(dial) = dial {
