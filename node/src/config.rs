@@ -139,11 +139,11 @@ pub struct AgentConfig {
     pub heartbeat_interval_ms: u64,
     /// A node is `down` after this long without a heartbeat.
     pub heartbeat_grace_ms: u64,
-    /// Raft leader heartbeat period (default 50 ms).
+    /// Raft leader heartbeat period (default 30 ms).
     pub raft_heartbeat_interval_ms: u64,
-    /// Lower bound of the randomised Raft election timeout (default 150 ms).
+    /// Lower bound of the randomised Raft election timeout (default 90 ms).
     pub raft_election_timeout_ms_min: u64,
-    /// Upper bound of the randomised Raft election timeout (default 300 ms). A dead leader
+    /// Upper bound of the randomised Raft election timeout (default 120 ms). A dead leader
     /// is replaced this much plus one election timeout after its last heartbeat (openraft's
     /// leader lease); keep both above the data disk's p99 fsync latency.
     pub raft_election_timeout_ms_max: u64,
@@ -409,7 +409,7 @@ mod tests {
         assert_eq!(faster.raft_election_timeout_ms_max, 150);
         for bad in [
             "raft_heartbeat_interval_ms = 0\n",
-            "raft_election_timeout_ms_min = 90\n",
+            "raft_election_timeout_ms_min = 50\n",
             "raft_election_timeout_ms_min = 300\nraft_election_timeout_ms_max = 300\n",
             "raft_election_timeout_ms_max = 60001\n",
         ] {

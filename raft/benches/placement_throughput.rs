@@ -106,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
         config.write_timeout_ms = 30_000;
         // The election timeout must exceed the disk's fsync latency (a follower's heartbeat
         // waits behind its previous append in openraft 0.9); on a loaded shared disk the
-        // default 150-300 ms is too short, so a run can set SHOAL_BENCH_ELECTION_MS=1000.
+        // default 90-120 ms is too short, so a run can set SHOAL_BENCH_ELECTION_MS=1000.
         if let Some(ms) = std::env::var("SHOAL_BENCH_ELECTION_MS")
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
