@@ -251,6 +251,8 @@ fn cleanup_removes_what_a_crashed_run_left_behind() {
     let tag = RunTag::random();
 
     tracing::info!("--- build a run and 'crash': forget every guard");
+    let cgroup_name = format!("shoalchaos-cg-{}", tag.as_str());
+    let sleeper_pid;
     {
         std::fs::create_dir_all(tag.root_dir()).unwrap();
         let net = TestNetwork::create(&tag, 2).unwrap();
@@ -269,7 +271,6 @@ fn cleanup_removes_what_a_crashed_run_left_behind() {
         )
         .unwrap();
         // A cgroup like the ones a node creates, holding the process, recorded in the run dir.
-        let cgroup_name = format!("shoalchaos-cg-{}", tag.as_str());
         let hierarchy = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
             PathBuf::from("/sys/fs/cgroup")
         } else {
@@ -292,6 +293,7 @@ fn cleanup_removes_what_a_crashed_run_left_behind() {
             .unwrap();
             std::fs::write(frozen.join("freezer.state"), "FROZEN").unwrap();
         }
+        sleeper_pid = sleeper.pid();
         std::mem::forget(sleeper);
         std::mem::forget(disk);
         std::mem::forget(net);
@@ -310,6 +312,20 @@ fn cleanup_removes_what_a_crashed_run_left_behind() {
     };
     assert_eq!(found.cgroups.len(), n_hierarchies, "{found:?}");
     cleanup::remove(&Scope::Run(tag.clone()));
+    // The killed sleeper is this test's own child: until it is reaped its zombie keeps its
+    // cgroup busy, and the first removal must keep the record of it (every chaos CI run used
+    // to leak one empty `shoalchaos-cg-*` group here, because the record went with the run
+    // dir). A harness reaps its own children; so does this test, then cleans up again.
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(sleeper_pid), None);
+    cleanup::remove(&Scope::Run(tag.clone()));
     let left = cleanup::find(&Scope::Run(tag.clone()));
     assert!(left.is_empty(), "left behind: {left:?}");
+    for hierarchy in [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup/freezer",
+    ] {
+        let group = Path::new(hierarchy).join(&cgroup_name);
+        assert!(!group.exists(), "{} is still there", group.display());
+    }
 }

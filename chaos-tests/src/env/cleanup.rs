@@ -157,15 +157,18 @@ fn cgroup_dirs_named(name: &str) -> Vec<PathBuf> {
 }
 
 /// Kills the processes in a cgroup tree and removes its directories, deepest first.
-fn remove_cgroup_tree(dir: &std::path::Path) {
+/// Removes a cgroup and its subtree; false if some group is still there (e.g. a killed
+/// process that nobody has reaped yet keeps its group busy).
+fn remove_cgroup_tree(dir: &std::path::Path) -> bool {
     // An agent killed while it held a v1 group frozen (its kill sequence is freeze, SIGKILL,
     // thaw) leaves the group frozen, and a frozen parent keeps its whole subtree frozen: thaw
     // top-down, before recursing, so that the SIGKILLs below take effect at every depth.
     thaw(dir);
+    let mut removed = true;
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.filter_map(Result::ok) {
             if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                remove_cgroup_tree(&entry.path());
+                removed &= remove_cgroup_tree(&entry.path());
             }
         }
     }
@@ -183,9 +186,22 @@ fn remove_cgroup_tree(dir: &std::path::Path) {
             .map(|p| p.trim().is_empty())
             .unwrap_or(true)
     });
-    if let Err(error) = fs::remove_dir(dir) {
-        warn!(dir = %dir.display(), %error, "could not remove cgroup");
+    // A process killed a moment ago may still hold the group for a few milliseconds.
+    let mut last_error = None;
+    let gone = poll_until(Duration::from_secs(2), 20, || match fs::remove_dir(dir) {
+        Ok(()) => true,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => true,
+        Err(error) => {
+            last_error = Some(error);
+            false
+        }
+    });
+    if !gone {
+        if let Some(error) = last_error {
+            warn!(dir = %dir.display(), %error, "could not remove cgroup");
+        }
     }
+    removed && gone
 }
 
 /// Thaws a v1 freezer group (no-op elsewhere: the file exists only in the freezer hierarchy).
@@ -225,10 +241,17 @@ pub fn remove(scope: &Scope) -> Leftovers {
             warn!(ns = ns.as_str(), %error, "could not delete namespace");
         }
     }
+    let mut cgroups_left = false;
     for cgroup in &found.cgroups {
-        remove_cgroup_tree(cgroup);
+        cgroups_left |= !remove_cgroup_tree(cgroup);
     }
     for dir in &found.dirs {
+        // The run dir holds the record of the run's cgroup names: while one of them is still
+        // there, keep it, so that a later `--cleanup` (or the next `remove`) still finds it.
+        if cgroups_left && dir.join(CGROUPS_FILE).exists() {
+            warn!(dir = %dir.display(), "kept: it records cgroups that are still there");
+            continue;
+        }
         if let Err(error) = fs::remove_dir_all(dir) {
             warn!(dir = %dir.display(), %error, "could not remove directory");
         }
