@@ -111,6 +111,19 @@ mod tests {
     use crate::history::{FaultRecord, OpKind, Operation};
     use proptest::prelude::*;
 
+    /// Fault `seq`: the leader killed at `at_ms`, restarted a second later.
+    fn kill_leader_at(seq: u64, at_ms: u64) -> FaultRecord {
+        FaultRecord {
+            seq,
+            mode: FaultMode::KillLeader,
+            targets: vec![0],
+            start_ms: Some(at_ms),
+            end_ms: Some(at_ms + 1000),
+            error: None,
+            expectation: None,
+        }
+    }
+
     #[test]
     fn percentile_nearest_rank_cases() {
         let check = |samples: &[u64], p: f64, expected: Option<u64>| {
@@ -146,15 +159,6 @@ mod tests {
             outcome,
             error: None,
         };
-        let kill = |seq, at| FaultRecord {
-            seq,
-            mode: FaultMode::KillLeader,
-            targets: vec![0],
-            start_ms: Some(at),
-            end_ms: Some(at + 1000),
-            error: None,
-            expectation: None,
-        };
         let history = History {
             operations: vec![
                 write(0, 900, 1100, Outcome::Ok), // invoked before the kill: not counted
@@ -162,7 +166,11 @@ mod tests {
                 write(2, 1100, 1300, Outcome::Ok), // first ack after kill 1: 300 ms
                 write(3, 5000, 5050, Outcome::Ok), // first ack after kill 2: 1050 ms
             ],
-            faults: vec![kill(0, 1000), kill(1, 4000), kill(2, 9000)],
+            faults: vec![
+                kill_leader_at(0, 1000),
+                kill_leader_at(1, 4000),
+                kill_leader_at(2, 9000),
+            ],
             ..History::default()
         };
         let stats = FailoverStats::from_history(&history);
@@ -185,18 +193,9 @@ mod tests {
             outcome: Outcome::Ok,
             error: None,
         };
-        let kill = |seq, at| FaultRecord {
-            seq,
-            mode: FaultMode::KillLeader,
-            targets: vec![0],
-            start_ms: Some(at),
-            end_ms: Some(at + 1000),
-            error: None,
-            expectation: None,
-        };
         let history = History {
             operations: vec![write(0, 1100, 1500), write(1, 5000, 7900)],
-            faults: vec![kill(0, 1000), kill(1, 4000)],
+            faults: vec![kill_leader_at(0, 1000), kill_leader_at(1, 4000)],
             unsettled_kills: vec![(1, "server 2 knows no leader".into())],
             ..History::default()
         };

@@ -440,7 +440,7 @@ impl Engine {
         // Handshake with new peers right away: after a restart this replaces the sessions the
         // others still hold for our previous incarnation, instead of waiting for their timers.
         for live in new_peers {
-            self.initiate_handshake(&live);
+            self.initiate_handshake(&live, false);
         }
         Ok(changes)
     }
@@ -467,35 +467,26 @@ impl Engine {
             }
             *forced_at = Some(now);
         }
+        tracing::debug!(peer = %addr, "peer silent: forcing a new WireGuard handshake");
+        self.initiate_handshake(&live, true)
+    }
+
+    /// Sends a handshake initiation to `live`'s endpoint, if it has one; `force` starts one
+    /// even while boringtun considers a handshake in progress. Whether one was sent.
+    fn initiate_handshake(&self, live: &LivePeer, force: bool) -> bool {
         let Some(endpoint) = *live.endpoint.lock() else {
             return false;
         };
-        tracing::debug!(peer = %addr, "peer silent: forcing a new WireGuard handshake");
         SEND_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             let mut tunn = live.tunn.lock();
             if let TunnResult::WriteToNetwork(packet) =
-                tunn.format_handshake_initiation(&mut buf, true)
+                tunn.format_handshake_initiation(&mut buf, force)
             {
                 self.send_raw(packet, endpoint);
             }
         });
         true
-    }
-
-    fn initiate_handshake(&self, live: &LivePeer) {
-        let Some(endpoint) = *live.endpoint.lock() else {
-            return;
-        };
-        SEND_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            let mut tunn = live.tunn.lock();
-            if let TunnResult::WriteToNetwork(packet) =
-                tunn.format_handshake_initiation(&mut buf, false)
-            {
-                self.send_raw(packet, endpoint);
-            }
-        });
     }
 
     /// Snapshot of the peers for UAPI.

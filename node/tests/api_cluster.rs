@@ -34,12 +34,10 @@ async fn two_nodes_join_with_a_token_and_the_api_survives_kill_9_of_the_leader(
     let temp = tempfile::tempdir()?;
 
     info!("--- node 0 bootstraps (heartbeat grace 2 s), a join token is minted through its API");
-    let config = temp.path().join("shoal.toml");
-    std::fs::write(
-        &config,
+    let config_text = common::write_config(
+        temp.path(),
         format!("heartbeat_interval_ms = 200\nheartbeat_grace_ms = {GRACE_MS}\n"),
     )?;
-    let config_text = config.to_string_lossy().to_string();
     let mut node0 = Agent::start(
         &temp.path().join("node-0"),
         &["--bootstrap", "--config", &config_text],

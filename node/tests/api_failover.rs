@@ -8,7 +8,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -39,19 +39,9 @@ impl CapturedAgent {
         api_port: u16,
         listen_port: u16,
     ) -> anyhow::Result<Self> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .arg("agent")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--api")
-            .arg(format!("127.0.0.1:{api_port}"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{listen_port}"))
-            .arg("--mesh")
-            .arg("userspace")
+        let mut child = common::agent_command(data_dir, api_port, listen_port)
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

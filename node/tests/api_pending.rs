@@ -82,17 +82,37 @@ async fn processes_become(
     })
 }
 
+/// Starts a process in workstation `ws_id`; the answer must be 201.
+async fn exec(
+    api: &common::Api,
+    ws_id: &str,
+    argv: serde_json::Value,
+    restart: &str,
+) -> anyhow::Result<common::Answer> {
+    let answer = api
+        .post(
+            &format!("/v1/workstations/{ws_id}/processes"),
+            &json!({"argv": argv, "restart": restart}),
+        )
+        .await?;
+    anyhow::ensure!(
+        answer.status == 201,
+        "exec answered {}: {}",
+        answer.status,
+        answer.text
+    );
+    Ok(answer)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workstation_that_lost_its_node_and_fits_nowhere_says_why_lists_its_processes_and_runs_after_a_resize(
 ) -> anyhow::Result<()> {
     common::init_tracing();
     let temp = tempfile::tempdir()?;
-    let config = temp.path().join("shoal.toml");
-    std::fs::write(
-        &config,
+    let config_text = common::write_config(
+        temp.path(),
         "heartbeat_interval_ms = 200\nheartbeat_grace_ms = 3000\nnode_reserve_cpu_millis = 0\n",
     )?;
-    let config_text = config.to_string_lossy().to_string();
 
     info!("--- a server+worker node bootstraps and commits its capacity");
     let server = Agent::start(
@@ -199,13 +219,7 @@ async fn a_workstation_that_lost_its_node_and_fits_nowhere_says_why_lists_its_pr
         ),
         (json!(["sleep", "60203"]), "always"),
     ] {
-        let proc = api
-            .post(
-                &format!("/v1/workstations/{ws_id}/processes"),
-                &json!({"argv": argv, "restart": restart}),
-            )
-            .await?;
-        assert_eq!(proc.status, 201, "{}", proc.text);
+        let proc = exec(&api, &ws_id, argv, restart).await?;
         ids.push(proc.body["id"].as_str().unwrap_or_default().to_string());
     }
     let (always, never, stopped) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
@@ -336,13 +350,7 @@ async fn a_workstation_that_lost_its_node_and_fits_nowhere_says_why_lists_its_pr
         (json!(["sleep", "601"]), "on-failure"),
         (json!(["sleep", "603"]), "never"),
     ] {
-        let added = api
-            .post(
-                &format!("/v1/workstations/{ws_id}/processes"),
-                &json!({"argv": argv, "restart": restart}),
-            )
-            .await?;
-        assert_eq!(added.status, 201, "{}", added.text);
+        let added = exec(&api, &ws_id, argv, restart).await?;
         assert_eq!(added.body["state"], "starting", "{}", added.text);
         assert_eq!(
             added.body["reason"], "workstation_pending",

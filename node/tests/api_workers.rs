@@ -49,12 +49,10 @@ async fn a_worker_only_node_mirrors_the_state_hosts_workstations_and_runs_what_a
 ) -> anyhow::Result<()> {
     common::init_tracing();
     let temp = tempfile::tempdir()?;
-    let config = temp.path().join("shoal.toml");
-    std::fs::write(
-        &config,
+    let config_text = common::write_config(
+        temp.path(),
         "heartbeat_interval_ms = 200\nheartbeat_grace_ms = 3000\n",
     )?;
-    let config_text = config.to_string_lossy().to_string();
 
     info!("--- a server-only node bootstraps; a worker token is minted through its API");
     let server = Agent::start(
@@ -231,12 +229,10 @@ async fn a_worker_only_node_follows_a_new_leader_after_kill_9_of_the_old_one() -
 {
     common::init_tracing();
     let temp = tempfile::tempdir()?;
-    let config = temp.path().join("shoal.toml");
-    std::fs::write(
-        &config,
+    let config_text = common::write_config(
+        temp.path(),
         "heartbeat_interval_ms = 200\nheartbeat_grace_ms = 3000\n",
     )?;
-    let config_text = config.to_string_lossy().to_string();
 
     info!("--- three servers form a cluster; a worker joins");
     let mut server0 = Agent::start(

@@ -319,12 +319,10 @@ async fn committed_writes_through_a_lagging_node_answer_from_the_leaders_outcome
 ) -> anyhow::Result<()> {
     common::init_tracing();
     let temp = tempfile::tempdir()?;
-    let config = temp.path().join("shoal.toml");
-    std::fs::write(
-        &config,
+    let config_text = common::write_config(
+        temp.path(),
         "heartbeat_interval_ms = 200\nheartbeat_grace_ms = 3000\n",
     )?;
-    let config_text = config.to_string_lossy().to_string();
     let hold = temp.path().join("hold-the-mirror");
     let hold_text = hold.to_string_lossy().to_string();
 

@@ -1423,11 +1423,7 @@ fn add_process(
             "empty name, '=' or NUL in argv or env",
         ));
     }
-    let ws = state
-        .data
-        .workstations
-        .get_mut(&workstation)
-        .ok_or_else(|| Refusal::not_found("workstation", workstation))?;
+    let ws = workstation_mut(state, workstation)?;
     if ws.processes.len() >= limits::PROCESSES_PER_WORKSTATION_MAX {
         return Err(Refusal::conflict(format!(
             "a workstation holds at most {} processes",
@@ -1455,6 +1451,18 @@ fn add_process(
     Ok(Outcome::ProcessAdded { id })
 }
 
+/// The workstation `id`, or the refusal that names it as not found.
+fn workstation_mut(
+    state: &mut ClusterState,
+    id: WorkstationId,
+) -> Result<&mut Workstation, Refusal> {
+    state
+        .data
+        .workstations
+        .get_mut(&id)
+        .ok_or_else(|| Refusal::not_found("workstation", id))
+}
+
 /// Marks a process stopped for good; see `Action::StopProcess`.
 fn stop_process(
     state: &mut ClusterState,
@@ -1462,11 +1470,7 @@ fn stop_process(
     process: ProcessId,
     signal: StopSignal,
 ) -> CommandResponse {
-    let ws = state
-        .data
-        .workstations
-        .get_mut(&workstation)
-        .ok_or_else(|| Refusal::not_found("workstation", workstation))?;
+    let ws = workstation_mut(state, workstation)?;
     let spec = ws
         .processes
         .get_mut(&process)
@@ -1485,11 +1489,7 @@ fn remove_process(
     workstation: WorkstationId,
     process: ProcessId,
 ) -> CommandResponse {
-    let ws = state
-        .data
-        .workstations
-        .get_mut(&workstation)
-        .ok_or_else(|| Refusal::not_found("workstation", workstation))?;
+    let ws = workstation_mut(state, workstation)?;
     ws.processes
         .remove(&process)
         .ok_or_else(|| Refusal::not_found("process", process))?;

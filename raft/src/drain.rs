@@ -104,7 +104,6 @@ pub fn next_step(state: &ClusterState, hints: &PlacementHints) -> Option<(NodeId
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
 
     use proptest::prelude::*;
 
@@ -115,45 +114,21 @@ mod tests {
     use crate::command::Outcome;
     use crate::command::WorkstationRequest;
     use crate::model::Limit;
-    use crate::model::NodeRecord;
     use crate::model::Resources;
-    use crate::model::Roles;
     use crate::model::WorkstationSpec;
-    use crate::state::ClusterData;
+    use crate::state::test_support::cluster_of;
+    use crate::state::test_support::ready_node;
 
     const GIB: u64 = 1 << 30;
 
     /// An initialised cluster of ready server+worker nodes with the given allocatable
     /// (cpu millis, GiB), ids from 1.
     fn cluster(nodes: &[(u64, u64)]) -> ClusterState {
-        let mut data = ClusterData {
-            cluster_id: Some("c".to_string()),
-            next_node_id: nodes.len() as u64 + 1,
-            ..ClusterData::default()
-        };
-        for (i, (cpu, gib)) in nodes.iter().enumerate() {
-            let id = i as u64 + 1;
-            data.nodes.insert(
-                id,
-                NodeRecord {
-                    id,
-                    wg_public_key: format!("k{id}"),
-                    endpoint: "e".to_string(),
-                    mesh_addr: Ipv4Addr::new(10, 42, 0, id as u8),
-                    rpc_port: 1,
-                    api_addr: None,
-                    roles: Roles::SERVER_WORKER,
-                    capacity: Resources::new(*cpu, gib * GIB),
-                    reserve: Resources::default(),
-                    reserved: Resources::default(),
-                    state: NodeState::Ready,
-                    removing: false,
-                    registered_ms: 0,
-                    state_changed_ms: 0,
-                },
-            );
-        }
-        ClusterState::from_data(data)
+        let nodes: Vec<_> = nodes
+            .iter()
+            .map(|&(cpu, gib)| ready_node(cpu, gib * GIB))
+            .collect();
+        cluster_of(&nodes)
     }
 
     fn run(state: &mut ClusterState, at_ms: u64, action: Action) -> Outcome {

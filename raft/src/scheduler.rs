@@ -345,27 +345,15 @@ impl std::fmt::Display for PendingReason {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
 
     use proptest::prelude::*;
 
     use super::*;
-    use crate::model::NodeRecord;
-    use crate::model::Roles;
-    use crate::state::ClusterData;
+    use crate::state::test_support::cluster_of as cluster;
+    use crate::state::test_support::TestNode;
 
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;
-
-    /// One node of a test cluster: allocatable, what is reserved on it, state, worker role.
-    #[derive(Clone, Copy, Debug)]
-    struct TestNode {
-        cpu_millis: u64,
-        memory_bytes: u64,
-        reserved: Resources,
-        state: NodeState,
-        worker: bool,
-    }
 
     fn ready(cpu_millis: u64, memory_bytes: u64, reserved: Resources) -> TestNode {
         TestNode {
@@ -375,43 +363,6 @@ mod tests {
             state: NodeState::Ready,
             worker: true,
         }
-    }
-
-    /// A cluster of the given nodes, ids from 1 (reservations set directly: the pending
-    /// reason reads only nodes and the placeable index).
-    fn cluster(nodes: &[TestNode]) -> ClusterState {
-        let mut data = ClusterData {
-            cluster_id: Some("c".to_string()),
-            next_node_id: nodes.len() as u64 + 1,
-            ..ClusterData::default()
-        };
-        for (i, node) in nodes.iter().enumerate() {
-            let id = i as u64 + 1;
-            data.nodes.insert(
-                id,
-                NodeRecord {
-                    id,
-                    wg_public_key: format!("k{id}"),
-                    endpoint: "e".to_string(),
-                    mesh_addr: Ipv4Addr::new(10, 42, 0, id as u8),
-                    rpc_port: 1,
-                    api_addr: None,
-                    roles: if node.worker {
-                        Roles::SERVER_WORKER
-                    } else {
-                        Roles::SERVER
-                    },
-                    capacity: Resources::new(node.cpu_millis, node.memory_bytes),
-                    reserve: Resources::default(),
-                    reserved: node.reserved,
-                    state: node.state,
-                    removing: false,
-                    registered_ms: 0,
-                    state_changed_ms: 0,
-                },
-            );
-        }
-        ClusterState::from_data(data)
     }
 
     #[test]

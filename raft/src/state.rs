@@ -426,3 +426,74 @@ impl ClusterState {
         }
     }
 }
+
+/// Test support: clusters built directly from node records, without commands (for the pure
+/// cores' unit tests).
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::net::Ipv4Addr;
+
+    use super::ClusterData;
+    use super::ClusterState;
+    use crate::model::NodeRecord;
+    use crate::model::NodeState;
+    use crate::model::Resources;
+    use crate::model::Roles;
+
+    /// One node of a test cluster: allocatable, what is reserved on it, state, worker role.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct TestNode {
+        pub(crate) cpu_millis: u64,
+        pub(crate) memory_bytes: u64,
+        pub(crate) reserved: Resources,
+        pub(crate) state: NodeState,
+        pub(crate) worker: bool,
+    }
+
+    /// A ready server+worker node with nothing reserved.
+    pub(crate) fn ready_node(cpu_millis: u64, memory_bytes: u64) -> TestNode {
+        TestNode {
+            cpu_millis,
+            memory_bytes,
+            reserved: Resources::default(),
+            state: NodeState::Ready,
+            worker: true,
+        }
+    }
+
+    /// An initialised cluster of the given nodes, ids from 1 (reservations set directly).
+    pub(crate) fn cluster_of(nodes: &[TestNode]) -> ClusterState {
+        let mut data = ClusterData {
+            cluster_id: Some("c".to_string()),
+            next_node_id: nodes.len() as u64 + 1,
+            ..ClusterData::default()
+        };
+        for (i, node) in nodes.iter().enumerate() {
+            let id = i as u64 + 1;
+            data.nodes.insert(
+                id,
+                NodeRecord {
+                    id,
+                    wg_public_key: format!("k{id}"),
+                    endpoint: "e".to_string(),
+                    mesh_addr: Ipv4Addr::new(10, 42, 0, id as u8),
+                    rpc_port: 1,
+                    api_addr: None,
+                    roles: if node.worker {
+                        Roles::SERVER_WORKER
+                    } else {
+                        Roles::SERVER
+                    },
+                    capacity: Resources::new(node.cpu_millis, node.memory_bytes),
+                    reserve: Resources::default(),
+                    reserved: node.reserved,
+                    state: node.state,
+                    removing: false,
+                    registered_ms: 0,
+                    state_changed_ms: 0,
+                },
+            );
+        }
+        ClusterState::from_data(data)
+    }
+}

@@ -3,10 +3,11 @@
 //! continues above every offset the old node can have served, also when the leader that
 //! re-places never heard the old node's offset reports (SPEC: log offsets never go back).
 
+mod common;
+
 use shoal_raft::apply::apply;
 use shoal_raft::command::sha256_hex;
 use shoal_raft::command::Admission;
-use shoal_raft::command::NodeRegistration;
 use shoal_raft::command::PlacementHints;
 use shoal_raft::command::WorkstationRequest;
 use shoal_raft::model::ClusterSettings;
@@ -39,16 +40,7 @@ fn must(state: &mut ClusterState, command: Command) -> Outcome {
 }
 
 fn register(admission: Admission, key: &str, roles: Roles) -> Action {
-    Action::RegisterNode(NodeRegistration {
-        admission,
-        wg_public_key: key.into(),
-        endpoint: "203.0.113.1:51820".into(),
-        rpc_port: 7000,
-        api_addr: None,
-        roles,
-        capacity: Resources::new(4_000, 8 * GIB),
-        reserve: Resources::new(0, 0),
-    })
+    Action::RegisterNode(common::node_registration(admission, key, roles, 4_000))
 }
 
 /// An initialised cluster of two worker nodes (1 and 2) and one workstation; answers where it

@@ -22,19 +22,17 @@ use shoal_raft::model::Roles;
 use std::time::Duration;
 
 use anyhow::ensure;
+use common::workstation_request as request;
 use common::Cluster;
 use common::Deadline;
 use common::WAIT;
 use proptest::prelude::*;
 use shoal_raft::clock::ManualClock;
 use shoal_raft::command::PlacementHints;
-use shoal_raft::command::WorkstationRequest;
 use shoal_raft::drain::is_removed;
-use shoal_raft::model::Limit;
 use shoal_raft::model::NodeId;
 use shoal_raft::model::NodeState;
 use shoal_raft::model::WorkstationId;
-use shoal_raft::model::WorkstationSpec;
 use shoal_raft::model::WorkstationState;
 use shoal_raft::scheduler;
 use shoal_raft::soft_state::Heartbeat;
@@ -221,21 +219,6 @@ fn join(state: &mut ClusterState, key: u64, cpu_millis: u64) -> Result<NodeId, R
         },
     )?;
     Ok(node)
-}
-
-fn request(tenant: &str, cpu_millis: u64) -> WorkstationRequest {
-    WorkstationRequest {
-        tenant: tenant.to_string(),
-        name: String::new(),
-        spec: WorkstationSpec {
-            reservation: Resources::new(cpu_millis, GIB),
-            limit: Limit {
-                cpu_limit_millis: cpu_millis,
-                memory_limit_bytes: GIB,
-            },
-            network: Default::default(),
-        },
-    }
 }
 
 fn create(state: &mut ClusterState, cpu_millis: u64) -> (WorkstationId, NodeId) {

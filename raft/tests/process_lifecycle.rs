@@ -4,16 +4,17 @@
 //! Data-driven cases on the pure `apply`, then property tests over random command logs with
 //! node losses, drains, removals, pending workstations and stops.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 
+use common::workstation_request as request;
 use proptest::prelude::*;
 use shoal_raft::apply::apply;
 use shoal_raft::command::sha256_hex;
 use shoal_raft::command::Admission;
-use shoal_raft::command::NodeRegistration;
 use shoal_raft::command::PlacementHints;
-use shoal_raft::command::WorkstationRequest;
 use shoal_raft::model::ClusterSettings;
 use shoal_raft::model::Limit;
 use shoal_raft::model::NodeId;
@@ -23,7 +24,6 @@ use shoal_raft::model::RestartPolicy;
 use shoal_raft::model::Roles;
 use shoal_raft::model::StopSignal;
 use shoal_raft::model::WorkstationId;
-use shoal_raft::model::WorkstationSpec;
 use shoal_raft::Action;
 use shoal_raft::ClusterState;
 use shoal_raft::Command;
@@ -44,16 +44,7 @@ fn must(state: &mut ClusterState, at_ms: u64, action: Action) -> Outcome {
 }
 
 fn register(key: &str, roles: Roles, admission: Admission, cpu_millis: u64) -> Action {
-    Action::RegisterNode(NodeRegistration {
-        admission,
-        wg_public_key: key.into(),
-        endpoint: "203.0.113.1:51820".into(),
-        rpc_port: 7000,
-        api_addr: None,
-        roles,
-        capacity: Resources::new(cpu_millis, 8 * GIB),
-        reserve: Resources::new(0, 0),
-    })
+    Action::RegisterNode(common::node_registration(admission, key, roles, cpu_millis))
 }
 
 fn join(key: &str, cpu_millis: u64) -> Action {
@@ -95,21 +86,6 @@ fn cluster() -> ClusterState {
         },
     );
     state
-}
-
-fn request(tenant: &str, cpu_millis: u64) -> WorkstationRequest {
-    WorkstationRequest {
-        tenant: tenant.into(),
-        name: String::new(),
-        spec: WorkstationSpec {
-            reservation: Resources::new(cpu_millis, GIB),
-            limit: Limit {
-                cpu_limit_millis: cpu_millis,
-                memory_limit_bytes: GIB,
-            },
-            network: Default::default(),
-        },
-    }
 }
 
 fn create(tenant: &str, cpu_millis: u64) -> Action {

@@ -245,13 +245,8 @@ async fn a_leader_whose_disk_fills_steps_out_and_rejoins_with_its_log_once_there
     let mount = TmpfsMount::new(&cluster.dir(1))?;
 
     info!("--- three voters, node 1 (on the tmpfs) leads, some writes committed");
-    let n1 = cluster.start(1).await?;
-    bootstrap(&n1).await?;
-    for id in [2, 3] {
-        cluster.start(id).await?;
-        n1.add_learner(id, addr(id)).await?;
-        n1.promote(id).await?;
-    }
+    three_voters(&mut cluster).await?;
+    let n1 = cluster.node(1)?.clone();
     ensure!(
         cluster.wait_leader(None).await? == 1,
         "node 1 does not lead"

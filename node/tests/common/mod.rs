@@ -43,6 +43,31 @@ pub fn free_udp_port() -> u16 {
         .unwrap_or(0)
 }
 
+/// Writes `toml` to `dir/shoal.toml` and returns that path, for `--config`.
+pub fn write_config(dir: &Path, toml: impl AsRef<str>) -> anyhow::Result<String> {
+    let path = dir.join("shoal.toml");
+    std::fs::write(&path, toml.as_ref()).context("writing the config")?;
+    Ok(path.to_string_lossy().to_string())
+}
+
+/// `shoal agent` on `data_dir` with its API on `127.0.0.1:api_port` and its userspace mesh
+/// on UDP `127.0.0.1:listen_port`, logging warnings; the caller adds options and stdio.
+pub fn agent_command(data_dir: &Path, api_port: u16, listen_port: u16) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_shoal"));
+    command
+        .arg("agent")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--api")
+        .arg(format!("127.0.0.1:{api_port}"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{listen_port}"))
+        .arg("--mesh")
+        .arg("userspace")
+        .env("RUST_LOG", "warn");
+    command
+}
+
 /// One running `shoal agent`.
 pub struct Agent {
     child: Option<Child>,
@@ -75,9 +100,7 @@ impl Agent {
     pub fn bootstrap_with_config(toml: &str) -> anyhow::Result<Agent> {
         let temp = tempfile::tempdir().context("temp dir")?;
         let data_dir = temp.path().join("node");
-        let config = temp.path().join("shoal.toml");
-        std::fs::write(&config, toml).context("writing the config")?;
-        let config_text = config.to_string_lossy().to_string();
+        let config_text = write_config(temp.path(), toml)?;
         let mut agent = Agent::start(
             &data_dir,
             &["--bootstrap", "--config", &config_text],
@@ -100,18 +123,8 @@ impl Agent {
         envs: &[(&str, &str)],
     ) -> anyhow::Result<Agent> {
         let listen_port = free_udp_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .arg("agent")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--api")
-            .arg(format!("127.0.0.1:{api_port}"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{listen_port}"))
-            .arg("--mesh")
-            .arg("userspace")
+        let mut child = agent_command(data_dir, api_port, listen_port)
             .args(extra)
-            .env("RUST_LOG", "warn")
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -522,12 +535,10 @@ pub async fn start_three_nodes(
     heartbeat_grace_ms: u64,
     wait: Duration,
 ) -> anyhow::Result<ThreeNodes> {
-    let config_path = root.join("shoal.toml");
-    std::fs::write(
-        &config_path,
+    let config = write_config(
+        root,
         format!("heartbeat_interval_ms = 200\nheartbeat_grace_ms = {heartbeat_grace_ms}\n"),
     )?;
-    let config = config_path.to_string_lossy().to_string();
     let node0 = Agent::start(
         &root.join("node-0"),
         &["--bootstrap", "--config", &config],

@@ -12,9 +12,12 @@ use shoal_raft::clock::Clock;
 use shoal_raft::clock::SystemClock;
 use shoal_raft::command::Admission;
 use shoal_raft::command::NodeRegistration;
+use shoal_raft::command::WorkstationRequest;
 use shoal_raft::model::ClusterSettings;
+use shoal_raft::model::Limit;
 use shoal_raft::model::Resources;
 use shoal_raft::model::Roles;
+use shoal_raft::model::WorkstationSpec;
 use shoal_raft::testing::TestRouter;
 use shoal_raft::Command;
 use shoal_raft::CommandResponse;
@@ -68,6 +71,42 @@ pub fn registration(admission: Admission, id_hint: u64, roles: Roles) -> NodeReg
         roles,
         capacity: Resources::new(8_000, 16 << 30),
         reserve: Resources::new(500, 1 << 30),
+    }
+}
+
+/// A registration with the given key and cpu (8 GiB of memory, no reserve), for the pure
+/// state machine tests.
+pub fn node_registration(
+    admission: Admission,
+    key: &str,
+    roles: Roles,
+    cpu_millis: u64,
+) -> NodeRegistration {
+    NodeRegistration {
+        admission,
+        wg_public_key: key.into(),
+        endpoint: "203.0.113.1:51820".into(),
+        rpc_port: 7000,
+        api_addr: None,
+        roles,
+        capacity: Resources::new(cpu_millis, 8 << 30),
+        reserve: Resources::new(0, 0),
+    }
+}
+
+/// A workstation of `cpu_millis` and 1 GiB for `tenant`, its limit equal to its reservation.
+pub fn workstation_request(tenant: &str, cpu_millis: u64) -> WorkstationRequest {
+    WorkstationRequest {
+        tenant: tenant.into(),
+        name: String::new(),
+        spec: WorkstationSpec {
+            reservation: Resources::new(cpu_millis, 1 << 30),
+            limit: Limit {
+                cpu_limit_millis: cpu_millis,
+                memory_limit_bytes: 1 << 30,
+            },
+            network: Default::default(),
+        },
     }
 }
 
