@@ -5,6 +5,8 @@ mod agent;
 mod api;
 mod cli;
 mod config;
+mod relay;
+mod service;
 
 // The shared modules live in the library half so that tests and other crates can use them;
 // re-exported here so that binary modules say `crate::api_types` either way.
@@ -41,7 +43,13 @@ fn main() {
     // `shoal --addr X status` means `shoal status --addr X` (see `hoist_connection_flags`).
     let cli = Cli::parse_from(cli::hoist_connection_flags(std::env::args_os().collect()));
     let code = match cli.command {
-        Command::Agent(args) => match agent::run(args) {
+        Command::Agent(args) => match agent::run(
+            args,
+            agent::Adapters {
+                http: api::server,
+                relay: relay::server,
+            },
+        ) {
             Ok(()) => 0,
             Err(err) => {
                 eprintln!("shoal agent: {err:#}");

@@ -31,11 +31,11 @@ use shoal_executor::workstation::{
 
 use super::model::{ProcessSpec, Sizing, WorkstationRecord};
 use super::Agent;
-use crate::api::error::ApiError;
 use crate::api_types::{
     LogRecord, LogStream, LogsPage, Process, ProcessState, RestartPolicy, WorkstationState,
 };
 use crate::config::AgentConfig;
+use crate::service::ServiceError;
 
 /// Log offsets of successive actor starts of one workstation are this many bits apart.
 pub const LOG_EPOCH_SHIFT: u32 = 40;
@@ -112,7 +112,7 @@ impl Host {
 
     /// Makes sure the workstation's actor runs at the record's generation, in a sandbox of its
     /// own; an actor of an older generation is stopped first (fencing).
-    pub fn ensure(&self, ws: &WorkstationRecord) -> Result<(), ApiError> {
+    pub fn ensure(&self, ws: &WorkstationRecord) -> Result<(), ServiceError> {
         let mut hosted = self.hosted.lock();
         if let Some(current) = hosted.get(&ws.id) {
             if current.generation == ws.generation {
@@ -122,7 +122,7 @@ impl Host {
         }
         let home = self.homes_dir.join(&ws.id);
         std::fs::create_dir_all(&home)
-            .map_err(|err| ApiError::Internal(format!("creating the home volume: {err}")))?;
+            .map_err(|err| ServiceError::Internal(format!("creating the home volume: {err}")))?;
         let sandbox = self
             .sandbox_host
             .create(SandboxSpec {
@@ -136,10 +136,12 @@ impl Host {
                 home: Some(home),
             })
             .map_err(|err| match err {
-                sandbox::SandboxError::UidsExhausted => {
-                    ApiError::unavailable(format!("no sandbox user id is free on this node: {err}"))
+                sandbox::SandboxError::UidsExhausted => ServiceError::unavailable(format!(
+                    "no sandbox user id is free on this node: {err}"
+                )),
+                other => {
+                    ServiceError::Internal(format!("creating the workstation's sandbox: {other}"))
                 }
-                other => ApiError::Internal(format!("creating the workstation's sandbox: {other}")),
             })?;
         let sandbox = Arc::new(sandbox);
         let weak_sandbox = Arc::downgrade(&sandbox);
@@ -176,7 +178,7 @@ impl Host {
         agent: &Agent,
         ws_id: &str,
         sizing: Sizing,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, ServiceError> {
         let wanted = (sizing.memory_limit_bytes, sizing.cpu_limit_millis);
         let sandbox = {
             let hosted = self.hosted.lock();
@@ -199,10 +201,12 @@ impl Host {
             move || sandbox.update_limits(limits)
         })
         .await
-        .map_err(|err| ApiError::Internal(format!("resizing the sandbox: {err}")))?;
+        .map_err(|err| ServiceError::Internal(format!("resizing the sandbox: {err}")))?;
         updated.map_err(|err| match err {
-            sandbox::SandboxError::MemoryBelowUsage { .. } => ApiError::Conflict(err.to_string()),
-            other => ApiError::Internal(format!("resizing the workstation's sandbox: {other}")),
+            sandbox::SandboxError::MemoryBelowUsage { .. } => {
+                ServiceError::Conflict(err.to_string())
+            }
+            other => ServiceError::Internal(format!("resizing the workstation's sandbox: {other}")),
         })?;
         if let Some(entry) = self.hosted.lock().get_mut(ws_id) {
             if std::ptr::eq(entry.sandbox.as_ptr(), Arc::as_ptr(&sandbox)) {
@@ -228,8 +232,8 @@ impl Host {
     /// Checks before committing a process that its program can be found: a bare name in the
     /// sandbox's PATH, or an absolute path in the host system directories the sandbox shows.
     /// Paths in the home volume or `/tmp` are not checked (they exist only inside).
-    pub fn check_program(program: &str) -> Result<(), ApiError> {
-        let missing = || ApiError::field("argv", format!("program `{program}` not found"));
+    pub fn check_program(program: &str) -> Result<(), ServiceError> {
+        let missing = || ServiceError::field("argv", format!("program `{program}` not found"));
         if !program.contains('/') {
             let found = sandbox::SANDBOX_PATH
                 .split(':')
@@ -246,13 +250,15 @@ impl Host {
         }
     }
 
-    fn addr(&self, ws_id: &str) -> Result<Addr<WorkstationActor>, ApiError> {
+    fn addr(&self, ws_id: &str) -> Result<Addr<WorkstationActor>, ServiceError> {
         self.hosted
             .lock()
             .get(ws_id)
             .map(|hosted| hosted.addr.clone())
             .ok_or_else(|| {
-                ApiError::unavailable(format!("workstation `{ws_id}` is not running on this node"))
+                ServiceError::unavailable(format!(
+                    "workstation `{ws_id}` is not running on this node"
+                ))
             })
     }
 
@@ -282,7 +288,7 @@ impl Host {
     }
 
     /// Starts a desired process.
-    pub async fn start_process(&self, ws_id: &str, spec: &ProcessSpec) -> Result<(), ApiError> {
+    pub async fn start_process(&self, ws_id: &str, spec: &ProcessSpec) -> Result<(), ServiceError> {
         let addr = self.addr(ws_id)?;
         let message = StartProcess {
             spec: ExecSpec {
@@ -314,7 +320,7 @@ impl Host {
         ws_id: &str,
         proc_id: u64,
         signal: nix::sys::signal::Signal,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), ServiceError> {
         use nix::sys::signal::Signal;
         let addr = self.addr(ws_id)?;
         let proc = ProcId(proc_id);
@@ -359,7 +365,7 @@ impl Host {
     }
 
     /// The observed processes of a workstation.
-    pub async fn processes(&self, ws_id: &str) -> Result<Vec<ProcessStatus>, ApiError> {
+    pub async fn processes(&self, ws_id: &str) -> Result<Vec<ProcessStatus>, ServiceError> {
         let addr = self.addr(ws_id)?;
         addr.send(ListProcesses).await.map_err(mailbox)
     }
@@ -370,7 +376,7 @@ impl Host {
         ws_id: &str,
         from: u64,
         limit_bytes: usize,
-    ) -> Result<LogsPage, ApiError> {
+    ) -> Result<LogsPage, ServiceError> {
         let addr = self.addr(ws_id)?;
         let read = addr
             .send(ReadLogs { from, limit_bytes })
@@ -385,7 +391,7 @@ impl Host {
     }
 
     /// Follows the log from `from`.
-    pub async fn follow(&self, ws_id: &str, from: u64) -> Result<LogFollower, ApiError> {
+    pub async fn follow(&self, ws_id: &str, from: u64) -> Result<LogFollower, ServiceError> {
         let addr = self.addr(ws_id)?;
         addr.send(Follow { from })
             .await
@@ -399,7 +405,7 @@ impl Host {
     /// sandbox work dir and its home volume are deleted. Idempotent, and it needs no disk space
     /// (it only signals, rmdirs and unlinks), so a full disk cannot stop it. An error means
     /// something is left: the caller keeps the hosting record and calls it again later.
-    pub async fn remove(&self, ws_id: &str, grace_ms: u64) -> Result<(), ApiError> {
+    pub async fn remove(&self, ws_id: &str, grace_ms: u64) -> Result<(), ServiceError> {
         let hosted = self.hosted.lock().remove(ws_id);
         if let Some(hosted) = hosted {
             let wait = Duration::from_millis(grace_ms.saturating_add(TEARDOWN_MARGIN_MS));
@@ -427,10 +433,10 @@ impl Host {
             sandbox::remove_home(&home).map_err(|err| format!("removing the home volume: {err}"))
         })
         .await
-        .map_err(|err| ApiError::Internal(format!("tearing the workstation down: {err}")))?;
+        .map_err(|err| ServiceError::Internal(format!("tearing the workstation down: {err}")))?;
         cleaned.map_err(|err| {
             warn!(workstation = %ws_id, error = %err, "workstation teardown incomplete");
-            ApiError::Internal(format!("tearing workstation {ws_id} down: {err}"))
+            ServiceError::Internal(format!("tearing workstation {ws_id} down: {err}"))
         })
     }
 
@@ -545,34 +551,36 @@ pub fn process_json(ws_id: &str, spec: &ProcessSpec, status: Option<&ProcessStat
     }
 }
 
-fn mailbox(err: actix::MailboxError) -> ApiError {
-    ApiError::unavailable(format!("the workstation is not answering: {err}"))
+fn mailbox(err: actix::MailboxError) -> ServiceError {
+    ServiceError::unavailable(format!("the workstation is not answering: {err}"))
 }
 
-fn workstation_error(err: WorkstationError) -> ApiError {
+fn workstation_error(err: WorkstationError) -> ServiceError {
     match err {
-        WorkstationError::UnknownProcess(proc) => ApiError::not_found("process", &proc.to_string()),
+        WorkstationError::UnknownProcess(proc) => {
+            ServiceError::not_found("process", &proc.to_string())
+        }
         WorkstationError::DuplicateProcess(proc) => {
-            ApiError::Conflict(format!("process {proc} already exists"))
+            ServiceError::Conflict(format!("process {proc} already exists"))
         }
         WorkstationError::NotRunning(proc) => {
-            ApiError::Conflict(format!("process {proc} is not running"))
+            ServiceError::Conflict(format!("process {proc} is not running"))
         }
-        WorkstationError::ProcessLimit { max } => ApiError::RateLimited {
+        WorkstationError::ProcessLimit { max } => ServiceError::RateLimited {
             message: format!("a workstation runs at most {max} processes"),
             retry_after_secs: 5,
         },
-        WorkstationError::FollowerLimit { max } => ApiError::RateLimited {
+        WorkstationError::FollowerLimit { max } => ServiceError::RateLimited {
             message: format!("at most {max} log followers per workstation"),
             retry_after_secs: 5,
         },
-        WorkstationError::InvalidSpec(reason) => ApiError::field("argv", reason),
-        WorkstationError::Spawn(err) => ApiError::field("argv", err),
+        WorkstationError::InvalidSpec(reason) => ServiceError::field("argv", reason),
+        WorkstationError::Spawn(err) => ServiceError::field("argv", err),
     }
 }
 
 /// Parses a signal name of `?signal=` (`TERM`, `SIGTERM`, `kill`, ...).
-pub fn parse_signal(name: &str) -> Result<nix::sys::signal::Signal, ApiError> {
+pub fn parse_signal(name: &str) -> Result<nix::sys::signal::Signal, ServiceError> {
     use nix::sys::signal::Signal;
     let upper = name.trim().to_ascii_uppercase();
     let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
@@ -586,7 +594,7 @@ pub fn parse_signal(name: &str) -> Result<nix::sys::signal::Signal, ApiError> {
         "USR2" => Ok(Signal::SIGUSR2),
         "STOP" => Ok(Signal::SIGSTOP),
         "CONT" => Ok(Signal::SIGCONT),
-        _ => Err(ApiError::field(
+        _ => Err(ServiceError::field(
             "signal",
             format!("unknown signal `{name}` (TERM, KILL, INT, HUP, QUIT, USR1, USR2, STOP, CONT)"),
         )),

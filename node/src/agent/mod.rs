@@ -18,7 +18,6 @@ pub mod mirror_sync;
 pub mod model;
 pub mod placement;
 pub mod random;
-pub mod remote;
 pub mod run_placement;
 pub mod state_view;
 pub mod store;
@@ -112,9 +111,9 @@ impl Agent {
         &self,
         actor: &str,
         action: shoal_raft::Action,
-    ) -> Result<shoal_raft::Outcome, crate::api::error::ApiError> {
-        use crate::api::error::ApiError;
+    ) -> Result<shoal_raft::Outcome, crate::service::ServiceError> {
         use crate::mesh_rpc::ForwardError;
+        use crate::service::ServiceError;
         let command = shoal_raft::Command::new(clock::now_unix_ms(), actor, action);
         let response = crate::mesh_rpc::forward_write(&self.raft, &self.transport, command).await;
         if matches!(response, Ok(Ok(_))) {
@@ -123,11 +122,11 @@ impl Agent {
         }
         let response = response.map_err(|err| match err {
             ForwardError::NoLeader | ForwardError::Unreachable(_) => {
-                ApiError::unavailable(format!("no Raft leader reachable right now: {err}"))
+                ServiceError::unavailable(format!("no Raft leader reachable right now: {err}"))
             }
-            ForwardError::Failed(why) => ApiError::unavailable(why),
+            ForwardError::Failed(why) => ServiceError::unavailable(why),
         })?;
-        response.map_err(|refusal| ApiError::from_refusal(&refusal))
+        response.map_err(|refusal| ServiceError::from_refusal(&refusal))
     }
 
     /// A new id: `prefix` and 16 hex digits.
@@ -139,8 +138,18 @@ impl Agent {
 /// How long a starting node with a known leader waits for its first lease before serving.
 const LEASE_WAIT_AT_START: Duration = Duration::from_secs(5);
 
+/// The adapters a node serves its application through, handed in by the binary's root so that
+/// the agent never imports them: the HTTP control API and the mesh relay server.
+#[derive(Clone, Copy)]
+pub struct Adapters {
+    /// Builds the bound (not yet running) HTTP server.
+    pub http: fn(Arc<Agent>) -> anyhow::Result<actix_web::dev::Server>,
+    /// Builds the server of requests relayed from other nodes.
+    pub relay: fn(Arc<Agent>) -> Arc<dyn crate::mesh_rpc::AppHandler>,
+}
+
 /// Runs the agent until SIGTERM/SIGINT.
-pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+pub fn run(args: AgentArgs, adapters: Adapters) -> anyhow::Result<()> {
     let config = AgentConfig::resolve(&args)?;
     init_tracing(&config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -150,7 +159,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     // actix-web's server wants its own system; it runs on this thread, the rest on `runtime`.
     let system = actix_rt::System::with_tokio_rt(move || runtime);
-    system.block_on(run_async(config))
+    system.block_on(run_async(config, adapters))
 }
 
 fn init_tracing(format: &str) {
@@ -167,7 +176,7 @@ fn init_tracing(format: &str) {
     };
 }
 
-async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
+async fn run_async(config: AgentConfig, adapters: Adapters) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let random = Random::from_entropy();
@@ -266,9 +275,9 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
     let reconciler = tokio::spawn(placement::reconcile_loop(Arc::clone(&agent)));
     let drainer = tokio::spawn(drain::drain_loop(Arc::clone(&agent)));
     let resumer = tokio::spawn(drain::resume_after_restart(Arc::clone(&agent)));
-    cluster.handler.set_app(Arc::new(remote::AgentApp {
-        agent: Arc::clone(&agent),
-    }));
+    cluster
+        .handler
+        .set_app((adapters.relay)(Arc::clone(&agent)));
 
     // Usage sampler: the single-node stand-in for heartbeats.
     let sampler_agent = Arc::clone(&agent);
@@ -282,7 +291,7 @@ async fn run_async(config: AgentConfig) -> anyhow::Result<()> {
         }
     });
 
-    let server = crate::api::server(Arc::clone(&agent))?;
+    let server = (adapters.http)(Arc::clone(&agent))?;
     let handle = server.handle();
     let server_task = tokio::spawn(server);
     println!(

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::api::error::ApiError;
 use crate::api_types::{NetworkPolicy, RestartPolicy, Workstation, WorkstationState};
+use crate::service::ServiceError;
 
 /// At most this many workstations exist in the cluster.
 // Placement moved to Raft's scheduler; the single-server check stays for its tests.
@@ -169,11 +169,11 @@ impl Model {
         record: WorkstationRecord,
         allocatable_cpu_millis: u64,
         allocatable_memory_bytes: u64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), ServiceError> {
         if record.cpu_millis > allocatable_cpu_millis
             || record.memory_bytes > allocatable_memory_bytes
         {
-            return Err(ApiError::Unsatisfiable(format!(
+            return Err(ServiceError::Unsatisfiable(format!(
                 "the reservation ({} millicores, {} bytes) is larger than any node \
                  (largest allocatable: {} millicores, {} bytes)",
                 record.cpu_millis,
@@ -183,13 +183,13 @@ impl Model {
             )));
         }
         if self.workstations.contains_key(&record.id) {
-            return Err(ApiError::Conflict(format!(
+            return Err(ServiceError::Conflict(format!(
                 "workstation `{}` already exists",
                 record.id
             )));
         }
         if self.workstations.len() >= WORKSTATIONS_MAX {
-            return Err(ApiError::RateLimited {
+            return Err(ServiceError::RateLimited {
                 message: format!("at most {WORKSTATIONS_MAX} workstations"),
                 retry_after_secs: 60,
             });
@@ -198,7 +198,7 @@ impl Model {
         if cpu.saturating_add(record.cpu_millis) > allocatable_cpu_millis
             || mem.saturating_add(record.memory_bytes) > allocatable_memory_bytes
         {
-            return Err(ApiError::Unavailable {
+            return Err(ServiceError::Unavailable {
                 message: format!(
                     "no node has room for {} millicores and {} bytes right now",
                     record.cpu_millis, record.memory_bytes
@@ -217,7 +217,7 @@ impl Model {
         new: Sizing,
         allocatable_cpu_millis: u64,
         allocatable_memory_bytes: u64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), ServiceError> {
         let Sizing {
             cpu_millis,
             memory_bytes,
@@ -225,10 +225,10 @@ impl Model {
             memory_limit_bytes,
         } = new;
         let Some(current) = self.workstations.get(id) else {
-            return Err(ApiError::not_found("workstation", id));
+            return Err(ServiceError::not_found("workstation", id));
         };
         if cpu_millis > allocatable_cpu_millis || memory_bytes > allocatable_memory_bytes {
-            return Err(ApiError::Unsatisfiable(
+            return Err(ServiceError::Unsatisfiable(
                 "the new reservation is larger than any node".to_string(),
             ));
         }
@@ -238,7 +238,7 @@ impl Model {
         if cpu_other.saturating_add(cpu_millis) > allocatable_cpu_millis
             || mem_other.saturating_add(memory_bytes) > allocatable_memory_bytes
         {
-            return Err(ApiError::Unavailable {
+            return Err(ServiceError::Unavailable {
                 message: "the workstation's node has no room for the new reservation now"
                     .to_string(),
                 retry_after_secs: 5,

@@ -111,7 +111,7 @@ pub fn record_of(ws: &RaftWorkstation, node: &str) -> WorkstationRecord {
 }
 
 /// What failed while reconciling: the workstation, the process (if it was one) and why.
-pub type Failure = (String, Option<u64>, crate::api::error::ApiError);
+pub type Failure = (String, Option<u64>, crate::service::ServiceError);
 
 /// Makes the workstations hosted here follow Raft: starts the ones newly placed on this node
 /// and their new desired processes, and stops the ones deleted or placed elsewhere. Serialised

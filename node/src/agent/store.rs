@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 use super::model::Model;
-use crate::api::error::ApiError;
+use crate::service::ServiceError;
 
 /// The model, its file, and a lock that serialises writers.
 #[derive(Debug)]
@@ -85,13 +85,14 @@ impl Store {
     /// and becomes the model; if it fails (or the disk does), nothing changes.
     pub fn write<R>(
         &self,
-        change: impl FnOnce(&mut Model) -> Result<R, ApiError>,
-    ) -> Result<R, ApiError> {
+        change: impl FnOnce(&mut Model) -> Result<R, ServiceError>,
+    ) -> Result<R, ServiceError> {
         let mut model = self.model.lock();
         let mut next = model.clone();
         let result = change(&mut next)?;
-        write_atomically(&self.path, &next)
-            .map_err(|err| ApiError::Internal(format!("could not persist the change: {err}")))?;
+        write_atomically(&self.path, &next).map_err(|err| {
+            ServiceError::Internal(format!("could not persist the change: {err}"))
+        })?;
         *model = next;
         Ok(result)
     }
@@ -150,9 +151,9 @@ mod tests {
     fn a_failed_change_leaves_the_model_alone() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::create(dir.path(), Model::default()).unwrap();
-        let result: Result<(), ApiError> = store.write(|model| {
+        let result: Result<(), ServiceError> = store.write(|model| {
             model.cluster_id = "changed".to_string();
-            Err(ApiError::Conflict("no".to_string()))
+            Err(ServiceError::Conflict("no".to_string()))
         });
         assert!(result.is_err());
         assert_eq!(store.read(|m| m.cluster_id.clone()), "");

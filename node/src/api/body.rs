@@ -6,7 +6,7 @@ use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
 use futures::future::LocalBoxFuture;
 use futures::StreamExt;
 
-use super::error::{parse_json, ApiError};
+use super::error::{parse_json, ServiceError};
 
 /// The body size limit and read deadline, registered as app data.
 #[derive(Debug, Clone, Copy)]
@@ -22,8 +22,8 @@ pub struct BodyLimit {
 pub struct JsonBody<T>(pub T);
 
 impl<T: serde::de::DeserializeOwned + 'static> FromRequest for JsonBody<T> {
-    type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<JsonBody<T>, ApiError>>;
+    type Error = ServiceError;
+    type Future = LocalBoxFuture<'static, Result<JsonBody<T>, ServiceError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let (limit, read_timeout) = req
@@ -38,7 +38,7 @@ impl<T: serde::de::DeserializeOwned + 'static> FromRequest for JsonBody<T> {
         let mut payload = payload.take();
         Box::pin(async move {
             let too_large =
-                || ApiError::TooLarge(format!("the request body exceeds {limit} bytes"));
+                || ServiceError::TooLarge(format!("the request body exceeds {limit} bytes"));
             if declared.is_some_and(|length| length > limit as u64) {
                 return Err(too_large());
             }
@@ -47,7 +47,9 @@ impl<T: serde::de::DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                 let mut body = web::BytesMut::new();
                 while let Some(chunk) = payload.next().await {
                     let chunk = chunk.map_err(|err| {
-                        ApiError::InvalidInput(format!("could not read the request body: {err}"))
+                        ServiceError::InvalidInput(format!(
+                            "could not read the request body: {err}"
+                        ))
                     })?;
                     if body.len() + chunk.len() > limit {
                         return Err(too_large());
@@ -59,7 +61,7 @@ impl<T: serde::de::DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             let body = tokio::time::timeout(read_timeout, reading)
                 .await
                 .map_err(|_| {
-                    ApiError::InvalidInput(format!(
+                    ServiceError::InvalidInput(format!(
                         "the request body did not arrive within {} ms",
                         read_timeout.as_millis()
                     ))

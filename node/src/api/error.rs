@@ -1,167 +1,40 @@
-//! The API's one error type and its JSON rendering (`{"error": {"code", "message"}}`).
+//! The HTTP mapping of the application's error: SPEC's status for each [`ServiceError`], its
+//! headers (`Retry-After`, `WWW-Authenticate`) and the JSON body; and the parsing of JSON
+//! request bodies into 400s that name the field.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 
-use crate::api_types::{ErrorBody, ErrorDetail};
+pub use crate::service::error::ServiceError;
 
-/// `Retry-After` of a 429 for a full table or a quota: freeing room takes an admin or time.
-pub const LIMIT_RETRY_AFTER_SECS: u64 = 60;
-
-/// Every way a request can fail, each with its SPEC.md status.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ApiError {
-    /// 400: the input is malformed or out of range; the message names the field.
-    #[error("{0}")]
-    InvalidInput(String),
-    /// 401: no API key, or one that is not valid.
-    #[error("{0}")]
-    Unauthorized(String),
-    /// 403: the key is valid but may not do this.
-    #[error("{0}")]
-    Forbidden(String),
-    /// 404: no such resource (or not visible to this tenant).
-    #[error("{0}")]
-    NotFound(String),
-    /// 409: the resource's state does not allow this now.
-    #[error("{0}")]
-    Conflict(String),
-    /// 413: body or code too large.
-    #[error("{0}")]
-    TooLarge(String),
-    /// 422: can never be satisfied (e.g. larger than any node).
-    #[error("{0}")]
-    Unsatisfiable(String),
-    /// 429: rate or quota exceeded; retry after this many seconds.
-    #[error("{message}")]
-    RateLimited {
-        /// Human-readable reason.
-        message: String,
-        /// Seconds the client should wait.
-        retry_after_secs: u64,
-    },
-    /// 503: no leader or no capacity right now; retry after this many seconds.
-    #[error("{message}")]
-    Unavailable {
-        /// Human-readable reason.
-        message: String,
-        /// Seconds the client should wait.
-        retry_after_secs: u64,
-    },
-    /// 500: a bug or an unexpected local failure (disk).
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl ApiError {
-    /// Shorthand for a 400 that names `field`.
-    pub fn field(field: &str, problem: impl std::fmt::Display) -> ApiError {
-        ApiError::InvalidInput(format!("field `{field}`: {problem}"))
-    }
-
-    /// Shorthand for a 404 about `what`.
-    pub fn not_found(what: &str, id: &str) -> ApiError {
-        ApiError::NotFound(format!("{what} `{id}` not found"))
-    }
-
-    /// Shorthand for a 503 with `Retry-After: 1`.
-    pub fn unavailable(message: impl Into<String>) -> ApiError {
-        ApiError::Unavailable {
-            message: message.into(),
-            retry_after_secs: 1,
-        }
-    }
-
-    /// The API's answer to a refusal of the state machine, with SPEC's status: 400 names the
-    /// field, 404, 409, 422 never fits, 429 a bounded table is full, 503 no room right now.
-    pub fn from_refusal(refusal: &shoal_raft::Refusal) -> ApiError {
-        use shoal_raft::Refusal;
-        match refusal {
-            Refusal::NotFound { kind, id } => ApiError::not_found(kind, id),
-            Refusal::InvalidArgument { field, reason } => ApiError::field(field, reason),
-            Refusal::Conflict { reason } => ApiError::Conflict(reason.clone()),
-            Refusal::NodeRemoved { .. } => ApiError::Conflict(refusal.to_string()),
-            Refusal::Unsatisfiable {
-                requested,
-                largest_allocatable,
-            } => ApiError::Unsatisfiable(format!(
-                "the reservation ({} millicores, {} bytes) is larger than any node \
-                 (largest allocatable: {} millicores, {} bytes)",
-                requested.cpu_millis,
-                requested.memory_bytes,
-                largest_allocatable.cpu_millis,
-                largest_allocatable.memory_bytes
-            )),
-            Refusal::NoCapacity { requested } => ApiError::Unavailable {
-                message: format!(
-                    "no node has room for {} millicores and {} bytes right now",
-                    requested.cpu_millis, requested.memory_bytes
-                ),
-                retry_after_secs: 5,
-            },
-            Refusal::LimitReached { .. } => ApiError::RateLimited {
-                message: refusal.to_string(),
-                retry_after_secs: LIMIT_RETRY_AFTER_SECS,
-            },
-            _ => ApiError::unavailable(refusal.to_string()),
-        }
-    }
-
-    /// The stable machine-readable code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            ApiError::InvalidInput(_) => "invalid_input",
-            ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::Conflict(_) => "conflict",
-            ApiError::TooLarge(_) => "too_large",
-            ApiError::Unsatisfiable(_) => "unsatisfiable",
-            ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Unavailable { .. } => "unavailable",
-            ApiError::Internal(_) => "internal",
-        }
-    }
-
-    /// The JSON body.
-    pub fn body(&self) -> ErrorBody {
-        ErrorBody {
-            error: ErrorDetail {
-                code: self.code().to_string(),
-                message: self.to_string(),
-            },
-        }
-    }
-}
-
-impl ResponseError for ApiError {
+impl ResponseError for ServiceError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::InvalidInput(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unsatisfiable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServiceError::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            ServiceError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServiceError::Conflict(_) => StatusCode::CONFLICT,
+            ServiceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ServiceError::Unsatisfiable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ServiceError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ServiceError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
         match self {
-            ApiError::RateLimited {
+            ServiceError::RateLimited {
                 retry_after_secs, ..
             }
-            | ApiError::Unavailable {
+            | ServiceError::Unavailable {
                 retry_after_secs, ..
             } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
-            ApiError::Unauthorized(_) => {
+            ServiceError::Unauthorized(_) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
             _ => {}
@@ -173,24 +46,24 @@ impl ResponseError for ApiError {
 /// Parses a JSON request body, turning every failure into a 400 that names the field
 /// where serde stopped (serde_json reports a position, not a path; the nearest key before that
 /// position is the field).
-pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ServiceError> {
     if body.is_empty() {
-        return Err(ApiError::InvalidInput(
+        return Err(ServiceError::InvalidInput(
             "a JSON body is required".to_string(),
         ));
     }
     serde_json::from_slice::<T>(body).map_err(|err| {
         let detail = err.to_string();
         if err.is_syntax() || err.is_eof() {
-            return ApiError::InvalidInput(format!("malformed JSON: {detail}"));
+            return ServiceError::InvalidInput(format!("malformed JSON: {detail}"));
         }
         // `missing field` and `unknown field` messages name the field already.
         if detail.contains("field `") {
-            return ApiError::InvalidInput(detail);
+            return ServiceError::InvalidInput(detail);
         }
         match field_before(body, err.line(), err.column()) {
-            Some(field) => ApiError::field(&field, detail),
-            None => ApiError::InvalidInput(format!("body: {detail}")),
+            Some(field) => ServiceError::field(&field, detail),
+            None => ServiceError::InvalidInput(format!("body: {detail}")),
         }
     })
 }

@@ -11,7 +11,6 @@ pub mod openapi;
 pub mod runs;
 pub mod workstations;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,15 +24,7 @@ use crate::agent::Agent;
 use crate::api_types::{ErrorBody, Health, WorkstationState};
 use crate::clock;
 use body::BodyLimit;
-use error::ApiError;
-
-/// Refuses new work with 503 while the node shuts down.
-pub fn refuse_if_stopping(agent: &Agent) -> Result<(), ApiError> {
-    if agent.shutting_down.load(Ordering::SeqCst) {
-        return Err(ApiError::unavailable("this node is shutting down"));
-    }
-    Ok(())
-}
+use error::ServiceError;
 
 /// Builds the HTTP server (bound, not yet running).
 pub fn server(agent: Arc<Agent>) -> anyhow::Result<Server> {
@@ -52,8 +43,9 @@ pub fn server(agent: Arc<Agent>) -> anyhow::Result<Server> {
                 read_timeout: Duration::from_millis(body_read_timeout_ms),
             }))
             .app_data(
-                web::PathConfig::default()
-                    .error_handler(|err, _| ApiError::InvalidInput(format!("path: {err}")).into()),
+                web::PathConfig::default().error_handler(|err, _| {
+                    ServiceError::InvalidInput(format!("path: {err}")).into()
+                }),
             )
             .app_data(
                 web::QueryConfig::default()
@@ -62,7 +54,9 @@ pub fn server(agent: Arc<Agent>) -> anyhow::Result<Server> {
             .app_data(
                 web::JsonConfig::default()
                     .limit(body_limit)
-                    .error_handler(|err, _| ApiError::InvalidInput(format!("body: {err}")).into()),
+                    .error_handler(|err, _| {
+                        ServiceError::InvalidInput(format!("body: {err}")).into()
+                    }),
             )
             .wrap(ErrorHandlers::new().default_handler(json_error_body))
             .wrap_fn(move |request, service| {
@@ -80,7 +74,7 @@ pub fn server(agent: Arc<Agent>) -> anyhow::Result<Server> {
             })
             .configure(routes)
             .default_service(web::to(|| async {
-                Err::<HttpResponse, _>(ApiError::NotFound("no such endpoint".to_string()))
+                Err::<HttpResponse, _>(ServiceError::NotFound("no such endpoint".to_string()))
             }))
     })
     .workers(workers)
@@ -144,13 +138,13 @@ const QUERY_QUOTED_CHARS_MAX: usize = 200;
 
 /// A 400 for a query string that does not parse. serde's error does not name the parameter,
 /// so the message quotes the query string (bounded), which does.
-fn query_error(err: &actix_web::error::QueryPayloadError, query: &str) -> ApiError {
+fn query_error(err: &actix_web::error::QueryPayloadError, query: &str) -> ServiceError {
     let quoted: String = query.chars().take(QUERY_QUOTED_CHARS_MAX).collect();
     let cause = match err {
         actix_web::error::QueryPayloadError::Deserialize(inner) => inner.to_string(),
         other => other.to_string(),
     };
-    ApiError::InvalidInput(format!("query string `{quoted}`: {cause}"))
+    ServiceError::InvalidInput(format!("query string `{quoted}`: {cause}"))
 }
 
 /// Turns every error answer that is not already our JSON (actix's own 404/405/413 texts, a
@@ -168,12 +162,12 @@ fn json_error_body<B>(response: ServiceResponse<B>) -> actix_web::Result<ErrorHa
     }
     let status = response.status();
     let error = match status.as_u16() {
-        400 => ApiError::InvalidInput("malformed request".to_string()),
-        404 => ApiError::NotFound("no such endpoint".to_string()),
-        405 => ApiError::InvalidInput("method not allowed on this endpoint".to_string()),
-        413 => ApiError::TooLarge("the request is too large".to_string()),
-        503 => ApiError::unavailable("unavailable"),
-        _ => ApiError::Internal(
+        400 => ServiceError::InvalidInput("malformed request".to_string()),
+        404 => ServiceError::NotFound("no such endpoint".to_string()),
+        405 => ServiceError::InvalidInput("method not allowed on this endpoint".to_string()),
+        413 => ServiceError::TooLarge("the request is too large".to_string()),
+        503 => ServiceError::unavailable("unavailable"),
+        _ => ServiceError::Internal(
             status
                 .canonical_reason()
                 .unwrap_or("request failed")
@@ -206,8 +200,8 @@ pub async fn healthz(agent: web::Data<Agent>) -> HttpResponse {
 /// shutting down, it was not removed from the cluster).
 #[utoipa::path(get, path = "/readyz",
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)), tag = "system")]
-pub async fn readyz(agent: web::Data<Agent>) -> Result<HttpResponse, ApiError> {
-    refuse_if_stopping(&agent)?;
+pub async fn readyz(agent: web::Data<Agent>) -> Result<HttpResponse, ServiceError> {
+    crate::service::refuse_if_stopping(&agent)?;
     // Ready means the cluster hears this node: its lease was renewed by a heartbeat the
     // leader acknowledged. "A leader is known" is not enough: a removed node that came back
     // where no member hears it any more still names the leader of the vote it kept on disk.
@@ -216,17 +210,17 @@ pub async fn readyz(agent: web::Data<Agent>) -> Result<HttpResponse, ApiError> {
         .raft
         .read(|state| shoal_raft::drain::is_removed(state, id))
     {
-        return Err(ApiError::unavailable(
+        return Err(ServiceError::unavailable(
             "this node was removed from the cluster",
         ));
     }
     if let Some(error) = agent.raft.storage_status().failed {
-        return Err(ApiError::unavailable(format!(
+        return Err(ServiceError::unavailable(format!(
             "raft storage failed, retrying: {error}"
         )));
     }
     if !agent.fence.may_run() {
-        return Err(ApiError::unavailable(
+        return Err(ServiceError::unavailable(
             "no lease: the leader has not acknowledged this node recently",
         ));
     }
@@ -242,8 +236,8 @@ pub async fn readyz(agent: web::Data<Agent>) -> Result<HttpResponse, ApiError> {
     responses((status = 200, content_type = "text/plain", body = String)), tag = "system")]
 pub async fn metrics_text(agent: web::Data<Agent>) -> HttpResponse {
     use metrics::gauge;
-    let nodes = cluster::nodes(&agent).await;
-    let pool = cluster::pool(&nodes);
+    let nodes = crate::service::cluster::nodes(&agent).await;
+    let pool = crate::service::cluster::pool(&nodes);
     let mut out = String::with_capacity(4096);
     let ready = nodes
         .iter()
