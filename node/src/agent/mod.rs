@@ -177,8 +177,7 @@ fn init_tracing(format: &str) {
 }
 
 async fn run_async(config: AgentConfig, adapters: Adapters) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    secure_data_dir(&config.data_dir)?;
     let random = Random::from_entropy();
     let (store, admin_key) = open_or_create_store(&config, &random)?;
     // The sandbox names (cgroups, uids, dirs) use the store's random id, unique per host.
@@ -435,8 +434,29 @@ fn open_or_create_store(
     Ok((store, Some(admin_key)))
 }
 
+/// The data dir's mode: only the agent's user may list or enter it (it holds the node's
+/// private key, the Raft store with key and token hashes, and the admin token).
+const DATA_DIR_MODE: u32 = 0o700;
+/// The mode of every file the agent writes, through the umask it sets at start.
+const SECRET_FILE_MODE: u32 = 0o600;
+
+/// Creates the data dir (or takes an existing one) with mode 0700, and sets the process umask
+/// to 077, so that every file and directory the agent creates from now on is its user's only
+/// (0600 files, 0700 directories), whatever umask it was started with.
+fn secure_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(DATA_DIR_MODE))
+        .with_context(|| format!("setting mode 0700 on data dir {}", data_dir.display()))
+}
+
+/// Writes `secret` to `path`, mode 0600 even when the file exists already. A symbolic link
+/// at `path` is refused (`O_NOFOLLOW`), so that nobody who can write the parent directory can
+/// make the agent write the secret elsewhere.
 fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     if let Some(parent) = path.parent() {
         if !parent.as_os_str().is_empty() {
             std::fs::create_dir_all(parent)
@@ -447,9 +467,18 @@ fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(SECRET_FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
+        .with_context(|| {
+            format!(
+                "writing {} (a symbolic link there is refused)",
+                path.display()
+            )
+        })?;
+    // `mode` applies only to a file this call creates: an existing one is fixed here.
+    file.set_permissions(std::fs::Permissions::from_mode(SECRET_FILE_MODE))
+        .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
     writeln!(file, "{secret}").with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
