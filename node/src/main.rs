@@ -5,6 +5,7 @@ mod agent;
 mod api;
 mod cli;
 mod config;
+mod metrics;
 
 // The shared modules live in the library half so that tests and other crates can use them;
 // re-exported here so that binary modules say `crate::api_types` either way.
