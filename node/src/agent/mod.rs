@@ -36,9 +36,9 @@ use shoal_executor::run::{Languages, RunContext, RunPolicy};
 use shoal_executor::sandbox::{SandboxHost, SandboxHostConfig};
 use tracing::{info, warn};
 
-use crate::api::metrics::Metrics;
 use crate::clock;
 use crate::config::{AgentArgs, AgentConfig};
+use crate::metrics::{CommitResult, Metrics};
 use host::Host;
 use model::{secret_prefix, sha256_hex, Model};
 use random::Random;
@@ -61,8 +61,8 @@ pub struct Agent {
     pub run_context: RunContext,
     /// Capacity and live usage.
     pub usage: Usage,
-    /// Counters for `/metrics`.
-    pub metrics: Metrics,
+    /// Every series of `/metrics` (shared with the host, which records placements).
+    pub metrics: Arc<Metrics>,
     /// Runs executing now (bounded by `runs_concurrent_max`).
     pub runs_in_flight: AtomicUsize,
     /// Set when a graceful shutdown began: new work is refused with 503.
@@ -114,12 +114,19 @@ impl Agent {
     ) -> Result<shoal_raft::Outcome, crate::service::ServiceError> {
         use crate::mesh_rpc::ForwardError;
         use crate::service::ServiceError;
+        let started = clock::monotonic_now();
         let command = shoal_raft::Command::new(clock::now_unix_ms(), actor, action);
         let response = crate::mesh_rpc::forward_write(&self.raft, &self.transport, command).await;
         if matches!(response, Ok(Ok(_))) {
             // A worker mirror has not seen its own write yet; the caller reads it next.
             self.raft.after_write().await;
         }
+        let result = match &response {
+            Ok(Ok(_)) => CommitResult::Applied,
+            Ok(Err(_)) => CommitResult::Refused,
+            Err(_) => CommitResult::Failed,
+        };
+        self.metrics.observe_commit(result, started.elapsed());
         let response = response.map_err(|err| match err {
             ForwardError::NoLeader | ForwardError::Unreachable(_) => {
                 ServiceError::unavailable(format!("no Raft leader reachable right now: {err}"))
@@ -233,8 +240,9 @@ async fn run_async(config: AgentConfig, adapters: Adapters) -> anyhow::Result<()
     .map_err(|err| anyhow::anyhow!("preparing the sandbox host: {err}"))?;
     let run_isolation = sandbox_host.isolation().label();
     let cgroup_prefix = sandbox_host.cgroup_prefix().to_string();
-    let host =
-        Host::new(&config, Arc::clone(&sandbox_host)).context("starting the workstation host")?;
+    let metrics = Arc::new(Metrics::new());
+    let host = Host::new(&config, Arc::clone(&sandbox_host), Arc::clone(&metrics))
+        .context("starting the workstation host")?;
     info!(runs = %run_isolation, workstations = %host.isolation(), "isolation applied to user code");
     let run_context = RunContext {
         host: sandbox_host,
@@ -250,7 +258,7 @@ async fn run_async(config: AgentConfig, adapters: Adapters) -> anyhow::Result<()
         host,
         run_context,
         usage,
-        metrics: Metrics::default(),
+        metrics,
         runs_in_flight: AtomicUsize::new(0),
         shutting_down: AtomicBool::new(false),
         raft: cluster.raft.clone(),

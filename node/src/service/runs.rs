@@ -242,7 +242,9 @@ pub async fn execute_here(
     let result = exec_run::execute(&agent.run_context, &to_executor(request), &id)
         .await
         .map_err(run_error)?;
-    agent.metrics.observe_run(result.verdict.as_str());
+    agent
+        .metrics
+        .observe_run(result.verdict.as_str(), result.wall_ms);
     // Runs change no durable state, so they are not audited (a disk write per run would
     // dominate its latency); this log line records them.
     tracing::info!(run = %id, tenant = %caller.tenant, verdict = result.verdict.as_str(),
