@@ -13,9 +13,12 @@
 //! ([`FenceHandle::post_ack`]), wakes at the lease's deadline and on every applied index, and
 //! carries out the actions: stop every hosted workstation (its processes and sandbox; the
 //! hosting record and home volume stay so that it can resume), or resume the placements whose
-//! generation is still current. The leader fences itself the same way: its heartbeat to itself
-//! is acknowledged only while it has confirmed its leadership with a quorum within the last
-//! second, so a leader cut off from its quorum lets its lease run out like any other node.
+//! generation is still current. The stop waits on nothing slow (no reconcile lock, no Raft
+//! round trip, no teardown: only the start gate, see [`FenceHandle::start_gated`]), and a
+//! resume runs on a task of its own, so the loop notices every expiry on time. The leader
+//! fences itself the same way: its heartbeat to itself is acknowledged only while it has
+//! confirmed its leadership with a quorum within the last second, so a leader cut off from
+//! its quorum lets its lease run out like any other node.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};

@@ -1,10 +1,12 @@
 //! Workstations placed by the leader's scheduler (Raft `CreateWorkstation`), hosted by the node
 //! they are placed on. The node's store keeps the hosting record (processes it started, the
-//! log epoch); [`reconcile`] makes this node's hosted set follow Raft's placements: a new
-//! placement on this node is recorded and its actor started, a workstation deleted from Raft
-//! or placed elsewhere (a newer generation) is stopped (fencing). Nothing is started while the
-//! node's lease is not held ([`super::fencing`]); [`resume`] brings back the hosted placements
-//! that are still current once it is.
+//! log epoch); [`reconcile`] makes this node's hosted set follow Raft's placements. It is the
+//! thin driver of the pure planner ([`super::reconcile_plan`], where every decision is made):
+//! it reads the applied state, the hosting records and the fence, and carries out the plan's
+//! actions (a new placement here is recorded and its actor started; a workstation deleted
+//! from Raft or placed elsewhere is torn down on a task of its own, [`super::teardown`]).
+//! Nothing is started while the node's lease is not held ([`super::fencing`]); [`resume`]
+//! brings back the hosted placements that are still current once it is.
 //!
 //! Observed state: [`observe_hosted`] is what this node reports about its workstations in each
 //! heartbeat (state, processes, CPU and memory); [`observe_remote`] asks the leader's soft
@@ -134,13 +136,13 @@ fn fence_view(agent: &Agent) -> FenceView {
 /// call it).
 pub async fn reconcile(agent: &Agent) -> Vec<Failure> {
     let (failures, teardowns) = reconcile_once(agent).await;
-    super::teardown::wait_all(teardowns).await;
+    super::teardown::wait_attempts(teardowns).await;
     failures
 }
 
 /// One plan carried out under the reconcile lock; answers the failures and the teardowns it
 /// started (or found running), which it does not wait for.
-async fn reconcile_once(agent: &Agent) -> (Vec<Failure>, Vec<watch::Receiver<bool>>) {
+async fn reconcile_once(agent: &Agent) -> (Vec<Failure>, Vec<watch::Receiver<u64>>) {
     let _serialised = agent.reconcile_lock.lock().await;
     let own = agent.raft.id();
     let hosted = agent.store.read(|model| model.workstations.clone());
@@ -254,7 +256,8 @@ async fn start_placement(
         return;
     }
     if !agent.fence.may_run() {
-        // The lease ran out meanwhile: the next plan with a held lease starts it.
+        // The lease ran out meanwhile: the reconcile after the renewal's resume starts it.
+        info!(workstation = %id, "lease ran out before the start: starting it once renewed");
         return;
     }
     let inserted = agent.store.write(|model| {
@@ -270,7 +273,7 @@ async fn start_placement(
         // Fenced between the check and the start: the record stays, and the resume after the
         // next renewal brings it back in a new epoch.
         None => {
-            debug!(workstation = %id, "lease ran out before the start: resumed with the lease");
+            info!(workstation = %id, "lease ran out before the start: resumed once renewed");
             return;
         }
         Some(Err(err)) => {
@@ -869,33 +872,16 @@ pub async fn local_view(agent: &Agent, ws: &WorkstationRecord) -> Workstation {
     view
 }
 
-/// First and largest pause before a failed teardown is tried again.
-const TEARDOWN_RETRY_MS_MIN: u64 = 250;
-const TEARDOWN_RETRY_MS_MAX: u64 = 5_000;
-
-/// Runs a reconcile whenever the applied Raft state changes or a teardown finished (a
-/// re-placement here under a newer generation starts once the old one is gone), and again
-/// after a pause (backing off up to [`TEARDOWN_RETRY_MS_MAX`]) while a workstation that left
-/// this node is still hosted with no teardown running: its teardown or the removal of its
-/// record failed (e.g. a full disk) and is retried until it succeeds. It never waits for a
-/// teardown itself.
+/// Runs a reconcile whenever the applied Raft state changes or a teardown succeeded (a
+/// re-placement here under a newer generation starts once the old record is gone). It never
+/// waits for a teardown: each runs, and retries, on its own task ([`super::teardown`]).
 pub async fn reconcile_loop(agent: std::sync::Arc<Agent>) {
     let mut applied = agent.raft.subscribe_applied();
     let mut finished = agent.teardowns.subscribe_finished();
-    let mut retry_ms = TEARDOWN_RETRY_MS_MIN;
     loop {
         // Marked seen before planning: a teardown that ends during the plan wakes the next.
         finished.borrow_and_update();
         let _ = reconcile_once(&agent).await;
-        let failed: Vec<String> = stale_hosted(&agent)
-            .into_iter()
-            .filter(|id| !agent.teardowns.is_running(id))
-            .collect();
-        if failed.is_empty() {
-            retry_ms = TEARDOWN_RETRY_MS_MIN;
-        } else {
-            debug!(workstations = ?failed, retry_in_ms = retry_ms, "teardown unfinished");
-        }
         tokio::select! {
             changed = applied.changed() => {
                 if changed.is_err() {
@@ -906,9 +892,6 @@ pub async fn reconcile_loop(agent: std::sync::Arc<Agent>) {
                 if changed.is_err() {
                     return;
                 }
-            }
-            _ = tokio::time::sleep(Duration::from_millis(retry_ms)), if !failed.is_empty() => {
-                retry_ms = retry_ms.saturating_mul(2).min(TEARDOWN_RETRY_MS_MAX);
             }
         }
     }

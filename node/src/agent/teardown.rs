@@ -14,6 +14,7 @@
 //! home with very many files would; release builds ignore it.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Weak;
 use std::time::Duration;
 
@@ -30,11 +31,15 @@ const DELAY_MS_MAX: u64 = 120_000;
 /// Grace between SIGTERM and SIGKILL when a workstation that left this node is torn down.
 pub const TEARDOWN_GRACE_MS: u64 = 2_000;
 
+/// First and largest pause before a failed teardown attempt is tried again.
+const RETRY_MS_MIN: u64 = 250;
+const RETRY_MS_MAX: u64 = 5_000;
+
 /// The teardowns running on this node, by workstation id.
 #[derive(Debug)]
 pub struct Teardowns {
-    /// Workstation id → (generation being torn down, set to true when the teardown ends).
-    running: Mutex<HashMap<String, (u64, watch::Receiver<bool>)>>,
+    /// Workstation id → a receiver of how many attempts of its teardown have ended.
+    running: Mutex<HashMap<String, watch::Receiver<u64>>>,
     /// Counts the teardowns that succeeded: the reconcile loop plans again at each (a
     /// re-placement here under a newer generation starts once the old one is gone).
     finished: watch::Sender<u64>,
@@ -75,24 +80,39 @@ impl Teardowns {
     }
 
     /// Starts tearing down `id` at `generation` on a task of its own, unless a teardown of it
-    /// is running already; either way answers a receiver that turns true when the running
-    /// teardown ends (successfully or not). `None` while the agent is going away.
-    pub fn start(&self, id: &str, generation: u64) -> Option<watch::Receiver<bool>> {
+    /// is running already. The task tries again, backing off from 250 ms to 5 s, until
+    /// nothing of the workstation is left and its record is gone (or the agent stops).
+    /// Answers a receiver that changes when the next attempt ends ([`wait_attempts`]); `None`
+    /// while the agent is going away.
+    pub fn start(&self, id: &str, generation: u64) -> Option<watch::Receiver<u64>> {
         let agent = self.agent.upgrade()?;
-        let (done_tx, done_rx) = {
-            let mut running = self.running.lock();
-            if let Some((_, done)) = running.get(id) {
-                return Some(done.clone());
-            }
-            let (done_tx, done_rx) = watch::channel(false);
-            running.insert(id.to_string(), (generation, done_rx.clone()));
-            (done_tx, done_rx)
-        };
+        let mut running = self.running.lock();
+        if let Some(attempts) = running.get(id) {
+            let mut next = attempts.clone();
+            next.borrow_and_update();
+            return Some(next);
+        }
+        let (attempts_tx, attempts) = watch::channel(0u64);
+        running.insert(id.to_string(), attempts.clone());
+        drop(running);
         let id = id.to_string();
         tokio::spawn(async move {
-            let succeeded = tear_down(&agent, &id, generation).await;
+            if agent.teardowns.delay_ms > 0 {
+                info!(workstation = %id, delay_ms = agent.teardowns.delay_ms, "test seam: teardown delayed");
+                tokio::time::sleep(Duration::from_millis(agent.teardowns.delay_ms)).await;
+            }
+            let mut retry_ms = RETRY_MS_MIN;
+            let succeeded = loop {
+                let succeeded = tear_down(&agent, &id, generation).await;
+                attempts_tx.send_modify(|count| *count = count.saturating_add(1));
+                if succeeded || agent.shutting_down.load(Ordering::SeqCst) {
+                    break succeeded;
+                }
+                tokio::time::sleep(Duration::from_millis(retry_ms)).await;
+                retry_ms = retry_ms.saturating_mul(2).min(RETRY_MS_MAX);
+            };
             agent.teardowns.running.lock().remove(&id);
-            let _ = done_tx.send(true);
+            drop(attempts_tx);
             if succeeded {
                 agent
                     .teardowns
@@ -100,25 +120,25 @@ impl Teardowns {
                     .send_modify(|count| *count = count.wrapping_add(1));
             }
         });
-        Some(done_rx)
+        Some(attempts)
     }
 }
 
-/// Waits until every teardown in `done` has ended (a dropped sender counts as ended).
-pub async fn wait_all(done: Vec<watch::Receiver<bool>>) {
-    for mut receiver in done {
-        let _ = receiver.wait_for(|ended| *ended).await;
+/// Waits until each teardown in `attempts` has ended the attempt it was in when its receiver
+/// was handed out (its first one for a new teardown), whether it succeeded or not: a caller
+/// sees the outcome of one try, as it would of a teardown of its own, and a failing teardown
+/// goes on trying on its task.
+pub async fn wait_attempts(attempts: Vec<watch::Receiver<u64>>) {
+    for mut receiver in attempts {
+        // An error: the task ended (its sender is gone), so the attempt did too.
+        let _ = receiver.changed().await;
     }
 }
 
-/// One teardown: everything of the workstation goes from the host, then its hosting record
-/// (only the record of the generation torn down). False when something is left: the record
-/// stays, and the reconcile loop tries again after a pause.
+/// One teardown attempt: everything of the workstation goes from the host, then its hosting
+/// record (only the record of the generation torn down). False when something is left: the
+/// record stays, and the teardown's task tries again after a pause.
 async fn tear_down(agent: &Agent, id: &str, generation: u64) -> bool {
-    if agent.teardowns.delay_ms > 0 {
-        info!(workstation = %id, delay_ms = agent.teardowns.delay_ms, "test seam: teardown delayed");
-        tokio::time::sleep(Duration::from_millis(agent.teardowns.delay_ms)).await;
-    }
     // The record goes only once nothing of the workstation is left on the host (a full disk,
     // say, can make the record's removal fail, never the teardown itself).
     if let Err(err) = agent.host.remove(id, TEARDOWN_GRACE_MS).await {
