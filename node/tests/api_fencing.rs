@@ -6,7 +6,10 @@
 //!   workstation's processes when its lease runs out; the others, resumed while it is paused
 //!   in turn, mark it down and re-place the workstation; when it comes back it stops the stale
 //!   placement (processes, sandbox, home volume) before it reports `ready`, and never runs it
-//!   again.
+//!   again;
+//! - with the default 5 s lease, a node whose lease runs out while it tears down a deleted
+//!   workstation slower than the lease (the debug-only `SHOAL_TEST_TEARDOWN_DELAY_MS` seam)
+//!   still stops its other workstation within lease + 4 s margin of its last possible ack.
 
 mod common;
 
