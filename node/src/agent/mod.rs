@@ -18,9 +18,11 @@ pub mod mirror_sync;
 pub mod model;
 pub mod placement;
 pub mod random;
+pub mod reconcile_plan;
 pub mod run_placement;
 pub mod state_view;
 pub mod store;
+pub mod teardown;
 pub mod usage;
 pub mod worker_mirror;
 
@@ -82,6 +84,8 @@ pub struct Agent {
     pub fence: Arc<fencing::FenceHandle>,
     /// The last observation of each hosted workstation (for heartbeats and local views).
     pub observed: placement::ObservedCache,
+    /// Teardowns of workstations that left this node, each on its own task.
+    pub teardowns: teardown::Teardowns,
 }
 
 impl std::fmt::Debug for Agent {
@@ -250,7 +254,7 @@ async fn run_async(config: AgentConfig, adapters: Adapters) -> anyhow::Result<()
         policy: RunPolicy::default(),
         clock: Arc::new(SystemClock),
     };
-    let agent = Arc::new(Agent {
+    let agent = Arc::new_cyclic(|me| Agent {
         config: config.clone(),
         node_id: node_id.clone(),
         store,
@@ -268,6 +272,7 @@ async fn run_async(config: AgentConfig, adapters: Adapters) -> anyhow::Result<()
         reconcile_lock: tokio::sync::Mutex::new(()),
         fence: fencing::FenceHandle::new(shoal_raft::lease::LEASE_MS_DEFAULT),
         observed: placement::ObservedCache::default(),
+        teardowns: teardown::Teardowns::new(me.clone()),
     });
     // Hosted workstations come back (or new placements start) only once the lease is held:
     // the first acknowledged heartbeat, with this node's state caught up with the leader's.
