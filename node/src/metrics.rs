@@ -64,6 +64,9 @@ pub const VERDICTS: [&str; 9] = [
     "internal_error",
 ];
 
+/// The kinds of refused mesh messages (a fixed set: bounded series).
+const MESH_REFUSAL_KINDS: [&str; 3] = ["raft", "write", "other"];
+
 /// How a proposal through [`Agent::propose`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitResult {
@@ -193,6 +196,7 @@ pub struct Metrics {
     run_duration: HistogramFamily<VerdictLabel>,
     placement_duration: Histogram,
     commit_duration: HistogramFamily<ResultLabel>,
+    mesh_refused: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -225,6 +229,7 @@ impl Metrics {
             run_duration: Family::new_with_constructor(run_histogram),
             placement_duration: Histogram::new(PLACEMENT_BUCKETS_SECONDS),
             commit_duration: Family::new_with_constructor(commit_histogram),
+            mesh_refused: Family::default(),
         };
         metrics.register_all();
         for verdict in VERDICTS {
@@ -237,6 +242,9 @@ impl Metrics {
             let _ = metrics.commit_duration.get_or_create(&ResultLabel {
                 result: result.label(),
             });
+        }
+        for kind in MESH_REFUSAL_KINDS {
+            let _ = metrics.mesh_refused.get_or_create(&KindLabel { kind });
         }
         for class in STATUS_CLASSES {
             let _ = metrics.http_requests.get_or_create(&ClassLabel { class });
@@ -333,10 +341,24 @@ impl Metrics {
             self.placement_duration.clone(),
         );
         r.register(
+            "shoal_mesh_refused",
+            "Mesh messages refused because their sender may not send them, by kind (raft, write).",
+            self.mesh_refused.clone(),
+        );
+        r.register(
             "shoal_raft_commit_duration_seconds",
             "Proposals from this node: submit to applied outcome (forwarding to the leader included), by result.",
             self.commit_duration.clone(),
         );
+    }
+
+    /// Records one mesh message refused by `mesh_authz` (`kind`: `raft` or `write`).
+    pub fn observe_mesh_refusal(&self, kind: &'static str) {
+        let kind = MESH_REFUSAL_KINDS
+            .into_iter()
+            .find(|known| *known == kind)
+            .unwrap_or("other");
+        self.mesh_refused.get_or_create(&KindLabel { kind }).inc();
     }
 
     /// Records one answered API request: `route` is the matched actix pattern, if any.

@@ -136,6 +136,7 @@ impl Agent {
                 ServiceError::unavailable(format!("no Raft leader reachable right now: {err}"))
             }
             ForwardError::Failed(why) => ServiceError::unavailable(why),
+            ForwardError::Refused(why) => ServiceError::Forbidden(why),
         })?;
         response.map_err(|refusal| ServiceError::from_refusal(&refusal))
     }
@@ -290,6 +291,9 @@ async fn run_async(config: AgentConfig, adapters: Adapters) -> anyhow::Result<()
     cluster
         .handler
         .set_app((adapters.relay)(Arc::clone(&agent)));
+    let (refusals, refused) = tokio::sync::mpsc::channel(REFUSALS_QUEUED_MAX);
+    cluster.handler.set_refusals(refusals);
+    let refusal_reporter = tokio::spawn(report_refusals(Arc::clone(&agent), refused));
 
     // Usage sampler: the single-node stand-in for heartbeats.
     let sampler_agent = Arc::clone(&agent);
@@ -342,10 +346,59 @@ async fn run_async(config: AgentConfig, adapters: Adapters) -> anyhow::Result<()
     reconciler.abort();
     drainer.abort();
     fencer.abort();
+    refusal_reporter.abort();
     let _ = server_task.await;
     cluster.shutdown().await;
     info!("stopped");
     Ok(())
+}
+
+/// Refused mesh messages waiting to be counted and audited; more are dropped (and logged by
+/// the handler), so a flood of forged messages costs the node nothing more.
+const REFUSALS_QUEUED_MAX: usize = 64;
+/// At most one audit entry per sender and message kind in this long: a peer that keeps
+/// sending forged messages must not fill the audit log (every refusal is still counted).
+const REFUSAL_AUDIT_INTERVAL: Duration = Duration::from_secs(10);
+/// Senders remembered for the audit throttle.
+const REFUSAL_SENDERS_MAX: usize = 1_024;
+
+/// Counts every refused mesh message in metrics and writes it to the audit log with its
+/// sender (throttled per sender and kind by [`REFUSAL_AUDIT_INTERVAL`]).
+async fn report_refusals(
+    agent: Arc<Agent>,
+    mut refused: tokio::sync::mpsc::Receiver<crate::mesh_rpc::RefusedMessage>,
+) {
+    type Key = (&'static str, std::net::Ipv4Addr);
+    let mut last_audit: std::collections::HashMap<Key, std::time::Instant> =
+        std::collections::HashMap::new();
+    while let Some(message) = refused.recv().await {
+        agent.metrics.observe_mesh_refusal(message.kind);
+        let now = clock::monotonic_now();
+        let key = (message.kind, message.from);
+        if last_audit
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < REFUSAL_AUDIT_INTERVAL)
+        {
+            continue;
+        }
+        if last_audit.len() >= REFUSAL_SENDERS_MAX {
+            last_audit.clear();
+        }
+        last_audit.insert(key, now);
+        let sender = match message.node {
+            Some(node) => format!("node-{node} ({})", message.from),
+            None => message.from.to_string(),
+        };
+        let entry = shoal_raft::Action::RecordAudit {
+            tenant: None,
+            action: format!("mesh.{}.refused", message.kind),
+            resource: sender,
+            outcome: message.reason,
+        };
+        if let Err(err) = agent.propose(&agent.node_id, entry).await {
+            warn!(error = %err, "could not audit a refused mesh message");
+        }
+    }
 }
 
 /// How a node was asked to stop.
