@@ -9,14 +9,17 @@
 //! | Raft `AppendEntries`, `InstallSnapshot` | a server whose claimed id is its own id; a sender this node's state does not know yet (a node behind on the log must still hear a newer leader) |
 //! | Raft vote request | the same |
 //! | Raft `ElectNow` (`TimeoutNow`) | a voter of this node's current membership, never an unknown sender |
-//! | node-scoped writes: `UpdateNodeInfo`, `MarkNodeReady` | the node they are about |
+//! | node-scoped writes: `UpdateNodeInfo`, `MarkNodeReady`, `DrainStep` (a node leaving moves its own workstations) | the node they are about |
 //! | `RaiseLogFloor` | the node its workstation is placed on |
-//! | leader-only writes: `InitCluster`, `MarkNodesDown`, `DrainStep`, `PlaceBatch`, `UpdateSettings` | nobody (the leader proposes them itself, never through a peer) |
+//! | leader-only writes: `InitCluster`, `MarkNodesDown`, `PlaceBatch`, `UpdateSettings` | nobody (the leader proposes them itself, never through a peer) |
 //! | every other write (made for an API caller, or an admission) | any node the state knows |
 //!
-//! What this module cannot decide: whether a write made "for an API caller" really comes from
-//! one. That needs the caller's credential with the write and a check at apply (issue 13, not
-//! built yet); until then any member may forward such writes.
+//! A write made for an API caller carries the caller's key (`mesh_rpc::ForwardRequest`): the
+//! leader authenticates it against the committed key hashes and checks what
+//! [`caller_requirement`] asks of it (an admin key, or a key of the resource's tenant), so a
+//! member cannot make such a write without holding such a key. The check is made when the
+//! leader takes the write, not when it applies it: a key revoked in between is still obeyed
+//! for that one write.
 
 use std::collections::BTreeSet;
 
@@ -116,15 +119,121 @@ pub fn authorize_write(
                 sender.id
             ))),
         },
+        // A node that leaves (SIGTERM) moves its own workstations away step by step.
+        Action::DrainStep { node, .. } => about_itself(*node, "move workstations away"),
         Action::InitCluster { .. }
         | Action::MarkNodesDown { .. }
-        | Action::DrainStep { .. }
         | Action::PlaceBatch { .. }
         | Action::UpdateSettings { .. } => Err(MeshRefusal(format!(
             "node {} may not forward a leader-only write",
             sender.id
         ))),
         _ => Ok(()),
+    }
+}
+
+/// What a write asks of the API key it is made for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallerRequirement {
+    /// None: a node's own write (node-scoped, leader-only or an admission), checked above.
+    None,
+    /// An admin key.
+    Admin,
+    /// A key of this tenant or an admin key; `None` when the resource does not exist (the
+    /// state machine refuses the write; any valid key may learn that).
+    Tenant(Option<String>),
+}
+
+/// What `action`, forwarded by `sender`, asks of the API key it is made for. `tenant_of`
+/// answers whose a workstation is in the applied state.
+pub fn caller_requirement(
+    sender: Option<&SenderView>,
+    action: &Action,
+    tenant_of: impl Fn(WorkstationId) -> Option<String>,
+) -> CallerRequirement {
+    match action {
+        Action::CreateWorkstation { request, .. } => {
+            CallerRequirement::Tenant(Some(request.tenant.clone()))
+        }
+        Action::ResizeWorkstation { id, .. } | Action::DeleteWorkstation { id } => {
+            CallerRequirement::Tenant(tenant_of(*id))
+        }
+        Action::AddProcess { workstation, .. }
+        | Action::RemoveProcess { workstation, .. }
+        | Action::StopProcess { workstation, .. } => {
+            CallerRequirement::Tenant(tenant_of(*workstation))
+        }
+        Action::RecordAudit {
+            tenant: Some(tenant),
+            ..
+        } => CallerRequirement::Tenant(Some(tenant.clone())),
+        // A node audits what it refused itself (`mesh.*`); anything else about the cluster is
+        // an admin's.
+        Action::RecordAudit {
+            tenant: None,
+            action,
+            ..
+        } if action.starts_with("mesh.") => CallerRequirement::None,
+        // A node that leaves drains itself.
+        Action::DrainNode { node } if sender.is_some_and(|sender| sender.id == *node) => {
+            CallerRequirement::None
+        }
+        Action::RecordAudit { tenant: None, .. }
+        | Action::DrainNode { .. }
+        | Action::RemoveNode { .. }
+        | Action::CreateToken { .. }
+        | Action::RevokeToken { .. }
+        | Action::CreateTenant { .. }
+        | Action::CreateApiKey { .. }
+        | Action::RevokeApiKey { .. } => CallerRequirement::Admin,
+        _ => CallerRequirement::None,
+    }
+}
+
+/// The committed facts about the API key a write carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyView {
+    /// Its display prefix (named as the actor in the audit log).
+    pub prefix: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Whether it is an admin key.
+    pub admin: bool,
+}
+
+/// The hash under which the state keeps an API key.
+pub fn key_hash(key: &str) -> String {
+    shoal_raft::command::sha256_hex(key)
+}
+
+/// Whether `key` (the live key the write's credential hashes to, if any) meets
+/// `requirement`; on success, the key's prefix to record as the write's actor (`None` when the
+/// write needs no key).
+pub fn authorize_caller(
+    requirement: &CallerRequirement,
+    key: Option<&KeyView>,
+) -> Result<Option<String>, MeshRefusal> {
+    if *requirement == CallerRequirement::None {
+        return Ok(None);
+    }
+    let Some(key) = key else {
+        return Err(MeshRefusal(
+            "a write made for an API caller needs that caller's valid, unrevoked key".to_string(),
+        ));
+    };
+    let allowed = match requirement {
+        CallerRequirement::None => true,
+        CallerRequirement::Admin => key.admin,
+        CallerRequirement::Tenant(Some(tenant)) => key.admin || key.tenant == *tenant,
+        CallerRequirement::Tenant(None) => true,
+    };
+    if allowed {
+        Ok(Some(key.prefix.clone()))
+    } else {
+        Err(MeshRefusal(format!(
+            "key {} (tenant {}) may not make this write",
+            key.prefix, key.tenant
+        )))
     }
 }
 
@@ -147,6 +256,70 @@ mod tests {
             id,
             server: false,
             state: NodeState::Ready,
+        }
+    }
+
+    #[test]
+    fn writes_for_api_callers_need_a_key_that_may_make_them() {
+        let admin = KeyView {
+            prefix: "shoal_admin".to_string(),
+            tenant: "admin".to_string(),
+            admin: true,
+        };
+        let alpha = KeyView {
+            prefix: "shoal_alpha".to_string(),
+            tenant: "alpha".to_string(),
+            admin: false,
+        };
+        let mint = Action::CreateApiKey {
+            secret_sha256: "00".to_string(),
+            prefix: "p".to_string(),
+            tenant: "admin".to_string(),
+            admin: true,
+        };
+        let delete = |ws| Action::DeleteWorkstation {
+            id: WorkstationId(ws),
+        };
+        // ws-1 is alpha's, ws-2 beta's, ws-3 does not exist.
+        let tenant_of = |ws: WorkstationId| match ws.0 {
+            1 => Some("alpha".to_string()),
+            2 => Some("beta".to_string()),
+            _ => None,
+        };
+        let drain_self = Action::DrainNode { node: 4 };
+        let drain_other = Action::DrainNode { node: 1 };
+        let refused_audit = Action::RecordAudit {
+            tenant: None,
+            action: "mesh.raft.refused".to_string(),
+            resource: "node-4".to_string(),
+            outcome: "x".to_string(),
+        };
+        let node = worker(4);
+        let cases: Vec<(Action, Option<&KeyView>, Result<Option<&str>, ()>)> = vec![
+            (mint.clone(), None, Err(())),
+            (mint.clone(), Some(&alpha), Err(())),
+            (mint, Some(&admin), Ok(Some("shoal_admin"))),
+            (delete(1), None, Err(())),
+            (delete(1), Some(&alpha), Ok(Some("shoal_alpha"))),
+            (delete(2), Some(&alpha), Err(())),
+            (delete(2), Some(&admin), Ok(Some("shoal_admin"))),
+            (delete(3), Some(&alpha), Ok(Some("shoal_alpha"))),
+            (drain_self, None, Ok(None)),
+            (drain_other.clone(), None, Err(())),
+            (drain_other, Some(&alpha), Err(())),
+            (refused_audit, None, Ok(None)),
+        ];
+        for (action, key, expected) in cases {
+            let requirement = caller_requirement(Some(&node), &action, tenant_of);
+            let verdict = authorize_caller(&requirement, key);
+            assert_eq!(
+                verdict
+                    .as_ref()
+                    .map(|prefix| prefix.as_deref())
+                    .map_err(|_| ()),
+                expected,
+                "{action:?} with {key:?}: {verdict:?}"
+            );
         }
     }
 
@@ -216,6 +389,11 @@ mod tests {
             hints: PlacementHints::default(),
             observed: Default::default(),
         };
+        let step = |node| Action::DrainStep {
+            node,
+            hints: PlacementHints::default(),
+            observed: Default::default(),
+        };
         let delete = Action::DeleteWorkstation {
             id: WorkstationId(9),
         };
@@ -235,6 +413,8 @@ mod tests {
             (Some(rogue), floor(2), false),
             (Some(rogue), floor(3), false),
             (Some(rogue), down.clone(), false),
+            (Some(rogue), step(4), true),
+            (Some(rogue), step(1), false),
             (Some(server(2)), down, false),
             (Some(rogue), delete.clone(), true),
             (None, info(4), false),

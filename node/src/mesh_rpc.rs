@@ -429,8 +429,11 @@ impl NodeRpcHandler {
         let Some(raft) = self.raft.get() else {
             return ForwardReply::Failed("raft not started yet".to_string());
         };
-        let command: Command = match shoal_raft::codec::decode(body) {
-            Ok(command) => command,
+        let ForwardRequest {
+            mut command,
+            credential,
+        } = match shoal_raft::codec::decode(body) {
+            Ok(request) => request,
             Err(err) => return ForwardReply::Failed(format!("undecodable command: {err}")),
         };
         let sender = Self::sender_view(raft, from);
@@ -442,6 +445,35 @@ impl NodeRpcHandler {
         {
             self.refused("write", from, sender.as_ref(), &refusal);
             return ForwardReply::Refused(refusal.to_string());
+        }
+        // A write made for an API caller: the leader authenticates the caller's key itself and
+        // names the key in the audit log, whatever the forwarding node wrote there.
+        let checked = raft.read(|state| {
+            let requirement =
+                crate::mesh_authz::caller_requirement(sender.as_ref(), &command.action, |ws| {
+                    state
+                        .workstations
+                        .get(&ws)
+                        .map(|placed| placed.tenant.clone())
+                });
+            let key = credential.as_deref().and_then(|credential| {
+                state
+                    .api_key_by_hash(&crate::mesh_authz::key_hash(credential))
+                    .map(|key| crate::mesh_authz::KeyView {
+                        prefix: key.prefix.clone(),
+                        tenant: key.tenant.clone(),
+                        admin: key.admin,
+                    })
+            });
+            crate::mesh_authz::authorize_caller(&requirement, key.as_ref())
+        });
+        match checked {
+            Ok(Some(prefix)) => command.actor = prefix,
+            Ok(None) => {}
+            Err(refusal) => {
+                self.refused("write", from, sender.as_ref(), &refusal);
+                return ForwardReply::Refused(refusal.to_string());
+            }
         }
         match raft.write(command).await {
             Ok(response) => ForwardReply::Applied(response),
@@ -801,12 +833,33 @@ impl RpcHandler for NodeRpcHandler {
     }
 }
 
-/// Proposes `command` through the local Raft node, following the leader over the mesh when
-/// this node does not lead.
+/// A write forwarded to the leader ([`TAG_WRITE`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardRequest {
+    /// What to propose.
+    pub command: Command,
+    /// The API key of the caller the write is made for, if it is made for one: the leader
+    /// authenticates it against the committed keys and authorizes the write for that key
+    /// ([`crate::mesh_authz::caller_requirement`]); a node's own writes carry none.
+    pub credential: Option<String>,
+}
+
+/// Proposes `command`, made by this node itself, through the local Raft node, following the
+/// leader over the mesh when this node does not lead.
 pub async fn forward_write<R: LeaderRoute + ?Sized>(
     route: &R,
     transport: &Transport,
     command: Command,
+) -> Result<CommandResponse, ForwardError> {
+    forward_write_for(route, transport, command, None).await
+}
+
+/// [`forward_write`] for a write made for an API caller whose key is `credential`.
+pub async fn forward_write_for<R: LeaderRoute + ?Sized>(
+    route: &R,
+    transport: &Transport,
+    command: Command,
+    credential: Option<&str>,
 ) -> Result<CommandResponse, ForwardError> {
     let (mut leader_addr, mut leader_known) = match route.raft_node() {
         Some(raft) => match raft.write(command.clone()).await {
@@ -824,7 +877,11 @@ pub async fn forward_write<R: LeaderRoute + ?Sized>(
             (ip.map(|ip| ip.to_string()), ip.is_some())
         }
     };
-    let body = shoal_raft::codec::encode(&command)
+    let request = ForwardRequest {
+        command,
+        credential: credential.map(str::to_string),
+    };
+    let body = shoal_raft::codec::encode(&request)
         .map_err(|err| ForwardError::Failed(format!("encoding the command: {err}")))?;
     for _ in 0..FORWARD_HOPS_MAX {
         let Some(addr) = leader_addr.take() else {
@@ -992,10 +1049,25 @@ mod tests {
         raft1.add_learner(2, rpc_addr(&mesh2)).await?;
         raft1.promote(2).await?;
 
-        tracing::info!("--- a write proposed at the follower is forwarded and applied on both");
+        tracing::info!(
+            "--- a write proposed at the follower for an admin is forwarded and applied on both"
+        );
+        let admin_key = "shoal_test_admin_key";
+        raft1
+            .write(Command::new(
+                3,
+                "test",
+                Action::CreateApiKey {
+                    secret_sha256: sha256_hex(admin_key),
+                    prefix: "shoal_test_a".to_string(),
+                    tenant: "admin".to_string(),
+                    admin: true,
+                },
+            ))
+            .await??;
         let response = tokio::time::timeout(
             Duration::from_secs(20),
-            forward_write(
+            forward_write_for(
                 &raft2,
                 &mesh2.transport(),
                 Command::new(
@@ -1005,6 +1077,7 @@ mod tests {
                         tenant: "forwarded".to_string(),
                     },
                 ),
+                Some(admin_key),
             ),
         )
         .await??;
@@ -1129,7 +1202,10 @@ mod tests {
             },
         ];
         for action in forged {
-            let body = shoal_raft::codec::encode(&Command::new(3, "rogue", action.clone()))?;
+            let body = shoal_raft::codec::encode(&ForwardRequest {
+                command: Command::new(3, "rogue", action.clone()),
+                credential: None,
+            })?;
             let reply = send(TAG_WRITE, body).await??;
             let reply: ForwardReply = shoal_raft::codec::decode(&reply)?;
             assert!(
@@ -1145,9 +1221,50 @@ mod tests {
             capacity: Resources::new(1_000, 1 << 30),
             reserve: Resources::new(0, 0),
         };
-        let body = shoal_raft::codec::encode(&Command::new(4, "node-2", own))?;
+        let body = shoal_raft::codec::encode(&ForwardRequest {
+            command: Command::new(4, "node-2", own),
+            credential: None,
+        })?;
         let reply: ForwardReply = shoal_raft::codec::decode(&send(TAG_WRITE, body).await??)?;
         assert!(matches!(reply, ForwardReply::Applied(Ok(_))), "{reply:?}");
+
+        tracing::info!("--- minting an admin key: refused without a key, and with a tenant's key");
+        let tenant_key = "shoal_test_tenant_key";
+        raft1
+            .write(Command::new(
+                5,
+                "test",
+                Action::CreateApiKey {
+                    secret_sha256: sha256_hex(tenant_key),
+                    prefix: "shoal_test_t".to_string(),
+                    tenant: "alpha".to_string(),
+                    admin: false,
+                },
+            ))
+            .await??;
+        let keys_before = raft1.read(|state| state.api_keys.len());
+        for credential in [
+            None,
+            Some(tenant_key.to_string()),
+            Some("shoal_made_up".to_string()),
+        ] {
+            let mint = Action::CreateApiKey {
+                secret_sha256: sha256_hex("shoal_rogue_admin"),
+                prefix: "shoal_rogue".to_string(),
+                tenant: "admin".to_string(),
+                admin: true,
+            };
+            let body = shoal_raft::codec::encode(&ForwardRequest {
+                command: Command::new(6, "shoal_admin", mint),
+                credential: credential.clone(),
+            })?;
+            let reply: ForwardReply = shoal_raft::codec::decode(&send(TAG_WRITE, body).await??)?;
+            assert!(
+                matches!(reply, ForwardReply::Refused(_)),
+                "{credential:?}: {reply:?}"
+            );
+        }
+        assert_eq!(raft1.read(|state| state.api_keys.len()), keys_before);
 
         tracing::info!("--- the term, the leader and node 1's record are unchanged");
         let status = raft1.status();
@@ -1159,7 +1276,7 @@ mod tests {
         while let Ok(report) = refused.try_recv() {
             reports.push(report);
         }
-        assert_eq!(reports.len(), 4, "{reports:?}");
+        assert_eq!(reports.len(), 7, "{reports:?}");
         assert!(
             reports
                 .iter()

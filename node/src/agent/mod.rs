@@ -109,18 +109,42 @@ impl Agent {
         )
     }
 
-    /// Proposes `action` through Raft (forwarded to the leader if this node does not lead)
-    /// and maps a refusal to the API's error.
+    /// Proposes `action` for API caller `caller`: forwarded to the leader with the caller's
+    /// key, which the leader checks against the committed keys before it proposes (the
+    /// leader does not take a node's word for who asked; see `mesh_authz`).
+    pub async fn propose_for(
+        &self,
+        caller: &crate::service::Caller,
+        action: shoal_raft::Action,
+    ) -> Result<shoal_raft::Outcome, crate::service::ServiceError> {
+        self.propose_with(&caller.prefix, action, Some(&caller.secret.0))
+            .await
+    }
+
+    /// Proposes `action` made by this node itself (`actor`: its name for the audit log).
     pub async fn propose(
         &self,
         actor: &str,
         action: shoal_raft::Action,
     ) -> Result<shoal_raft::Outcome, crate::service::ServiceError> {
+        self.propose_with(actor, action, None).await
+    }
+
+    /// Proposes `action` through Raft (forwarded to the leader if this node does not lead)
+    /// and maps a refusal to the API's error.
+    async fn propose_with(
+        &self,
+        actor: &str,
+        action: shoal_raft::Action,
+        credential: Option<&str>,
+    ) -> Result<shoal_raft::Outcome, crate::service::ServiceError> {
         use crate::mesh_rpc::ForwardError;
         use crate::service::ServiceError;
         let started = clock::monotonic_now();
         let command = shoal_raft::Command::new(clock::now_unix_ms(), actor, action);
-        let response = crate::mesh_rpc::forward_write(&self.raft, &self.transport, command).await;
+        let response =
+            crate::mesh_rpc::forward_write_for(&self.raft, &self.transport, command, credential)
+                .await;
         if matches!(response, Ok(Ok(_))) {
             // A worker mirror has not seen its own write yet; the caller reads it next.
             self.raft.after_write().await;

@@ -22,6 +22,21 @@ pub struct Caller {
     pub tenant: String,
     /// Whether it is an admin key.
     pub admin: bool,
+    /// The key itself: a relay and a forwarded write carry it so that the node receiving
+    /// them (the hosting node, the leader) authenticates the caller again by its hash instead
+    /// of trusting the node that sent them. Never logged.
+    pub secret: KeySecret,
+}
+
+/// An API key's text. Its `Debug` shows nothing of it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KeySecret(pub String);
+
+impl std::fmt::Debug for KeySecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeySecret(..)")
+    }
 }
 
 impl Caller {
@@ -58,31 +73,24 @@ pub fn authenticate(agent: &Agent, key: &str) -> Result<Caller, ServiceError> {
                 prefix: record.prefix.clone(),
                 tenant: record.tenant.clone(),
                 admin: record.admin,
+                secret: KeySecret(key.to_string()),
             })
         })
         .ok_or_else(|| ServiceError::Unauthorized("invalid or revoked API key".to_string()))
 }
 
-/// The caller a relayed request names, checked against this node's applied state: the key
-/// must still exist with the same tenant and role. A relay cannot widen what its caller may
-/// do, and a key revoked meanwhile is refused here too.
+/// The caller a relayed request names, authenticated again on this node by its key (the
+/// node that relayed it is not trusted to have done so): the key must still exist, unrevoked,
+/// with the same id, tenant and role. A relay cannot widen what its caller may do, nor act for
+/// a caller whose key it does not hold.
 pub fn recheck(agent: &Agent, caller: &Caller) -> Result<(), ServiceError> {
-    let Ok(key_id) = caller.key_id.parse::<shoal_raft::model::ApiKeyId>() else {
-        return Err(ServiceError::Unauthorized(
-            "invalid or revoked API key".to_string(),
-        ));
-    };
-    let current = agent.raft.read(|state| {
-        state
-            .api_keys
-            .get(&key_id)
-            .filter(|record| !record.revoked)
-            .map(|record| (record.tenant.to_string(), record.admin))
-    });
-    match current {
-        Some((tenant, admin)) if tenant == caller.tenant && admin == caller.admin => Ok(()),
-        _ => Err(ServiceError::Unauthorized(
-            "invalid or revoked API key".to_string(),
-        )),
+    let again = authenticate(agent, &caller.secret.0)?;
+    if again.key_id == caller.key_id && again.tenant == caller.tenant && again.admin == caller.admin
+    {
+        Ok(())
+    } else {
+        Err(ServiceError::Unauthorized(
+            "the relayed caller does not match its key".to_string(),
+        ))
     }
 }

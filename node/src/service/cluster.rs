@@ -213,7 +213,7 @@ pub async fn drain_node(
     // Unknown nodes (404) and the only ready worker (409) are refused by the state machine.
     let node = raft_node_id(id)?;
     agent
-        .propose(&caller.prefix, shoal_raft::Action::DrainNode { node })
+        .propose_for(caller, shoal_raft::Action::DrainNode { node })
         .await?;
     node_answer(agent, id).await
 }
@@ -230,7 +230,7 @@ pub async fn remove_node(
     // Unknown nodes (404) and the last server (409) are refused by the state machine.
     let node = raft_node_id(id)?;
     agent
-        .propose(&caller.prefix, shoal_raft::Action::RemoveNode { node })
+        .propose_for(caller, shoal_raft::Action::RemoveNode { node })
         .await?;
     node_answer(agent, id).await
 }
@@ -289,8 +289,8 @@ pub async fn create_token(
         .uses
         .unwrap_or(shoal_raft::command::limits::TOKEN_USES_MAX);
     let outcome = agent
-        .propose(
-            &caller.prefix,
+        .propose_for(
+            caller,
             shoal_raft::Action::CreateToken {
                 secret_sha256: crate::agent::admission::token_secret_sha256(&token.secret),
                 prefix: prefix.clone(),
@@ -350,10 +350,7 @@ pub async fn revoke_token(agent: &Agent, caller: &Caller, id: &str) -> Result<()
         .parse()
         .map_err(|_| ServiceError::not_found("token", id))?;
     agent
-        .propose(
-            &caller.prefix,
-            shoal_raft::Action::RevokeToken { id: token_id },
-        )
+        .propose_for(caller, shoal_raft::Action::RevokeToken { id: token_id })
         .await?;
     Ok(())
 }
@@ -380,8 +377,8 @@ pub async fn create_key(
     let now = clock::now_unix_ms();
     let secret = format!("shoal_{}", agent.random.hex(32));
     let outcome = agent
-        .propose(
-            &caller.prefix,
+        .propose_for(
+            caller,
             shoal_raft::Action::CreateApiKey {
                 secret_sha256: sha256_hex(&secret),
                 prefix: secret_prefix(&secret),
@@ -439,10 +436,7 @@ pub async fn revoke_key(agent: &Agent, caller: &Caller, id: &str) -> Result<(), 
         ));
     }
     agent
-        .propose(
-            &caller.prefix,
-            shoal_raft::Action::RevokeApiKey { id: key_id },
-        )
+        .propose_for(caller, shoal_raft::Action::RevokeApiKey { id: key_id })
         .await?;
     Ok(())
 }

@@ -121,8 +121,8 @@ async fn start_on_this_node(
         crate::api_types::RestartPolicy::Always => shoal_raft::model::RestartPolicy::Always,
     };
     let outcome = agent
-        .propose(
-            &caller.prefix,
+        .propose_for(
+            caller,
             shoal_raft::Action::AddProcess {
                 workstation: raft_ws_id,
                 argv: request.argv.clone(),
@@ -162,8 +162,8 @@ async fn start_on_this_node(
             // The start failed (e.g. program not found): undo, so that nothing changes.
             // An undo that does not commit leaves a process that never starts: say so.
             if let Err(undo) = agent
-                .propose(
-                    &caller.prefix,
+                .propose_for(
+                    caller,
                     shoal_raft::Action::RemoveProcess {
                         workstation: raft_ws_id,
                         process: proc_id,
@@ -428,8 +428,8 @@ async fn stop(
         shoal_raft::model::StopSignal::Term
     };
     agent
-        .propose(
-            &caller.prefix,
+        .propose_for(
+            caller,
             shoal_raft::Action::StopProcess {
                 workstation: raft_ws_id,
                 process: raft_proc_id,

@@ -212,7 +212,7 @@ pub async fn record_audit(
         resource: resource.to_string(),
         outcome: outcome.to_string(),
     };
-    if let Err(err) = agent.propose(&caller.prefix, entry).await {
+    if let Err(err) = agent.propose_for(caller, entry).await {
         tracing::warn!(action, resource, error = %err, "could not record an audit entry");
     }
 }
@@ -258,8 +258,8 @@ pub async fn create(
     // The leader's scheduler places it (pure, in the state machine) on a node with room.
     let proposed_unix_ms = clock::now_unix_ms();
     let outcome = agent
-        .propose(
-            &caller.prefix,
+        .propose_for(
+            caller,
             shoal_raft::Action::CreateWorkstation {
                 request: shoal_raft::command::WorkstationRequest {
                     tenant: caller.tenant.clone(),
@@ -304,8 +304,8 @@ pub async fn create(
             // The sandbox could not be made: undo the placement, so that nothing changes.
             // The audit log keeps both lines: the placement and why it was undone.
             if let Err(undo) = agent
-                .propose(
-                    &caller.prefix,
+                .propose_for(
+                    caller,
                     shoal_raft::Action::DeleteWorkstation { id: placed.id },
                 )
                 .await
@@ -412,8 +412,8 @@ pub async fn resize(
         .parse()
         .map_err(|_| ServiceError::not_found("workstation", &ws.id))?;
     agent
-        .propose(
-            &caller.prefix,
+        .propose_for(
+            caller,
             shoal_raft::Action::ResizeWorkstation {
                 id: ws_id,
                 reservation: shoal_raft::model::Resources::new(cpu_millis, memory_bytes),
@@ -480,10 +480,7 @@ pub async fn delete(agent: &Agent, caller: &Caller, id: &str) -> Result<(), Serv
         .parse()
         .map_err(|_| ServiceError::not_found("workstation", &ws.id))?;
     agent
-        .propose(
-            &caller.prefix,
-            shoal_raft::Action::DeleteWorkstation { id: ws_id },
-        )
+        .propose_for(caller, shoal_raft::Action::DeleteWorkstation { id: ws_id })
         .await?;
     until_applied(agent, |state| !state.workstations.contains_key(&ws_id)).await;
     // The hosting node stops it when its reconcile sees the deletion; here at once.
