@@ -301,19 +301,26 @@ async fn runs_share_only_the_read_only_root_and_get_their_own_proc_and_tmp() -> 
     tracing::info!("--- a run's mount table: the shared read-only root, its own /proc and /tmp");
     let first = host
         .run(
-            &sh(
-                "cut -d' ' -f5,6 /proc/self/mountinfo; echo secret > /tmp/left-behind; \
-                 touch /left-behind 2>/dev/null || echo root-refused",
-            ),
+            &sh("cat /proc/self/mountinfo; echo secret > /tmp/left-behind; \
+                 touch /left-behind 2>/dev/null || echo root-refused"),
             "shared-root-1",
         )
         .await?;
     assert_eq!(first.verdict, Verdict::Ok, "{first:?}");
+    let state = host.state_path().to_string_lossy().into_owned();
     let mut mount_points = Vec::new();
     for line in first.stdout.lines().filter(|line| *line != "root-refused") {
-        let mut fields = line.split_whitespace();
-        let point = fields.next().unwrap_or_default().to_string();
-        let options = fields.next().unwrap_or_default();
+        // id parent major:minor root mount-point options [optional...] - type source super
+        let fields: Vec<&str> = line.split(' ').collect();
+        let root = fields.get(3).copied().unwrap_or_default();
+        let point = fields.get(4).copied().unwrap_or_default().to_string();
+        let options = fields.get(5).copied().unwrap_or_default();
+        // The root field is the mounted directory's path in its own file system: a bind
+        // mount of a data-dir directory would show the host path here.
+        assert!(
+            !root.contains(&state) && !line.contains(&state),
+            "a host path is visible: {line}"
+        );
         let writable = point == "/tmp" || point == "/proc";
         assert_eq!(
             options.split(',').any(|option| option == "ro"),
@@ -321,7 +328,10 @@ async fn runs_share_only_the_read_only_root_and_get_their_own_proc_and_tmp() -> 
             "{point} has options {options}: {}",
             first.stdout
         );
-        mount_points.push(point);
+        // What runc masks or protects in /proc comes on top of the run's own /proc.
+        if !point.starts_with("/proc/") {
+            mount_points.push(point);
+        }
     }
     mount_points.sort();
     assert_eq!(
@@ -331,8 +341,6 @@ async fn runs_share_only_the_read_only_root_and_get_their_own_proc_and_tmp() -> 
         first.stdout
     );
     assert!(first.stdout.contains("root-refused"), "{}", first.stdout);
-    let state = host.state_path().to_string_lossy().into_owned();
-    assert!(!first.stdout.contains(&state), "a host path is visible");
 
     tracing::info!("--- the next run starts from the same root but sees nothing the first left");
     let second = host
@@ -350,6 +358,81 @@ async fn runs_share_only_the_read_only_root_and_get_their_own_proc_and_tmp() -> 
         "sees {n_processes} processes: {}",
         second.stdout
     );
+    host.assert_clean();
+    Ok(())
+}
+
+/// runc's default `maskedPaths` under /proc (a sandbox has no /sys) and `readonlyPaths`.
+const PROC_MASKED: &[&str] = &[
+    "acpi",
+    "asound",
+    "kcore",
+    "keys",
+    "latency_stats",
+    "timer_list",
+    "timer_stats",
+    "sched_debug",
+    "scsi",
+];
+const PROC_READ_ONLY: &[&str] = &["bus", "fs", "irq", "sys", "sysrq-trigger"];
+
+#[tokio::test]
+async fn proc_is_masked_like_runc_and_keys_timers_and_sysctls_are_out_of_reach(
+) -> anyhow::Result<()> {
+    if !root_or_skip("proc_is_masked_like_runc_and_keys_timers_and_sysctls_are_out_of_reach") {
+        return Ok(());
+    }
+    let host = TestHost::start("proc-masks")?;
+    let mut script = String::new();
+    for name in PROC_MASKED {
+        // A masked file reads empty, a masked directory lists empty.
+        script.push_str(&format!(
+            "p=/proc/{name}; if [ -d $p ]; then echo \"$p entries=$(ls -A $p | wc -l)\"; \
+             elif [ -e $p ]; then echo \"$p bytes=$(cat $p 2>/dev/null | wc -c)\"; fi; "
+        ));
+    }
+    script.push_str("cat /proc/self/mountinfo");
+    let result = host.run(&sh(&script), "proc-masks").await?;
+    assert_eq!(result.verdict, Verdict::Ok, "{result:?}");
+    let mut checked = 0;
+    for name in PROC_MASKED {
+        if std::fs::symlink_metadata(format!("/proc/{name}")).is_err() {
+            continue;
+        }
+        checked += 1;
+        let line = result
+            .stdout
+            .lines()
+            .find(|line| line.starts_with(&format!("/proc/{name} ")))
+            .unwrap_or_default();
+        assert!(
+            line.ends_with("entries=0") || line.ends_with("bytes=0"),
+            "/proc/{name} is not masked: {line:?}\n{}",
+            result.stdout
+        );
+    }
+    assert!(
+        checked >= 2,
+        "this host has too few of the masked paths to test"
+    );
+    for name in PROC_READ_ONLY {
+        if std::fs::symlink_metadata(format!("/proc/{name}")).is_err() {
+            continue;
+        }
+        // mountinfo: id parent major:minor root mount-point options ...
+        let read_only = result.stdout.lines().any(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            fields.get(4) == Some(&format!("/proc/{name}").as_str())
+                && fields
+                    .get(5)
+                    .is_some_and(|options| options.split(',').any(|option| option == "ro"))
+        });
+        assert!(
+            read_only,
+            "/proc/{name} is not read-only: {}",
+            result.stdout
+        );
+    }
     host.assert_clean();
     Ok(())
 }

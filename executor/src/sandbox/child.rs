@@ -99,6 +99,12 @@ pub(crate) enum Step {
     ProtectFromOom,
     /// unshare(CLONE_NEWCGROUP): the program sees its own cgroup as the root.
     UnshareCgroup,
+    /// Hides `path` (runc's `maskedPaths`): a file gets `dev_null` bound over it, a directory an
+    /// empty read-only tmpfs; a path this kernel does not have is fine.
+    MaskPath { path: CString, dev_null: CString },
+    /// Makes `path` read-only (runc's `readonlyPaths`): a read-only bind of itself; a path this
+    /// kernel does not have is fine.
+    ReadOnlyPath { path: CString },
 }
 
 impl Step {
@@ -123,6 +129,8 @@ impl Step {
             Step::EnterMountTemplate { .. } => "enter the prepared sandbox root".to_string(),
             Step::ProtectFromOom => "oom_score_adj".to_string(),
             Step::UnshareCgroup => "unshare cgroup namespace".to_string(),
+            Step::MaskPath { path, .. } => format!("mask {}", text(path)),
+            Step::ReadOnlyPath { path } => format!("make {} read-only", text(path)),
         }
     }
 }
@@ -1118,6 +1126,60 @@ unsafe fn run_step(step: &Step) -> Result<(), i32> {
             Ok(())
         }
         Step::UnshareCgroup => check(libc::unshare(libc::CLONE_NEWCGROUP)),
+        Step::MaskPath { path, dev_null } => {
+            let none = std::ptr::null();
+            if libc::mount(
+                dev_null.as_ptr(),
+                path.as_ptr(),
+                none,
+                libc::MS_BIND,
+                none.cast(),
+            ) == 0
+            {
+                return Ok(());
+            }
+            match errno() {
+                libc::ENOENT => Ok(()),
+                // A directory: nothing to bind a file over.
+                libc::ENOTDIR => check(libc::mount(
+                    c"tmpfs".as_ptr(),
+                    path.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    c"size=4k,nr_inodes=2,mode=555".as_ptr().cast(),
+                )),
+                error => Err(error),
+            }
+        }
+        Step::ReadOnlyPath { path } => {
+            let none = std::ptr::null();
+            if libc::mount(
+                path.as_ptr(),
+                path.as_ptr(),
+                none,
+                libc::MS_BIND | libc::MS_REC,
+                none.cast(),
+            ) != 0
+            {
+                return if errno() == libc::ENOENT {
+                    Ok(())
+                } else {
+                    Err(errno())
+                };
+            }
+            check(libc::mount(
+                none,
+                path.as_ptr(),
+                none,
+                libc::MS_BIND
+                    | libc::MS_REMOUNT
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | libc::MS_NOEXEC,
+                none.cast(),
+            ))
+        }
         Step::JoinNetwork { fd } => {
             let result = check(libc::setns(*fd, libc::CLONE_NEWNET));
             libc::close(*fd);
@@ -1301,6 +1363,18 @@ unsafe fn exec_program(program: &ProgramPlan, report_fd: RawFd) -> ! {
         {
             step_failed(errno());
         }
+    }
+    // A fresh session keyring, owned by the program's user: the node's own session keyring
+    // (inherited through fork) is no longer the program's. No keyring support: nothing to hide.
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    if libc::syscall(
+        libc::SYS_keyctl,
+        KEYCTL_JOIN_SESSION_KEYRING,
+        std::ptr::null::<libc::c_char>(),
+    ) < 0
+        && errno() != libc::ENOSYS
+    {
+        step_failed(errno());
     }
     if program.drop_capabilities {
         let header = CapabilityHeader {

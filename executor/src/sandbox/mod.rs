@@ -425,7 +425,11 @@ fn placement_barrier(steps: &[Step]) -> usize {
         .rposition(|step| {
             matches!(
                 step,
-                Step::PivotRoot { .. } | Step::EnterMountTemplate { .. } | Step::Mount { .. }
+                Step::PivotRoot { .. }
+                    | Step::EnterMountTemplate { .. }
+                    | Step::Mount { .. }
+                    | Step::MaskPath { .. }
+                    | Step::ReadOnlyPath { .. }
             )
         })
         .map(|index| index + 1)

@@ -66,6 +66,23 @@ const ETC_FILE_PAGE_BYTES: u64 = 4096;
 const ROOT_TMPFS_OPTIONS: &str = "size=1m,nr_inodes=256,mode=755";
 /// /dev is a tiny tmpfs holding mount points and symlinks.
 const DEV_TMPFS_OPTIONS: &str = "size=64k,nr_inodes=64,mode=755";
+/// Parts of /proc hidden from sandboxes: runc's default `maskedPaths` (host-wide timers,
+/// scheduler and latency statistics, the kernel's memory image, keys, hardware). runc's
+/// /sys entries do not apply: a sandbox has no /sys.
+const PROC_MASKED: &[&str] = &[
+    "acpi",
+    "asound",
+    "kcore",
+    "keys",
+    "latency_stats",
+    "timer_list",
+    "timer_stats",
+    "sched_debug",
+    "scsi",
+];
+/// Parts of /proc made read-only: runc's default `readonlyPaths`.
+const PROC_READ_ONLY: &[&str] = &["bus", "fs", "irq", "sys", "sysrq-trigger"];
+
 /// Where a workstation's home volume appears inside its sandbox.
 pub const HOME_IN_SANDBOX: &str = "/home/user";
 
@@ -245,22 +262,22 @@ impl RootLayout {
     /// A sandbox's own mounts on top of a copy of the shared root: a fresh /proc (mounted by
     /// its init, so it shows the sandbox's PID namespace) and its private /tmp.
     pub(crate) fn steps_in_template(&self, tmp_bytes: u64) -> Vec<Step> {
-        vec![
-            Step::Mount {
-                source: Some(text("proc")),
-                target: text("/proc"),
-                fstype: Some(text("proc")),
-                flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                data: None,
-            },
-            Step::Mount {
-                source: Some(text("tmpfs")),
-                target: text("/tmp"),
-                fstype: Some(text("tmpfs")),
-                flags: libc::MS_NOSUID | libc::MS_NODEV,
-                data: Some(text(&format!("size={tmp_bytes},mode=1777"))),
-            },
-        ]
+        let mut steps = vec![Step::Mount {
+            source: Some(text("proc")),
+            target: text("/proc"),
+            fstype: Some(text("proc")),
+            flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            data: None,
+        }];
+        steps.extend(proc_mask_steps("/proc", "/dev/null"));
+        steps.extend([Step::Mount {
+            source: Some(text("tmpfs")),
+            target: text("/tmp"),
+            fstype: Some(text("tmpfs")),
+            flags: libc::MS_NOSUID | libc::MS_NODEV,
+            data: Some(text(&format!("size={tmp_bytes},mode=1777"))),
+        }]);
+        steps
     }
 
     /// With `tmp_bytes`, one sandbox's root (with /proc, /tmp and the home mounted); without,
@@ -317,6 +334,11 @@ impl RootLayout {
                 flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 data: None,
             });
+            // Before pivot_root: the host's /dev/null is the one at hand.
+            steps.extend(proc_mask_steps(
+                &root.join("proc").to_string_lossy(),
+                "/dev/null",
+            ));
         }
         steps.push(Step::Mkdir {
             path: under("dev")?,
@@ -410,6 +432,18 @@ impl RootLayout {
         });
         Ok(steps)
     }
+}
+
+/// The steps that mask and protect parts of a freshly mounted /proc at `proc`.
+fn proc_mask_steps(proc: &str, dev_null: &str) -> Vec<Step> {
+    let masked = PROC_MASKED.iter().map(|name| Step::MaskPath {
+        path: text(&format!("{proc}/{name}")),
+        dev_null: text(dev_null),
+    });
+    let read_only = PROC_READ_ONLY.iter().map(|name| Step::ReadOnlyPath {
+        path: text(&format!("{proc}/{name}")),
+    });
+    masked.chain(read_only).collect()
 }
 
 fn read_only_bind(source: &Path, target: &Path) -> Result<Vec<Step>, SandboxError> {
