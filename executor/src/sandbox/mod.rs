@@ -115,6 +115,10 @@ pub struct SandboxHostConfig {
     pub first_uid: Option<u32>,
     /// Number of uids in the range.
     pub uid_count: u32,
+    /// Tests only: install a filter of the same shape that allows every call it would refuse
+    /// (still ENOSYS for clone3 and unknown calls), so that a test can show a call succeeds
+    /// without the filter. Never set by the node.
+    pub permissive_seccomp_for_tests: bool,
 }
 
 impl SandboxHostConfig {
@@ -125,6 +129,7 @@ impl SandboxHostConfig {
             state_dir: state_dir.into(),
             first_uid: None,
             uid_count: 65_536,
+            permissive_seccomp_for_tests: false,
         }
     }
 }
@@ -304,7 +309,12 @@ impl SandboxHost {
             layout,
             work_dir,
             uid_pool: UidPool::new(first_uid, config.uid_count),
-            seccomp_filter: seccomp::build_filter(),
+            seccomp_filter: if config.permissive_seccomp_for_tests {
+                tracing::warn!("seccomp filter is permissive (tests only)");
+                seccomp::build_permissive_filter()
+            } else {
+                seccomp::build_filter()
+            },
             // Unknown: drop every number a 64-bit mask can hold (EINVAL above the last is fine).
             netns_pool,
             mount_template,
