@@ -43,25 +43,28 @@ async fn program_has_no_capabilities_no_new_privs_and_seccomp() -> anyhow::Resul
         host.host.uid_pool().contains(uid),
         "uid {uid} is not from the node's range"
     );
-    tracing::info!("--- seccomp refuses new namespaces, mount and ptrace");
+    tracing::info!("--- calls a non-root uid could make are refused: only the filter stops them");
     let result = host
         .run(
             &code_request(
                 "python",
-                "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n\
-                 for name, call in [('unshare', lambda: libc.unshare(0x10000000)), ('mount', lambda: libc.mount(b'none', b'/tmp', b'tmpfs', 0, None)), ('ptrace', lambda: libc.ptrace(16, 1, 0, 0))]:\n\
+                "import ctypes, os, socket\nlibc = ctypes.CDLL(None, use_errno=True)\n\
+                 for name, call in [('personality', lambda: libc.personality(0x0400000)), \
+                 ('clone-newuser', lambda: libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0)), \
+                 ('socket-vsock', lambda: libc.socket(40, 1, 0))]:\n\
                  \x20   rc = call()\n\
-                 \x20   print(name, rc, os.strerror(ctypes.get_errno()))\n",
+                 \x20   if rc == 0 and name == 'clone-newuser': os._exit(0)\n\
+                 \x20   print(name, 'ok' if rc >= 0 else os.strerror(ctypes.get_errno()))\n",
             ),
             "seccomp",
         )
         .await?;
     assert_eq!(result.verdict, Verdict::Ok, "{result:?}");
-    for call in ["unshare", "mount", "ptrace"] {
+    for call in ["personality", "clone-newuser", "socket-vsock"] {
         assert!(
             result
                 .stdout
-                .contains(&format!("{call} -1 Operation not permitted")),
+                .contains(&format!("{call} Operation not permitted")),
             "{call} was not refused: {}",
             result.stdout
         );
@@ -110,6 +113,30 @@ async fn program_can_write_only_tmp() -> anyhow::Result<()> {
         "{}",
         result.stdout
     );
+    tracing::info!(
+        "--- the mounts themselves are read-only (file modes alone would refuse the writes above), \
+         and a remount read-write is refused"
+    );
+    let code = "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n\
+                for path in ['/', '/usr', '/etc', '/dev', '/proc/sys', '/tmp']:\n\
+                \x20   print(path, 'ro' if os.statvfs(path).f_flag & os.ST_RDONLY else 'rw')\n\
+                for path in [b'/', b'/usr', b'/etc']:\n\
+                \x20   rc = libc.mount(None, path, None, 0x20 | 0x1000, None)\n\
+                \x20   print('remount', path.decode(), 'ok' if rc == 0 else os.strerror(ctypes.get_errno()))\n";
+    let result = host.run(&code_request("python", code), "remount").await?;
+    assert_eq!(result.verdict, Verdict::Ok, "{result:?}");
+    for path in ["/", "/usr", "/etc", "/dev", "/proc/sys"] {
+        assert!(
+            result
+                .stdout
+                .lines()
+                .any(|line| line == format!("{path} ro")),
+            "{path} is not a read-only mount: {}",
+            result.stdout
+        );
+    }
+    assert!(result.stdout.lines().any(|line| line == "/tmp rw"));
+    assert!(!result.stdout.contains(" ok"), "{}", result.stdout);
     host.assert_clean();
     Ok(())
 }
@@ -182,28 +209,79 @@ async fn planted_symlinks_and_hardlinks_do_not_reach_host_files() -> anyhow::Res
     if !root_or_skip("planted_symlinks_and_hardlinks_do_not_reach_host_files") {
         return Ok(());
     }
+    use std::os::unix::fs::MetadataExt;
     let host = TestHost::start("links")?;
-    let shadow_before = std::fs::read("/etc/shadow").unwrap_or_default();
-    let sentinel = host.state_path().join("sentinel");
+    let secrets = host.state_path().join("secrets");
+    std::fs::create_dir_all(&secrets)?;
+    let sentinel = secrets.join("sentinel");
     std::fs::write(&sentinel, "host data")?;
-    let sentinel = sentinel.to_string_lossy().into_owned();
-    tracing::info!("--- the program links /tmp entries to /etc/shadow, /etc/passwd and a host path and writes through them");
+    let home = host.state_path().join("homes").join("ws1");
+    std::fs::create_dir_all(&home)?;
+    let limits = shoal_executor::sandbox::SandboxLimits {
+        memory_bytes: 256 << 20,
+        cpu_millis: 1000,
+        max_processes: 64,
+        tmp_bytes: 64 << 20,
+    };
+    let spec = || shoal_executor::sandbox::SandboxSpec {
+        name: "ws-links".to_string(),
+        limits,
+        home: Some(home.clone()),
+    };
+    tracing::info!("--- a workstation plants links to host paths in its home");
+    let sandbox = std::sync::Arc::new(host.host.create(spec())?);
+    let spawner = shoal_executor::sandbox::SandboxSpawner::new(std::sync::Arc::clone(&sandbox));
     let script = format!(
-        "ln -s /etc/shadow /tmp/x; ln -s {sentinel} /tmp/y; ln /etc/passwd /tmp/h 2>&1; \
-         cat /tmp/x 2>&1; echo pwned > /tmp/x 2>&1; echo pwned > /tmp/y 2>&1; ls -la /tmp; true"
+        "ln -s {secrets} $HOME/dir-link; ln -s {sentinel} $HOME/file-link; ln -s / $HOME/root; \
+         ln /usr/bin/env $HOME/hard 2>/dev/null || echo hardlink-refused; mkdir -p $HOME/a/b; \
+         ln -s {secrets} $HOME/a/b/deep",
+        secrets = secrets.display(),
+        sentinel = sentinel.display()
     );
-    let result = host.run(&sh(&script), "links").await?;
-    assert_eq!(result.verdict, Verdict::Ok, "{result:?}");
-    assert_eq!(
-        std::fs::read("/etc/shadow").unwrap_or_default(),
-        shadow_before
-    );
-    assert_eq!(std::fs::read_to_string(&sentinel)?, "host data");
+    let spawned = shoal_executor::spawner::Spawner::spawn(
+        &spawner,
+        &shoal_executor::spawner::ProcessSpec::new(["/bin/sh", "-c", &script]),
+        "ws-links/p1",
+    )?;
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(20), spawned.exit).await??;
+    assert!(exit.success(), "{exit:?}");
     assert!(
-        !result.stdout.contains("root:"),
-        "shadow leaked: {}",
-        result.stdout
+        home.join("dir-link").is_symlink(),
+        "the links were not planted"
     );
+    drop(spawner);
+    let sandbox =
+        std::sync::Arc::try_unwrap(sandbox).map_err(|_| anyhow::anyhow!("sandbox still shared"))?;
+    sandbox.destroy()?;
+
+    tracing::info!("--- the host re-creates the sandbox (chown of the home) and removes the home");
+    let sandbox = host.host.create(spec())?;
+    let uid = sandbox.uid().unwrap_or_default();
+    assert_eq!(std::fs::symlink_metadata(&home)?.uid(), uid);
+    sandbox.destroy()?;
+    tracing::info!("--- a link planted in place of the home itself is not followed by the chown");
+    let other_home = host.state_path().join("homes").join("ws2");
+    std::os::unix::fs::symlink(&secrets, &other_home)?;
+    let sandbox = host.host.create(shoal_executor::sandbox::SandboxSpec {
+        name: "ws-links2".to_string(),
+        limits,
+        home: Some(other_home.clone()),
+    });
+    drop(sandbox);
+    shoal_executor::sandbox::remove_home(&home)?;
+    shoal_executor::sandbox::remove_home(&other_home)?;
+    assert!(!home.exists());
+    assert_eq!(std::fs::read_to_string(&sentinel)?, "host data");
+    for path in [&secrets, &sentinel] {
+        let metadata = std::fs::metadata(path)?;
+        assert_eq!(
+            (metadata.uid(), metadata.gid()),
+            (0, 0),
+            "{} changed owner",
+            path.display()
+        );
+    }
+    assert!(std::fs::metadata("/usr/bin/env").is_ok());
     host.assert_clean();
     Ok(())
 }
@@ -301,19 +379,26 @@ async fn runs_share_only_the_read_only_root_and_get_their_own_proc_and_tmp() -> 
     tracing::info!("--- a run's mount table: the shared read-only root, its own /proc and /tmp");
     let first = host
         .run(
-            &sh(
-                "cut -d' ' -f5,6 /proc/self/mountinfo; echo secret > /tmp/left-behind; \
-                 touch /left-behind 2>/dev/null || echo root-refused",
-            ),
+            &sh("cat /proc/self/mountinfo; echo secret > /tmp/left-behind; \
+                 touch /left-behind 2>/dev/null || echo root-refused"),
             "shared-root-1",
         )
         .await?;
     assert_eq!(first.verdict, Verdict::Ok, "{first:?}");
+    let state = host.state_path().to_string_lossy().into_owned();
     let mut mount_points = Vec::new();
     for line in first.stdout.lines().filter(|line| *line != "root-refused") {
-        let mut fields = line.split_whitespace();
-        let point = fields.next().unwrap_or_default().to_string();
-        let options = fields.next().unwrap_or_default();
+        // id parent major:minor root mount-point options [optional...] - type source super
+        let fields: Vec<&str> = line.split(' ').collect();
+        let root = fields.get(3).copied().unwrap_or_default();
+        let point = fields.get(4).copied().unwrap_or_default().to_string();
+        let options = fields.get(5).copied().unwrap_or_default();
+        // The root field is the mounted directory's path in its own file system: a bind
+        // mount of a data-dir directory would show the host path here.
+        assert!(
+            !root.contains(&state) && !line.contains(&state),
+            "a host path is visible: {line}"
+        );
         let writable = point == "/tmp" || point == "/proc";
         assert_eq!(
             options.split(',').any(|option| option == "ro"),
@@ -321,7 +406,10 @@ async fn runs_share_only_the_read_only_root_and_get_their_own_proc_and_tmp() -> 
             "{point} has options {options}: {}",
             first.stdout
         );
-        mount_points.push(point);
+        // What runc masks or protects in /proc comes on top of the run's own /proc.
+        if !point.starts_with("/proc/") {
+            mount_points.push(point);
+        }
     }
     mount_points.sort();
     assert_eq!(
@@ -331,8 +419,6 @@ async fn runs_share_only_the_read_only_root_and_get_their_own_proc_and_tmp() -> 
         first.stdout
     );
     assert!(first.stdout.contains("root-refused"), "{}", first.stdout);
-    let state = host.state_path().to_string_lossy().into_owned();
-    assert!(!first.stdout.contains(&state), "a host path is visible");
 
     tracing::info!("--- the next run starts from the same root but sees nothing the first left");
     let second = host
@@ -350,6 +436,81 @@ async fn runs_share_only_the_read_only_root_and_get_their_own_proc_and_tmp() -> 
         "sees {n_processes} processes: {}",
         second.stdout
     );
+    host.assert_clean();
+    Ok(())
+}
+
+/// runc's default `maskedPaths` under /proc (a sandbox has no /sys) and `readonlyPaths`.
+const PROC_MASKED: &[&str] = &[
+    "acpi",
+    "asound",
+    "kcore",
+    "keys",
+    "latency_stats",
+    "timer_list",
+    "timer_stats",
+    "sched_debug",
+    "scsi",
+];
+const PROC_READ_ONLY: &[&str] = &["bus", "fs", "irq", "sys", "sysrq-trigger"];
+
+#[tokio::test]
+async fn proc_is_masked_like_runc_and_keys_timers_and_sysctls_are_out_of_reach(
+) -> anyhow::Result<()> {
+    if !root_or_skip("proc_is_masked_like_runc_and_keys_timers_and_sysctls_are_out_of_reach") {
+        return Ok(());
+    }
+    let host = TestHost::start("proc-masks")?;
+    let mut script = String::new();
+    for name in PROC_MASKED {
+        // A masked file reads empty, a masked directory lists empty.
+        script.push_str(&format!(
+            "p=/proc/{name}; if [ -d $p ]; then echo \"$p entries=$(ls -A $p | wc -l)\"; \
+             elif [ -e $p ]; then echo \"$p bytes=$(cat $p 2>/dev/null | wc -c)\"; fi; "
+        ));
+    }
+    script.push_str("cat /proc/self/mountinfo");
+    let result = host.run(&sh(&script), "proc-masks").await?;
+    assert_eq!(result.verdict, Verdict::Ok, "{result:?}");
+    let mut checked = 0;
+    for name in PROC_MASKED {
+        if std::fs::symlink_metadata(format!("/proc/{name}")).is_err() {
+            continue;
+        }
+        checked += 1;
+        let line = result
+            .stdout
+            .lines()
+            .find(|line| line.starts_with(&format!("/proc/{name} ")))
+            .unwrap_or_default();
+        assert!(
+            line.ends_with("entries=0") || line.ends_with("bytes=0"),
+            "/proc/{name} is not masked: {line:?}\n{}",
+            result.stdout
+        );
+    }
+    assert!(
+        checked >= 2,
+        "this host has too few of the masked paths to test"
+    );
+    for name in PROC_READ_ONLY {
+        if std::fs::symlink_metadata(format!("/proc/{name}")).is_err() {
+            continue;
+        }
+        // mountinfo: id parent major:minor root mount-point options ...
+        let read_only = result.stdout.lines().any(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            fields.get(4) == Some(&format!("/proc/{name}").as_str())
+                && fields
+                    .get(5)
+                    .is_some_and(|options| options.split(',').any(|option| option == "ro"))
+        });
+        assert!(
+            read_only,
+            "/proc/{name} is not read-only: {}",
+            result.stdout
+        );
+    }
     host.assert_clean();
     Ok(())
 }

@@ -13,9 +13,11 @@
 //! had, which do not exist in the child.
 //!
 //! Process tree of a run: node → `init` (PID 1 of the new PID namespace, root, sets up mounts,
-//! stays outside seccomp) → `program` (drops everything, execs the user's code; started
-//! vfork-style, sharing init's memory on a stack of its own until its exec, see
-//! `vfork_program`). A run's init does not build a root: it joins the node's shared, read-only
+//! stays outside seccomp) → `program` (drops everything, execs the user's code; started sharing
+//! init's memory on a stack of its own until its exec, see `gated_program`). Once the program is
+//! cloned, `init` execs the clean init of `init.rs` (argv `init`, no environment, no
+//! capabilities), which opens the program's gate, so no user code runs while PID 1 is a copy
+//! of the node; each forked child first zeroes its copy of the node's argv and environment. A run's init does not build a root: it joins the node's shared, read-only
 //! sandbox root (`build_mount_template`, once per node) and unshares a copy of it. `init` reports
 //! the program's wait status on the report pipe and exits; the kernel then kills whatever else is
 //! left in the PID namespace (daemons included). For a workstation `init` stays as the
@@ -42,6 +44,8 @@ pub(crate) const STEP_FORK_PROGRAM: i32 = -1;
 pub(crate) const STEP_SETNS: i32 = -2;
 /// Step index reported for failures while preparing the program (stdio, uid, seccomp, ...).
 pub(crate) const STEP_PROGRAM: i32 = -3;
+/// Step index reported when exec'ing the clean init (see `init.rs`) failed.
+pub(crate) const STEP_EXEC_INIT: i32 = -4;
 
 /// One setup action of the init process, done before the program is forked.
 #[derive(Debug)]
@@ -95,6 +99,12 @@ pub(crate) enum Step {
     ProtectFromOom,
     /// unshare(CLONE_NEWCGROUP): the program sees its own cgroup as the root.
     UnshareCgroup,
+    /// Hides `path` (runc's `maskedPaths`): a file gets `dev_null` bound over it, a directory an
+    /// empty read-only tmpfs; a path this kernel does not have is fine.
+    MaskPath { path: CString, dev_null: CString },
+    /// Makes `path` read-only (runc's `readonlyPaths`): a read-only bind of itself; a path this
+    /// kernel does not have is fine.
+    ReadOnlyPath { path: CString },
 }
 
 impl Step {
@@ -119,6 +129,8 @@ impl Step {
             Step::EnterMountTemplate { .. } => "enter the prepared sandbox root".to_string(),
             Step::ProtectFromOom => "oom_score_adj".to_string(),
             Step::UnshareCgroup => "unshare cgroup namespace".to_string(),
+            Step::MaskPath { path, .. } => format!("mask {}", text(path)),
+            Step::ReadOnlyPath { path } => format!("make {} read-only", text(path)),
         }
     }
 }
@@ -216,6 +228,44 @@ pub(crate) enum InitMode {
     Reaper,
 }
 
+/// The node's own argv and initial environment: address ranges in its memory (from
+/// /proc/self/stat), which a forked child zeroes in its copy before anything of the sandbox can
+/// see it, so that its `/proc/<pid>/cmdline` shows nothing of the node (`environ` needs ptrace
+/// access, which the sandbox's uid does not have to a root process).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct NodeIdentity {
+    ranges: [(usize, usize); 2],
+}
+
+impl NodeIdentity {
+    /// The ranges of this process (empty where /proc/self/stat cannot be read).
+    pub(crate) fn of_this_process() -> Self {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        // Fields after the command name's closing parenthesis start at field 3; arg_start,
+        // arg_end, env_start and env_end are fields 48 to 51.
+        let fields: Vec<usize> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| {
+                rest.split_whitespace()
+                    .skip(45)
+                    .take(4)
+                    .filter_map(|field| field.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        match fields.as_slice() {
+            [arg_start, arg_end, env_start, env_end]
+                if arg_start <= arg_end && env_start <= env_end =>
+            {
+                NodeIdentity {
+                    ranges: [(*arg_start, *arg_end), (*env_start, *env_end)],
+                }
+            }
+            _ => NodeIdentity::default(),
+        }
+    }
+}
+
 /// Everything the init process needs.
 pub(crate) struct InitPlan {
     /// Namespace flags for clone(2).
@@ -228,6 +278,11 @@ pub(crate) struct InitPlan {
     pub placement_barrier: usize,
     /// What to do afterwards.
     pub mode: InitMode,
+    /// The sealed memfd of the clean init (`init.rs`) to exec once set up; None keeps this
+    /// forked process as the sandbox's init (architectures without an image).
+    pub init_image: Option<RawFd>,
+    /// What to erase of the node's identity first thing.
+    pub identity: NodeIdentity,
 }
 
 /// A started child: its pid, a pidfd to await its exit, and the report pipe's read end.
@@ -381,6 +436,7 @@ fn release(sync_write: &OwnedFd, pid: libc::pid_t) -> Result<(), SandboxError> {
 pub(crate) fn start_in_namespaces(
     namespace_fds: &[RawFd],
     program: &ProgramPlan,
+    identity: NodeIdentity,
     place: impl FnOnce(libc::pid_t) -> Result<(), SandboxError>,
 ) -> Result<(libc::pid_t, Vec<Report>), SandboxError> {
     let (sync_read, sync_write) = pipe_cloexec()?;
@@ -393,6 +449,7 @@ pub(crate) fn start_in_namespaces(
             enter_main(
                 namespace_fds,
                 program,
+                identity,
                 sync_read.as_raw_fd(),
                 report_write.as_raw_fd(),
             )
@@ -443,6 +500,8 @@ pub(crate) fn build_mount_template(steps: &[Step]) -> Result<OwnedFd, SandboxErr
             libc::close(sync_write.as_raw_fd());
             libc::close(report_read.as_raw_fd());
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            // Modes are the steps' own, whatever umask the node runs with.
+            libc::umask(0);
             let report_fd = report_write.as_raw_fd();
             for (index, step) in steps.iter().enumerate() {
                 if let Err(error) = run_step(step) {
@@ -519,6 +578,7 @@ pub(crate) fn describe_failure(reports: &[Report], steps: &[Step]) -> String {
                     STEP_FORK_PROGRAM => "fork the program".to_string(),
                     STEP_SETNS => "join the sandbox's namespaces".to_string(),
                     STEP_PROGRAM => "prepare the program (stdio, credentials, seccomp)".to_string(),
+                    STEP_EXEC_INIT => "exec the sandbox's init".to_string(),
                     index => usize::try_from(index)
                         .ok()
                         .and_then(|index| steps.get(index))
@@ -648,6 +708,9 @@ unsafe fn init_main(
     for fd in parent_ends {
         libc::close(*fd);
     }
+    // First thing, before this process is visible to anything in the sandbox's namespaces.
+    hide_node_identity(&plan.identity);
+    libc::umask(0);
     // If the node dies, its sandboxes die with it (killing init kills the PID namespace). If it
     // died before this line, the sync pipe reads EOF at the placement barrier and we exit
     // before the program could start. The mount setup needs no go: it starts right away, on
@@ -670,6 +733,7 @@ unsafe fn init_main(
             _ => None,
         })
         .unwrap_or(sync_read);
+    let image_fd = plan.init_image.unwrap_or(sync_read);
     match &plan.mode {
         InitMode::RunProgram(program) => {
             close_all_except(&[
@@ -679,9 +743,12 @@ unsafe fn init_main(
                 program.stderr_fd,
                 network_fd,
                 mount_fd,
+                image_fd,
             ]);
         }
-        InitMode::Reaper => close_all_except(&[sync_read, report_fd, network_fd, mount_fd]),
+        InitMode::Reaper => {
+            close_all_except(&[sync_read, report_fd, network_fd, mount_fd, image_fd])
+        }
     }
     stdio_to_dev_null();
     let mut placed = false;
@@ -697,8 +764,26 @@ unsafe fn init_main(
     if !placed {
         wait_for_go(sync_read);
     }
-    match &plan.mode {
-        InitMode::RunProgram(program) => {
+    match (&plan.mode, plan.init_image) {
+        (InitMode::RunProgram(program), Some(image)) => {
+            // The program waits at the gate until the clean init opens it: it never runs
+            // user code while PID 1 is still this copy of the node.
+            let (program_pid, gate) = match gated_program(program, report_fd) {
+                Ok(started) => started,
+                Err(error) => fail(report_fd, STEP_FORK_PROGRAM, error),
+            };
+            report(report_fd, REPORT_STARTED, program_pid, 0);
+            libc::close(program.stdout_fd);
+            libc::close(program.stderr_fd);
+            let error = exec_clean_init(image, report_fd, program_pid, gate);
+            libc::kill(program_pid, libc::SIGKILL);
+            fail(report_fd, STEP_EXEC_INIT, error)
+        }
+        (InitMode::Reaper, Some(image)) => {
+            let error = exec_clean_init(image, report_fd, 0, -1);
+            fail(report_fd, STEP_EXEC_INIT, error)
+        }
+        (InitMode::RunProgram(program), None) => {
             let program_pid = vfork_program(program, report_fd);
             if program_pid < 0 {
                 fail(report_fd, STEP_FORK_PROGRAM, errno());
@@ -719,7 +804,7 @@ unsafe fn init_main(
                 }
             }
         }
-        InitMode::Reaper => {
+        (InitMode::Reaper, None) => {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGCHLD);
@@ -790,6 +875,170 @@ unsafe fn vfork_program(program: &ProgramPlan, report_fd: RawFd) -> libc::pid_t 
     libc::munmap(stack, PROGRAM_STACK_BYTES);
     *libc::__errno_location() = saved_errno;
     pid
+}
+
+/// Zeroes the node's argv and environment in this (forked) process's copy of its memory and
+/// renames it `init`: `/proc/<pid>/cmdline` then reads empty, `comm` reads `init`.
+unsafe fn hide_node_identity(identity: &NodeIdentity) {
+    for (start, end) in identity.ranges {
+        if end > start {
+            std::ptr::write_bytes(start as *mut u8, 0, end - start);
+        }
+    }
+    libc::prctl(libc::PR_SET_NAME, c"init".as_ptr(), 0, 0, 0);
+}
+
+/// Lowest fd number used to park fds while the clean init's fds 3-5 are arranged.
+const PARKED_FD_MIN: libc::c_int = 64;
+
+/// Execs the clean init (`init.rs`) with fd 3 = `report_fd`, fd 4 = a pipe holding `word`, fd
+/// 5 = `gate` (when >= 0), nothing else, no capabilities, argv `init` and no environment.
+/// Returns only on failure, with the errno.
+unsafe fn exec_clean_init(image: RawFd, report_fd: RawFd, word: libc::pid_t, gate: RawFd) -> i32 {
+    let mut word_pipe = [0 as libc::c_int; 2];
+    if libc::pipe2(word_pipe.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+        return errno();
+    }
+    let bytes = word.to_ne_bytes();
+    if libc::write(word_pipe[1], bytes.as_ptr().cast(), bytes.len()) != bytes.len() as isize {
+        return errno();
+    }
+    libc::close(word_pipe[1]);
+    // Park every fd above the target numbers first, so that no dup2 overwrites another.
+    let park = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, PARKED_FD_MIN);
+    let report_parked = park(report_fd);
+    let word_parked = park(word_pipe[0]);
+    let image_parked = park(image);
+    let gate_parked = if gate >= 0 { park(gate) } else { 0 };
+    if report_parked < 0 || word_parked < 0 || image_parked < 0 || gate_parked < 0 {
+        return errno();
+    }
+    if libc::dup2(report_parked, 3) != 3
+        || libc::dup2(word_parked, 4) != 4
+        || (gate >= 0 && libc::dup2(gate_parked, 5) != 5)
+    {
+        return errno();
+    }
+    // Everything else closes at exec (the image too: the kernel holds the file).
+    close_range(
+        if gate >= 0 { 6 } else { 5 },
+        u32::MAX,
+        libc::CLOSE_RANGE_CLOEXEC,
+    );
+    // Dispositions the node set (it ignores SIGPIPE) and the signal mask survive exec.
+    for signal in 1..=64 {
+        if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+            libc::signal(signal, libc::SIG_DFL);
+        }
+    }
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    // The clean init needs no privilege: an empty bounding set leaves it none after exec.
+    for capability in 0..=63 {
+        libc::prctl(libc::PR_CAPBSET_DROP, capability as libc::c_ulong, 0, 0, 0);
+    }
+    libc::prctl(
+        libc::PR_CAP_AMBIENT,
+        libc::PR_CAP_AMBIENT_CLEAR_ALL,
+        0,
+        0,
+        0,
+    );
+    libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    let argv = [c"init".as_ptr(), std::ptr::null()];
+    let envp = [std::ptr::null::<libc::c_char>()];
+    libc::syscall(
+        libc::SYS_execveat,
+        image_parked,
+        c"".as_ptr(),
+        argv.as_ptr(),
+        envp.as_ptr(),
+        libc::AT_EMPTY_PATH,
+    );
+    errno()
+}
+
+/// What [`gated_program_entry`] needs, copied to the top of the program's own stack (init
+/// goes on running, and then execs, while the program reads it).
+struct GatedEntry {
+    program: *const ProgramPlan,
+    report_fd: RawFd,
+    gate_read: RawFd,
+    gate_write: RawFd,
+}
+
+extern "C" fn gated_program_entry(argument: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `argument` points to the GatedEntry at the top of this process's own stack
+    // mapping, which nothing else touches; the plan it points to lives in memory init never
+    // frees (init execs, which leaves this process the only user of that memory).
+    unsafe {
+        let entry = &*(argument as *const GatedEntry);
+        // This process's copy of the write end: closed, so that the gate reads EOF (and the
+        // program exits) if init dies without opening it.
+        libc::close(entry.gate_write);
+        let mut byte = 0u8;
+        loop {
+            let count = libc::read(entry.gate_read, (&mut byte as *mut u8).cast(), 1);
+            if count == 1 {
+                break;
+            }
+            if count < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            libc::_exit(125);
+        }
+        libc::close(entry.gate_read);
+        exec_program(&*entry.program, entry.report_fd)
+    }
+}
+
+/// Starts the program sharing init's memory (CLONE_VM, a stack of its own: no copy of init's
+/// page tables, which are a copy of the whole node) but, unlike `vfork_program`, without
+/// suspending init: the program waits at a gate while init execs the clean init, which opens
+/// it. Init's exec leaves the program the only user of the old memory until its own exec.
+/// Returns the program's pid and init's end of the gate (close-on-exec).
+unsafe fn gated_program(
+    program: &ProgramPlan,
+    report_fd: RawFd,
+) -> Result<(libc::pid_t, RawFd), i32> {
+    let mut gate = [0 as libc::c_int; 2];
+    if libc::pipe2(gate.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+        return Err(errno());
+    }
+    let stack = libc::mmap(
+        std::ptr::null_mut(),
+        PROGRAM_STACK_BYTES,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+        -1,
+        0,
+    );
+    if stack == libc::MAP_FAILED {
+        return Err(errno());
+    }
+    // The entry at the very top, the stack (16-byte aligned) right below it.
+    let entry_offset = (PROGRAM_STACK_BYTES - std::mem::size_of::<GatedEntry>()) & !15;
+    let entry = stack.cast::<u8>().add(entry_offset).cast::<GatedEntry>();
+    entry.write(GatedEntry {
+        program,
+        report_fd,
+        gate_read: gate[0],
+        gate_write: gate[1],
+    });
+    let pid = libc::clone(
+        gated_program_entry,
+        entry.cast::<libc::c_void>(),
+        libc::CLONE_VM | libc::SIGCHLD,
+        entry.cast::<libc::c_void>(),
+    );
+    if pid < 0 {
+        let error = errno();
+        libc::munmap(stack, PROGRAM_STACK_BYTES);
+        return Err(error);
+    }
+    libc::close(gate[0]);
+    Ok((pid, gate[1]))
 }
 
 unsafe fn run_step(step: &Step) -> Result<(), i32> {
@@ -877,6 +1126,60 @@ unsafe fn run_step(step: &Step) -> Result<(), i32> {
             Ok(())
         }
         Step::UnshareCgroup => check(libc::unshare(libc::CLONE_NEWCGROUP)),
+        Step::MaskPath { path, dev_null } => {
+            let none = std::ptr::null();
+            if libc::mount(
+                dev_null.as_ptr(),
+                path.as_ptr(),
+                none,
+                libc::MS_BIND,
+                none.cast(),
+            ) == 0
+            {
+                return Ok(());
+            }
+            match errno() {
+                libc::ENOENT => Ok(()),
+                // A directory: nothing to bind a file over.
+                libc::ENOTDIR => check(libc::mount(
+                    c"tmpfs".as_ptr(),
+                    path.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    c"size=4k,nr_inodes=2,mode=555".as_ptr().cast(),
+                )),
+                error => Err(error),
+            }
+        }
+        Step::ReadOnlyPath { path } => {
+            let none = std::ptr::null();
+            if libc::mount(
+                path.as_ptr(),
+                path.as_ptr(),
+                none,
+                libc::MS_BIND | libc::MS_REC,
+                none.cast(),
+            ) != 0
+            {
+                return if errno() == libc::ENOENT {
+                    Ok(())
+                } else {
+                    Err(errno())
+                };
+            }
+            check(libc::mount(
+                none,
+                path.as_ptr(),
+                none,
+                libc::MS_BIND
+                    | libc::MS_REMOUNT
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | libc::MS_NOEXEC,
+                none.cast(),
+            ))
+        }
         Step::JoinNetwork { fd } => {
             let result = check(libc::setns(*fd, libc::CLONE_NEWNET));
             libc::close(*fd);
@@ -945,9 +1248,12 @@ unsafe fn write_proc_self(path: &std::ffi::CStr, value: &[u8]) -> Result<(), i32
 unsafe fn enter_main(
     namespace_fds: &[RawFd],
     program: &ProgramPlan,
+    identity: NodeIdentity,
     sync_read: RawFd,
     report_fd: RawFd,
 ) -> ! {
+    // Before the program is cloned into the sandbox's PID namespace from this memory.
+    hide_node_identity(&identity);
     wait_for_go(sync_read);
     for fd in namespace_fds {
         if libc::setns(*fd, 0) != 0 {
@@ -1057,6 +1363,18 @@ unsafe fn exec_program(program: &ProgramPlan, report_fd: RawFd) -> ! {
         {
             step_failed(errno());
         }
+    }
+    // A fresh session keyring, owned by the program's user: the node's own session keyring
+    // (inherited through fork) is no longer the program's. No keyring support: nothing to hide.
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    if libc::syscall(
+        libc::SYS_keyctl,
+        KEYCTL_JOIN_SESSION_KEYRING,
+        std::ptr::null::<libc::c_char>(),
+    ) < 0
+        && errno() != libc::ENOSYS
+    {
+        step_failed(errno());
     }
     if program.drop_capabilities {
         let header = CapabilityHeader {

@@ -11,6 +11,7 @@
 
 mod cgroup;
 mod child;
+mod init;
 mod netns_pool;
 mod probe;
 mod rootfs;
@@ -35,7 +36,7 @@ pub(crate) use child::{
     describe_failure, output_pipe, Report, StdinPlan, Step, REPORT_EXEC_FAILED, REPORT_EXITED,
     REPORT_RECORD_BYTES, REPORT_SETUP_FAILED, REPORT_STARTED,
 };
-use child::{InitMode, InitPlan, ProgramPlan, Started};
+use child::{InitMode, InitPlan, NodeIdentity, ProgramPlan, Started};
 use rootfs::RootLayout;
 
 /// PATH given to every sandboxed process.
@@ -114,6 +115,10 @@ pub struct SandboxHostConfig {
     pub first_uid: Option<u32>,
     /// Number of uids in the range.
     pub uid_count: u32,
+    /// Tests only: install a filter of the same shape that allows every call it would refuse
+    /// (still ENOSYS for clone3 and unknown calls), so that a test can show a call succeeds
+    /// without the filter. Never set by the node.
+    pub permissive_seccomp_for_tests: bool,
 }
 
 impl SandboxHostConfig {
@@ -124,6 +129,7 @@ impl SandboxHostConfig {
             state_dir: state_dir.into(),
             first_uid: None,
             uid_count: 65_536,
+            permissive_seccomp_for_tests: false,
         }
     }
 }
@@ -143,6 +149,11 @@ pub struct SandboxHost {
     /// start from a copy of it. None where it could not be built (runs then build their root
     /// themselves, as workstations always do: their home needs a host path).
     mount_template: Option<OwnedFd>,
+    /// The sealed memfd of the clean init every sandbox's init process execs once set up (see
+    /// `init.rs`): PID 1 of a sandbox is never a copy of the node.
+    init_image: Option<OwnedFd>,
+    /// Where the node's argv and environment live, erased in every forked child.
+    identity: NodeIdentity,
 }
 
 impl std::fmt::Debug for SandboxHost {
@@ -270,14 +281,40 @@ impl SandboxHost {
             }
             _ => None,
         };
+        let init_image = if report.private_filesystem {
+            match init::memfd() {
+                Ok(image) => Some(image),
+                // Without it, PID 1 of a sandbox would be a copy of the node: refuse rather than
+                // start sandboxes guests can read the node from.
+                Err(reason) if cfg!(target_arch = "x86_64") => {
+                    return Err(SandboxError::Prepare {
+                        path: PathBuf::from("memfd:init"),
+                        reason,
+                    })
+                }
+                Err(reason) => {
+                    tracing::warn!(%reason, "sandboxes keep a forked init: its memory is a copy of the node's");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(Arc::new(SandboxHost {
+            init_image,
+            identity: NodeIdentity::of_this_process(),
             node_id: config.node_id,
             cgroup_prefix,
             report,
             layout,
             work_dir,
             uid_pool: UidPool::new(first_uid, config.uid_count),
-            seccomp_filter: seccomp::build_filter(),
+            seccomp_filter: if config.permissive_seccomp_for_tests {
+                tracing::warn!("seccomp filter is permissive (tests only)");
+                seccomp::build_permissive_filter()
+            } else {
+                seccomp::build_filter()
+            },
             // Unknown: drop every number a 64-bit mask can hold (EINVAL above the last is fine).
             netns_pool,
             mount_template,
@@ -398,7 +435,11 @@ fn placement_barrier(steps: &[Step]) -> usize {
         .rposition(|step| {
             matches!(
                 step,
-                Step::PivotRoot { .. } | Step::EnterMountTemplate { .. } | Step::Mount { .. }
+                Step::PivotRoot { .. }
+                    | Step::EnterMountTemplate { .. }
+                    | Step::Mount { .. }
+                    | Step::MaskPath { .. }
+                    | Step::ReadOnlyPath { .. }
             )
         })
         .map(|index| index + 1)
@@ -845,6 +886,8 @@ impl Sandbox {
             placement_barrier: placement_barrier(&steps),
             steps,
             mode: InitMode::RunProgram(Box::new(program_plan)),
+            init_image: self.host.init_image.as_ref().map(AsRawFd::as_raw_fd),
+            identity: self.host.identity,
         };
         let Started { pid, pidfd, report } = child::start_init(&plan, |pid| self.place(pid))?;
         Ok(RunProcess {
@@ -878,6 +921,8 @@ impl Sandbox {
             placement_barrier: placement_barrier(&steps),
             steps,
             mode: InitMode::Reaper,
+            init_image: self.host.init_image.as_ref().map(AsRawFd::as_raw_fd),
+            identity: self.host.identity,
         };
         let started = child::start_init(&plan, |pid| self.place(pid))?;
         let reports = child::read_reports_blocking(&started.report);
@@ -969,7 +1014,7 @@ impl Sandbox {
             Some(tree) => tree.add_process(pid),
             None => Ok(()),
         };
-        let started = child::start_in_namespaces(&namespace_fds, &plan, place);
+        let started = child::start_in_namespaces(&namespace_fds, &plan, self.host.identity, place);
         drop(reaper);
         let (pid, reports) = match started {
             Ok(started) => started,

@@ -60,18 +60,56 @@ const ETC_ALLOWLIST: &[&str] = &[
 const ETC_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
 const ETC_TOTAL_BYTES_MAX: u64 = 64 * 1024 * 1024;
 const ETC_DEPTH_MAX: usize = 6;
+/// Per-file allowance of the /etc tmpfs on top of the bytes copied (tmpfs charges whole pages).
+const ETC_FILE_PAGE_BYTES: u64 = 4096;
 /// Size of the read-only tmpfs the new root is built on (only mount points live there).
 const ROOT_TMPFS_OPTIONS: &str = "size=1m,nr_inodes=256,mode=755";
 /// /dev is a tiny tmpfs holding mount points and symlinks.
 const DEV_TMPFS_OPTIONS: &str = "size=64k,nr_inodes=64,mode=755";
+/// Parts of /proc hidden from sandboxes: runc's default `maskedPaths` (host-wide timers,
+/// scheduler and latency statistics, the kernel's memory image, keys, hardware). runc's
+/// /sys entries do not apply: a sandbox has no /sys.
+const PROC_MASKED: &[&str] = &[
+    "acpi",
+    "asound",
+    "kcore",
+    "keys",
+    "latency_stats",
+    "timer_list",
+    "timer_stats",
+    "sched_debug",
+    "scsi",
+];
+/// Parts of /proc made read-only: runc's default `readonlyPaths`.
+const PROC_READ_ONLY: &[&str] = &["bus", "fs", "irq", "sys", "sysrq-trigger"];
+
 /// Where a workstation's home volume appears inside its sandbox.
 pub const HOME_IN_SANDBOX: &str = "/home/user";
 
-/// The per-node host directories the sandboxes are built from.
+/// One entry of the sandbox's /etc, relative to it.
+#[derive(Debug, Clone)]
+enum EtcEntry {
+    Dir(PathBuf),
+    Symlink {
+        link: PathBuf,
+        target: PathBuf,
+    },
+    File {
+        path: PathBuf,
+        data: Vec<u8>,
+        mode: u32,
+    },
+}
+
+/// What the sandboxes' roots are built from.
 #[derive(Debug, Clone)]
 pub struct RootLayout {
-    /// The minimal /etc, rebuilt at each node start.
-    pub etc_dir: PathBuf,
+    /// The minimal /etc, read at each node start. It is written into a tmpfs of the sandbox's
+    /// own rather than bind-mounted from the data dir, whose path would show in the sandbox's
+    /// mountinfo (a bind mount's root field is its path in the host file system).
+    etc: Vec<EtcEntry>,
+    /// Bytes of the files in `etc`.
+    etc_bytes: u64,
     /// An empty directory used as the mount point of every sandbox's root (each sandbox mounts
     /// its own tmpfs there in its own mount namespace).
     pub root_dir: PathBuf,
@@ -99,26 +137,36 @@ fn text(value: &str) -> CString {
 impl RootLayout {
     /// Builds the layout under `state_dir` (replacing what an earlier start left).
     pub fn prepare(state_dir: &Path) -> Result<Self, SandboxError> {
-        let etc_dir = state_dir.join("etc");
-        let root_dir = state_dir.join("root");
-        if etc_dir.exists() {
-            std::fs::remove_dir_all(&etc_dir).map_err(|error| io_error(&etc_dir, error))?;
+        // Earlier versions kept a copy of /etc here.
+        let old_etc_dir = state_dir.join("etc");
+        if old_etc_dir.exists() {
+            std::fs::remove_dir_all(&old_etc_dir).map_err(|error| io_error(&old_etc_dir, error))?;
         }
-        std::fs::create_dir_all(&etc_dir).map_err(|error| io_error(&etc_dir, error))?;
+        let root_dir = state_dir.join("root");
         std::fs::create_dir_all(&root_dir).map_err(|error| io_error(&root_dir, error))?;
-        // Explicit modes: the agent runs with umask 077 (its data dir is its own), but the
-        // sandbox's /etc must be readable by the sandboxed programs' users.
-        set_mode(&etc_dir, SHARED_DIR_MODE)?;
+        // An explicit mode: the agent runs with umask 077 (its data dir is its own), but the
+        // sandbox's root mount point must be reachable by the sandboxed programs' users.
         set_mode(&root_dir, SHARED_DIR_MODE)?;
         let mut copied_bytes = 0u64;
+        let mut etc = Vec::new();
         for entry in ETC_ALLOWLIST {
             let source = Path::new("/etc").join(entry);
-            let target = etc_dir.join(entry);
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(|error| io_error(parent, error))?;
-                set_mode(parent, SHARED_DIR_MODE)?;
+            if std::fs::symlink_metadata(&source).is_err() {
+                continue;
             }
-            copy_tree(&source, &target, 0, &mut copied_bytes)?;
+            let target = PathBuf::from(entry);
+            // Parent directories of nested entries (ssl/certs).
+            let mut parent = PathBuf::new();
+            for component in target.parent().into_iter().flat_map(Path::components) {
+                parent.push(component);
+                if !etc
+                    .iter()
+                    .any(|known| matches!(known, EtcEntry::Dir(dir) if *dir == parent))
+                {
+                    etc.push(EtcEntry::Dir(parent.clone()));
+                }
+            }
+            copy_tree(&source, &target, 0, &mut copied_bytes, &mut etc)?;
         }
         let generated: &[(&str, &str)] = &[
             ("passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
@@ -128,11 +176,74 @@ impl RootLayout {
             ("resolv.conf", "# no network in this sandbox\n"),
         ];
         for (name, content) in generated {
-            let path = etc_dir.join(name);
-            std::fs::write(&path, content).map_err(|error| io_error(&path, error))?;
-            set_mode(&path, SHARED_FILE_MODE)?;
+            copied_bytes += content.len() as u64;
+            etc.push(EtcEntry::File {
+                path: PathBuf::from(name),
+                data: content.as_bytes().to_vec(),
+                mode: 0o644,
+            });
         }
-        Ok(RootLayout { etc_dir, root_dir })
+        Ok(RootLayout {
+            etc,
+            etc_bytes: copied_bytes,
+            root_dir,
+        })
+    }
+
+    /// Steps that fill `etc` (a mount point under the new root) with a read-only tmpfs holding
+    /// the sandbox's /etc.
+    fn etc_steps(&self, etc: &Path) -> Result<Vec<Step>, SandboxError> {
+        let n_entries = self.etc.len() as u64 + 1;
+        let options = text(&format!(
+            "size={},nr_inodes={},mode=755",
+            self.etc_bytes + n_entries * ETC_FILE_PAGE_BYTES,
+            n_entries + 16
+        ));
+        let target = cstring(etc)?;
+        let mut steps = vec![
+            Step::Mkdir {
+                path: target.clone(),
+                mode: 0o755,
+            },
+            Step::Mount {
+                source: Some(text("tmpfs")),
+                target: target.clone(),
+                fstype: Some(text("tmpfs")),
+                flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                data: Some(options.clone()),
+            },
+        ];
+        for entry in &self.etc {
+            steps.push(match entry {
+                EtcEntry::Dir(path) => Step::Mkdir {
+                    path: cstring(&etc.join(path))?,
+                    mode: 0o755,
+                },
+                EtcEntry::Symlink { link, target } => Step::Symlink {
+                    target: cstring(target)?,
+                    link: cstring(&etc.join(link))?,
+                },
+                EtcEntry::File { path, data, mode } => Step::OwnedFile {
+                    path: cstring(&etc.join(path))?,
+                    data: data.clone(),
+                    mode: *mode,
+                    uid: 0,
+                    gid: 0,
+                },
+            });
+        }
+        steps.push(Step::Mount {
+            source: None,
+            target,
+            fstype: None,
+            flags: libc::MS_REMOUNT
+                | libc::MS_RDONLY
+                | libc::MS_NOSUID
+                | libc::MS_NODEV
+                | libc::MS_NOEXEC,
+            data: Some(options),
+        });
+        Ok(steps)
     }
 
     /// The mount steps for one sandbox, done by its init process before pivot_root.
@@ -154,22 +265,22 @@ impl RootLayout {
     /// A sandbox's own mounts on top of a copy of the shared root: a fresh /proc (mounted by
     /// its init, so it shows the sandbox's PID namespace) and its private /tmp.
     pub(crate) fn steps_in_template(&self, tmp_bytes: u64) -> Vec<Step> {
-        vec![
-            Step::Mount {
-                source: Some(text("proc")),
-                target: text("/proc"),
-                fstype: Some(text("proc")),
-                flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                data: None,
-            },
-            Step::Mount {
-                source: Some(text("tmpfs")),
-                target: text("/tmp"),
-                fstype: Some(text("tmpfs")),
-                flags: libc::MS_NOSUID | libc::MS_NODEV,
-                data: Some(text(&format!("size={tmp_bytes},mode=1777"))),
-            },
-        ]
+        let mut steps = vec![Step::Mount {
+            source: Some(text("proc")),
+            target: text("/proc"),
+            fstype: Some(text("proc")),
+            flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            data: None,
+        }];
+        steps.extend(proc_mask_steps("/proc", "/dev/null"));
+        steps.extend([Step::Mount {
+            source: Some(text("tmpfs")),
+            target: text("/tmp"),
+            fstype: Some(text("tmpfs")),
+            flags: libc::MS_NOSUID | libc::MS_NODEV,
+            data: Some(text(&format!("size={tmp_bytes},mode=1777"))),
+        }]);
+        steps
     }
 
     /// With `tmp_bytes`, one sandbox's root (with /proc, /tmp and the home mounted); without,
@@ -213,7 +324,7 @@ impl RootLayout {
                 steps.extend(read_only_bind(&host, &root.join(dir))?);
             }
         }
-        steps.extend(read_only_bind(&self.etc_dir, &root.join("etc"))?);
+        steps.extend(self.etc_steps(&root.join("etc"))?);
         steps.push(Step::Mkdir {
             path: under("proc")?,
             mode: 0o555,
@@ -226,6 +337,11 @@ impl RootLayout {
                 flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 data: None,
             });
+            // Before pivot_root: the host's /dev/null is the one at hand.
+            steps.extend(proc_mask_steps(
+                &root.join("proc").to_string_lossy(),
+                "/dev/null",
+            ));
         }
         steps.push(Step::Mkdir {
             path: under("dev")?,
@@ -321,6 +437,18 @@ impl RootLayout {
     }
 }
 
+/// The steps that mask and protect parts of a freshly mounted /proc at `proc`.
+fn proc_mask_steps(proc: &str, dev_null: &str) -> Vec<Step> {
+    let masked = PROC_MASKED.iter().map(|name| Step::MaskPath {
+        path: text(&format!("{proc}/{name}")),
+        dev_null: text(dev_null),
+    });
+    let read_only = PROC_READ_ONLY.iter().map(|name| Step::ReadOnlyPath {
+        path: text(&format!("{proc}/{name}")),
+    });
+    masked.chain(read_only).collect()
+}
+
 fn read_only_bind(source: &Path, target: &Path) -> Result<Vec<Step>, SandboxError> {
     let target = cstring(target)?;
     Ok(vec![
@@ -349,13 +477,14 @@ fn read_only_bind(source: &Path, target: &Path) -> Result<Vec<Step>, SandboxErro
     ])
 }
 
-/// Copies a file, symlink or directory tree without following symlinks, dropping set-id bits,
-/// within the size and depth bounds.
+/// Reads a file, symlink or directory tree into `etc` (as entries at `target`) without
+/// following symlinks, dropping set-id bits, within the size and depth bounds.
 fn copy_tree(
     source: &Path,
     target: &Path,
     depth: usize,
     copied_bytes: &mut u64,
+    etc: &mut Vec<EtcEntry>,
 ) -> Result<(), SandboxError> {
     use std::os::unix::fs::PermissionsExt;
     let Ok(metadata) = std::fs::symlink_metadata(source) else {
@@ -364,20 +493,27 @@ fn copy_tree(
     let kind = metadata.file_type();
     if kind.is_symlink() {
         let link = std::fs::read_link(source).map_err(|error| io_error(source, error))?;
-        std::os::unix::fs::symlink(&link, target).map_err(|error| io_error(target, error))?;
+        etc.push(EtcEntry::Symlink {
+            link: target.to_path_buf(),
+            target: link,
+        });
     } else if kind.is_dir() {
         if depth >= ETC_DEPTH_MAX {
             return Ok(());
         }
-        std::fs::create_dir_all(target).map_err(|error| io_error(target, error))?;
-        set_mode(target, SHARED_DIR_MODE)?;
-        let entries = std::fs::read_dir(source).map_err(|error| io_error(source, error))?;
-        for entry in entries.flatten() {
+        etc.push(EtcEntry::Dir(target.to_path_buf()));
+        let mut entries: Vec<_> = std::fs::read_dir(source)
+            .map_err(|error| io_error(source, error))?
+            .flatten()
+            .collect();
+        entries.sort_by_key(|entry| entry.file_name());
+        for entry in entries {
             copy_tree(
                 &entry.path(),
                 &target.join(entry.file_name()),
                 depth + 1,
                 copied_bytes,
+                etc,
             )?;
         }
     } else if kind.is_file() {
@@ -389,19 +525,19 @@ fn copy_tree(
         {
             return Ok(());
         }
-        std::fs::copy(source, target).map_err(|error| io_error(source, error))?;
-        let mode = metadata.permissions().mode() & 0o755;
-        std::fs::set_permissions(target, std::fs::Permissions::from_mode(mode))
-            .map_err(|error| io_error(target, error))?;
-        *copied_bytes += metadata.len();
+        let data = std::fs::read(source).map_err(|error| io_error(source, error))?;
+        *copied_bytes += data.len() as u64;
+        etc.push(EtcEntry::File {
+            path: target.to_path_buf(),
+            data,
+            mode: metadata.permissions().mode() & 0o755,
+        });
     }
     Ok(())
 }
 
 /// Mode of the directories the sandbox shares read-only with its programs.
 const SHARED_DIR_MODE: u32 = 0o755;
-/// Mode of the files the sandbox generates for its programs (`/etc/passwd`, ...).
-const SHARED_FILE_MODE: u32 = 0o644;
 
 /// Sets `path`'s mode (whatever umask the process runs with).
 fn set_mode(path: &Path, mode: u32) -> Result<(), SandboxError> {
