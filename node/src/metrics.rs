@@ -246,95 +246,95 @@ impl Metrics {
 
     fn register_all(&mut self) {
         let r = &mut self.registry;
-        r.register("shoal_nodes", "Nodes by state.", self.nodes.clone());
+        r.register("shoal_nodes", "Nodes by state", self.nodes.clone());
         r.register(
             "shoal_raft_storage_failed",
-            "1 while this node's Raft is stopped by a storage error (e.g. a full disk) and retrying.",
+            "1 while this node's Raft is stopped by a storage error (e.g. a full disk) and retrying",
             self.storage_failed.clone(),
         );
         r.register(
             "shoal_raft_storage_recoveries",
-            "Times this node rebuilt its Raft core after a storage error since it started.",
+            "Times this node rebuilt its Raft core after a storage error since it started",
             self.storage_recoveries.clone(),
         );
         r.register(
             "shoal_is_leader",
-            "1 while this node's Raft metrics name this node the current leader.",
+            "1 while this node's Raft metrics name this node the current leader",
             self.is_leader.clone(),
         );
         r.register(
             "shoal_raft_term",
-            "The current Raft term this node knows (a worker-only node: as last heard from the leader).",
+            "The current Raft term this node knows (a worker-only node: as last heard from the leader)",
             self.raft_term.clone(),
         );
         r.register(
             "shoal_lease_held",
-            "1 while this node holds its lease: the workstations it hosts may run.",
+            "1 while this node holds its lease: the workstations it hosts may run",
             self.lease_held.clone(),
         );
         r.register(
             "shoal_pool_cpu_millis",
-            "The pool's CPU in millicores.",
+            "The pool's CPU in millicores",
             self.pool_cpu_millis.clone(),
         );
         r.register(
             "shoal_pool_memory_bytes",
-            "The pool's memory in bytes.",
+            "The pool's memory in bytes",
             self.pool_memory_bytes.clone(),
         );
         r.register(
             "shoal_workstations",
-            "Workstations hosted on this node by state.",
+            "Workstations hosted on this node by state",
             self.workstations.clone(),
         );
         r.register(
             "shoal_processes",
-            "Workstation processes on this node by state.",
+            "Workstation processes on this node by state",
             self.processes.clone(),
         );
         r.register(
             "shoal_log_bytes_written",
-            "Log bytes written by the workstations hosted here since they started on this node.",
+            "Log bytes written by the workstations hosted here since they started on this node",
             self.log_bytes_written.clone(),
         );
         r.register(
             "shoal_log_bytes_dropped",
-            "Log bytes dropped from the 5 MiB buffers of the workstations hosted here.",
+            "Log bytes dropped from the 5 MiB buffers of the workstations hosted here",
             self.log_bytes_dropped.clone(),
         );
         r.register(
             "shoal_raft_apply_lag_entries",
-            "Entries the leader had applied and this node had not, at this node's last acknowledged heartbeat.",
+            "Entries the leader had applied and this node had not, at this node's last acknowledged heartbeat",
             self.apply_lag.clone(),
         );
         r.register(
             "shoal_http_requests",
-            "Control API requests by status class.",
+            "Control API requests by status class",
             self.http_requests.clone(),
         );
         r.register(
             "shoal_http_request_duration_seconds",
-            "Control API request latency by route pattern, method and status class.",
+            "Control API request latency by route pattern, method and status class",
             self.http_duration.clone(),
         );
         r.register(
             "shoal_runs",
-            "Runs executed on this node, by verdict.",
+            "Runs executed on this node, by verdict",
             self.runs.clone(),
         );
         r.register(
             "shoal_run_duration_seconds",
-            "Wall time of the runs executed on this node, by verdict.",
+            "Wall time of the runs executed on this node, by verdict",
             self.run_duration.clone(),
         );
         r.register(
             "shoal_placement_duration_seconds",
-            "A new workstation's create command (its time, on the proposing node's clock) to its sandbox running on this host.",
+            "A new workstation's create command (its time, on the proposing node's clock) to its sandbox running on this host",
             self.placement_duration.clone(),
         );
         r.register(
             "shoal_raft_commit_duration_seconds",
-            "Proposals from this node: submit to applied outcome (forwarding to the leader included), by result.",
+            "Proposals from this node: submit to applied outcome (forwarding to the leader included), by result",
             self.commit_duration.clone(),
         );
     }
@@ -632,6 +632,10 @@ mod tests {
                 "{series} in\n{text}"
             );
         }
+        assert!(
+            !text.contains("..\n"),
+            "a help text ends in two periods:\n{text}"
+        );
         sample.is_leader = false;
         sample.lease_held = false;
         metrics.set_state(&sample);
