@@ -13,6 +13,7 @@
 //! [`render`] and [`Metrics::observe_request`] and holds no metric of its own.
 
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -24,6 +25,7 @@ use prometheus_client::registry::Registry;
 use shoal_executor::workstation::ProcessState;
 use shoal_raft::RaftStatus;
 
+use crate::agent::state_view::StateView;
 use crate::agent::Agent;
 use crate::api_types::{NodeInfo, NodeState, Pool, WorkstationState};
 
@@ -187,6 +189,7 @@ pub struct Metrics {
     log_bytes_written: U64Gauge,
     log_bytes_dropped: U64Gauge,
     apply_lag: U64Gauge,
+    leader_changes: Counter,
     http_requests: Family<ClassLabel, Counter>,
     http_duration: HistogramFamily<RequestLabels>,
     runs: Family<VerdictLabel, Counter>,
@@ -219,6 +222,7 @@ impl Metrics {
             log_bytes_written: U64Gauge::default(),
             log_bytes_dropped: U64Gauge::default(),
             apply_lag: U64Gauge::default(),
+            leader_changes: Counter::default(),
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(request_histogram),
             runs: Family::default(),
@@ -308,6 +312,11 @@ impl Metrics {
             self.apply_lag.clone(),
         );
         r.register(
+            "shoal_raft_leader_changes",
+            "Times this node saw the Raft leader change from one node to another since it started",
+            self.leader_changes.clone(),
+        );
+        r.register(
             "shoal_http_requests",
             "Control API requests by status class",
             self.http_requests.clone(),
@@ -393,6 +402,17 @@ impl Metrics {
             .set(leader_applied_index.saturating_sub(own_applied_index));
     }
 
+    /// Records the leader this node knows now; counts a change from one known leader to
+    /// another (an interval without a leader in between is not a change of its own).
+    pub fn observe_leader(&self, last_known: &mut Option<u64>, now: Option<u64>) {
+        if leader_changed(*last_known, now) {
+            self.leader_changes.inc();
+        }
+        if now.is_some() {
+            *last_known = now;
+        }
+    }
+
     /// Sets the gauges read at scrape time.
     pub fn set_state(&self, sample: &StateSample) {
         for (state, value) in ["ready", "draining", "down"]
@@ -476,6 +496,33 @@ pub fn method_label(method: &str) -> &'static str {
 /// current leader (a worker-only node's mirror never leads).
 pub fn leads(status: &RaftStatus) -> bool {
     status.is_leader && status.leader == Some(status.id)
+}
+
+/// Whether the leader known `now` is another node than the last one known.
+pub fn leader_changed(last_known: Option<u64>, now: Option<u64>) -> bool {
+    matches!((last_known, now), (Some(last), Some(now)) if last != now)
+}
+
+/// Counts the leader changes this node sees ([`Metrics::observe_leader`]) until its Raft
+/// stops: from openraft's metrics stream on a Raft member (it outlives a core rebuilt after a
+/// storage failure), from each applied change of its mirror on a worker-only node.
+pub async fn count_leader_changes(view: StateView, metrics: Arc<Metrics>) {
+    let mut last_known = view.status().leader;
+    match view.as_raft() {
+        Some(raft) => {
+            let mut stream = raft.metrics();
+            while stream.changed().await.is_ok() {
+                let now = stream.borrow_and_update().current_leader;
+                metrics.observe_leader(&mut last_known, now);
+            }
+        }
+        None => {
+            let mut applied = view.subscribe_applied();
+            while applied.changed().await.is_ok() {
+                metrics.observe_leader(&mut last_known, view.status().leader);
+            }
+        }
+    }
 }
 
 /// Nodes by state (ready, draining, down), as `/v1/nodes` shows them.
@@ -578,6 +625,31 @@ mod tests {
             "a stale leader state naming another"
         );
         assert!(!leads(&status(4, false, Some(1))), "a worker's mirror");
+    }
+
+    #[test]
+    fn a_leader_change_is_counted_once_and_an_election_gap_is_not_one() {
+        let metrics = Metrics::new();
+        let mut last_known = None;
+        for now in [
+            None,
+            Some(1),
+            Some(1),
+            None,
+            Some(1),
+            None,
+            Some(2),
+            Some(2),
+            Some(3),
+        ] {
+            metrics.observe_leader(&mut last_known, now);
+        }
+        let text = metrics.encode();
+        assert_eq!(
+            line_value(&text, "shoal_raft_leader_changes_total"),
+            Some(2.0),
+            "1 -> 2 and 2 -> 3; the first leader and 1 -> none -> 1 are no change"
+        );
     }
 
     #[test]

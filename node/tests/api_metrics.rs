@@ -109,6 +109,11 @@ async fn one_node_reports_leading_and_after_its_kill_one_survivor_does_at_a_high
     .await
     .context("not every node reports its lease held")?;
 
+    let changes = "shoal_raft_leader_changes_total";
+    let mut changes_before = Vec::new();
+    for api in &apis {
+        changes_before.push(value(&scrape(api).await?, changes).context("no leader changes")?);
+    }
     info!(
         leader,
         term, "--- kill -9 the leader: one server leads, all report a higher term"
@@ -125,6 +130,16 @@ async fn one_node_reports_leading_and_after_its_kill_one_survivor_does_at_a_high
     let new_leader = survivors[new_leader];
     assert!(new_leader < 3, "the worker-only node reported leading");
     info!(new_leader, new_term, "a surviving server leads");
+    eventually(CLUSTER_WAIT, || async {
+        let mut all_counted = true;
+        for i in &survivors {
+            let seen = value(&scrape(&apis[*i]).await?, changes).unwrap_or(0.0);
+            all_counted &= seen > changes_before[*i];
+        }
+        Ok(all_counted.then_some(()))
+    })
+    .await
+    .context("a survivor (the worker too) did not count the leader change")?;
 
     info!("--- kill the new leader too: the lone server is not acknowledged and loses its lease");
     cluster.agents[new_leader].kill9();
