@@ -13,6 +13,7 @@
 //! [`render`] and [`Metrics::observe_request`] and holds no metric of its own.
 
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -24,6 +25,7 @@ use prometheus_client::registry::Registry;
 use shoal_executor::workstation::ProcessState;
 use shoal_raft::RaftStatus;
 
+use crate::agent::state_view::StateView;
 use crate::agent::Agent;
 use crate::api_types::{NodeInfo, NodeState, Pool, WorkstationState};
 
@@ -190,6 +192,7 @@ pub struct Metrics {
     log_bytes_written: U64Gauge,
     log_bytes_dropped: U64Gauge,
     apply_lag: U64Gauge,
+    leader_changes: Counter,
     http_requests: Family<ClassLabel, Counter>,
     http_duration: HistogramFamily<RequestLabels>,
     runs: Family<VerdictLabel, Counter>,
@@ -223,6 +226,7 @@ impl Metrics {
             log_bytes_written: U64Gauge::default(),
             log_bytes_dropped: U64Gauge::default(),
             apply_lag: U64Gauge::default(),
+            leader_changes: Counter::default(),
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(request_histogram),
             runs: Family::default(),
@@ -254,90 +258,95 @@ impl Metrics {
 
     fn register_all(&mut self) {
         let r = &mut self.registry;
-        r.register("shoal_nodes", "Nodes by state.", self.nodes.clone());
+        r.register("shoal_nodes", "Nodes by state", self.nodes.clone());
         r.register(
             "shoal_raft_storage_failed",
-            "1 while this node's Raft is stopped by a storage error (e.g. a full disk) and retrying.",
+            "1 while this node's Raft is stopped by a storage error (e.g. a full disk) and retrying",
             self.storage_failed.clone(),
         );
         r.register(
             "shoal_raft_storage_recoveries",
-            "Times this node rebuilt its Raft core after a storage error since it started.",
+            "Times this node rebuilt its Raft core after a storage error since it started",
             self.storage_recoveries.clone(),
         );
         r.register(
             "shoal_is_leader",
-            "1 while this node's Raft metrics name this node the current leader.",
+            "1 while this node's Raft metrics name this node the current leader",
             self.is_leader.clone(),
         );
         r.register(
             "shoal_raft_term",
-            "The current Raft term this node knows (a worker-only node: as last heard from the leader).",
+            "The current Raft term this node knows (a worker-only node: as last heard from the leader)",
             self.raft_term.clone(),
         );
         r.register(
             "shoal_lease_held",
-            "1 while this node holds its lease: the workstations it hosts may run.",
+            "1 while this node holds its lease: the workstations it hosts may run",
             self.lease_held.clone(),
         );
         r.register(
             "shoal_pool_cpu_millis",
-            "The pool's CPU in millicores.",
+            "The pool's CPU in millicores",
             self.pool_cpu_millis.clone(),
         );
         r.register(
             "shoal_pool_memory_bytes",
-            "The pool's memory in bytes.",
+            "The pool's memory in bytes",
             self.pool_memory_bytes.clone(),
         );
         r.register(
             "shoal_workstations",
-            "Workstations hosted on this node by state.",
+            "Workstations hosted on this node by state",
             self.workstations.clone(),
         );
         r.register(
             "shoal_processes",
-            "Workstation processes on this node by state.",
+            "Workstation processes on this node by state",
             self.processes.clone(),
         );
         r.register(
             "shoal_log_bytes_written",
-            "Log bytes written by the workstations hosted here since they started on this node.",
+            "Log bytes written by the workstations hosted here since they started on this node",
             self.log_bytes_written.clone(),
         );
         r.register(
             "shoal_log_bytes_dropped",
-            "Log bytes dropped from the 5 MiB buffers of the workstations hosted here.",
+            "Log bytes dropped from the 5 MiB buffers of the workstations hosted here",
             self.log_bytes_dropped.clone(),
         );
         r.register(
             "shoal_raft_apply_lag_entries",
-            "Entries the leader had applied and this node had not, at this node's last acknowledged heartbeat.",
+            "Entries the leader had applied and this node had not, at this node's last acknowledged heartbeat",
             self.apply_lag.clone(),
         );
         r.register(
+            "shoal_raft_leader_changes",
+            "Times this node saw the Raft leader change from one node to another since it started",
+            self.leader_changes.clone(),
+        );
+        r.register(
             "shoal_http_requests",
-            "Control API requests by status class.",
+            "Control API requests by status class",
             self.http_requests.clone(),
         );
         r.register(
             "shoal_http_request_duration_seconds",
-            "Control API request latency by route pattern, method and status class.",
+            "Control API request latency by route pattern, method and status class",
             self.http_duration.clone(),
         );
         r.register(
             "shoal_runs",
-            "Runs executed on this node, by verdict.",
+            "Runs executed on this node, by verdict",
             self.runs.clone(),
         );
         r.register(
             "shoal_run_duration_seconds",
-            "Wall time of the runs executed on this node, by verdict.",
+            "Wall time of the runs executed on this node, by verdict",
             self.run_duration.clone(),
         );
         r.register(
             "shoal_placement_duration_seconds",
-            "A new workstation's create command (its time, on the proposing node's clock) to its sandbox running on this host.",
+            "A new workstation's create command (its time, on the proposing node's clock) to its sandbox running on this host",
             self.placement_duration.clone(),
         );
         r.register(
@@ -347,7 +356,7 @@ impl Metrics {
         );
         r.register(
             "shoal_raft_commit_duration_seconds",
-            "Proposals from this node: submit to applied outcome (forwarding to the leader included), by result.",
+            "Proposals from this node: submit to applied outcome (forwarding to the leader included), by result",
             self.commit_duration.clone(),
         );
     }
@@ -413,6 +422,17 @@ impl Metrics {
     pub fn set_apply_lag(&self, leader_applied_index: u64, own_applied_index: u64) {
         self.apply_lag
             .set(leader_applied_index.saturating_sub(own_applied_index));
+    }
+
+    /// Records the leader this node knows now; counts a change from one known leader to
+    /// another (an interval without a leader in between is not a change of its own).
+    pub fn observe_leader(&self, last_known: &mut Option<u64>, now: Option<u64>) {
+        if leader_changed(*last_known, now) {
+            self.leader_changes.inc();
+        }
+        if now.is_some() {
+            *last_known = now;
+        }
     }
 
     /// Sets the gauges read at scrape time.
@@ -498,6 +518,33 @@ pub fn method_label(method: &str) -> &'static str {
 /// current leader (a worker-only node's mirror never leads).
 pub fn leads(status: &RaftStatus) -> bool {
     status.is_leader && status.leader == Some(status.id)
+}
+
+/// Whether the leader known `now` is another node than the last one known.
+pub fn leader_changed(last_known: Option<u64>, now: Option<u64>) -> bool {
+    matches!((last_known, now), (Some(last), Some(now)) if last != now)
+}
+
+/// Counts the leader changes this node sees ([`Metrics::observe_leader`]) until its Raft
+/// stops: from openraft's metrics stream on a Raft member (it outlives a core rebuilt after a
+/// storage failure), from each applied change of its mirror on a worker-only node.
+pub async fn count_leader_changes(view: StateView, metrics: Arc<Metrics>) {
+    let mut last_known = view.status().leader;
+    match view.as_raft() {
+        Some(raft) => {
+            let mut stream = raft.metrics();
+            while stream.changed().await.is_ok() {
+                let now = stream.borrow_and_update().current_leader;
+                metrics.observe_leader(&mut last_known, now);
+            }
+        }
+        None => {
+            let mut applied = view.subscribe_applied();
+            while applied.changed().await.is_ok() {
+                metrics.observe_leader(&mut last_known, view.status().leader);
+            }
+        }
+    }
 }
 
 /// Nodes by state (ready, draining, down), as `/v1/nodes` shows them.
@@ -603,6 +650,31 @@ mod tests {
     }
 
     #[test]
+    fn a_leader_change_is_counted_once_and_an_election_gap_is_not_one() {
+        let metrics = Metrics::new();
+        let mut last_known = None;
+        for now in [
+            None,
+            Some(1),
+            Some(1),
+            None,
+            Some(1),
+            None,
+            Some(2),
+            Some(2),
+            Some(3),
+        ] {
+            metrics.observe_leader(&mut last_known, now);
+        }
+        let text = metrics.encode();
+        assert_eq!(
+            line_value(&text, "shoal_raft_leader_changes_total"),
+            Some(2.0),
+            "1 -> 2 and 2 -> 3; the first leader and 1 -> none -> 1 are no change"
+        );
+    }
+
+    #[test]
     fn status_classes_and_methods_are_bounded() {
         for (status, class) in [(101, "1xx"), (200, "2xx"), (404, "4xx"), (503, "5xx")] {
             assert_eq!(status_class(status), class);
@@ -654,6 +726,10 @@ mod tests {
                 "{series} in\n{text}"
             );
         }
+        assert!(
+            !text.contains("..\n"),
+            "a help text ends in two periods:\n{text}"
+        );
         sample.is_leader = false;
         sample.lease_held = false;
         metrics.set_state(&sample);

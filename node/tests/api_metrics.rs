@@ -60,34 +60,66 @@ async fn one_node_reports_leading_and_after_its_kill_one_survivor_does_at_a_high
     common::init_tracing();
     let temp = tempfile::tempdir()?;
     let mut cluster = start_three_nodes(temp.path(), 10_000, CLUSTER_WAIT).await?;
-    let apis: Vec<Api> = cluster
+    let mut apis: Vec<Api> = cluster
         .agents
         .iter()
         .map(|agent| agent.client(&cluster.admin_key))
         .collect();
 
-    info!("--- three servers: exactly one reports leading, all the same term, all hold a lease");
+    info!("--- a worker-only node joins: it mirrors the state and never leads");
+    let token = apis[0]
+        .post("/v1/tokens", &json!({"uses": 1, "role": "worker"}))
+        .await?;
+    anyhow::ensure!(token.status == 201, "{}", token.text);
+    let token = token.body["token"].as_str().unwrap_or_default().to_string();
+    let worker = Agent::start(
+        &temp.path().join("worker"),
+        &[
+            "--join",
+            &token,
+            "--role",
+            "worker",
+            "--config",
+            &cluster.config,
+        ],
+        common::free_tcp_port(),
+    )?;
+    // Index 3 of `apis`: the worker.
+    apis.push(worker.client(&cluster.admin_key));
+
+    info!("--- one of the three servers reports leading; all four the same term and a lease");
     let (leader, term) = eventually(CLUSTER_WAIT, || async {
         Ok(one_leader_one_term(&leadership(&apis).await))
     })
     .await?;
+    assert!(leader < 3, "the worker-only node reported leading");
     let named = apis[(leader + 1) % 3].get("/v1/cluster").await?;
     assert_eq!(
         named.body["leader"].as_str(),
         Some(cluster.agents[leader].node_id.as_str()),
         "the node reporting shoal_is_leader 1 is the leader the cluster names"
     );
-    for api in &apis {
-        let text = scrape(api).await?;
-        assert_eq!(value(&text, "shoal_lease_held"), Some(1.0), "{text}");
-    }
+    eventually(CLUSTER_WAIT, || async {
+        let mut all_held = true;
+        for api in &apis {
+            all_held &= value(&scrape(api).await?, "shoal_lease_held") == Some(1.0);
+        }
+        Ok(all_held.then_some(()))
+    })
+    .await
+    .context("not every node reports its lease held")?;
 
+    let changes = "shoal_raft_leader_changes_total";
+    let mut changes_before = Vec::new();
+    for api in &apis {
+        changes_before.push(value(&scrape(api).await?, changes).context("no leader changes")?);
+    }
     info!(
         leader,
-        term, "--- kill -9 the leader: one survivor leads, at a higher term"
+        term, "--- kill -9 the leader: one server leads, all report a higher term"
     );
     cluster.agents[leader].kill9();
-    let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let survivors: Vec<usize> = (0..4).filter(|i| *i != leader).collect();
     let survivor_apis: Vec<Api> = survivors.iter().map(|i| apis[*i].clone()).collect();
     let (new_leader, new_term) = eventually(CLUSTER_WAIT, || async {
         Ok(one_leader_one_term(&leadership(&survivor_apis).await)
@@ -95,14 +127,26 @@ async fn one_node_reports_leading_and_after_its_kill_one_survivor_does_at_a_high
     })
     .await
     .context("no single survivor reported leading at a higher term")?;
-    info!(
-        new_leader = survivors[new_leader],
-        new_term, "a survivor leads"
-    );
+    let new_leader = survivors[new_leader];
+    assert!(new_leader < 3, "the worker-only node reported leading");
+    info!(new_leader, new_term, "a surviving server leads");
+    eventually(CLUSTER_WAIT, || async {
+        let mut all_counted = true;
+        for i in &survivors {
+            let seen = value(&scrape(&apis[*i]).await?, changes).unwrap_or(0.0);
+            all_counted &= seen > changes_before[*i];
+        }
+        Ok(all_counted.then_some(()))
+    })
+    .await
+    .context("a survivor (the worker too) did not count the leader change")?;
 
     info!("--- kill the new leader too: the lone server is not acknowledged and loses its lease");
-    cluster.agents[survivors[new_leader]].kill9();
-    let lone = &survivor_apis[1 - new_leader];
+    cluster.agents[new_leader].kill9();
+    let lone = (0..3)
+        .find(|i| *i != leader && *i != new_leader)
+        .context("no third server")?;
+    let lone = &apis[lone];
     eventually(LEASE_LOSS_WAIT, || async {
         let text = scrape(lone).await?;
         Ok((value(&text, "shoal_lease_held") == Some(0.0)).then_some(()))

@@ -302,6 +302,10 @@ async fn run_async(config: AgentConfig, adapters: Adapters) -> anyhow::Result<()
     // Hosted workstations come back (or new placements start) only once the lease is held:
     // the first acknowledged heartbeat, with this node's state caught up with the leader's.
     let fencer = tokio::spawn(fencing::fence_loop(Arc::clone(&agent)));
+    let leader_watch = tokio::spawn(crate::metrics::count_leader_changes(
+        agent.raft.clone(),
+        Arc::clone(&agent.metrics),
+    ));
     cluster.start_heartbeats(
         Arc::clone(&agent),
         Duration::from_millis(config.heartbeat_interval_ms),
@@ -371,6 +375,7 @@ async fn run_async(config: AgentConfig, adapters: Adapters) -> anyhow::Result<()
     drainer.abort();
     fencer.abort();
     refusal_reporter.abort();
+    leader_watch.abort();
     let _ = server_task.await;
     cluster.shutdown().await;
     info!("stopped");
