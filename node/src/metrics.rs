@@ -351,7 +351,7 @@ impl Metrics {
         );
         r.register(
             "shoal_mesh_refused",
-            "Mesh messages refused because their sender may not send them, by kind (raft, write).",
+            "Mesh messages refused because their sender may not send them, by kind (raft, write)",
             self.mesh_refused.clone(),
         );
         r.register(
