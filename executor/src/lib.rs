@@ -11,6 +11,7 @@
 
 pub mod clock;
 pub mod log_buffer;
+pub mod network_policy;
 pub mod process_id;
 pub mod restart_policy;
 pub mod spawner;

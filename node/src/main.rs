@@ -5,6 +5,7 @@ mod agent;
 mod api;
 mod cli;
 mod config;
+mod convert;
 mod relay;
 mod service;
 
