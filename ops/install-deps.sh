@@ -4,8 +4,8 @@
 set -euo pipefail
 
 # Debian packages: the tools the tests drive for real (namespaces, firewall, WireGuard peers,
-# a skewed clock for one node).
-debian_packages=(iproute2 iputils-ping iptables nftables wireguard-tools wireguard-go iperf3 faketime procps psmisc curl ca-certificates)
+# a skewed clock for one node), and promtool (package prometheus) to check the alert rules.
+debian_packages=(iproute2 iputils-ping iptables nftables wireguard-tools wireguard-go iperf3 faketime procps psmisc curl ca-certificates prometheus)
 missing=()
 for pkg in "${debian_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -16,6 +16,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "install-deps: installing Debian packages: ${missing[*]}" >&2
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Only promtool is wanted from prometheus: a machine with systemd starts the server the
+  # package ships (port 9090); stop it and keep it off.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1 \
+    && [ -d /run/systemd/system ]; then
+    "${sudo_cmd[@]}" systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 
 # Rust toolchain pieces: rustfmt and clippy for the lint gate, nextest for per-test timeouts.

@@ -5,4 +5,5 @@
 
 pub mod api_types;
 pub mod clock;
+pub mod mesh_authz;
 pub mod mesh_rpc;

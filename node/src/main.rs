@@ -6,6 +6,7 @@ mod api;
 mod cli;
 mod config;
 mod convert;
+mod metrics;
 mod relay;
 mod service;
 

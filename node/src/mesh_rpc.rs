@@ -68,6 +68,9 @@ pub enum ForwardReply {
     },
     /// The write failed at the leader (timeout, shutdown); the text says why.
     Failed(String),
+    /// The leader refused the write from this sender (`mesh_authz`): final, the text says
+    /// why. (Appended last: earlier variants keep their encoding.)
+    Refused(String),
 }
 
 /// The leader's answer to a heartbeat.
@@ -112,6 +115,9 @@ pub enum ForwardError {
     /// The leader answered with a failure.
     #[error("write failed at the leader: {0}")]
     Failed(String),
+    /// The leader refused this node's write: it may not make it (see `mesh_authz`).
+    #[error("write refused by the leader: {0}")]
+    Refused(String),
 }
 
 /// A request of a node that holds no Raft log (a worker mirror) to the leader.
@@ -292,6 +298,22 @@ pub struct NodeRpcHandler {
     /// The last state encoded for worker mirrors, by applied index: every mirror behind by
     /// the same entries shares one encoding.
     view_cache: parking_lot::Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+    /// Where refused messages are reported (the agent counts and audits them); bounded, and
+    /// a full queue drops the report, never the handler's progress.
+    refusals: OnceLock<tokio::sync::mpsc::Sender<RefusedMessage>>,
+}
+
+/// A mesh message refused by [`crate::mesh_authz`], as reported to the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedMessage {
+    /// What kind of message it was (`raft`, `write`), for metrics.
+    pub kind: &'static str,
+    /// The sender's mesh address.
+    pub from: Ipv4Addr,
+    /// The sender's node id, if the applied state knows its address.
+    pub node: Option<NodeId>,
+    /// Why it was refused.
+    pub reason: String,
 }
 
 /// The agent's side of [`TAG_APP`] requests: bytes in, bytes out (the agent defines the
@@ -339,7 +361,71 @@ impl NodeRpcHandler {
         let _ = self.app.set(app);
     }
 
-    async fn handle_write(&self, body: &[u8]) -> ForwardReply {
+    /// Attaches the queue refused messages are reported to.
+    pub fn set_refusals(&self, refusals: tokio::sync::mpsc::Sender<RefusedMessage>) {
+        let _ = self.refusals.set(refusals);
+    }
+
+    /// The committed facts about the node at `from`'s mesh address (the mesh binds each mesh
+    /// address to one WireGuard key), if the applied state knows it.
+    fn sender_view(raft: &RaftNode, from: &PeerInfo) -> Option<crate::mesh_authz::SenderView> {
+        raft.read(|state| {
+            state
+                .nodes
+                .values()
+                .find(|node| node.mesh_addr == from.mesh_addr)
+                .map(|node| crate::mesh_authz::SenderView {
+                    id: node.id,
+                    server: node.roles.server,
+                    state: node.state,
+                })
+        })
+    }
+
+    /// Logs and reports a refused message.
+    fn refused(
+        &self,
+        kind: &'static str,
+        from: &PeerInfo,
+        sender: Option<&crate::mesh_authz::SenderView>,
+        refusal: &crate::mesh_authz::MeshRefusal,
+    ) {
+        tracing::warn!(kind, from = %from.mesh_addr, node = ?sender.map(|s| s.id), reason = %refusal,
+            "refused a mesh message");
+        if let Some(refusals) = self.refusals.get() {
+            let _ = refusals.try_send(RefusedMessage {
+                kind,
+                from: from.mesh_addr,
+                node: sender.map(|s| s.id),
+                reason: refusal.to_string(),
+            });
+        }
+    }
+
+    /// Serves a Raft RPC after checking that its sender may send it ([`crate::mesh_authz`]).
+    async fn handle_raft(&self, raft: &RaftNode, from: &PeerInfo, body: &[u8]) -> Vec<u8> {
+        use shoal_raft::network::RaftRpcReply;
+        let rpc = match shoal_raft::RpcHandle::decode(body) {
+            Ok(rpc) => rpc,
+            Err(why) => return shoal_raft::RpcHandle::encode_reply(&RaftRpcReply::BadRequest(why)),
+        };
+        let sender = Self::sender_view(raft, from);
+        let voters = raft.status().voters;
+        if let Err(refusal) = crate::mesh_authz::authorize_raft(
+            sender.as_ref(),
+            rpc.kind(),
+            rpc.claimed_sender(),
+            &voters,
+        ) {
+            self.refused("raft", from, sender.as_ref(), &refusal);
+            return shoal_raft::RpcHandle::encode_reply(&RaftRpcReply::BadRequest(format!(
+                "refused: {refusal}"
+            )));
+        }
+        raft.rpc_handle().handle_decoded(rpc).await
+    }
+
+    async fn handle_write(&self, from: &PeerInfo, body: &[u8]) -> ForwardReply {
         let Some(raft) = self.raft.get() else {
             return ForwardReply::Failed("raft not started yet".to_string());
         };
@@ -347,6 +433,16 @@ impl NodeRpcHandler {
             Ok(command) => command,
             Err(err) => return ForwardReply::Failed(format!("undecodable command: {err}")),
         };
+        let sender = Self::sender_view(raft, from);
+        let placed_on = |ws: shoal_raft::model::WorkstationId| {
+            raft.read(|state| state.workstations.get(&ws).and_then(|placed| placed.node))
+        };
+        if let Err(refusal) =
+            crate::mesh_authz::authorize_write(sender.as_ref(), &command.action, placed_on)
+        {
+            self.refused("write", from, sender.as_ref(), &refusal);
+            return ForwardReply::Refused(refusal.to_string());
+        }
         match raft.write(command).await {
             Ok(response) => ForwardReply::Applied(response),
             Err(WriteError::ForwardToLeader {
@@ -660,13 +756,13 @@ impl RpcHandler for NodeRpcHandler {
         };
         match tag {
             TAG_RAFT => match self.raft.get() {
-                Some(raft) => Bytes::from(raft.rpc_handle().handle(body).await),
+                Some(raft) => Bytes::from(self.handle_raft(raft, &from, body).await),
                 // Not started: an empty answer fails to decode at the caller, which openraft
                 // treats as a failed RPC and retries.
                 None => Bytes::new(),
             },
             TAG_WRITE => {
-                let reply = self.handle_write(body).await;
+                let reply = self.handle_write(&from, body).await;
                 Bytes::from(shoal_raft::codec::encode(&reply).unwrap_or_default())
             }
             TAG_HEARTBEAT => {
@@ -757,6 +853,7 @@ pub async fn forward_write<R: LeaderRoute + ?Sized>(
                 leader_addr = next;
             }
             Ok(ForwardReply::Failed(reason)) => return Err(ForwardError::Failed(reason)),
+            Ok(ForwardReply::Refused(reason)) => return Err(ForwardError::Refused(reason)),
             Err(err) => return Err(ForwardError::Failed(format!("undecodable reply: {err}"))),
         }
     }
@@ -793,7 +890,7 @@ mod tests {
         dir: &Path,
         id: NodeId,
         mesh_addr: Ipv4Addr,
-    ) -> anyhow::Result<(Mesh, RaftNode)> {
+    ) -> anyhow::Result<(Mesh, RaftNode, Arc<NodeRpcHandler>)> {
         let handler = NodeRpcHandler::new();
         let config = MeshConfig::new(
             dir.join("mesh"),
@@ -812,7 +909,7 @@ mod tests {
         )
         .await?;
         handler.set_raft(raft.clone());
-        Ok((mesh, raft))
+        Ok((mesh, raft, handler))
     }
 
     fn spec(mesh: &Mesh) -> PeerSpec {
@@ -835,7 +932,7 @@ mod tests {
 
         tracing::info!("--- node 1 bootstraps over its own mesh");
         let first_addr = Ipv4Addr::new(10, 42, 0, 1);
-        let (mesh1, raft1) = start_node(dirs[0].path(), 1, first_addr).await?;
+        let (mesh1, raft1, _) = start_node(dirs[0].path(), 1, first_addr).await?;
         raft1
             .bootstrap(
                 rpc_addr(&mesh1),
@@ -870,7 +967,7 @@ mod tests {
         // Node 2's mesh must exist before its registration (its public key is its identity),
         // so it starts on the address the next registration will get.
         let second_addr = Ipv4Addr::new(10, 42, 0, 2);
-        let (mesh2, raft2) = start_node(dirs[1].path(), 2, second_addr).await?;
+        let (mesh2, raft2, _) = start_node(dirs[1].path(), 2, second_addr).await?;
         let registered = raft1
             .write(Command::new(
                 2,
@@ -922,6 +1019,156 @@ mod tests {
         raft2.shutdown().await?;
         raft1.shutdown().await?;
         mesh2.shutdown().await;
+        mesh1.shutdown().await;
+        Ok(())
+    }
+
+    /// A node admitted with a worker token is a mesh peer, so it can send any frame: it must
+    /// not vote, trigger elections, speak for another node or forward a leader-only write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_identity_cannot_vote_elect_speak_for_another_node_or_write_as_the_leader(
+    ) -> anyhow::Result<()> {
+        use shoal_raft::network::{RaftRpc, RaftRpcReply};
+        let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+
+        tracing::info!("--- node 1 bootstraps; node 2 is registered with a worker token");
+        let (mesh1, raft1, handler1) =
+            start_node(dirs[0].path(), 1, Ipv4Addr::new(10, 42, 0, 1)).await?;
+        raft1
+            .bootstrap(
+                rpc_addr(&mesh1),
+                "c-test",
+                ClusterSettings::default(),
+                registration(&mesh1, Admission::Bootstrap),
+            )
+            .await?;
+        let secret = "worker-secret";
+        raft1
+            .write(Command::new(
+                1,
+                "test",
+                Action::CreateToken {
+                    secret_sha256: sha256_hex(secret),
+                    prefix: "shoal1.test".to_string(),
+                    roles: Roles::WORKER,
+                    ttl_ms: 60_000,
+                    uses_max: 1,
+                },
+            ))
+            .await??;
+        // The rogue: a mesh with node 2's identity and no Raft of its own.
+        let rogue_handler = NodeRpcHandler::new();
+        let rogue = Mesh::start(
+            MeshConfig::new(
+                dirs[1].path().join("mesh"),
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                Ipv4Addr::new(10, 42, 0, 2),
+            ),
+            rogue_handler,
+        )
+        .await?;
+        let mut joining = registration(
+            &rogue,
+            Admission::Token {
+                secret_sha256: sha256_hex(secret),
+            },
+        );
+        joining.roles = Roles::WORKER;
+        let registered = raft1
+            .write(Command::new(2, "test", Action::RegisterNode(joining)))
+            .await?;
+        anyhow::ensure!(
+            matches!(registered, Ok(Outcome::NodeRegistered { node_id: 2, .. })),
+            "{registered:?}"
+        );
+        mesh1.set_peers(&[spec(&rogue)])?;
+        rogue.set_peers(&[spec(&mesh1)])?;
+        let (refusals, mut refused) = tokio::sync::mpsc::channel::<RefusedMessage>(16);
+        handler1.set_refusals(refusals);
+        let term_before = raft1.status().term;
+        let nodes_before = raft1.read(|state| state.nodes.clone());
+        let send = |tag: u8, body: Vec<u8>| {
+            let transport = rogue.transport();
+            async move {
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    transport.request(Ipv4Addr::new(10, 42, 0, 1), frame(tag, &body)),
+                )
+                .await
+            }
+        };
+
+        tracing::info!("--- a vote request at term + 10 and an ElectNow are refused");
+        let vote = RaftRpc::Vote(openraft::raft::VoteRequest {
+            vote: openraft::Vote::new(term_before + 10, 2),
+            last_log_id: None,
+        });
+        for rpc in [vote, RaftRpc::ElectNow] {
+            let reply = send(TAG_RAFT, shoal_raft::codec::encode(&rpc)?).await??;
+            let reply: RaftRpcReply = shoal_raft::codec::decode(&reply)?;
+            assert!(
+                matches!(&reply, RaftRpcReply::BadRequest(why) if why.contains("not a server")),
+                "{rpc:?}: {reply:?}"
+            );
+        }
+
+        tracing::info!(
+            "--- node-scoped writes about another node and leader-only writes are refused"
+        );
+        let forged = [
+            Action::UpdateNodeInfo {
+                node: 1,
+                api_addr: Some("203.0.113.1:1".to_string()),
+                capacity: Resources::new(1, 1),
+                reserve: Resources::new(0, 0),
+            },
+            Action::MarkNodesDown {
+                nodes: vec![1],
+                hints: Default::default(),
+                observed: Default::default(),
+            },
+        ];
+        for action in forged {
+            let body = shoal_raft::codec::encode(&Command::new(3, "rogue", action.clone()))?;
+            let reply = send(TAG_WRITE, body).await??;
+            let reply: ForwardReply = shoal_raft::codec::decode(&reply)?;
+            assert!(
+                matches!(reply, ForwardReply::Refused(_)),
+                "{action:?}: {reply:?}"
+            );
+        }
+
+        tracing::info!("--- what the worker may say about itself still goes through");
+        let own = Action::UpdateNodeInfo {
+            node: 2,
+            api_addr: None,
+            capacity: Resources::new(1_000, 1 << 30),
+            reserve: Resources::new(0, 0),
+        };
+        let body = shoal_raft::codec::encode(&Command::new(4, "node-2", own))?;
+        let reply: ForwardReply = shoal_raft::codec::decode(&send(TAG_WRITE, body).await??)?;
+        assert!(matches!(reply, ForwardReply::Applied(Ok(_))), "{reply:?}");
+
+        tracing::info!("--- the term, the leader and node 1's record are unchanged");
+        let status = raft1.status();
+        assert_eq!((status.term, status.leader), (term_before, Some(1)));
+        let nodes_after = raft1.read(|state| state.nodes.clone());
+        assert_eq!(nodes_after.get(&1), nodes_before.get(&1));
+        tracing::info!("--- every refusal was reported with its sender");
+        let mut reports = Vec::new();
+        while let Ok(report) = refused.try_recv() {
+            reports.push(report);
+        }
+        assert_eq!(reports.len(), 4, "{reports:?}");
+        assert!(
+            reports
+                .iter()
+                .all(|report| report.node == Some(2) && report.from == Ipv4Addr::new(10, 42, 0, 2)),
+            "{reports:?}"
+        );
+
+        raft1.shutdown().await?;
+        rogue.shutdown().await;
         mesh1.shutdown().await;
         Ok(())
     }

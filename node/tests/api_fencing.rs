@@ -6,7 +6,10 @@
 //!   workstation's processes when its lease runs out; the others, resumed while it is paused
 //!   in turn, mark it down and re-place the workstation; when it comes back it stops the stale
 //!   placement (processes, sandbox, home volume) before it reports `ready`, and never runs it
-//!   again.
+//!   again;
+//! - with the default 5 s lease, a node whose lease runs out while it tears down a deleted
+//!   workstation slower than the lease (the debug-only `SHOAL_TEST_TEARDOWN_DELAY_MS` seam)
+//!   still stops its other workstation within lease + 4 s margin of its last possible ack.
 
 mod common;
 
@@ -404,5 +407,146 @@ async fn a_leader_cut_off_from_its_quorum_stops_its_workstation_and_it_runs_agai
     if host == leader.node_id && generation == 1 {
         info!("L resumed its own placement once its lease was renewed");
     }
+    Ok(())
+}
+
+/// The default heartbeat grace, so the default lease: 5 s (half the grace).
+const DEFAULT_GRACE_MS: u64 = 10_000;
+/// The lease for [`DEFAULT_GRACE_MS`] and the margin ARCHITECTURE.md promises for the stop:
+/// a node begins stopping 5 s after its last acknowledged send, no leader marks it down
+/// before 9 s after it.
+const LEASE_MS: u64 = 5_000;
+const STOP_MARGIN_MS: u64 = 4_000;
+/// The test seam that makes every teardown on the agents take this much longer (debug builds
+/// only; see `agent::teardown`): longer than the lease plus the margin, so that a stop waiting
+/// behind the teardown misses the margin.
+const TEARDOWN_DELAY_ENV: &str = "SHOAL_TEST_TEARDOWN_DELAY_MS";
+const TEARDOWN_DELAY_MS: u64 = 15_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_expiry_stops_the_workstations_within_the_margin_while_a_slow_teardown_runs(
+) -> anyhow::Result<()> {
+    common::init_tracing();
+    let temp = tempfile::tempdir()?;
+    let delay = TEARDOWN_DELAY_MS.to_string();
+    let cluster = common::start_three_nodes_with_env(
+        temp.path(),
+        DEFAULT_GRACE_MS,
+        CLUSTER_WAIT,
+        &[(TEARDOWN_DELAY_ENV, &delay)],
+    )
+    .await?;
+    let agents = cluster.agents;
+    if !cgroups_applied(&agents[0])? {
+        return Ok(());
+    }
+    let apis: Vec<Api> = agents
+        .iter()
+        .map(|a| a.client(&cluster.admin_key))
+        .collect();
+
+    info!("--- drain all but one follower C, so that every workstation is placed on C");
+    let leader = apis[0].get("/v1/cluster").await?.body["leader"].clone();
+    let writer = agents
+        .iter()
+        .position(|agent| leader == agent.node_id.as_str())
+        .ok_or_else(|| anyhow::anyhow!("no leader known: {leader}"))?;
+    let c_index = (0..3)
+        .find(|i| *i != writer)
+        .ok_or_else(|| anyhow::anyhow!("no follower"))?;
+    let c = &agents[c_index];
+    let others: Vec<usize> = (0..3).filter(|i| *i != c_index).collect();
+    for i in &others {
+        let drained = apis[writer]
+            .post(
+                &format!("/v1/nodes/{}/drain", agents[*i].node_id),
+                &json!({}),
+            )
+            .await?;
+        anyhow::ensure!(drained.status == 200, "{}", drained.text);
+    }
+
+    info!("--- two workstations on C, each with an `always` process");
+    let mut workstations = Vec::new();
+    for _ in 0..2 {
+        let ws = apis[writer]
+            .post(
+                "/v1/workstations",
+                &json!({"cpu_millis": 100, "memory_bytes": 64 << 20}),
+            )
+            .await?;
+        anyhow::ensure!(ws.status == 201, "{}", ws.text);
+        anyhow::ensure!(ws.body["node"] == c.node_id.as_str(), "{}", ws.text);
+        let ws_id = ws.body["id"].as_str().unwrap_or_default().to_string();
+        start_process(
+            &apis[writer],
+            &ws_id,
+            &json!({"argv": ["sh", "-c", "exec sleep 3600"], "restart": "always"}),
+        )
+        .await?;
+        workstations.push(ws_id);
+    }
+    for ws_id in &workstations {
+        eventually(CLUSTER_WAIT, || async {
+            Ok((pids_of_workstation(&c.cgroup_name, ws_id) > 0).then_some(()))
+        })
+        .await?;
+    }
+    let (kept, deleted) = (&workstations[0], &workstations[1]);
+
+    info!("--- delete one: C begins its teardown, which takes longer than the lease");
+    let answer = apis[writer]
+        .delete(&format!("/v1/workstations/{deleted}"))
+        .await?;
+    anyhow::ensure!(answer.status == 204, "{}", answer.text);
+    // C has applied the deletion (its reconcile runs on every applied change).
+    eventually(CLUSTER_WAIT, || async {
+        let answer = apis[c_index]
+            .get(&format!("/v1/workstations/{deleted}"))
+            .await?;
+        Ok((answer.status == 404).then_some(()))
+    })
+    .await?;
+
+    info!("--- pause the two other nodes: C's lease runs out while the teardown runs");
+    let pid = |i: usize| {
+        agents[i]
+            .pid()
+            .ok_or_else(|| anyhow::anyhow!("agent {i} is not running"))
+    };
+    for i in &others {
+        kill(pid(*i)?, Signal::SIGSTOP)?;
+    }
+    // No heartbeat sent after this moment is acknowledged: the last acknowledged send is
+    // before it, so stopping within lease + margin of it is within the promise.
+    let cut_off_at = shoal_node::clock::monotonic_now();
+    eventually(CLUSTER_WAIT, || async {
+        Ok((pids_of_workstation(&c.cgroup_name, kept) == 0).then_some(()))
+    })
+    .await?;
+    let stopped_after_ms = u64::try_from(cut_off_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let teardown_running = c.data_dir.join("homes").join(deleted).is_dir();
+    info!(
+        stopped_after_ms,
+        teardown_running, "the kept workstation's processes are gone"
+    );
+    for i in &others {
+        kill(pid(*i)?, Signal::SIGCONT)?;
+    }
+    assert!(
+        stopped_after_ms < LEASE_MS + STOP_MARGIN_MS,
+        "the lease-expiry stop took {stopped_after_ms} ms after the last possible ack, beyond \
+         the lease ({LEASE_MS} ms) plus the margin ({STOP_MARGIN_MS} ms)"
+    );
+    assert!(
+        teardown_running,
+        "the deleted workstation's teardown had finished before the stop: the test proves nothing"
+    );
+
+    info!("--- the slow teardown still completes: the deleted workstation's home goes");
+    eventually(CLUSTER_WAIT, || async {
+        Ok((!c.data_dir.join("homes").join(deleted).exists()).then_some(()))
+    })
+    .await?;
     Ok(())
 }

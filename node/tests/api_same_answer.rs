@@ -46,8 +46,7 @@ async fn process_state(api: &Api, ws: &str, proc: &str) -> anyhow::Result<Option
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_node_answers_the_same_status_and_code_for_the_same_request() -> anyhow::Result<()>
-{
+async fn every_node_answers_the_same_status_and_code_for_the_same_request() -> anyhow::Result<()> {
     common::init_tracing();
     let temp = tempfile::tempdir()?;
     let cluster = common::start_three_nodes(temp.path(), 10_000, CLUSTER_WAIT).await?;
@@ -74,7 +73,10 @@ async fn every_node_answers_the_same_status_and_code_for_the_same_request() -> a
         .await?;
     anyhow::ensure!(created.status == 201, "{}", created.text);
     let ws = created.body["id"].as_str().unwrap_or_default().to_string();
-    let host = created.body["node"].as_str().unwrap_or_default().to_string();
+    let host = created.body["node"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let start = |argv: Value| {
         let api = alpha[0].clone();
         let ws = ws.clone();
@@ -109,38 +111,201 @@ async fn every_node_answers_the_same_status_and_code_for_the_same_request() -> a
     let post = reqwest::Method::POST;
     let patch = reqwest::Method::PATCH;
     let delete = reqwest::Method::DELETE;
-    let case = |name, method: &reqwest::Method, path: String, body: Option<Value>, other, status, code| Case {
-        name,
-        method: method.clone(),
-        path,
-        body,
-        as_other_tenant: other,
-        status,
-        code,
-    };
+    let case =
+        |name, method: &reqwest::Method, path: String, body: Option<Value>, other, status, code| {
+            Case {
+                name,
+                method: method.clone(),
+                path,
+                body,
+                as_other_tenant: other,
+                status,
+                code,
+            }
+        };
     let procs = format!("/v1/workstations/{ws}/processes");
     let cases = vec![
         case("list processes", &get, procs.clone(), None, false, 200, ""),
-        case("read the log", &get, format!("/v1/workstations/{ws}/logs?from=0"), None, false, 200, ""),
-        case("signal a running process", &delete, format!("{procs}/{running}?signal=USR1"), None, false, 204, ""),
-        case("signal an exited process", &delete, format!("{procs}/{exited}?signal=USR1"), None, false, 409, "conflict"),
-        case("signal an unknown process", &delete, format!("{procs}/4242?signal=USR1"), None, false, 404, "not_found"),
-        case("exec", &post, procs.clone(), Some(json!({"argv": ["true"], "restart": "never"})), false, 201, ""),
-        case("exec an unknown program", &post, procs.clone(), Some(json!({"argv": ["no-such-program-shoal-test"]})), false, 400, "invalid_input"),
-        case("resize", &patch, format!("/v1/workstations/{ws}"), Some(json!({"cpu_millis": 100})), false, 200, ""),
-        case("resize to nothing", &patch, format!("/v1/workstations/{ws}"), Some(json!({"cpu_millis": 0})), false, 400, "invalid_input"),
-        case("list an unknown workstation's processes", &get, format!("/v1/workstations/{unknown}/processes"), None, false, 404, "not_found"),
-        case("read an unknown workstation's log", &get, format!("/v1/workstations/{unknown}/logs"), None, false, 404, "not_found"),
-        case("signal in an unknown workstation", &delete, format!("/v1/workstations/{unknown}/processes/0"), None, false, 404, "not_found"),
-        case("exec in an unknown workstation", &post, format!("/v1/workstations/{unknown}/processes"), Some(json!({"argv": ["true"]})), false, 404, "not_found"),
-        case("resize an unknown workstation", &patch, format!("/v1/workstations/{unknown}"), Some(json!({"cpu_millis": 100})), false, 404, "not_found"),
-        case("delete an unknown workstation", &delete, format!("/v1/workstations/{unknown}"), None, false, 404, "not_found"),
-        case("another tenant lists processes", &get, procs.clone(), None, true, 404, "not_found"),
-        case("another tenant reads the log", &get, format!("/v1/workstations/{ws}/logs"), None, true, 404, "not_found"),
-        case("another tenant signals", &delete, format!("{procs}/{running}?signal=KILL"), None, true, 404, "not_found"),
-        case("another tenant execs", &post, procs.clone(), Some(json!({"argv": ["true"]})), true, 404, "not_found"),
-        case("another tenant resizes", &patch, format!("/v1/workstations/{ws}"), Some(json!({"cpu_millis": 100})), true, 404, "not_found"),
-        case("another tenant deletes", &delete, format!("/v1/workstations/{ws}"), None, true, 404, "not_found"),
+        case(
+            "read the log",
+            &get,
+            format!("/v1/workstations/{ws}/logs?from=0"),
+            None,
+            false,
+            200,
+            "",
+        ),
+        case(
+            "signal a running process",
+            &delete,
+            format!("{procs}/{running}?signal=USR1"),
+            None,
+            false,
+            204,
+            "",
+        ),
+        case(
+            "signal an exited process",
+            &delete,
+            format!("{procs}/{exited}?signal=USR1"),
+            None,
+            false,
+            409,
+            "conflict",
+        ),
+        case(
+            "signal an unknown process",
+            &delete,
+            format!("{procs}/4242?signal=USR1"),
+            None,
+            false,
+            404,
+            "not_found",
+        ),
+        case(
+            "exec",
+            &post,
+            procs.clone(),
+            Some(json!({"argv": ["true"], "restart": "never"})),
+            false,
+            201,
+            "",
+        ),
+        case(
+            "exec an unknown program",
+            &post,
+            procs.clone(),
+            Some(json!({"argv": ["no-such-program-shoal-test"]})),
+            false,
+            400,
+            "invalid_input",
+        ),
+        case(
+            "resize",
+            &patch,
+            format!("/v1/workstations/{ws}"),
+            Some(json!({"cpu_millis": 100})),
+            false,
+            200,
+            "",
+        ),
+        case(
+            "resize to nothing",
+            &patch,
+            format!("/v1/workstations/{ws}"),
+            Some(json!({"cpu_millis": 0})),
+            false,
+            400,
+            "invalid_input",
+        ),
+        case(
+            "list an unknown workstation's processes",
+            &get,
+            format!("/v1/workstations/{unknown}/processes"),
+            None,
+            false,
+            404,
+            "not_found",
+        ),
+        case(
+            "read an unknown workstation's log",
+            &get,
+            format!("/v1/workstations/{unknown}/logs"),
+            None,
+            false,
+            404,
+            "not_found",
+        ),
+        case(
+            "signal in an unknown workstation",
+            &delete,
+            format!("/v1/workstations/{unknown}/processes/0"),
+            None,
+            false,
+            404,
+            "not_found",
+        ),
+        case(
+            "exec in an unknown workstation",
+            &post,
+            format!("/v1/workstations/{unknown}/processes"),
+            Some(json!({"argv": ["true"]})),
+            false,
+            404,
+            "not_found",
+        ),
+        case(
+            "resize an unknown workstation",
+            &patch,
+            format!("/v1/workstations/{unknown}"),
+            Some(json!({"cpu_millis": 100})),
+            false,
+            404,
+            "not_found",
+        ),
+        case(
+            "delete an unknown workstation",
+            &delete,
+            format!("/v1/workstations/{unknown}"),
+            None,
+            false,
+            404,
+            "not_found",
+        ),
+        case(
+            "another tenant lists processes",
+            &get,
+            procs.clone(),
+            None,
+            true,
+            404,
+            "not_found",
+        ),
+        case(
+            "another tenant reads the log",
+            &get,
+            format!("/v1/workstations/{ws}/logs"),
+            None,
+            true,
+            404,
+            "not_found",
+        ),
+        case(
+            "another tenant signals",
+            &delete,
+            format!("{procs}/{running}?signal=KILL"),
+            None,
+            true,
+            404,
+            "not_found",
+        ),
+        case(
+            "another tenant execs",
+            &post,
+            procs.clone(),
+            Some(json!({"argv": ["true"]})),
+            true,
+            404,
+            "not_found",
+        ),
+        case(
+            "another tenant resizes",
+            &patch,
+            format!("/v1/workstations/{ws}"),
+            Some(json!({"cpu_millis": 100})),
+            true,
+            404,
+            "not_found",
+        ),
+        case(
+            "another tenant deletes",
+            &delete,
+            format!("/v1/workstations/{ws}"),
+            None,
+            true,
+            404,
+            "not_found",
+        ),
     ];
     let mut mismatches = Vec::new();
     for case in &cases {
@@ -151,7 +316,11 @@ async fn every_node_answers_the_same_status_and_code_for_the_same_request() -> a
                 &alpha[index]
             };
             let answer = send(api, case).await?;
-            let role = if agent.node_id == host { "host" } else { "other" };
+            let role = if agent.node_id == host {
+                "host"
+            } else {
+                "other"
+            };
             info!(case = case.name, node = %agent.node_id, role, status = answer.status, code = answer.error_code(), "answer");
             if answer.status != case.status || answer.error_code() != case.code {
                 mismatches.push(format!(

@@ -422,7 +422,7 @@ async fn committed_writes_through_a_lagging_node_answer_from_the_leaders_outcome
     assert_eq!(resized.status, 200, "{}", resized.text);
     assert_eq!(resized.body["cpu_millis"], json!(150), "{}", resized.text);
 
-    info!("--- an exec through the lagging worker answers the committed process, starting");
+    info!("--- an exec through the lagging worker answers the committed process");
     let process = worker_api
         .post(
             &format!("/v1/workstations/{before_id}/processes"),
@@ -430,7 +430,13 @@ async fn committed_writes_through_a_lagging_node_answer_from_the_leaders_outcome
         )
         .await?;
     assert_eq!(process.status, 201, "{}", process.text);
-    assert_eq!(process.body["state"], json!("starting"), "{}", process.text);
+    // The hosting node carries the exec out (its own applied state is current): the process is
+    // `running` there, or `starting` when this worker hosts it and answers from the outcome.
+    assert!(
+        process.body["state"] == json!("starting") || process.body["state"] == json!("running"),
+        "{}",
+        process.text
+    );
 
     info!("--- a delete through the lagging worker answers 204");
     let deleted = worker_api

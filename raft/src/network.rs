@@ -50,6 +50,39 @@ pub enum RaftRpc {
     ElectNow,
 }
 
+/// What kind of Raft message a [`RaftRpc`] is, for authorizing its sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaftRpcKind {
+    /// `AppendEntries` (replication and heartbeats) or a snapshot chunk: from a leader.
+    Replication,
+    /// A vote request: from a candidate.
+    Vote,
+    /// `ElectNow` (Raft's `TimeoutNow`): from the leader handing over.
+    ElectNow,
+}
+
+impl RaftRpc {
+    /// The node the message claims to come from (the leader or candidate its vote names);
+    /// `None` for `ElectNow`, which names nobody.
+    pub fn claimed_sender(&self) -> Option<NodeId> {
+        match self {
+            RaftRpc::AppendEntries(req) => req.vote.leader_id().voted_for(),
+            RaftRpc::Vote(req) => req.vote.leader_id().voted_for(),
+            RaftRpc::InstallSnapshot(req) => req.vote.leader_id().voted_for(),
+            RaftRpc::ElectNow => None,
+        }
+    }
+
+    /// The message's kind.
+    pub fn kind(&self) -> RaftRpcKind {
+        match self {
+            RaftRpc::AppendEntries(_) | RaftRpc::InstallSnapshot(_) => RaftRpcKind::Replication,
+            RaftRpc::Vote(_) => RaftRpcKind::Vote,
+            RaftRpc::ElectNow => RaftRpcKind::ElectNow,
+        }
+    }
+}
+
 /// The reply to a [`RaftRpc`].
 #[derive(Serialize, Deserialize, Debug)]
 pub enum RaftRpcReply {
@@ -109,6 +142,29 @@ pub struct RpcHandle {
 }
 
 impl RpcHandle {
+    /// Decodes a request (bounded by [`RPC_FRAME_BYTES_MAX`]), so that the caller can
+    /// authorize its sender before [`RpcHandle::handle_decoded`] hands it to Raft.
+    pub fn decode(request: &[u8]) -> Result<RaftRpc, String> {
+        if request.len() > RPC_FRAME_BYTES_MAX {
+            return Err(format!("frame of {} bytes too large", request.len()));
+        }
+        codec::decode::<RaftRpc>(request).map_err(|e| e.to_string())
+    }
+
+    /// Hands a decoded request to Raft and encodes the reply.
+    pub async fn handle_decoded(&self, rpc: RaftRpc) -> Vec<u8> {
+        Self::encode_reply(&self.handle_rpc(rpc).await)
+    }
+
+    /// The encoding of `reply` (of a refusal too).
+    pub fn encode_reply(reply: &RaftRpcReply) -> Vec<u8> {
+        match codec::encode(reply) {
+            Ok(bytes) => bytes,
+            // Encoding our own reply cannot fail for these types; answer with the error text.
+            Err(e) => codec::encode(&RaftRpcReply::BadRequest(e.to_string())).unwrap_or_default(),
+        }
+    }
+
     /// Decodes a request, hands it to Raft and encodes the reply. Never panics on bad input:
     /// undecodable bytes get a `BadRequest` reply.
     pub async fn handle(&self, request: &[u8]) -> Vec<u8> {

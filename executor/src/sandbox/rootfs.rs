@@ -106,12 +106,17 @@ impl RootLayout {
         }
         std::fs::create_dir_all(&etc_dir).map_err(|error| io_error(&etc_dir, error))?;
         std::fs::create_dir_all(&root_dir).map_err(|error| io_error(&root_dir, error))?;
+        // Explicit modes: the agent runs with umask 077 (its data dir is its own), but the
+        // sandbox's /etc must be readable by the sandboxed programs' users.
+        set_mode(&etc_dir, SHARED_DIR_MODE)?;
+        set_mode(&root_dir, SHARED_DIR_MODE)?;
         let mut copied_bytes = 0u64;
         for entry in ETC_ALLOWLIST {
             let source = Path::new("/etc").join(entry);
             let target = etc_dir.join(entry);
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent).map_err(|error| io_error(parent, error))?;
+                set_mode(parent, SHARED_DIR_MODE)?;
             }
             copy_tree(&source, &target, 0, &mut copied_bytes)?;
         }
@@ -125,6 +130,7 @@ impl RootLayout {
         for (name, content) in generated {
             let path = etc_dir.join(name);
             std::fs::write(&path, content).map_err(|error| io_error(&path, error))?;
+            set_mode(&path, SHARED_FILE_MODE)?;
         }
         Ok(RootLayout { etc_dir, root_dir })
     }
@@ -364,6 +370,7 @@ fn copy_tree(
             return Ok(());
         }
         std::fs::create_dir_all(target).map_err(|error| io_error(target, error))?;
+        set_mode(target, SHARED_DIR_MODE)?;
         let entries = std::fs::read_dir(source).map_err(|error| io_error(source, error))?;
         for entry in entries.flatten() {
             copy_tree(
@@ -389,4 +396,16 @@ fn copy_tree(
         *copied_bytes += metadata.len();
     }
     Ok(())
+}
+
+/// Mode of the directories the sandbox shares read-only with its programs.
+const SHARED_DIR_MODE: u32 = 0o755;
+/// Mode of the files the sandbox generates for its programs (`/etc/passwd`, ...).
+const SHARED_FILE_MODE: u32 = 0o644;
+
+/// Sets `path`'s mode (whatever umask the process runs with).
+fn set_mode(path: &Path, mode: u32) -> Result<(), SandboxError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|error| io_error(path, error))
 }

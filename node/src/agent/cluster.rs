@@ -533,6 +533,8 @@ async fn heartbeat_loop(agent: Arc<Agent>, period: Duration) {
         let sending = send_heartbeat(&agent.raft, &agent.transport, heartbeat);
         match tokio::time::timeout(period.max(Duration::from_secs(1)), sending).await {
             Ok(HeartbeatReply::Acked { applied_index, .. }) => {
+                let own_applied = agent.raft.status().last_applied_index.unwrap_or(0);
+                agent.metrics.set_apply_lag(applied_index, own_applied);
                 agent.fence.post_ack(fencing::Ack {
                     sent_at_ms,
                     leader_applied_index: applied_index,

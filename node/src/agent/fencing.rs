@@ -13,9 +13,12 @@
 //! ([`FenceHandle::post_ack`]), wakes at the lease's deadline and on every applied index, and
 //! carries out the actions: stop every hosted workstation (its processes and sandbox; the
 //! hosting record and home volume stay so that it can resume), or resume the placements whose
-//! generation is still current. The leader fences itself the same way: its heartbeat to itself
-//! is acknowledged only while it has confirmed its leadership with a quorum within the last
-//! second, so a leader cut off from its quorum lets its lease run out like any other node.
+//! generation is still current. The stop waits on nothing slow (no reconcile lock, no Raft
+//! round trip, no teardown: only the start gate, see [`FenceHandle::start_gated`]), and a
+//! resume runs on a task of its own, so the loop notices every expiry on time. The leader
+//! fences itself the same way: its heartbeat to itself is acknowledged only while it has
+//! confirmed its leadership with a quorum within the last second, so a leader cut off from
+//! its quorum lets its lease run out like any other node.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -182,6 +185,11 @@ pub struct FenceHandle {
     fence: Mutex<Fence>,
     acks: mpsc::Sender<Ack>,
     acks_in: Mutex<Option<mpsc::Receiver<Ack>>>,
+    /// Held by a fence stop while it stops everything, and by each start of a workstation's
+    /// actor around its check of the fence: a start either happens before the stop (which
+    /// then stops it) or sees the expired fence. Nothing else takes it, and no holder waits on
+    /// Raft, a teardown or another lock meanwhile.
+    start_gate: tokio::sync::Mutex<()>,
 }
 
 impl FenceHandle {
@@ -192,7 +200,17 @@ impl FenceHandle {
             fence: Mutex::new(Fence::new(lease_ms)),
             acks,
             acks_in: Mutex::new(Some(acks_in)),
+            start_gate: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Runs `start` (which starts a workstation's actor) only if workstations may run now,
+    /// under the start gate, so that it cannot slip past a fence stop running at the same
+    /// time; `None` when the fence forbids it. `start` must not block for long: a fence stop
+    /// waits for it.
+    pub async fn start_gated<R>(&self, start: impl FnOnce() -> R) -> Option<R> {
+        let _gate = self.start_gate.lock().await;
+        self.may_run().then(start)
     }
 
     /// True when hosted workstations may run now.
@@ -228,9 +246,12 @@ fn lease_ms_of(agent: &Agent) -> u64 {
 }
 
 /// Stops every workstation hosted here (processes and sandboxes); the hosting records and home
-/// volumes stay. Serialised with reconcile, so nothing is started while it runs.
+/// volumes stay. Takes only the start gate ([`FenceHandle::start_gated`]), which nothing holds
+/// for longer than one actor start: never the reconcile lock, so it never waits behind a
+/// reconcile, a Raft round trip or a teardown. The fence is already expired when this runs, so
+/// no start after the gate is taken here can succeed.
 async fn stop_all(agent: &Agent) {
-    let _serialised = agent.reconcile_lock.lock().await;
+    let _no_starts = agent.fence.start_gate.lock().await;
     agent
         .host
         .shutdown(Duration::from_millis(FENCE_STOP_GRACE_MS))
@@ -289,7 +310,10 @@ pub async fn fence_loop(agent: Arc<Agent>) {
             }
             Some(FenceAction::Resume) => {
                 info!("lease held and state current: resuming current placements");
-                super::placement::resume(&agent).await;
+                // On a task of its own: a resume commits log floors (Raft round trips) and
+                // waits for the reconcile lock, and this loop must stay free to notice the
+                // next expiry on time.
+                tokio::spawn(super::placement::resume(Arc::clone(&agent)));
             }
             None => {}
         }

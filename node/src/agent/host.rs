@@ -77,11 +77,17 @@ pub struct Host {
     limits: WorkstationLimits,
     arbiter: actix::ArbiterHandle,
     hosted: Mutex<HashMap<String, Hosted>>,
+    /// Where a new workstation's placement latency is recorded.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Host {
     /// Starts the host's arbiter; workstations get sandboxes from `sandbox_host`.
-    pub fn new(config: &AgentConfig, sandbox_host: Arc<SandboxHost>) -> anyhow::Result<Host> {
+    pub fn new(
+        config: &AgentConfig,
+        sandbox_host: Arc<SandboxHost>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> anyhow::Result<Host> {
         let homes_dir = config.data_dir.join("homes");
         std::fs::create_dir_all(&homes_dir)?;
         let limits = WorkstationLimits {
@@ -99,6 +105,7 @@ impl Host {
             limits,
             arbiter,
             hosted: Mutex::new(HashMap::new()),
+            metrics,
         })
     }
 
@@ -162,6 +169,13 @@ impl Host {
                 applied_limits: (ws.memory_limit_bytes, ws.cpu_limit_millis),
             },
         );
+        // The first start of a new workstation (generation 1, log epoch 0) ends its placement:
+        // its create command's time is the only one the committed state keeps (a re-placement
+        // or a resume after a restart has none, and is not counted).
+        if ws.generation == 1 && ws.log_epoch == 0 {
+            self.metrics
+                .observe_placement(ws.created_unix_ms, crate::clock::now_unix_ms());
+        }
         Ok(())
     }
 

@@ -18,9 +18,11 @@ pub mod mirror_sync;
 pub mod model;
 pub mod placement;
 pub mod random;
+pub mod reconcile_plan;
 pub mod run_placement;
 pub mod state_view;
 pub mod store;
+pub mod teardown;
 pub mod usage;
 pub mod worker_mirror;
 
@@ -36,9 +38,9 @@ use shoal_executor::run::{Languages, RunContext, RunPolicy};
 use shoal_executor::sandbox::{SandboxHost, SandboxHostConfig};
 use tracing::{info, warn};
 
-use crate::api::metrics::Metrics;
 use crate::clock;
 use crate::config::{AgentArgs, AgentConfig};
+use crate::metrics::{CommitResult, Metrics};
 use host::Host;
 use model::{secret_prefix, sha256_hex, Model};
 use random::Random;
@@ -61,8 +63,8 @@ pub struct Agent {
     pub run_context: RunContext,
     /// Capacity and live usage.
     pub usage: Usage,
-    /// Counters for `/metrics`.
-    pub metrics: Metrics,
+    /// Every series of `/metrics` (shared with the host, which records placements).
+    pub metrics: Arc<Metrics>,
     /// Runs executing now (bounded by `runs_concurrent_max`).
     pub runs_in_flight: AtomicUsize,
     /// Set when a graceful shutdown began: new work is refused with 503.
@@ -82,6 +84,8 @@ pub struct Agent {
     pub fence: Arc<fencing::FenceHandle>,
     /// The last observation of each hosted workstation (for heartbeats and local views).
     pub observed: placement::ObservedCache,
+    /// Teardowns of workstations that left this node, each on its own task.
+    pub teardowns: teardown::Teardowns,
 }
 
 impl std::fmt::Debug for Agent {
@@ -114,17 +118,25 @@ impl Agent {
     ) -> Result<shoal_raft::Outcome, crate::service::ServiceError> {
         use crate::mesh_rpc::ForwardError;
         use crate::service::ServiceError;
+        let started = clock::monotonic_now();
         let command = shoal_raft::Command::new(clock::now_unix_ms(), actor, action);
         let response = crate::mesh_rpc::forward_write(&self.raft, &self.transport, command).await;
         if matches!(response, Ok(Ok(_))) {
             // A worker mirror has not seen its own write yet; the caller reads it next.
             self.raft.after_write().await;
         }
+        let result = match &response {
+            Ok(Ok(_)) => CommitResult::Applied,
+            Ok(Err(_)) => CommitResult::Refused,
+            Err(_) => CommitResult::Failed,
+        };
+        self.metrics.observe_commit(result, started.elapsed());
         let response = response.map_err(|err| match err {
             ForwardError::NoLeader | ForwardError::Unreachable(_) => {
                 ServiceError::unavailable(format!("no Raft leader reachable right now: {err}"))
             }
             ForwardError::Failed(why) => ServiceError::unavailable(why),
+            ForwardError::Refused(why) => ServiceError::Forbidden(why),
         })?;
         response.map_err(|refusal| ServiceError::from_refusal(&refusal))
     }
@@ -177,8 +189,7 @@ fn init_tracing(format: &str) {
 }
 
 async fn run_async(config: AgentConfig, adapters: Adapters) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    secure_data_dir(&config.data_dir)?;
     let random = Random::from_entropy();
     let (store, admin_key) = open_or_create_store(&config, &random)?;
     // The sandbox names (cgroups, uids, dirs) use the store's random id, unique per host.
@@ -234,8 +245,9 @@ async fn run_async(config: AgentConfig, adapters: Adapters) -> anyhow::Result<()
     .map_err(|err| anyhow::anyhow!("preparing the sandbox host: {err}"))?;
     let run_isolation = sandbox_host.isolation().label();
     let cgroup_prefix = sandbox_host.cgroup_prefix().to_string();
-    let host =
-        Host::new(&config, Arc::clone(&sandbox_host)).context("starting the workstation host")?;
+    let metrics = Arc::new(Metrics::new());
+    let host = Host::new(&config, Arc::clone(&sandbox_host), Arc::clone(&metrics))
+        .context("starting the workstation host")?;
     info!(runs = %run_isolation, workstations = %host.isolation(), "isolation applied to user code");
     let run_context = RunContext {
         host: sandbox_host,
@@ -243,7 +255,7 @@ async fn run_async(config: AgentConfig, adapters: Adapters) -> anyhow::Result<()
         policy: RunPolicy::default(),
         clock: Arc::new(SystemClock),
     };
-    let agent = Arc::new(Agent {
+    let agent = Arc::new_cyclic(|me| Agent {
         config: config.clone(),
         node_id: node_id.clone(),
         store,
@@ -251,7 +263,7 @@ async fn run_async(config: AgentConfig, adapters: Adapters) -> anyhow::Result<()
         host,
         run_context,
         usage,
-        metrics: Metrics::default(),
+        metrics,
         runs_in_flight: AtomicUsize::new(0),
         shutting_down: AtomicBool::new(false),
         raft: cluster.raft.clone(),
@@ -261,6 +273,7 @@ async fn run_async(config: AgentConfig, adapters: Adapters) -> anyhow::Result<()
         reconcile_lock: tokio::sync::Mutex::new(()),
         fence: fencing::FenceHandle::new(shoal_raft::lease::LEASE_MS_DEFAULT),
         observed: placement::ObservedCache::default(),
+        teardowns: teardown::Teardowns::new(me.clone()),
     });
     // Hosted workstations come back (or new placements start) only once the lease is held:
     // the first acknowledged heartbeat, with this node's state caught up with the leader's.
@@ -278,6 +291,9 @@ async fn run_async(config: AgentConfig, adapters: Adapters) -> anyhow::Result<()
     cluster
         .handler
         .set_app((adapters.relay)(Arc::clone(&agent)));
+    let (refusals, refused) = tokio::sync::mpsc::channel(REFUSALS_QUEUED_MAX);
+    cluster.handler.set_refusals(refusals);
+    let refusal_reporter = tokio::spawn(report_refusals(Arc::clone(&agent), refused));
 
     // Usage sampler: the single-node stand-in for heartbeats.
     let sampler_agent = Arc::clone(&agent);
@@ -330,10 +346,59 @@ async fn run_async(config: AgentConfig, adapters: Adapters) -> anyhow::Result<()
     reconciler.abort();
     drainer.abort();
     fencer.abort();
+    refusal_reporter.abort();
     let _ = server_task.await;
     cluster.shutdown().await;
     info!("stopped");
     Ok(())
+}
+
+/// Refused mesh messages waiting to be counted and audited; more are dropped (and logged by
+/// the handler), so a flood of forged messages costs the node nothing more.
+const REFUSALS_QUEUED_MAX: usize = 64;
+/// At most one audit entry per sender and message kind in this long: a peer that keeps
+/// sending forged messages must not fill the audit log (every refusal is still counted).
+const REFUSAL_AUDIT_INTERVAL: Duration = Duration::from_secs(10);
+/// Senders remembered for the audit throttle.
+const REFUSAL_SENDERS_MAX: usize = 1_024;
+
+/// Counts every refused mesh message in metrics and writes it to the audit log with its
+/// sender (throttled per sender and kind by [`REFUSAL_AUDIT_INTERVAL`]).
+async fn report_refusals(
+    agent: Arc<Agent>,
+    mut refused: tokio::sync::mpsc::Receiver<crate::mesh_rpc::RefusedMessage>,
+) {
+    type Key = (&'static str, std::net::Ipv4Addr);
+    let mut last_audit: std::collections::HashMap<Key, std::time::Instant> =
+        std::collections::HashMap::new();
+    while let Some(message) = refused.recv().await {
+        agent.metrics.observe_mesh_refusal(message.kind);
+        let now = clock::monotonic_now();
+        let key = (message.kind, message.from);
+        if last_audit
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < REFUSAL_AUDIT_INTERVAL)
+        {
+            continue;
+        }
+        if last_audit.len() >= REFUSAL_SENDERS_MAX {
+            last_audit.clear();
+        }
+        last_audit.insert(key, now);
+        let sender = match message.node {
+            Some(node) => format!("node-{node} ({})", message.from),
+            None => message.from.to_string(),
+        };
+        let entry = shoal_raft::Action::RecordAudit {
+            tenant: None,
+            action: format!("mesh.{}.refused", message.kind),
+            resource: sender,
+            outcome: message.reason,
+        };
+        if let Err(err) = agent.propose(&agent.node_id, entry).await {
+            warn!(error = %err, "could not audit a refused mesh message");
+        }
+    }
 }
 
 /// How a node was asked to stop.
@@ -435,8 +500,29 @@ fn open_or_create_store(
     Ok((store, Some(admin_key)))
 }
 
+/// The data dir's mode: only the agent's user may list or enter it (it holds the node's
+/// private key, the Raft store with key and token hashes, and the admin token).
+const DATA_DIR_MODE: u32 = 0o700;
+/// The mode of every file the agent writes, through the umask it sets at start.
+const SECRET_FILE_MODE: u32 = 0o600;
+
+/// Creates the data dir (or takes an existing one) with mode 0700, and sets the process umask
+/// to 077, so that every file and directory the agent creates from now on is its user's only
+/// (0600 files, 0700 directories), whatever umask it was started with.
+fn secure_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(DATA_DIR_MODE))
+        .with_context(|| format!("setting mode 0700 on data dir {}", data_dir.display()))
+}
+
+/// Writes `secret` to `path`, mode 0600 even when the file exists already. A symbolic link
+/// at `path` is refused (`O_NOFOLLOW`), so that nobody who can write the parent directory can
+/// make the agent write the secret elsewhere.
 fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     if let Some(parent) = path.parent() {
         if !parent.as_os_str().is_empty() {
             std::fs::create_dir_all(parent)
@@ -447,9 +533,18 @@ fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(SECRET_FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
+        .with_context(|| {
+            format!(
+                "writing {} (a symbolic link there is refused)",
+                path.display()
+            )
+        })?;
+    // `mode` applies only to a file this call creates: an existing one is fixed here.
+    file.set_permissions(std::fs::Permissions::from_mode(SECRET_FILE_MODE))
+        .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
     writeln!(file, "{secret}").with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

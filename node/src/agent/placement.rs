@@ -1,20 +1,24 @@
 //! Workstations placed by the leader's scheduler (Raft `CreateWorkstation`), hosted by the node
 //! they are placed on. The node's store keeps the hosting record (processes it started, the
-//! log epoch); [`reconcile`] makes this node's hosted set follow Raft's placements: a new
-//! placement on this node is recorded and its actor started, a workstation deleted from Raft
-//! or placed elsewhere (a newer generation) is stopped (fencing). Nothing is started while the
-//! node's lease is not held ([`super::fencing`]); [`resume`] brings back the hosted placements
-//! that are still current once it is.
+//! log epoch); [`reconcile`] makes this node's hosted set follow Raft's placements. It is the
+//! thin driver of the pure planner ([`super::reconcile_plan`], where every decision is made):
+//! it reads the applied state, the hosting records and the fence, and carries out the plan's
+//! actions (a new placement here is recorded and its actor started; a workstation deleted
+//! from Raft or placed elsewhere is torn down on a task of its own, [`super::teardown`]).
+//! Nothing is started while the node's lease is not held ([`super::fencing`]); [`resume`]
+//! brings back the hosted placements that are still current once it is.
 //!
 //! Observed state: [`observe_hosted`] is what this node reports about its workstations in each
 //! heartbeat (state, processes, CPU and memory); [`observe_remote`] asks the leader's soft
 //! state about workstations hosted elsewhere, and [`remote_view`] turns that into the API's
 //! view on a node that does not host them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use shoal_raft::model::Workstation as RaftWorkstation;
 use tracing::{debug, info, warn};
@@ -23,8 +27,9 @@ use shoal_raft::model::WorkstationId;
 use shoal_raft::soft_state::{ProcessObserved, WorkstationUsage};
 
 use super::model::{ProcessSpec, WorkstationRecord};
+use super::reconcile_plan::{plan, plan_resume, resumed_processes, Action, FenceView, Resume};
 use super::Agent;
-use crate::api_types::{Process, ProcessState, RestartPolicy, Workstation, WorkstationState};
+use crate::api_types::{Process, ProcessState, Workstation, WorkstationState};
 
 /// The API's name of a Raft node id.
 pub fn node_name(id: u64) -> String {
@@ -85,225 +90,222 @@ pub fn record_of(ws: &RaftWorkstation, node: &str) -> WorkstationRecord {
 /// What failed while reconciling: the workstation, the process (if it was one) and why.
 pub type Failure = (String, Option<u64>, crate::service::ServiceError);
 
-/// Makes the workstations hosted here follow Raft: starts the ones newly placed on this node
-/// and their new desired processes, and stops the ones deleted or placed elsewhere. Serialised
-/// by the agent's reconcile lock (the loop and the API handlers both call it).
+/// What the fence allows now, for the planner.
+fn fence_view(agent: &Agent) -> FenceView {
+    if agent.fence.may_run() {
+        FenceView::MayRun
+    } else {
+        FenceView::Forbidden
+    }
+}
+
+/// Makes the workstations hosted here follow Raft: carries out one [`plan`] (starts the
+/// placements new on this node and their desired processes, follows resizes, carries out
+/// committed stops, tears down what was deleted or placed elsewhere). Teardowns run on tasks
+/// of their own ([`super::teardown`]); this waits for the ones of this plan with no lock
+/// held, so that a caller (a delete, a leave, a node back from `down`) sees what left this
+/// node gone. Serialised by the agent's reconcile lock (the loop and the API handlers both
+/// call it).
 pub async fn reconcile(agent: &Agent) -> Vec<Failure> {
+    let (failures, teardowns) = reconcile_once(agent).await;
+    super::teardown::wait_attempts(teardowns).await;
+    failures
+}
+
+/// One plan carried out under the reconcile lock; answers the failures and the teardowns it
+/// started (or found running), which it does not wait for.
+async fn reconcile_once(agent: &Agent) -> (Vec<Failure>, Vec<watch::Receiver<u64>>) {
     let _serialised = agent.reconcile_lock.lock().await;
-    let mut failures: Vec<Failure> = Vec::new();
     let own = agent.raft.id();
-    let placed: Vec<RaftWorkstation> = agent.raft.read(|state| {
-        state
-            .workstations
-            .values()
-            .filter(|ws| ws.node == Some(own))
-            .cloned()
-            .collect()
-    });
-    let placed_ids: BTreeMap<String, u64> = placed
-        .iter()
-        .map(|ws| (ws.id.to_string(), ws.generation))
-        .collect();
-    let hosted: Vec<(String, u64)> = agent.store.read(|model| {
-        model
-            .workstations
-            .values()
-            .map(|ws| (ws.id.clone(), ws.generation))
-            .collect()
-    });
-    for (id, generation) in &hosted {
-        // Records of the single-server store (ids not from Raft) are left alone.
-        if id.parse::<shoal_raft::model::WorkstationId>().is_err() {
-            continue;
-        }
-        // Deleted, placed elsewhere, or placed here again under a newer generation: the
-        // hosted generation is stale either way (a new one is started below if it is ours).
-        let current = placed_ids.get(id);
-        if current.is_none_or(|current| current != generation) {
-            info!(workstation = %id, generation, current = ?current, "placement left this node: stopping");
-            // The record goes only once nothing of the workstation is left on the host: while
-            // it stays, `reconcile_loop` keeps calling this again (a full disk, say, can make
-            // the record's removal fail, never the teardown itself).
-            if let Err(err) = agent.host.remove(id, 2_000).await {
-                warn!(workstation = %id, error = %err, "teardown incomplete: trying again later");
-                continue;
-            }
-            if let Err(err) = agent.store.write(|model| {
-                model.workstations.remove(id);
-                Ok(())
-            }) {
-                warn!(workstation = %id, error = %err, "could not forget a removed workstation: trying again later");
-            }
-        }
-    }
-    carry_out_stops(agent, &placed);
-    if !agent.fence.may_run() {
-        // Stopping is always safe; starting waits for a held lease and current state.
-        if !placed.is_empty() {
-            debug!(
-                n_placed = placed.len(),
-                "lease not held: starting nothing until it is"
-            );
-        }
-        return failures;
-    }
-    for ws in placed {
-        let id = ws.id.to_string();
-        let known = agent.store.read(|model| {
-            model
+    let hosted = agent.store.read(|model| model.workstations.clone());
+    let fence = fence_view(agent);
+    let actions = agent
+        .raft
+        .read(|state| plan(&state.workstations, own, &hosted, fence));
+    if fence == FenceView::Forbidden {
+        let placed = agent.raft.read(|state| {
+            state
                 .workstations
-                .get(&id)
-                .map(|record| record.processes.keys().copied().collect::<Vec<u64>>())
+                .values()
+                .filter(|ws| ws.node == Some(own))
+                .count()
         });
-        if let Some(known) = known {
-            // Hosted already: a committed resize reaches the live sandbox's cgroup (a refusal,
-            // memory below usage, keeps the old limit and is tried again next time).
-            let sizing = super::model::Sizing {
-                cpu_millis: ws.spec.reservation.cpu_millis,
-                memory_bytes: ws.spec.reservation.memory_bytes,
-                cpu_limit_millis: ws.spec.limit.cpu_limit_millis,
-                memory_limit_bytes: ws.spec.limit.memory_limit_bytes,
-            };
-            if let Err(err) = agent.host.apply_limits(agent, &id, sizing).await {
-                warn!(workstation = %id, error = %err, "could not apply a resize");
-            }
-            // Then start the desired processes added since (a process stopped before this
-            // node saw it is recorded, not started).
-            for process in ws.processes.values().filter(|p| !known.contains(&p.id.0)) {
-                let spec = record_of(&ws, &agent.node_id)
-                    .processes
-                    .remove(&process.id.0);
-                let Some(spec) = spec else { continue };
-                let _ = agent.store.write(|model| {
-                    if let Some(record) = model.workstations.get_mut(&id) {
-                        record.processes.insert(spec.id, spec.clone());
-                        record.next_process_id = record.next_process_id.max(spec.id + 1);
-                    }
-                    Ok(())
-                });
-                if !process.started_by(ws.generation) {
-                    continue;
-                }
-                if let Err(err) = agent.host.start_process(&id, &spec).await {
-                    warn!(workstation = %id, proc = spec.id, error = %err, "could not start process");
-                    failures.push((id.clone(), Some(spec.id), err));
-                }
-            }
-            continue;
+        if placed > 0 {
+            debug!(placed, "lease not held: starting nothing until it is");
         }
-        let record = record_of(&ws, &agent.node_id);
-        // A re-placed generation starts in an epoch above its floor; that epoch is committed
-        // as the floor's high-water mark first, so that a further re-placement goes above it
-        // (epoch 0, a first placement, is below every re-placement's floor already). Not
-        // committed: not started; the next reconcile tries again.
-        if record.log_epoch > 0
-            && !commit_log_floor(agent, &id, record.generation, record.log_epoch).await
+    }
+    let mut failures: Vec<Failure> = Vec::new();
+    let mut teardowns = Vec::new();
+    for action in actions {
+        match action {
+            Action::TearDown {
+                id,
+                generation,
+                why,
+            } => {
+                if !agent.teardowns.is_running(&id) {
+                    info!(workstation = %id, generation, why = ?why, "placement left this node: tearing it down");
+                }
+                teardowns.extend(agent.teardowns.start(&id, generation));
+            }
+            Action::CarryOutStops {
+                id,
+                generation,
+                stops,
+            } => carry_out_stops(agent, &id, generation, &stops),
+            Action::ApplyLimits { id, sizing } => {
+                // A refusal (memory below usage) keeps the old limit and is tried again next
+                // time.
+                if let Err(err) = agent.host.apply_limits(agent, &id, sizing).await {
+                    warn!(workstation = %id, error = %err, "could not apply a resize");
+                }
+            }
+            Action::AddProcesses {
+                id,
+                generation,
+                processes,
+                start,
+            } => add_processes(agent, &id, generation, &processes, &start, &mut failures).await,
+            Action::Start { record, start } => {
+                start_placement(agent, record, &start, &mut failures).await;
+            }
+        }
+    }
+    (failures, teardowns)
+}
+
+/// Records desired processes new to a hosted current placement (a process stopped before this
+/// node saw it is recorded, not started) and starts those its generation starts.
+async fn add_processes(
+    agent: &Agent,
+    id: &str,
+    generation: u64,
+    processes: &[ProcessSpec],
+    start: &[u64],
+    failures: &mut Vec<Failure>,
+) {
+    let recorded = agent.store.write(|model| {
+        if let Some(record) = model
+            .workstations
+            .get_mut(id)
+            .filter(|record| record.generation == generation)
         {
-            continue;
+            for spec in processes {
+                record.processes.insert(spec.id, spec.clone());
+                record.next_process_id = record.next_process_id.max(spec.id.saturating_add(1));
+            }
         }
-        let inserted = agent.store.write(|model| {
-            model.workstations.insert(id.clone(), record.clone());
-            Ok(())
-        });
-        if let Err(err) = inserted {
-            warn!(workstation = %id, error = %err, "could not record a placement");
-            failures.push((id.clone(), None, err));
-            continue;
+        Ok(())
+    });
+    if let Err(err) = recorded {
+        warn!(workstation = %id, error = %err, "could not record new processes: starting them anyway");
+    }
+    for spec in processes.iter().filter(|spec| start.contains(&spec.id)) {
+        if let Err(err) = agent.host.start_process(id, spec).await {
+            warn!(workstation = %id, proc = spec.id, error = %err, "could not start process");
+            failures.push((id.to_string(), Some(spec.id), err));
         }
-        if let Err(err) = agent.host.ensure(&record) {
+    }
+}
+
+/// Starts a placement new on this node: its log floor committed first when it starts in an
+/// epoch above 0, then its hosting record, its actor (only while the fence lets it run, see
+/// [`super::fencing::FenceHandle::start_gated`]) and the processes of `start`.
+async fn start_placement(
+    agent: &Agent,
+    record: WorkstationRecord,
+    start: &[u64],
+    failures: &mut Vec<Failure>,
+) {
+    let id = record.id.clone();
+    // A re-placed generation starts in an epoch above its floor; that epoch is committed as
+    // the floor's high-water mark first, so that a further re-placement goes above it (epoch
+    // 0, a first placement, is below every re-placement's floor already). Not committed: not
+    // started; the next reconcile tries again.
+    if record.log_epoch > 0
+        && !commit_log_floor(agent, &id, record.generation, record.log_epoch).await
+    {
+        return;
+    }
+    if !agent.fence.may_run() {
+        // The lease ran out meanwhile: the reconcile after the renewal's resume starts it.
+        info!(workstation = %id, "lease ran out before the start: starting it once renewed");
+        return;
+    }
+    let inserted = agent.store.write(|model| {
+        model.workstations.insert(id.clone(), record.clone());
+        Ok(())
+    });
+    if let Err(err) = inserted {
+        warn!(workstation = %id, error = %err, "could not record a placement");
+        failures.push((id, None, err));
+        return;
+    }
+    match agent.fence.start_gated(|| agent.host.ensure(&record)).await {
+        // Fenced between the check and the start: the record stays, and the resume after the
+        // next renewal brings it back in a new epoch.
+        None => {
+            info!(workstation = %id, "lease ran out before the start: resumed once renewed");
+            return;
+        }
+        Some(Err(err)) => {
             warn!(workstation = %id, error = %err, "could not start a placed workstation");
             let _ = agent.store.write(|model| {
                 model.workstations.remove(&id);
                 Ok(())
             });
-            failures.push((id.clone(), None, err));
-            continue;
+            failures.push((id, None, err));
+            return;
         }
-        // Only what this placement starts: not the processes their owner stopped, and not
-        // the `never` ones whose first placement is over (SPEC: `exited`, `node_lost`).
-        for process in ws.processes.values() {
-            if !process.started_by(ws.generation) {
-                continue;
-            }
-            let Some(spec) = record.processes.get(&process.id.0) else {
-                continue;
-            };
-            if let Err(err) = agent.host.start_process(&id, spec).await {
-                warn!(workstation = %id, proc = spec.id, error = %err, "could not start process");
-            }
-        }
-        info!(workstation = %id, generation = ws.generation, "placed workstation started here");
+        Some(Ok(())) => {}
     }
-    failures
+    for proc_id in start {
+        let Some(spec) = record.processes.get(proc_id) else {
+            continue;
+        };
+        if let Err(err) = agent.host.start_process(&id, spec).await {
+            warn!(workstation = %id, proc = spec.id, error = %err, "could not start process");
+        }
+    }
+    info!(workstation = %id, generation = record.generation, "placed workstation started here");
 }
 
-/// Carries out the stops committed in Raft (`StopProcess`) on the workstations hosted here:
-/// a process stopped in the committed state but not yet in the hosting record is marked
-/// there and stopped with the committed signal. The API's kill signals the host directly once
-/// the stop is committed; this catches a signal that did not arrive (the host unreachable for
-/// a moment, a race with the host's first start of the process). Safe without the lease:
-/// it only stops.
-fn carry_out_stops(agent: &Agent, placed: &[RaftWorkstation]) {
-    for ws in placed {
-        let id = ws.id.to_string();
-        let stopped: Vec<(u64, bool)> = ws
-            .processes
-            .values()
-            .filter_map(|process| {
-                let signal = process.stopped?;
-                Some((process.id.0, signal == shoal_raft::model::StopSignal::Kill))
-            })
-            .collect();
-        // Committed stops the hosting record has not taken yet (read first: a write rewrites
-        // the state file, and this runs at every applied change).
-        let unrecorded = |model: &super::model::Model| {
-            model
-                .workstations
-                .get(&id)
-                .filter(|record| record.generation == ws.generation)
-                .is_some_and(|record| {
-                    stopped.iter().any(|(proc_id, _)| {
-                        record
-                            .processes
-                            .get(proc_id)
-                            .is_some_and(|spec| !spec.killed)
-                    })
-                })
+/// Carries out stops committed in Raft (`StopProcess`) on a workstation hosted here: the
+/// processes not yet marked in the hosting record are marked there and stopped with the
+/// committed signal. The API's kill signals the host directly once the stop is committed;
+/// this catches a signal that did not arrive (the host unreachable for a moment, a race with
+/// the host's first start of the process). Safe without the lease: it only stops.
+fn carry_out_stops(agent: &Agent, id: &str, generation: u64, stops: &[(u64, bool)]) {
+    let newly: Result<Vec<(u64, bool)>, _> = agent.store.write(|model| {
+        let Some(record) = model
+            .workstations
+            .get_mut(id)
+            .filter(|record| record.generation == generation)
+        else {
+            return Ok(Vec::new());
         };
-        if stopped.is_empty() || !agent.store.read(unrecorded) {
-            continue;
+        let mut newly = Vec::new();
+        for (proc_id, kill) in stops {
+            if let Some(spec) = record.processes.get_mut(proc_id) {
+                if !spec.killed {
+                    spec.killed = true;
+                    newly.push((*proc_id, *kill));
+                }
+            }
         }
-        let newly: Result<Vec<(u64, bool)>, _> = agent.store.write(|model| {
-            let Some(record) = model
-                .workstations
-                .get_mut(&id)
-                .filter(|record| record.generation == ws.generation)
-            else {
-                return Ok(Vec::new());
-            };
-            let mut newly = Vec::new();
-            for (proc_id, kill) in &stopped {
-                if let Some(spec) = record.processes.get_mut(proc_id) {
-                    if !spec.killed {
-                        spec.killed = true;
-                        newly.push((*proc_id, *kill));
-                    }
-                }
+        Ok(newly)
+    });
+    match newly {
+        Ok(newly) => {
+            for (proc_id, kill) in newly {
+                info!(workstation = %id, proc = proc_id, kill, "stop committed in Raft: stopping the process here");
+                agent.host.stop_process_detached(id, proc_id, kill);
             }
-            Ok(newly)
-        });
-        match newly {
-            Ok(newly) => {
-                for (proc_id, kill) in newly {
-                    info!(workstation = %id, proc = proc_id, kill, "stop committed in Raft: stopping the process here");
-                    agent.host.stop_process_detached(&id, proc_id, kill);
-                }
-            }
-            Err(err) => {
-                // The next reconcile tries again; meanwhile the process is not started again
-                // (starts read the committed state) and the API reads the stop from Raft.
-                warn!(workstation = %id, error = %err, "could not record a committed stop");
-            }
+        }
+        Err(err) => {
+            // The next reconcile tries again; meanwhile the process is not started again
+            // (starts read the committed state) and the API reads the stop from Raft.
+            warn!(workstation = %id, error = %err, "could not record a committed stop");
         }
     }
 }
@@ -353,24 +355,26 @@ pub fn log_floor_above_epoch(epoch: u64) -> u64 {
 }
 
 /// Brings back, after the lease was (re)gained, every hosted placement whose generation is
-/// still current in the committed state: a new log epoch (offsets never go back), its sandbox
-/// and actor, and its processes whose restart policy asks for it (`never` ones stay exited,
-/// as after a node restart). Then [`reconcile`] stops what moved and starts what is new.
+/// still current in the committed state ([`plan_resume`]): a new log epoch (offsets never go
+/// back), its sandbox and actor, and its processes whose restart policy asks for it
+/// ([`resumed_processes`]: `never` ones stay exited, as after a node restart). Then one
+/// reconcile stops what moved and starts what is new. Runs on a task of its own (the fence
+/// loop never waits for it).
 ///
 /// The new epoch is local to this node, so before starting in it the node commits
 /// `RaiseLogFloor` (the first offset above that epoch) through Raft: a later re-placement by
 /// a leader that never heard this node's offset reports still continues above it. A
 /// workstation whose floor does not commit is not started; [`resume_retry_loop`] tries again
 /// while the lease is held.
-pub async fn resume(agent: &Arc<Agent>) {
+pub async fn resume(agent: Arc<Agent>) {
     if agent.shutting_down.load(Ordering::SeqCst) {
         return;
     }
-    let unfinished = resume_current(agent).await;
+    let unfinished = resume_current(&agent).await;
     if unfinished > 0 {
-        tokio::spawn(resume_retry_loop(Arc::clone(agent)));
+        tokio::spawn(resume_retry_loop(Arc::clone(&agent)));
     }
-    reconcile(agent).await;
+    let _ = reconcile_once(&agent).await;
 }
 
 /// Resumes again, backing off up to [`RESUME_RETRY_MS_MAX`], until every current placement
@@ -384,7 +388,7 @@ async fn resume_retry_loop(agent: Arc<Agent>) {
         }
         let unfinished = resume_current(&agent).await;
         if unfinished == 0 {
-            reconcile(&agent).await;
+            let _ = reconcile_once(&agent).await;
             return;
         }
         debug!(
@@ -396,55 +400,57 @@ async fn resume_retry_loop(agent: Arc<Agent>) {
     }
 }
 
+/// What [`plan_resume`] says now, reading the host for which actors run.
+async fn resumes_now(agent: &Agent) -> Vec<Resume> {
+    let own = agent.raft.id();
+    let hosted = agent.store.read(|model| model.workstations.clone());
+    let mut running = BTreeSet::new();
+    for id in hosted.keys() {
+        if agent.host.state(id).await.0 == WorkstationState::Running {
+            running.insert(id.clone());
+        }
+    }
+    let fence = fence_view(agent);
+    agent
+        .raft
+        .read(|state| plan_resume(&state.workstations, own, &hosted, &running, fence))
+}
+
 /// One resume pass: commits each stopped current placement's next log floor, then starts the
 /// committed ones in that epoch. Answers how many were left stopped because their floor did
 /// not commit.
 async fn resume_current(agent: &Agent) -> usize {
-    // What to resume, and in which epoch (read under the lock, started under it below).
-    let candidates: Vec<(String, u64, u64)> = {
+    let candidates = {
         let _serialised = agent.reconcile_lock.lock().await;
-        let current = current_placements(agent);
-        let hosted: Vec<(String, u64, u64)> = agent.store.read(|model| {
-            model
-                .workstations
-                .values()
-                .filter(|ws| current.get(&ws.id) == Some(&ws.generation))
-                .map(|ws| (ws.id.clone(), ws.generation, ws.log_epoch.saturating_add(1)))
-                .collect()
-        });
-        let mut stopped = Vec::with_capacity(hosted.len());
-        for candidate in hosted {
-            if agent.host.state(&candidate.0).await.0 != WorkstationState::Running {
-                stopped.push(candidate);
-            }
-        }
-        stopped
+        resumes_now(agent).await
     };
     if candidates.is_empty() {
         return 0;
     }
     // The floors, committed without the lock held (Raft round trips), all at once.
-    let committed: Vec<bool> = futures::future::join_all(
-        candidates
-            .iter()
-            .map(|(id, generation, epoch)| commit_log_floor(agent, id, *generation, *epoch)),
-    )
-    .await;
+    let committed: Vec<bool> =
+        futures::future::join_all(candidates.iter().map(|resume| {
+            commit_log_floor(agent, &resume.id, resume.generation, resume.log_epoch)
+        }))
+        .await;
     let _serialised = agent.reconcile_lock.lock().await;
-    let current = current_placements(agent);
+    // Moved meanwhile (reconcile tears it down), started by another pass, or its epoch used:
+    // only what the plan still says, in the epoch whose floor was committed.
+    let still = resumes_now(agent).await;
     let mut unfinished = 0;
-    for ((id, generation, epoch), committed) in candidates.into_iter().zip(committed) {
+    for (resume, committed) in candidates.into_iter().zip(committed) {
         if !committed {
             unfinished += 1;
             continue;
         }
-        // Moved meanwhile ([`reconcile`] stops it) or started by another pass.
-        if current.get(&id) != Some(&generation)
-            || agent.host.state(&id).await.0 == WorkstationState::Running
-        {
+        if !still.contains(&resume) {
             continue;
         }
-        // Only in the epoch whose floor was committed: another pass may have used it.
+        let Resume {
+            id,
+            generation,
+            log_epoch: epoch,
+        } = resume;
         let record = agent.store.write(|model| {
             let record = model.workstations.get_mut(&id).filter(|record| {
                 record.generation == generation && record.log_epoch.saturating_add(1) == epoch
@@ -457,35 +463,33 @@ async fn resume_current(agent: &Agent) -> usize {
         let Ok(Some(record)) = record else {
             continue;
         };
-        if let Err(err) = agent.host.ensure(&record) {
-            warn!(workstation = %id, error = %err, "could not resume workstation");
-            continue;
+        match agent.fence.start_gated(|| agent.host.ensure(&record)).await {
+            None => {
+                debug!(workstation = %id, "lease ran out before the resume");
+                continue;
+            }
+            Some(Err(err)) => {
+                warn!(workstation = %id, error = %err, "could not resume workstation");
+                continue;
+            }
+            Some(Ok(())) => {}
         }
         // Stops are read from the committed state too: one applied since the last reconcile
         // may not be in the hosting record yet.
-        let stopped_in_raft: Vec<u64> = id
-            .parse::<WorkstationId>()
-            .ok()
-            .and_then(|ws_id| {
-                agent.raft.read(|state| {
-                    state.workstations.get(&ws_id).map(|ws| {
-                        ws.processes
-                            .values()
-                            .filter(|process| process.stopped.is_some())
-                            .map(|process| process.id.0)
-                            .collect()
-                    })
-                })
-            })
-            .unwrap_or_default();
-        for spec in record.processes.values() {
-            if !spec.killed
-                && !stopped_in_raft.contains(&spec.id)
-                && spec.restart != RestartPolicy::Never
-            {
-                if let Err(err) = agent.host.start_process(&id, spec).await {
-                    warn!(workstation = %id, proc = spec.id, error = %err, "could not restart process");
-                }
+        let restarted = id.parse::<WorkstationId>().ok().map_or_else(
+            || resumed_processes(&record, None),
+            |ws_id| {
+                agent
+                    .raft
+                    .read(|state| resumed_processes(&record, state.workstations.get(&ws_id)))
+            },
+        );
+        for proc_id in restarted {
+            let Some(spec) = record.processes.get(&proc_id) else {
+                continue;
+            };
+            if let Err(err) = agent.host.start_process(&id, spec).await {
+                warn!(workstation = %id, proc = spec.id, error = %err, "could not restart process");
             }
         }
         info!(workstation = %id, generation = record.generation, log_epoch = epoch, "workstation resumed");
@@ -840,37 +844,28 @@ pub async fn local_view(agent: &Agent, ws: &WorkstationRecord) -> Workstation {
     view
 }
 
-/// First and largest pause between reconciles while a teardown is unfinished.
-const TEARDOWN_RETRY_MS_MIN: u64 = 250;
-const TEARDOWN_RETRY_MS_MAX: u64 = 5_000;
-
-/// Runs [`reconcile`] whenever the applied Raft state changes, and again after a pause
-/// (backing off up to [`TEARDOWN_RETRY_MS_MAX`]) while a workstation that left this node is
-/// still hosted: its teardown or the removal of its record failed (e.g. a full disk) and is
-/// retried until it succeeds, not only when the next entry happens to be applied.
+/// Runs a reconcile whenever the applied Raft state changes or a teardown succeeded (a
+/// re-placement here under a newer generation starts once the old record is gone). It never
+/// waits for a teardown: each runs, and retries, on its own task ([`super::teardown`]).
 pub async fn reconcile_loop(agent: std::sync::Arc<Agent>) {
     let mut applied = agent.raft.subscribe_applied();
-    let mut retry_ms = TEARDOWN_RETRY_MS_MIN;
+    let mut finished = agent.teardowns.subscribe_finished();
     loop {
-        reconcile(&agent).await;
-        let unfinished = stale_hosted(&agent);
-        if unfinished.is_empty() {
-            retry_ms = TEARDOWN_RETRY_MS_MIN;
-            if applied.changed().await.is_err() {
-                return;
-            }
-            continue;
-        }
-        debug!(workstations = ?unfinished, retry_in_ms = retry_ms, "teardown unfinished");
+        // Marked seen before planning: a teardown that ends during the plan wakes the next.
+        finished.borrow_and_update();
+        let _ = reconcile_once(&agent).await;
         tokio::select! {
             changed = applied.changed() => {
                 if changed.is_err() {
                     return;
                 }
             }
-            _ = tokio::time::sleep(std::time::Duration::from_millis(retry_ms)) => {}
+            changed = finished.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
         }
-        retry_ms = retry_ms.saturating_mul(2).min(TEARDOWN_RETRY_MS_MAX);
     }
 }
 

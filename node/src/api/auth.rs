@@ -40,3 +40,20 @@ impl FromRequest for Caller {
         ready(authenticate(req))
     }
 }
+
+/// An admin caller, refused (403) before the body is read: a tenant key learns nothing from
+/// a body error on an endpoint it may not use. The service checks the role again.
+#[derive(Debug, Clone)]
+pub struct Admin(pub Caller);
+
+impl FromRequest for Admin {
+    type Error = ServiceError;
+    type Future = Ready<Result<Admin, ServiceError>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        ready(authenticate(req).and_then(|caller| {
+            caller.require_admin()?;
+            Ok(Admin(caller))
+        }))
+    }
+}

@@ -3,7 +3,7 @@
 
 use actix_web::{web, HttpResponse};
 
-use super::auth::Caller;
+use super::auth::{Admin, Caller};
 use super::body::JsonBody;
 use crate::agent::Agent;
 #[allow(unused_imports)] // named by the OpenAPI attributes
@@ -54,7 +54,7 @@ pub async fn show_node(
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])), tag = "cluster")]
 pub async fn drain_node(
-    caller: Caller,
+    Admin(caller): Admin,
     agent: web::Data<Agent>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ServiceError> {
@@ -69,7 +69,7 @@ pub async fn drain_node(
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])), tag = "cluster")]
 pub async fn remove_node(
-    caller: Caller,
+    Admin(caller): Admin,
     agent: web::Data<Agent>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ServiceError> {
@@ -82,7 +82,7 @@ pub async fn remove_node(
               (status = 403, body = ErrorBody)),
     security(("bearer" = [])), tag = "tokens")]
 pub async fn create_token(
-    caller: Caller,
+    Admin(caller): Admin,
     agent: web::Data<Agent>,
     JsonBody(request): JsonBody<CreateTokenRequest>,
 ) -> Result<HttpResponse, ServiceError> {
@@ -95,7 +95,7 @@ pub async fn create_token(
     responses((status = 200, body = Vec<TokenInfo>), (status = 403, body = ErrorBody)),
     security(("bearer" = [])), tag = "tokens")]
 pub async fn list_tokens(
-    caller: Caller,
+    Admin(caller): Admin,
     agent: web::Data<Agent>,
 ) -> Result<HttpResponse, ServiceError> {
     Ok(HttpResponse::Ok().json(service::cluster::list_tokens(&agent, &caller)?))
@@ -106,7 +106,7 @@ pub async fn list_tokens(
     responses((status = 204), (status = 404, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearer" = [])), tag = "tokens")]
 pub async fn revoke_token(
-    caller: Caller,
+    Admin(caller): Admin,
     agent: web::Data<Agent>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ServiceError> {
@@ -120,7 +120,7 @@ pub async fn revoke_token(
               (status = 403, body = ErrorBody)),
     security(("bearer" = [])), tag = "keys")]
 pub async fn create_key(
-    caller: Caller,
+    Admin(caller): Admin,
     agent: web::Data<Agent>,
     JsonBody(request): JsonBody<CreateKeyRequest>,
 ) -> Result<HttpResponse, ServiceError> {
@@ -132,7 +132,7 @@ pub async fn create_key(
     responses((status = 200, body = Vec<KeyInfo>), (status = 403, body = ErrorBody)),
     security(("bearer" = [])), tag = "keys")]
 pub async fn list_keys(
-    caller: Caller,
+    Admin(caller): Admin,
     agent: web::Data<Agent>,
 ) -> Result<HttpResponse, ServiceError> {
     Ok(HttpResponse::Ok().json(service::cluster::list_keys(&agent, &caller)?))
@@ -144,7 +144,7 @@ pub async fn list_keys(
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])), tag = "keys")]
 pub async fn revoke_key(
-    caller: Caller,
+    Admin(caller): Admin,
     agent: web::Data<Agent>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ServiceError> {

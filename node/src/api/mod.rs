@@ -6,7 +6,6 @@ pub mod body;
 pub mod cluster;
 pub mod error;
 pub mod logs;
-pub mod metrics;
 pub mod openapi;
 pub mod runs;
 pub mod workstations;
@@ -21,7 +20,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::Context;
 
 use crate::agent::Agent;
-use crate::api_types::{ErrorBody, Health, WorkstationState};
+use crate::api_types::{ErrorBody, Health};
 use crate::clock;
 use body::BodyLimit;
 use error::ServiceError;
@@ -65,10 +64,13 @@ pub fn server(agent: Arc<Agent>) -> anyhow::Result<Server> {
                 let response = service.call(request);
                 async move {
                     let response = response.await?;
-                    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-                    agent
-                        .metrics
-                        .observe_request(response.status().as_u16(), micros);
+                    let request = response.request();
+                    agent.metrics.observe_request(
+                        request.match_pattern().as_deref(),
+                        request.method().as_str(),
+                        response.status().as_u16(),
+                        started.elapsed(),
+                    );
                     Ok(response)
                 }
             })
@@ -231,145 +233,13 @@ pub async fn readyz(agent: web::Data<Agent>) -> Result<HttpResponse, ServiceErro
     }))
 }
 
-/// Prometheus text format.
+/// Prometheus text format (the series are defined and read in [`crate::metrics`]).
 #[utoipa::path(get, path = "/metrics",
     responses((status = 200, content_type = "text/plain", body = String)), tag = "system")]
 pub async fn metrics_text(agent: web::Data<Agent>) -> HttpResponse {
-    use metrics::gauge;
     let nodes = crate::service::cluster::nodes(&agent).await;
-    let pool = crate::service::cluster::pool(&nodes);
-    let mut out = String::with_capacity(4096);
-    let ready = nodes
-        .iter()
-        .filter(|n| n.state == crate::api_types::NodeState::Ready)
-        .count() as u64;
-    let draining = nodes
-        .iter()
-        .filter(|n| n.state == crate::api_types::NodeState::Draining)
-        .count() as u64;
-    let down = nodes
-        .iter()
-        .filter(|n| n.state == crate::api_types::NodeState::Down)
-        .count() as u64;
-    gauge(
-        &mut out,
-        "shoal_nodes",
-        "Nodes by state.",
-        &[
-            ("state=\"ready\"", ready),
-            ("state=\"draining\"", draining),
-            ("state=\"down\"", down),
-        ],
-    );
-    let storage = agent.raft.storage_status();
-    gauge(
-        &mut out,
-        "shoal_raft_storage_failed",
-        "1 while this node's Raft is stopped by a storage error (e.g. a full disk) and retrying.",
-        &[("", u64::from(storage.failed.is_some()))],
-    );
-    gauge(
-        &mut out,
-        "shoal_raft_storage_recoveries",
-        "Times this node rebuilt its Raft core after a storage error since it started.",
-        &[("", storage.recoveries)],
-    );
-    gauge(
-        &mut out,
-        "shoal_is_leader",
-        "1 if this node is the Raft leader.",
-        &[("", 1)],
-    );
-    gauge(
-        &mut out,
-        "shoal_raft_term",
-        "The current Raft term.",
-        &[("", 1)],
-    );
-    gauge(
-        &mut out,
-        "shoal_pool_cpu_millis",
-        "The pool's CPU in millicores.",
-        &[
-            ("kind=\"capacity\"", pool.cpu_millis.capacity),
-            ("kind=\"reserved\"", pool.cpu_millis.reserved),
-            ("kind=\"used\"", pool.cpu_millis.used),
-        ],
-    );
-    gauge(
-        &mut out,
-        "shoal_pool_memory_bytes",
-        "The pool's memory in bytes.",
-        &[
-            ("kind=\"capacity\"", pool.memory_bytes.capacity),
-            ("kind=\"reserved\"", pool.memory_bytes.reserved),
-            ("kind=\"used\"", pool.memory_bytes.used),
-        ],
-    );
-    let ids: Vec<String> = agent
-        .store
-        .read(|model| model.workstations.keys().cloned().collect());
-    let mut running = 0u64;
-    let mut other = 0u64;
-    let mut log_bytes_written = 0u64;
-    let mut log_bytes_dropped = 0u64;
-    let mut by_state = [0u64; 5];
-    for id in &ids {
-        let (state, _) = agent.host.state(id).await;
-        if let Some((written, dropped)) = agent.host.log_counters(id).await {
-            log_bytes_written = log_bytes_written.saturating_add(written);
-            log_bytes_dropped = log_bytes_dropped.saturating_add(dropped);
-        }
-        if state == WorkstationState::Running {
-            running += 1;
-        } else {
-            other += 1;
-        }
-        if let Ok(processes) = agent.host.processes(id).await {
-            for process in processes {
-                let index = match process.state {
-                    shoal_executor::workstation::ProcessState::Starting => 0,
-                    shoal_executor::workstation::ProcessState::Running => 1,
-                    shoal_executor::workstation::ProcessState::Exited => 2,
-                    shoal_executor::workstation::ProcessState::Backoff => 3,
-                    shoal_executor::workstation::ProcessState::CrashLoop => 4,
-                };
-                by_state[index] += 1;
-            }
-        }
-    }
-    gauge(
-        &mut out,
-        "shoal_workstations",
-        "Workstations by state.",
-        &[("state=\"running\"", running), ("state=\"other\"", other)],
-    );
-    gauge(
-        &mut out,
-        "shoal_processes",
-        "Workstation processes on this node by state.",
-        &[
-            ("state=\"starting\"", by_state[0]),
-            ("state=\"running\"", by_state[1]),
-            ("state=\"exited\"", by_state[2]),
-            ("state=\"backoff\"", by_state[3]),
-            ("state=\"crash_loop\"", by_state[4]),
-        ],
-    );
-    gauge(
-        &mut out,
-        "shoal_log_bytes_written",
-        "Log bytes written by the workstations hosted here since they started on this node.",
-        &[("", log_bytes_written)],
-    );
-    gauge(
-        &mut out,
-        "shoal_log_bytes_dropped",
-        "Log bytes dropped from the 5 MiB buffers of the workstations hosted here.",
-        &[("", log_bytes_dropped)],
-    );
-    agent.metrics.render(&mut out);
+    let text = crate::metrics::render(&agent, &nodes, &crate::service::cluster::pool(&nodes)).await;
     HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(out)
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .body(text)
 }

@@ -68,13 +68,12 @@ mod tests {
             let text = std::fs::read_to_string(file).unwrap_or_default();
             for (number, line) in text.lines().enumerate() {
                 let code = line.split("//").next().unwrap_or_default();
-                for adapter in [
-                    "crate::api::",
-                    "crate::api;",
-                    "crate::relay",
-                    "super::super::api",
-                ] {
-                    if code.contains(adapter) {
+                // Built at run time, so that this file does not name what it looks for.
+                let adapters = ["crate::", "super::"]
+                    .map(|root| ["api::", "api;", "relay"].map(|module| format!("{root}{module}")));
+                let adapters = adapters.iter().flatten();
+                for adapter in adapters.clone() {
+                    if code.contains(adapter.as_str()) {
                         offenders.push(format!(
                             "{}:{}: {}",
                             file.display(),

@@ -156,7 +156,8 @@ async fn start_on_this_node(
         let failures = placement::reconcile(agent).await;
         if let Some(err) = failure_of(failures, &ws_id, Some(proc_id.0)) {
             // The start failed (e.g. program not found): undo, so that nothing changes.
-            let _ = agent
+            // An undo that does not commit leaves a process that never starts: say so.
+            if let Err(undo) = agent
                 .propose(
                     &caller.prefix,
                     shoal_raft::Action::RemoveProcess {
@@ -164,13 +165,20 @@ async fn start_on_this_node(
                         process: proc_id,
                     },
                 )
-                .await;
-            let _ = agent.store.write(|model| {
+                .await
+            {
+                tracing::warn!(workstation = %ws_id, proc = proc_id.0, error = %undo,
+                    "a process that could not start was not removed from the desired state");
+            }
+            if let Err(undo) = agent.store.write(|model| {
                 if let Some(ws) = model.workstations.get_mut(&ws_id) {
                     ws.processes.remove(&proc_id.0);
                 }
                 Ok(())
-            });
+            }) {
+                tracing::warn!(workstation = %ws_id, proc = proc_id.0, error = %undo,
+                    "a process that could not start was not removed from the hosting record");
+            }
             return Err(err);
         }
     }
@@ -254,11 +262,34 @@ pub async fn hosted_processes(
     ws: &WorkstationRecord,
 ) -> Result<Vec<Process>, ServiceError> {
     let statuses = agent.host.processes(&ws.id).await?;
+    // A stop this node carried out is in its hosting record at once (`kill_here`), before its
+    // applied state (a worker's mirror lags by up to a sync) has the committed `StopProcess`.
+    let stopped_here: Vec<u64> = agent.store.read(|model| {
+        model
+            .workstations
+            .get(&ws.id)
+            .map(|hosted| {
+                hosted
+                    .processes
+                    .values()
+                    .filter(|spec| spec.killed)
+                    .map(|spec| spec.id)
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
     Ok(ws
         .processes
         .values()
         .map(|spec| {
             let status = statuses.iter().find(|status| status.id.0 == spec.id);
+            if stopped_here.contains(&spec.id) && !spec.killed {
+                let spec = ProcessSpec {
+                    killed: true,
+                    ..spec.clone()
+                };
+                return process_json(&ws.id, &spec, status);
+            }
             process_json(&ws.id, spec, status)
         })
         .collect())

@@ -194,7 +194,9 @@ pub async fn execute_here(
         .await
         .map_err(run_error)?;
     result.node = agent.node_id.clone();
-    agent.metrics.observe_run(result.verdict.as_str());
+    agent
+        .metrics
+        .observe_run(result.verdict.as_str(), result.wall_ms);
     // Runs change no durable state, so they are not audited (a disk write per run would
     // dominate its latency); this log line records them.
     tracing::info!(run = %id, tenant = %caller.tenant, verdict = result.verdict.as_str(),

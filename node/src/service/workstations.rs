@@ -305,12 +305,16 @@ pub async fn create(
         if let Some(err) = failure_of(failures, &id, None) {
             // The sandbox could not be made: undo the placement, so that nothing changes.
             // The audit log keeps both lines: the placement and why it was undone.
-            let _ = agent
+            if let Err(undo) = agent
                 .propose(
                     &caller.prefix,
                     shoal_raft::Action::DeleteWorkstation { id: placed.id },
                 )
-                .await;
+                .await
+            {
+                tracing::warn!(workstation = %id, error = %undo,
+                    "a workstation whose sandbox could not be made was not deleted again");
+            }
             // The undo's `workstation.delete` entry is in Raft's audit log; this one says why.
             record_audit(agent, caller, "workstation.start", &resource, err.code()).await;
             return Err(err);

@@ -535,14 +535,26 @@ pub async fn start_three_nodes(
     heartbeat_grace_ms: u64,
     wait: Duration,
 ) -> anyhow::Result<ThreeNodes> {
+    start_three_nodes_with_env(root, heartbeat_grace_ms, wait, &[]).await
+}
+
+/// [`start_three_nodes`] with extra environment variables for every agent process (test
+/// seams such as `SHOAL_TEST_TEARDOWN_DELAY_MS`).
+pub async fn start_three_nodes_with_env(
+    root: &Path,
+    heartbeat_grace_ms: u64,
+    wait: Duration,
+    envs: &[(&str, &str)],
+) -> anyhow::Result<ThreeNodes> {
     let config = write_config(
         root,
         format!("heartbeat_interval_ms = 200\nheartbeat_grace_ms = {heartbeat_grace_ms}\n"),
     )?;
-    let node0 = Agent::start(
+    let node0 = Agent::start_with_env(
         &root.join("node-0"),
         &["--bootstrap", "--config", &config],
         free_tcp_port(),
+        envs,
     )?;
     let admin_key = node0.admin_key()?;
     let api0 = node0.client(&admin_key);
@@ -556,10 +568,11 @@ pub async fn start_three_nodes(
     let token = token.body["token"].as_str().unwrap_or_default().to_string();
     let mut agents = vec![node0];
     for i in 1..3 {
-        agents.push(Agent::start(
+        agents.push(Agent::start_with_env(
             &root.join(format!("node-{i}")),
             &["--join", &token, "--config", &config],
             free_tcp_port(),
+            envs,
         )?);
     }
     eventually(wait, || async {

@@ -1,0 +1,252 @@
+//! Who may send what over the mesh: the pure authorization of node-to-node messages by the
+//! sender's identity. The mesh has already bound every packet to a WireGuard key (and each
+//! mesh address to its key); this module maps that key to the committed node and its role and
+//! decides whether such a node may send the message at all. No I/O and no clock: the driver
+//! (`mesh_rpc::NodeRpcHandler`) reads the applied state and passes what matters.
+//!
+//! | message | who may send it |
+//! | --- | --- |
+//! | Raft `AppendEntries`, `InstallSnapshot` | a server whose claimed id is its own id; a sender this node's state does not know yet (a node behind on the log must still hear a newer leader) |
+//! | Raft vote request | the same |
+//! | Raft `ElectNow` (`TimeoutNow`) | a voter of this node's current membership, never an unknown sender |
+//! | node-scoped writes: `UpdateNodeInfo`, `MarkNodeReady` | the node they are about |
+//! | `RaiseLogFloor` | the node its workstation is placed on |
+//! | leader-only writes: `InitCluster`, `MarkNodesDown`, `DrainStep`, `PlaceBatch`, `UpdateSettings` | nobody (the leader proposes them itself, never through a peer) |
+//! | every other write (made for an API caller, or an admission) | any node the state knows |
+//!
+//! What this module cannot decide: whether a write made "for an API caller" really comes from
+//! one. That needs the caller's credential with the write and a check at apply (issue 13, not
+//! built yet); until then any member may forward such writes.
+
+use std::collections::BTreeSet;
+
+use shoal_raft::model::{NodeId, NodeState, WorkstationId};
+use shoal_raft::network::RaftRpcKind;
+use shoal_raft::Action;
+
+/// The committed facts about a message's sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SenderView {
+    /// Its node id.
+    pub id: NodeId,
+    /// Whether its committed roles include `server` (may be a Raft member).
+    pub server: bool,
+    /// Its committed state (a `left` node is not refused here: it stays a Raft member until
+    /// its removal commits, and learns of it from the state machine's refusals).
+    pub state: NodeState,
+}
+
+/// Why a message was refused; the text names the sender and the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct MeshRefusal(pub String);
+
+/// Whether a Raft message of `kind`, claiming to come from `claimed`, may come from `sender`
+/// (`None`: its key is not in this node's applied node list), given this node's current
+/// voters.
+pub fn authorize_raft(
+    sender: Option<&SenderView>,
+    kind: RaftRpcKind,
+    claimed: Option<NodeId>,
+    voters: &BTreeSet<NodeId>,
+) -> Result<(), MeshRefusal> {
+    let Some(sender) = sender else {
+        return match kind {
+            // A node replaying an old log, or one that just joined, does not know a newer
+            // member yet: it must still hear it to catch up. The mesh only delivers packets
+            // from peers whose keys the cluster gave it.
+            RaftRpcKind::Replication | RaftRpcKind::Vote => Ok(()),
+            RaftRpcKind::ElectNow => Err(MeshRefusal(
+                "an unknown node may not tell this node to start an election".to_string(),
+            )),
+        };
+    };
+    if !sender.server {
+        return Err(MeshRefusal(format!(
+            "node {} is not a server: it may not send Raft messages",
+            sender.id
+        )));
+    }
+    if let Some(claimed) = claimed {
+        if claimed != sender.id {
+            return Err(MeshRefusal(format!(
+                "node {} sent a Raft message in the name of node {claimed}",
+                sender.id
+            )));
+        }
+    }
+    if kind == RaftRpcKind::ElectNow && !voters.contains(&sender.id) {
+        return Err(MeshRefusal(format!(
+            "node {} is not a voter: it may not tell this node to start an election",
+            sender.id
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a write of `action` forwarded by `sender` may be proposed. `placed_on` answers
+/// which node a workstation is placed on in the applied state.
+pub fn authorize_write(
+    sender: Option<&SenderView>,
+    action: &Action,
+    placed_on: impl Fn(WorkstationId) -> Option<NodeId>,
+) -> Result<(), MeshRefusal> {
+    let Some(sender) = sender else {
+        return Err(MeshRefusal(
+            "a node this cluster does not know may not write".to_string(),
+        ));
+    };
+    let about_itself = |node: NodeId, what: &str| {
+        if node == sender.id {
+            Ok(())
+        } else {
+            Err(MeshRefusal(format!(
+                "node {} may not {what} for node {node}: a node speaks only about itself",
+                sender.id
+            )))
+        }
+    };
+    match action {
+        Action::UpdateNodeInfo { node, .. } => about_itself(*node, "state capacity"),
+        Action::MarkNodeReady { node, .. } => about_itself(*node, "report ready"),
+        Action::RaiseLogFloor { workstation, .. } => match placed_on(*workstation) {
+            Some(node) => about_itself(node, "raise the log floor"),
+            None => Err(MeshRefusal(format!(
+                "node {} may not raise the log floor of {workstation}, which is placed on no node",
+                sender.id
+            ))),
+        },
+        Action::InitCluster { .. }
+        | Action::MarkNodesDown { .. }
+        | Action::DrainStep { .. }
+        | Action::PlaceBatch { .. }
+        | Action::UpdateSettings { .. } => Err(MeshRefusal(format!(
+            "node {} may not forward a leader-only write",
+            sender.id
+        ))),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_raft::command::PlacementHints;
+    use shoal_raft::model::Resources;
+
+    fn server(id: NodeId) -> SenderView {
+        SenderView {
+            id,
+            server: true,
+            state: NodeState::Ready,
+        }
+    }
+
+    fn worker(id: NodeId) -> SenderView {
+        SenderView {
+            id,
+            server: false,
+            state: NodeState::Ready,
+        }
+    }
+
+    #[test]
+    fn raft_messages_come_only_from_servers_speaking_in_their_own_name() {
+        let voters: BTreeSet<NodeId> = [1, 2, 3].into();
+        let cases: &[(Option<SenderView>, RaftRpcKind, Option<NodeId>, bool)] = &[
+            (Some(server(2)), RaftRpcKind::Replication, Some(2), true),
+            (Some(server(2)), RaftRpcKind::Vote, Some(2), true),
+            (Some(server(2)), RaftRpcKind::ElectNow, None, true),
+            // A worker's identity: no Raft message at all.
+            (Some(worker(4)), RaftRpcKind::Vote, Some(4), false),
+            (Some(worker(4)), RaftRpcKind::ElectNow, None, false),
+            (Some(worker(4)), RaftRpcKind::Replication, Some(4), false),
+            // A server speaking in another's name.
+            (Some(server(2)), RaftRpcKind::Vote, Some(1), false),
+            (Some(server(2)), RaftRpcKind::Replication, Some(3), false),
+            // A server that is no voter (a learner) may replicate? No: only leaders replicate,
+            // but a learner's claim is checked the same; it may not trigger an election.
+            (Some(server(5)), RaftRpcKind::ElectNow, None, false),
+            // Unknown senders: heard (a lagging node must catch up), but never ElectNow.
+            (None, RaftRpcKind::Replication, Some(7), true),
+            (None, RaftRpcKind::Vote, Some(7), true),
+            (None, RaftRpcKind::ElectNow, None, false),
+            // A node marked `left` stays a Raft member until the membership change that
+            // removes it commits (a removed leader replicates that change itself), and learns
+            // of its removal from the state machine's refusals: the mesh does not refuse it.
+            (
+                Some(SenderView {
+                    state: NodeState::Left,
+                    ..server(3)
+                }),
+                RaftRpcKind::Vote,
+                Some(3),
+                true,
+            ),
+        ];
+        for (sender, kind, claimed, allowed) in cases {
+            let verdict = authorize_raft(sender.as_ref(), *kind, *claimed, &voters);
+            assert_eq!(
+                verdict.is_ok(),
+                *allowed,
+                "{sender:?} {kind:?} claiming {claimed:?}: {verdict:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn node_scoped_writes_are_only_about_the_sender_and_leader_only_writes_never_forwarded() {
+        let info = |node| Action::UpdateNodeInfo {
+            node,
+            api_addr: None,
+            capacity: Resources::new(1, 1),
+            reserve: Resources::new(0, 0),
+        };
+        let ready = |node| Action::MarkNodeReady {
+            node,
+            hints: PlacementHints::default(),
+        };
+        let floor = |ws: u64| Action::RaiseLogFloor {
+            workstation: WorkstationId(ws),
+            generation: 1,
+            floor: 1 << 40,
+        };
+        let down = Action::MarkNodesDown {
+            nodes: vec![1],
+            hints: PlacementHints::default(),
+            observed: Default::default(),
+        };
+        let delete = Action::DeleteWorkstation {
+            id: WorkstationId(9),
+        };
+        // ws-1 on node 4, ws-2 on node 2, ws-3 nowhere.
+        let placed_on = |ws: WorkstationId| match ws.0 {
+            1 => Some(4),
+            2 => Some(2),
+            _ => None,
+        };
+        let rogue = worker(4);
+        let cases: Vec<(Option<SenderView>, Action, bool)> = vec![
+            (Some(rogue), info(4), true),
+            (Some(rogue), info(1), false),
+            (Some(rogue), ready(4), true),
+            (Some(rogue), ready(2), false),
+            (Some(rogue), floor(1), true),
+            (Some(rogue), floor(2), false),
+            (Some(rogue), floor(3), false),
+            (Some(rogue), down.clone(), false),
+            (Some(server(2)), down, false),
+            (Some(rogue), delete.clone(), true),
+            (None, info(4), false),
+            (None, delete, false),
+        ];
+        for (sender, action, allowed) in cases {
+            let verdict = authorize_write(sender.as_ref(), &action, placed_on);
+            assert_eq!(
+                verdict.is_ok(),
+                allowed,
+                "{sender:?} {action:?}: {verdict:?}"
+            );
+        }
+    }
+}
