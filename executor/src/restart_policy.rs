@@ -16,15 +16,21 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 /// When a process is restarted after it exits (SPEC.md: `never`, `on-failure`, `always`).
+///
+/// The one type for the policy: the HTTP API and the CLI use it as it is. Raft's
+/// `model::RestartPolicy` is the committed copy; the node converts between the two in one
+/// module (`node/src/convert.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     /// Never restarted.
     #[default]
     Never,
-    /// Restarted when it exits with a non-zero code or is killed by a signal.
+    /// Restarted (with backoff) when it exits with a non-zero code or a signal.
     OnFailure,
-    /// Restarted whenever it exits.
+    /// Restarted (with backoff) whenever it exits.
     Always,
 }
 

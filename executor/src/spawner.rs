@@ -8,8 +8,9 @@
 //! cgroup around processes (and use the cgroup to find the whole tree) without touching the
 //! actor.
 //!
-//! [`HostSpawner`] is the unsandboxed implementation: it runs processes directly on the host
-//! in their own session and finds their trees through `/proc`.
+//! `HostSpawner` (feature `test-support`, for tests and benchmarks) is the unsandboxed
+//! implementation: it runs processes directly on the host in their own session and finds their
+//! trees through `/proc`. The node spawns only through the sandbox (`SandboxSpawner`).
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use futures::future::BoxFuture;
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
+#[cfg(any(test, feature = "test-support"))]
 pub use crate::host_spawner::HostSpawner;
 
 /// What to run: the program and its arguments, extra environment variables, working directory.

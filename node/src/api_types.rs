@@ -11,6 +11,18 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+// One type per concept (ARCHITECTURE.md): the API's JSON uses these domain types as they are;
+// their crates derive `ToSchema` (feature `openapi`) and their serde names are SPEC's.
+/// The network policy of a workstation or run: the executor's kind (Raft's committed policy
+/// also holds the allowlist's domains; `convert` maps between them).
+pub use shoal_executor::network_policy::NetworkPolicy;
+/// The restart policy of a workstation process: the executor's, which applies it.
+pub use shoal_executor::restart_policy::RestartPolicy;
+/// A run's request, result and verdict: the executor's, which validates and runs it.
+pub use shoal_executor::run::{RunFile, RunRequest, RunResult, Verdict};
+/// A pair of CPU and memory quantities: Raft's, as the scheduler accounts them.
+pub use shoal_raft::model::Resources;
+
 // ---------------------------------------------------------------------------------------------
 // Errors
 
@@ -70,15 +82,6 @@ pub struct ClusterInfo {
     pub pool: Pool,
     /// The id of the node that answered this request.
     pub answered_by: String,
-}
-
-/// A pair of CPU and memory quantities.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
-pub struct Resources {
-    /// CPU in millicores.
-    pub cpu_millis: u64,
-    /// Memory in bytes.
-    pub memory_bytes: u64,
 }
 
 /// The state of a node.
@@ -234,19 +237,6 @@ pub struct AuditEntry {
 // ---------------------------------------------------------------------------------------------
 // Workstations
 
-/// The network policy of a workstation or run.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq, Hash)]
-#[serde(rename_all = "snake_case")]
-pub enum NetworkPolicy {
-    /// Loopback only.
-    #[default]
-    None,
-    /// Egress only through the node's proxy to listed domains.
-    Allowlist,
-    /// Direct egress.
-    Full,
-}
-
 /// The state of a workstation.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
@@ -345,19 +335,6 @@ pub struct Workstation {
 
 // ---------------------------------------------------------------------------------------------
 // Processes
-
-/// The restart policy of a workstation process.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq, Hash)]
-#[serde(rename_all = "kebab-case")]
-pub enum RestartPolicy {
-    /// Never restarted.
-    #[default]
-    Never,
-    /// Restarted (with backoff) when it exits with a non-zero code or a signal.
-    OnFailure,
-    /// Restarted (with backoff) whenever it exits.
-    Always,
-}
 
 /// The state of a workstation process.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq, Hash)]
@@ -481,110 +458,6 @@ pub struct ExitEvent {
 
 // ---------------------------------------------------------------------------------------------
 // Runs
-
-/// The verdict of a run.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq, Hash)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    /// Exited with code 0.
-    Ok,
-    /// Exited with a non-zero code.
-    NonzeroExit,
-    /// Killed by a signal it did not get from a limit.
-    Signaled,
-    /// Exceeded its wall time.
-    Timeout,
-    /// Exceeded its CPU time.
-    CpuLimit,
-    /// Killed by the kernel's OOM killer.
-    MemoryLimit,
-    /// Hit the process limit.
-    ProcessLimit,
-    /// Exceeded the output hard cap.
-    OutputLimit,
-    /// Shoal could not run it.
-    InternalError,
-}
-
-/// A file placed in a run's `/tmp` before it starts.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RunFile {
-    /// Path relative to `/tmp` (no `..`, no absolute paths).
-    pub path: String,
-    /// Content (text).
-    pub content: String,
-    /// Whether the file is executable.
-    #[serde(default)]
-    pub executable: bool,
-}
-
-/// `POST /v1/runs`. Give `language` and `code`, or `argv`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RunRequest {
-    /// A language from `GET /v1/languages`; `code` is its program.
-    pub language: Option<String>,
-    /// The program and its arguments, instead of `language` (`code`, if given, is written to
-    /// `/tmp/main`).
-    pub argv: Option<Vec<String>>,
-    /// Source code, at most 64 KiB (65,536 bytes).
-    pub code: Option<String>,
-    /// Standard input (at most 1 MiB).
-    pub stdin: Option<String>,
-    /// Extra files in the run's `/tmp`.
-    pub files: Option<Vec<RunFile>>,
-    /// Extra environment variables.
-    pub env: Option<BTreeMap<String, String>>,
-    /// Wall-time limit in ms; default and maximum 60,000.
-    pub timeout_ms: Option<u64>,
-    /// Memory limit in bytes; default 256 MiB.
-    pub memory_bytes: Option<u64>,
-    /// CPU quota in millicores; default 1000.
-    pub cpu_millis: Option<u64>,
-    /// Process limit; default 64.
-    pub max_processes: Option<u64>,
-    /// CPU-time budget in ms (default: what the CPU quota allows within the wall time).
-    pub cpu_time_ms: Option<u64>,
-    /// Network policy; only `none` is offered for runs.
-    pub network: Option<NetworkPolicy>,
-}
-
-/// The answer of `POST /v1/runs`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
-pub struct RunResult {
-    /// The run id.
-    pub id: String,
-    /// What happened.
-    pub verdict: Verdict,
-    /// The exit code, if it exited normally.
-    pub exit_code: Option<i32>,
-    /// The signal that ended it, if any.
-    pub signal: Option<i32>,
-    /// Captured standard output (head kept, at most 64 KiB; lossy UTF-8).
-    pub stdout: String,
-    /// Captured standard error (head kept, at most 64 KiB; lossy UTF-8).
-    pub stderr: String,
-    /// Whether stdout was cut.
-    pub stdout_truncated: bool,
-    /// Whether stderr was cut.
-    pub stderr_truncated: bool,
-    /// Wall time of the program, ms.
-    pub wall_ms: u64,
-    /// CPU time (user + system) of the program, ms.
-    pub cpu_ms: u64,
-    /// Peak memory, bytes (0 if it could not be measured).
-    pub peak_memory_bytes: u64,
-    /// Time Shoal spent around the program (set-up and tear-down), ms.
-    pub overhead_ms: u64,
-    /// The node that ran it.
-    pub node: String,
-    /// The isolation level actually applied: `full`, or `partial: <missing layers>`.
-    pub isolation: String,
-    /// For `internal_error`: what went wrong.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-}
 
 /// One entry of `GET /v1/languages`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]

@@ -5,6 +5,7 @@ mod agent;
 mod api;
 mod cli;
 mod config;
+mod convert;
 mod metrics;
 mod relay;
 mod service;

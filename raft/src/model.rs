@@ -58,10 +58,12 @@ id_type!(
     "key-"
 );
 
-/// An amount of CPU and memory: a capacity, a reserve, a reservation or a usage.
+/// An amount of CPU and memory: a capacity, a reserve, a reservation or a usage. The one type
+/// for the concept: the node's HTTP API uses it as it is (feature `openapi` derives its schema).
 #[derive(
     Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Resources {
     /// Thousandths of a CPU core.
     pub cpu_millis: u64,
@@ -298,7 +300,9 @@ pub struct Tenant {
     pub created_ms: u64,
 }
 
-/// The network a workstation's processes get.
+/// The network a workstation's processes get, as committed (with the allowlist's domains).
+/// The executor's `NetworkPolicy` is its kind, which the API shows; the node converts between
+/// them in `node/src/convert.rs` (`executor` may not depend on `raft`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub enum NetworkPolicy {
     /// Loopback only.
@@ -349,7 +353,9 @@ pub enum WorkstationState {
     Pending,
 }
 
-/// When a process is started again after it exits.
+/// When a process is started again after it exits, as committed. The executor's
+/// `RestartPolicy` (which the API and CLI use) has the same variants; the node converts between
+/// them in `node/src/convert.rs` (`executor` may not depend on `raft`).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum RestartPolicy {
     /// Never; after a node loss it is reported `exited` with reason `node_lost`.
@@ -511,5 +517,57 @@ impl Default for ClusterSettings {
             overlay_prefix_len: 16,
             tenant_workstations_max: 1_000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The log and snapshots are bincode, which is positional: an enum is its variant's index
+    /// and a struct its fields in order, whatever serde attributes rename them to. This pins the
+    /// bytes of the records the node converts to and from its API and executor types (see
+    /// `node/src/convert.rs`), so a reordered variant or field, which would silently change
+    /// what existing logs and snapshots mean, fails here.
+    #[test]
+    fn encoding_of_converted_records_is_unchanged() {
+        let spec = WorkstationSpec {
+            reservation: Resources::new(250, 64 << 20),
+            limit: Limit {
+                cpu_limit_millis: 500,
+                memory_limit_bytes: 128 << 20,
+            },
+            network: NetworkPolicy::Allowlist(vec!["example.org".to_string()]),
+        };
+        let process = DesiredProcess {
+            id: ProcessId(3),
+            argv: vec!["sleep".to_string(), "1".to_string()],
+            env: BTreeMap::from([("K".to_string(), "V".to_string())]),
+            cwd: None,
+            restart: RestartPolicy::OnFailure,
+            created_ms: 7,
+            first_generation: 2,
+            stopped: Some(StopSignal::Kill),
+        };
+        let encoded = [
+            crate::codec::encode(&spec).unwrap(),
+            crate::codec::encode(&NetworkPolicy::None).unwrap(),
+            crate::codec::encode(&NetworkPolicy::Full).unwrap(),
+            crate::codec::encode(&process).unwrap(),
+            crate::codec::encode(&RestartPolicy::Never).unwrap(),
+            crate::codec::encode(&RestartPolicy::Always).unwrap(),
+        ]
+        .map(hex::encode);
+        assert_eq!(
+            encoded,
+            [
+                "fafc00000004fbf401fc0000000801010b6578616d706c652e6f7267",
+                "00",
+                "02",
+                "030205736c656570013101014b0156000107020101",
+                "00",
+                "02",
+            ]
+        );
     }
 }

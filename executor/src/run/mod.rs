@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, Interest};
 
@@ -92,39 +92,41 @@ impl RunError {
     }
 }
 
-/// The answer to `POST /v1/runs` (SPEC.md).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// The answer of `POST /v1/runs` (SPEC.md). The one type for a run's result: the HTTP API
+/// answers it and a worker sends it back over the mesh as it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunResult {
-    /// The run's id (given by the caller).
+    /// The run id.
     pub id: String,
-    /// How it ended.
+    /// What happened.
     pub verdict: Verdict,
-    /// Exit code, when the program exited.
+    /// The exit code, if it exited normally.
     pub exit_code: Option<i32>,
-    /// Signal number, when a signal ended it.
+    /// The signal that ended it, if any.
     pub signal: Option<i32>,
-    /// Head of stdout (≤ 64 KiB; invalid UTF-8 replaced).
+    /// Captured standard output (head kept, at most 64 KiB; lossy UTF-8).
     pub stdout: String,
-    /// Head of stderr (≤ 64 KiB).
+    /// Captured standard error (head kept, at most 64 KiB; lossy UTF-8).
     pub stderr: String,
     /// Whether stdout was cut.
     pub stdout_truncated: bool,
     /// Whether stderr was cut.
     pub stderr_truncated: bool,
-    /// Wall time of the program, from its start to its end, in ms.
+    /// Wall time of the program, from its start to its end, ms.
     pub wall_ms: u64,
-    /// CPU time of every process of the run, in ms.
+    /// CPU time (user + system) of every process of the run, ms.
     pub cpu_ms: u64,
-    /// Peak memory of the run's cgroup in bytes (0 when cgroups are not applied).
+    /// Peak memory, bytes (0 if it could not be measured).
     pub peak_memory_bytes: u64,
-    /// Time spent creating and destroying the sandbox, in ms.
+    /// Time Shoal spent around the program (set-up and tear-down), ms.
     pub overhead_ms: u64,
-    /// The node that ran it (filled by the caller).
+    /// The node that ran it (filled by the node; `execute` leaves it empty).
     pub node: String,
-    /// The isolation actually applied (`full`, or `partial: ...`).
+    /// The isolation level actually applied: `full`, or `partial: <missing layers>`.
     pub isolation: String,
     /// For `internal_error`: what went wrong.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 

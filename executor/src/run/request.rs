@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::languages::Languages;
 use super::RunError;
+use crate::network_policy::NetworkPolicy;
 
 /// Bytes of code accepted (SPEC.md: 64 KiB).
 pub const CODE_BYTES_MAX: usize = 64 * 1024;
@@ -29,10 +30,12 @@ pub const ARGV_COUNT_MAX: usize = 256;
 /// Longest argv entry.
 pub const ARGV_ENTRY_BYTES_MAX: usize = 4096;
 
-/// A file placed in the run's /tmp before it starts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A file placed in a run's `/tmp` before it starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct RunFile {
-    /// Path relative to /tmp.
+    /// Path relative to `/tmp` (no `..`, no absolute paths).
     pub path: String,
     /// Content (text).
     pub content: String,
@@ -41,48 +44,50 @@ pub struct RunFile {
     pub executable: bool,
 }
 
-/// `POST /v1/runs` body.
+/// `POST /v1/runs`. Give `language` and `code`, or `argv`. The one type for a run request:
+/// the HTTP API, the CLI and a run forwarded over the mesh carry it as it is.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
-    /// A language from `languages()`; exclusive with `argv`.
+    /// A language from `GET /v1/languages`; `code` is its program.
     #[serde(default)]
     pub language: Option<String>,
-    /// A command line; exclusive with `language`.
+    /// The program and its arguments, instead of `language` (`code`, if given, is written to
+    /// `/tmp/main`).
     #[serde(default)]
     pub argv: Option<Vec<String>>,
-    /// The program (≤ 64 KiB): run by the language's interpreter, or written to /tmp/main for
-    /// an argv run.
+    /// Source code, at most 64 KiB (65,536 bytes).
     #[serde(default)]
     pub code: Option<String>,
-    /// Standard input.
+    /// Standard input (at most 1 MiB).
     #[serde(default)]
     pub stdin: Option<String>,
-    /// Extra files in /tmp.
+    /// Extra files in the run's `/tmp`.
     #[serde(default)]
     pub files: Option<Vec<RunFile>>,
     /// Extra environment variables.
     #[serde(default)]
     pub env: Option<BTreeMap<String, String>>,
-    /// Wall-time limit in ms (default and maximum 60,000).
+    /// Wall-time limit in ms; default and maximum 60,000.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
-    /// Memory limit in bytes (default 256 MiB).
+    /// Memory limit in bytes; default 256 MiB.
     #[serde(default)]
     pub memory_bytes: Option<u64>,
-    /// CPU quota in millicores (default 1000).
+    /// CPU quota in millicores; default 1000.
     #[serde(default)]
     pub cpu_millis: Option<u64>,
-    /// Process limit (default 64).
+    /// Process limit; default 64.
     #[serde(default)]
     pub max_processes: Option<u64>,
-    /// CPU-time budget in ms (an extension of SPEC.md's request; default: what the CPU quota
-    /// allows in the wall-time limit, timeout_ms × cpu_millis / 1000).
+    /// CPU-time budget in ms (default: what the CPU quota allows within the wall time,
+    /// timeout_ms × cpu_millis / 1000).
     #[serde(default)]
     pub cpu_time_ms: Option<u64>,
-    /// Only `none` for now.
+    /// Network policy; only `none` is offered for runs.
     #[serde(default)]
-    pub network: Option<String>,
+    pub network: Option<NetworkPolicy>,
 }
 
 /// Defaults and maxima of run limits; a node may lower the maxima to its capacity.
@@ -184,21 +189,15 @@ impl RunRequest {
         policy: &RunPolicy,
         languages: &Languages,
     ) -> Result<ValidatedRun, RunError> {
-        match self.network.as_deref() {
-            None | Some("none") => {}
-            Some(policy @ ("allowlist" | "full")) => {
+        match self.network.unwrap_or_default() {
+            NetworkPolicy::None => {}
+            policy @ (NetworkPolicy::Allowlist | NetworkPolicy::Full) => {
                 return Err(RunError::Unsupported {
                     field: "network",
                     reason: format!(
-                        "network policy {policy:?} is not available yet on this cluster; only \"none\" (loopback only) is"
+                        "network policy \"{policy}\" is not available yet on this cluster; only \"none\" (loopback only) is"
                     ),
                 })
-            }
-            Some(other) => {
-                return Err(invalid(
-                    "network",
-                    format!("{other:?} is not one of \"none\", \"allowlist\", \"full\""),
-                ))
             }
         }
         let code = self.code.as_deref().unwrap_or("");
@@ -563,7 +562,7 @@ mod tests {
             (
                 "network allowlist not yet",
                 RunRequest {
-                    network: Some("allowlist".into()),
+                    network: Some(NetworkPolicy::Allowlist),
                     ..python("x")
                 },
                 Some("network"),
@@ -571,15 +570,7 @@ mod tests {
             (
                 "network full not yet",
                 RunRequest {
-                    network: Some("full".into()),
-                    ..python("x")
-                },
-                Some("network"),
-            ),
-            (
-                "network bogus",
-                RunRequest {
-                    network: Some("wide".into()),
+                    network: Some(NetworkPolicy::Full),
                     ..python("x")
                 },
                 Some("network"),
@@ -587,7 +578,7 @@ mod tests {
             (
                 "network none",
                 RunRequest {
-                    network: Some("none".into()),
+                    network: Some(NetworkPolicy::None),
                     ..python("x")
                 },
                 None,
@@ -690,6 +681,24 @@ mod tests {
     fn unknown_fields_are_refused() {
         let parsed: Result<RunRequest, _> =
             serde_json::from_str(r#"{"language":"python","code":"1","bogus":1}"#);
+        assert!(parsed.is_err());
+    }
+
+    /// The network policy is an enum: a name outside SPEC's three is refused when the request
+    /// is decoded (the API's 400), not parsed back later; a file's unknown field is refused
+    /// too.
+    #[test]
+    fn unknown_network_policy_and_file_fields_are_refused_at_decoding() {
+        let parsed: Result<RunRequest, _> =
+            serde_json::from_str(r#"{"language":"python","code":"1","network":"wide"}"#);
+        assert!(parsed.is_err());
+        let parsed: RunRequest =
+            serde_json::from_str(r#"{"language":"python","code":"1","network":"allowlist"}"#)
+                .unwrap();
+        assert_eq!(parsed.network, Some(NetworkPolicy::Allowlist));
+        let parsed: Result<RunRequest, _> = serde_json::from_str(
+            r#"{"argv":["true"],"files":[{"path":"a","content":"","mode":1}]}"#,
+        );
         assert!(parsed.is_err());
     }
 }

@@ -18,7 +18,6 @@ use tracing::{info, warn};
 use shoal_executor::clock::{Clock, SystemClock};
 use shoal_executor::log_buffer::{LogRecord as ExecRecord, Stream};
 use shoal_executor::process_id::ProcId;
-use shoal_executor::restart_policy::RestartPolicy as ExecRestart;
 use shoal_executor::sandbox::{
     self, CgroupLimits, Sandbox, SandboxHost, SandboxLimits, SandboxSpawner, SandboxSpec,
 };
@@ -31,9 +30,7 @@ use shoal_executor::workstation::{
 
 use super::model::{ProcessSpec, Sizing, WorkstationRecord};
 use super::Agent;
-use crate::api_types::{
-    LogRecord, LogStream, LogsPage, Process, ProcessState, RestartPolicy, WorkstationState,
-};
+use crate::api_types::{LogRecord, LogStream, LogsPage, Process, ProcessState, WorkstationState};
 use crate::config::AgentConfig;
 use crate::service::ServiceError;
 
@@ -230,7 +227,7 @@ impl Host {
         agent.store.write(|model| {
             if model.workstations.contains_key(ws_id) {
                 // Raft checked the room when it committed the resize.
-                model.resize_workstation(ws_id, sizing, u64::MAX, u64::MAX)?;
+                model.resize_workstation(ws_id, sizing)?;
             }
             Ok(())
         })?;
@@ -314,11 +311,7 @@ impl Host {
                     .collect(),
                 cwd: spec.cwd.clone().map(Into::into),
             },
-            restart: match spec.restart {
-                RestartPolicy::Never => ExecRestart::Never,
-                RestartPolicy::OnFailure => ExecRestart::OnFailure,
-                RestartPolicy::Always => ExecRestart::Always,
-            },
+            restart: spec.restart,
             proc: Some(ProcId(spec.id)),
         };
         addr.send(message)

@@ -12,13 +12,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::api_types::{NetworkPolicy, RestartPolicy, Workstation, WorkstationState};
+use shoal_executor::restart_policy::RestartPolicy;
+use shoal_raft::model::NetworkPolicy;
+
+use crate::api_types::{Workstation, WorkstationState};
 use crate::service::ServiceError;
 
-/// At most this many workstations exist in the cluster.
-// Placement moved to Raft's scheduler; the single-server check stays for its tests.
-#[cfg_attr(not(test), allow(dead_code))]
-pub const WORKSTATIONS_MAX: usize = 10_000;
 /// How many characters of a secret are kept for display.
 pub const SECRET_PREFIX_CHARS: usize = 12;
 
@@ -33,7 +32,7 @@ pub struct ProcessSpec {
     pub env: BTreeMap<String, String>,
     /// Working directory.
     pub cwd: Option<String>,
-    /// Restart policy.
+    /// Restart policy: the executor's, which the host starts the process with.
     pub restart: RestartPolicy,
     /// Creation time.
     pub created_unix_ms: u64,
@@ -68,7 +67,7 @@ pub struct WorkstationRecord {
     pub cpu_limit_millis: u64,
     /// Memory ceiling.
     pub memory_limit_bytes: u64,
-    /// Network policy.
+    /// Network policy as committed in Raft (with the allowlist's domains).
     pub network: NetworkPolicy,
     /// Creation time.
     pub created_unix_ms: u64,
@@ -100,7 +99,7 @@ impl WorkstationRecord {
             memory_bytes: self.memory_bytes,
             cpu_limit_millis: self.cpu_limit_millis,
             memory_limit_bytes: self.memory_limit_bytes,
-            network: self.network,
+            network: crate::convert::network_kind(&self.network),
             created_unix_ms: self.created_unix_ms,
             home_volume: "node-local".to_string(),
             isolation: isolation.to_string(),
@@ -148,108 +147,16 @@ pub fn secret_prefix(secret: &str) -> String {
 }
 
 impl Model {
-    /// Sum of the reservations of all workstations placed on `node`.
-    pub fn reserved_on(&self, node: &str) -> (u64, u64) {
-        self.workstations
-            .values()
-            .filter(|ws| ws.node == node)
-            .fold((0, 0), |(cpu, mem), ws| {
-                (
-                    cpu.saturating_add(ws.cpu_millis),
-                    mem.saturating_add(ws.memory_bytes),
-                )
-            })
-    }
-
-    /// Places a new workstation on `node` if the reservation fits its allocatable capacity:
-    /// 422 if it can never fit, 503 if it does not fit now.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub fn place_workstation(
-        &mut self,
-        record: WorkstationRecord,
-        allocatable_cpu_millis: u64,
-        allocatable_memory_bytes: u64,
-    ) -> Result<(), ServiceError> {
-        if record.cpu_millis > allocatable_cpu_millis
-            || record.memory_bytes > allocatable_memory_bytes
-        {
-            return Err(ServiceError::Unsatisfiable(format!(
-                "the reservation ({} millicores, {} bytes) is larger than any node \
-                 (largest allocatable: {} millicores, {} bytes)",
-                record.cpu_millis,
-                record.memory_bytes,
-                allocatable_cpu_millis,
-                allocatable_memory_bytes
-            )));
-        }
-        if self.workstations.contains_key(&record.id) {
-            return Err(ServiceError::Conflict(format!(
-                "workstation `{}` already exists",
-                record.id
-            )));
-        }
-        if self.workstations.len() >= WORKSTATIONS_MAX {
-            return Err(ServiceError::RateLimited {
-                message: format!("at most {WORKSTATIONS_MAX} workstations"),
-                retry_after_secs: 60,
-            });
-        }
-        let (cpu, mem) = self.reserved_on(&record.node);
-        if cpu.saturating_add(record.cpu_millis) > allocatable_cpu_millis
-            || mem.saturating_add(record.memory_bytes) > allocatable_memory_bytes
-        {
-            return Err(ServiceError::Unavailable {
-                message: format!(
-                    "no node has room for {} millicores and {} bytes right now",
-                    record.cpu_millis, record.memory_bytes
-                ),
-                retry_after_secs: 5,
-            });
-        }
-        self.workstations.insert(record.id.clone(), record);
-        Ok(())
-    }
-
-    /// Resizes a workstation in place if its node has room for the new reservation.
-    pub fn resize_workstation(
-        &mut self,
-        id: &str,
-        new: Sizing,
-        allocatable_cpu_millis: u64,
-        allocatable_memory_bytes: u64,
-    ) -> Result<(), ServiceError> {
-        let Sizing {
-            cpu_millis,
-            memory_bytes,
-            cpu_limit_millis,
-            memory_limit_bytes,
-        } = new;
-        let Some(current) = self.workstations.get(id) else {
+    /// Records a committed resize of a hosted workstation. Raft's scheduler checked the
+    /// node's room when it committed it; this only keeps the hosting record in step.
+    pub fn resize_workstation(&mut self, id: &str, new: Sizing) -> Result<(), ServiceError> {
+        let Some(ws) = self.workstations.get_mut(id) else {
             return Err(ServiceError::not_found("workstation", id));
         };
-        if cpu_millis > allocatable_cpu_millis || memory_bytes > allocatable_memory_bytes {
-            return Err(ServiceError::Unsatisfiable(
-                "the new reservation is larger than any node".to_string(),
-            ));
-        }
-        let (cpu, mem) = self.reserved_on(&current.node);
-        let cpu_other = cpu.saturating_sub(current.cpu_millis);
-        let mem_other = mem.saturating_sub(current.memory_bytes);
-        if cpu_other.saturating_add(cpu_millis) > allocatable_cpu_millis
-            || mem_other.saturating_add(memory_bytes) > allocatable_memory_bytes
-        {
-            return Err(ServiceError::Unavailable {
-                message: "the workstation's node has no room for the new reservation now"
-                    .to_string(),
-                retry_after_secs: 5,
-            });
-        }
-        if let Some(ws) = self.workstations.get_mut(id) {
-            ws.cpu_millis = cpu_millis;
-            ws.memory_bytes = memory_bytes;
-            ws.cpu_limit_millis = cpu_limit_millis;
-            ws.memory_limit_bytes = memory_limit_bytes;
-        }
+        ws.cpu_millis = new.cpu_millis;
+        ws.memory_bytes = new.memory_bytes;
+        ws.cpu_limit_millis = new.cpu_limit_millis;
+        ws.memory_limit_bytes = new.memory_limit_bytes;
         Ok(())
     }
 }
@@ -257,7 +164,6 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
 
     fn ws(id: &str, cpu_millis: u64, memory_bytes: u64) -> WorkstationRecord {
         WorkstationRecord {
@@ -278,42 +184,34 @@ mod tests {
         }
     }
 
-    proptest! {
-        /// Whatever sequence of creates and resizes, the reservations on the node never exceed
-        /// its allocatable capacity, and a refusal changes nothing.
-        #[test]
-        fn placement_never_overcommits(ops in proptest::collection::vec((0u64..3000, 0u64..4000, any::<bool>(), 0usize..8), 1..60)) {
-            let mut model = Model::default();
-            for (index, (cpu, mem, resize, target)) in ops.into_iter().enumerate() {
-                let before = model.clone();
-                let result = if resize {
-                    let id = format!("w{target}");
-                    model.resize_workstation(&id, Sizing { cpu_millis: cpu, memory_bytes: mem, cpu_limit_millis: cpu, memory_limit_bytes: mem }, 4000, 8000)
-                } else {
-                    model.place_workstation(ws(&format!("w{}", index % 8), cpu, mem), 4000, 8000)
-                };
-                if result.is_err() {
-                    prop_assert_eq!(&model, &before);
-                }
-                let (cpu_sum, mem_sum) = model.reserved_on("n1");
-                prop_assert!(cpu_sum <= 4000 && mem_sum <= 8000);
-            }
-        }
-    }
-
+    /// A resize sets all four sizes of the hosted record; an unknown workstation is
+    /// `not_found` and changes nothing.
     #[test]
-    fn too_large_is_unsatisfiable_and_full_is_unavailable() {
+    fn resize_sets_every_size_and_an_unknown_workstation_is_not_found() {
         let mut model = Model::default();
-        let err = model
-            .place_workstation(ws("a", 5000, 1), 4000, 8000)
-            .unwrap_err();
-        assert_eq!(err.code(), "unsatisfiable");
         model
-            .place_workstation(ws("b", 3000, 1), 4000, 8000)
-            .unwrap();
-        let err = model
-            .place_workstation(ws("c", 2000, 1), 4000, 8000)
-            .unwrap_err();
-        assert_eq!(err.code(), "unavailable");
+            .workstations
+            .insert("a".to_string(), ws("a", 100, 200));
+        let sizing = Sizing {
+            cpu_millis: 300,
+            memory_bytes: 400,
+            cpu_limit_millis: 500,
+            memory_limit_bytes: 600,
+        };
+        model.resize_workstation("a", sizing).unwrap();
+        let record = &model.workstations["a"];
+        assert_eq!(
+            (
+                record.cpu_millis,
+                record.memory_bytes,
+                record.cpu_limit_millis,
+                record.memory_limit_bytes
+            ),
+            (300, 400, 500, 600)
+        );
+        let before = model.clone();
+        let err = model.resize_workstation("b", sizing).unwrap_err();
+        assert_eq!(err.code(), "not_found");
+        assert_eq!(model, before);
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use shoal_raft::model::{NetworkPolicy as RaftNetwork, Workstation as RaftWorkstation};
+use shoal_raft::model::Workstation as RaftWorkstation;
 use tracing::{debug, info, warn};
 
 use shoal_raft::model::WorkstationId;
@@ -29,39 +29,11 @@ use shoal_raft::soft_state::{ProcessObserved, WorkstationUsage};
 use super::model::{ProcessSpec, WorkstationRecord};
 use super::reconcile_plan::{plan, plan_resume, resumed_processes, Action, FenceView, Resume};
 use super::Agent;
-use crate::api_types::{
-    NetworkPolicy, Process, ProcessState, RestartPolicy, Workstation, WorkstationState,
-};
+use crate::api_types::{Process, ProcessState, Workstation, WorkstationState};
 
 /// The API's name of a Raft node id.
 pub fn node_name(id: u64) -> String {
     format!("node-{id}")
-}
-
-/// The API's network policy of a Raft one.
-pub fn network_of(policy: &RaftNetwork) -> NetworkPolicy {
-    match policy {
-        RaftNetwork::None => NetworkPolicy::None,
-        RaftNetwork::Allowlist(_) => NetworkPolicy::Allowlist,
-        RaftNetwork::Full => NetworkPolicy::Full,
-    }
-}
-
-/// Raft's network policy of an API one.
-pub fn raft_network_of(policy: NetworkPolicy) -> RaftNetwork {
-    match policy {
-        NetworkPolicy::None => RaftNetwork::None,
-        NetworkPolicy::Allowlist => RaftNetwork::Allowlist(Vec::new()),
-        NetworkPolicy::Full => RaftNetwork::Full,
-    }
-}
-
-fn restart_of(policy: shoal_raft::model::RestartPolicy) -> RestartPolicy {
-    match policy {
-        shoal_raft::model::RestartPolicy::Never => RestartPolicy::Never,
-        shoal_raft::model::RestartPolicy::OnFailure => RestartPolicy::OnFailure,
-        shoal_raft::model::RestartPolicy::Always => RestartPolicy::Always,
-    }
 }
 
 /// The first log epoch whose offsets (`epoch << LOG_EPOCH_SHIFT`) are at or above `floor`: a
@@ -89,7 +61,7 @@ pub fn record_of(ws: &RaftWorkstation, node: &str) -> WorkstationRecord {
                     argv: process.argv.clone(),
                     env: process.env.clone(),
                     cwd: process.cwd.clone(),
-                    restart: restart_of(process.restart),
+                    restart: crate::convert::restart_from_raft(process.restart),
                     created_unix_ms: process.created_ms,
                     killed: process.stopped.is_some(),
                     node_lost: process.lost_with_its_node(ws.generation),
@@ -107,7 +79,7 @@ pub fn record_of(ws: &RaftWorkstation, node: &str) -> WorkstationRecord {
         memory_bytes: ws.spec.reservation.memory_bytes,
         cpu_limit_millis: ws.spec.limit.cpu_limit_millis,
         memory_limit_bytes: ws.spec.limit.memory_limit_bytes,
-        network: network_of(&ws.spec.network),
+        network: ws.spec.network.clone(),
         created_unix_ms: ws.created_ms,
         next_process_id: ws.next_process_id,
         processes,

@@ -48,7 +48,7 @@ pub enum WsAction {
         mem_limit: Option<u64>,
         /// Network policy.
         #[arg(long, value_enum)]
-        network: Option<Network>,
+        network: Option<NetworkPolicy>,
         /// Return as soon as the workstation is accepted, without waiting for it to run.
         #[arg(long)]
         no_wait: bool,
@@ -87,48 +87,6 @@ pub enum WsAction {
     },
 }
 
-/// A network policy on the command line.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Network {
-    /// Loopback only.
-    None,
-    /// Egress only to allowed domains, through the node's proxy.
-    Allowlist,
-    /// Direct egress.
-    Full,
-}
-
-impl From<Network> for NetworkPolicy {
-    fn from(network: Network) -> Self {
-        match network {
-            Network::None => NetworkPolicy::None,
-            Network::Allowlist => NetworkPolicy::Allowlist,
-            Network::Full => NetworkPolicy::Full,
-        }
-    }
-}
-
-/// A restart policy on the command line.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Restart {
-    /// Never restarted.
-    Never,
-    /// Restarted when it fails.
-    OnFailure,
-    /// Restarted whenever it exits.
-    Always,
-}
-
-impl From<Restart> for RestartPolicy {
-    fn from(restart: Restart) -> Self {
-        match restart {
-            Restart::Never => RestartPolicy::Never,
-            Restart::OnFailure => RestartPolicy::OnFailure,
-            Restart::Always => RestartPolicy::Always,
-        }
-    }
-}
-
 /// `shoal exec WS [--restart P] [--env K=V]... -- CMD ARGS...`.
 #[derive(Debug, clap::Args)]
 pub struct ExecArgs {
@@ -138,7 +96,7 @@ pub struct ExecArgs {
     ws: String,
     /// Restart policy.
     #[arg(long, value_enum)]
-    restart: Option<Restart>,
+    restart: Option<RestartPolicy>,
     /// An environment variable (repeatable).
     #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -203,7 +161,7 @@ pub fn ws(args: &WsArgs) -> CliResult<u8> {
                 memory_bytes: *mem,
                 cpu_limit_millis: *cpu_limit,
                 memory_limit_bytes: *mem_limit,
-                network: network.map(NetworkPolicy::from),
+                network: *network,
             };
             let mut workstation = create_when_room(&client, &request, *no_wait, *wait_timeout)?;
             let id = text(&workstation, &["id"]);
@@ -449,7 +407,7 @@ pub fn exec(args: &ExecArgs) -> CliResult<u8> {
         argv: args.argv.clone(),
         env: (!env.is_empty()).then_some(env),
         cwd: args.cwd.clone(),
-        restart: args.restart.map(RestartPolicy::from),
+        restart: args.restart,
     };
     let process = client.post(
         &format!("/v1/workstations/{}/processes", path_segment(&args.ws)),

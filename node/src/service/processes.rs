@@ -115,11 +115,7 @@ async fn start_on_this_node(
     let raft_ws_id: shoal_raft::model::WorkstationId = ws_id
         .parse()
         .map_err(|_| ServiceError::not_found("workstation", &ws_id))?;
-    let restart = match request.restart.unwrap_or_default() {
-        crate::api_types::RestartPolicy::Never => shoal_raft::model::RestartPolicy::Never,
-        crate::api_types::RestartPolicy::OnFailure => shoal_raft::model::RestartPolicy::OnFailure,
-        crate::api_types::RestartPolicy::Always => shoal_raft::model::RestartPolicy::Always,
-    };
+    let restart = crate::convert::restart_to_raft(request.restart.unwrap_or_default());
     let outcome = agent
         .propose_for(
             caller,

@@ -18,7 +18,7 @@ use shoal_raft::NodeId;
 use super::hosting::{Relayed, RunAnswer};
 use super::{refuse_if_stopping, Caller, ServiceError};
 use crate::agent::{run_placement, Agent};
-use crate::api_types::{Language, NetworkPolicy, RunRequest, RunResult, Verdict};
+use crate::api_types::{Language, RunRequest, RunResult};
 use crate::clock;
 use crate::mesh_rpc::{app_stream, view_request, ViewReply, ViewRequest};
 
@@ -34,41 +34,6 @@ const RUN_MEMORY_BYTES_DEFAULT: u64 = 256 << 20;
 /// A run's default CPU (SPEC).
 const RUN_CPU_MILLIS_DEFAULT: u64 = 1_000;
 
-/// The executor's request for an API request (the shapes are the same; the types are kept
-/// apart so that the API's schema is generated from `api_types`).
-fn to_executor(request: RunRequest) -> exec_run::RunRequest {
-    exec_run::RunRequest {
-        language: request.language,
-        argv: request.argv,
-        code: request.code,
-        stdin: request.stdin,
-        files: request.files.map(|files| {
-            files
-                .into_iter()
-                .map(|file| exec_run::RunFile {
-                    path: file.path,
-                    content: file.content,
-                    executable: file.executable,
-                })
-                .collect()
-        }),
-        env: request.env,
-        timeout_ms: request.timeout_ms,
-        memory_bytes: request.memory_bytes,
-        cpu_millis: request.cpu_millis,
-        max_processes: request.max_processes,
-        cpu_time_ms: request.cpu_time_ms,
-        network: request.network.map(|network| {
-            match network {
-                NetworkPolicy::None => "none",
-                NetworkPolicy::Allowlist => "allowlist",
-                NetworkPolicy::Full => "full",
-            }
-            .to_string()
-        }),
-    }
-}
-
 fn run_error(err: RunError) -> ServiceError {
     let message = match err.field() {
         Some(field) => format!("field `{field}`: {err}"),
@@ -82,20 +47,6 @@ fn run_error(err: RunError) -> ServiceError {
             retry_after_secs: 1,
         },
         _ => ServiceError::Internal(message),
-    }
-}
-
-fn verdict(verdict: &exec_run::Verdict) -> Verdict {
-    match verdict {
-        exec_run::Verdict::Ok => Verdict::Ok,
-        exec_run::Verdict::NonzeroExit => Verdict::NonzeroExit,
-        exec_run::Verdict::Signaled => Verdict::Signaled,
-        exec_run::Verdict::Timeout => Verdict::Timeout,
-        exec_run::Verdict::CpuLimit => Verdict::CpuLimit,
-        exec_run::Verdict::MemoryLimit => Verdict::MemoryLimit,
-        exec_run::Verdict::ProcessLimit => Verdict::ProcessLimit,
-        exec_run::Verdict::OutputLimit => Verdict::OutputLimit,
-        exec_run::Verdict::InternalError => Verdict::InternalError,
     }
 }
 
@@ -239,9 +190,10 @@ pub async fn execute_here(
         });
     }
     let id = agent.new_id("run");
-    let result = exec_run::execute(&agent.run_context, &to_executor(request), &id)
+    let mut result = exec_run::execute(&agent.run_context, &request, &id)
         .await
         .map_err(run_error)?;
+    result.node = agent.node_id.clone();
     agent
         .metrics
         .observe_run(result.verdict.as_str(), result.wall_ms);
@@ -249,23 +201,7 @@ pub async fn execute_here(
     // dominate its latency); this log line records them.
     tracing::info!(run = %id, tenant = %caller.tenant, verdict = result.verdict.as_str(),
         wall_ms = result.wall_ms, overhead_ms = result.overhead_ms, "run finished");
-    Ok(RunResult {
-        id: result.id,
-        verdict: verdict(&result.verdict),
-        exit_code: result.exit_code,
-        signal: result.signal,
-        stdout: result.stdout,
-        stderr: result.stderr,
-        stdout_truncated: result.stdout_truncated,
-        stderr_truncated: result.stderr_truncated,
-        wall_ms: result.wall_ms,
-        cpu_ms: result.cpu_ms,
-        peak_memory_bytes: result.peak_memory_bytes,
-        overhead_ms: result.overhead_ms,
-        node: agent.node_id.clone(),
-        isolation: result.isolation,
-        message: result.message,
-    })
+    Ok(result)
 }
 
 struct InFlight<'a>(&'a Agent);

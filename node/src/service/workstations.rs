@@ -188,7 +188,7 @@ fn committed_create_record(
         memory_bytes: sizing.memory_bytes,
         cpu_limit_millis: sizing.cpu_limit_millis,
         memory_limit_bytes: sizing.memory_limit_bytes,
-        network: request.network.unwrap_or_default(),
+        network: crate::convert::network_to_raft(request.network.unwrap_or_default()),
         created_unix_ms: proposed_unix_ms,
         processes: Default::default(),
         next_process_id: 0,
@@ -273,7 +273,9 @@ pub async fn create(
                             cpu_limit_millis,
                             memory_limit_bytes,
                         },
-                        network: placement::raft_network_of(request.network.unwrap_or_default()),
+                        network: crate::convert::network_to_raft(
+                            request.network.unwrap_or_default(),
+                        ),
                     },
                 },
                 hints: shoal_raft::command::PlacementHints::default(),
@@ -450,7 +452,7 @@ pub async fn resize(
     };
     let cached = agent.store.write(|model| {
         if model.workstations.contains_key(&ws.id) {
-            model.resize_workstation(&ws.id, sizing, u64::MAX, u64::MAX)?;
+            model.resize_workstation(&ws.id, sizing)?;
         }
         Ok(())
     });
