@@ -44,6 +44,13 @@ pub struct NodeInfo {
     pub capacity: Resources,
     #[serde(default)]
     pub reserved: Resources,
+    /// How many workstations are placed on the node.
+    #[serde(default)]
+    pub n_workstations: u64,
+    /// The most workstations the node hosts (its committed `workstations_per_node_max`);
+    /// `None` when the node has not committed one, or the API does not show it.
+    #[serde(default)]
+    pub workstations_max: Option<u64>,
 }
 
 /// `GET /v1/workstations` entries.

@@ -4,7 +4,10 @@
 //!
 //! The pure parts ([`history`], [`nemesis`], [`workload`], [`checkers`], [`report`],
 //! [`partition`]) take all inputs as arguments and are tested with synthetic histories; the
-//! [`env`] module is the thin driver around the kernel (namespaces, firewall, processes, mounts).
+//! [`env`](mod@env) module is the thin driver around the kernel (namespaces, firewall, processes, mounts).
+
+// The harness drives processes and the API; it needs no unsafe code.
+#![forbid(unsafe_code)]
 
 pub mod checkers;
 pub mod clock;

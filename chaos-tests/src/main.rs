@@ -7,6 +7,9 @@
 //! `--print-schedule` to show a seed's fault schedule without running anything,
 //! `--check-history FILE` to re-run the checkers on a saved history.
 
+// The harness drives processes and the API; it needs no unsafe code.
+#![forbid(unsafe_code)]
+
 mod api;
 mod cluster;
 mod runner;

@@ -961,6 +961,8 @@ fn node_rooms(nodes: &[NodeInfo]) -> Vec<NodeRoom> {
             memory_allocatable_bytes: n.capacity.memory_bytes,
             cpu_reserved_millis: n.reserved.cpu_millis,
             memory_reserved_bytes: n.reserved.memory_bytes,
+            workstations_hosted: n.n_workstations,
+            workstations_max: n.workstations_max,
         })
         .collect()
 }

@@ -314,6 +314,8 @@ mod tests {
                 memory_allocatable_bytes: 24 * GIB,
                 cpu_reserved_millis: 0,
                 memory_reserved_bytes: 0,
+                workstations_hosted: 0,
+                workstations_max: None,
             })
             .collect();
         let workstations: Vec<WorkstationStatus> = cluster

@@ -3,6 +3,9 @@
 //! skewed clock, a full disk, and cleanup that leaves nothing behind. Needs root: skipped with
 //! a message when not root, failed when CI=true.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -5,6 +5,10 @@
 //!
 //! `cargo bench -p shoal-executor --bench capture`
 
+// Measurement code run by hand: a panic is the failure report (the workspace denies
+// unwrap/expect in the crates' code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;

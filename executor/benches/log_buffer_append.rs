@@ -5,6 +5,10 @@
 //!
 //! `cargo bench -p shoal-executor --bench log_buffer_append`
 
+// Measurement code run by hand: a panic is the failure report (the workspace denies
+// unwrap/expect in the crates' code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::hint::black_box;

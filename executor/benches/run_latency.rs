@@ -4,6 +4,10 @@
 //!
 //! `cargo bench -p shoal-executor --bench run_latency` (env RUNS=N to change the sample size).
 
+// Measurement code run by hand: a panic is the failure report (the workspace denies
+// unwrap/expect in the crates' code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

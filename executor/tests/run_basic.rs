@@ -1,5 +1,8 @@
 //! Basic runs end to end in a real sandbox: output, exit codes, stdin, files, languages.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod run_support;
 
 use run_support::{code_request, root_or_skip, sh, TestHost};

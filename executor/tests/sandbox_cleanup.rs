@@ -3,6 +3,9 @@
 //! (and its process-tree groups below it) frozen too. The next start must thaw, kill and remove
 //! all of it.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod run_support;
 
 use std::path::PathBuf;

@@ -1,6 +1,9 @@
 //! Without root the sandbox degrades: it runs with what is permitted and says so. As root, this
 //! test re-runs itself as `nobody` to exercise that path for real.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod run_support;
 
 use std::sync::Arc;

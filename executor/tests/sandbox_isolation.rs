@@ -1,5 +1,8 @@
 //! What a sandboxed program can and cannot do.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod run_support;
 
 use run_support::{code_request, root_or_skip, sh, TestHost};

@@ -1,6 +1,9 @@
 //! Workstation processes through the executor core's `Spawner` seam, inside one long-lived
 //! sandbox with a home volume.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod run_support;
 
 use std::os::fd::OwnedFd;

@@ -3,6 +3,9 @@
 //! Each test is a sequence of logged phases. Waits are on events (follower events, message
 //! answers) with a timeout; nothing sleeps to let time pass.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! userspace node and with Debian's wireguard-go, and `wg show` through the UAPI socket.
 //! Needs root: skipped with a message otherwise, unless CI=true, where it fails.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader};

@@ -6,6 +6,9 @@
 //! socket before anything else, so its QUIC connections die without a word, as they do under
 //! `kill -9`.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};

@@ -4,6 +4,10 @@
 //!
 //! Run: `cargo run -p shoal-node --example mirror_delta_bytes [N ...]` (default 1000 10000).
 
+// Measurement code run by hand: a panic is the failure report (the workspace denies
+// unwrap/expect in the crates' code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use shoal_node::mesh_rpc::{ViewHead, ViewReply, MIRROR_DELTA_BYTES_MAX};
 use shoal_raft::command::{Admission, NodeRegistration, PlacementHints, WorkstationRequest};
 use shoal_raft::journal::Journal;

@@ -154,7 +154,8 @@ pub struct AgentConfig {
     pub node_reserve_cpu_millis: u64,
     /// Memory kept back for the node itself.
     pub node_reserve_memory_bytes: u64,
-    /// Most workstations one node hosts.
+    /// Most workstations one node hosts: committed with the node's capacity, and the
+    /// scheduler places no workstation on a node that hosts this many.
     pub workstations_per_node_max: usize,
     /// Most desired processes per workstation.
     pub processes_per_workstation_max: usize,
@@ -281,6 +282,10 @@ impl AgentConfig {
         }
         if self.api_workers == 0 || self.api_workers > 64 {
             bail!("api_workers must be between 1 and 64");
+        }
+        let per_node_max = shoal_raft::command::limits::NODE_WORKSTATIONS_MAX;
+        if !(1..=per_node_max as usize).contains(&self.workstations_per_node_max) {
+            bail!("workstations_per_node_max must be between 1 and {per_node_max}");
         }
         let quota_max = shoal_raft::apply::TENANT_WORKSTATIONS_MAX_MAX;
         if !(1..=quota_max).contains(&self.tenant_workstations_max) {

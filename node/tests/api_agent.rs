@@ -2,6 +2,9 @@
 //! same cluster, keys and workstations, and the system endpoints (`/v1/openapi.json`,
 //! `/metrics`, `/readyz`).
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -3,6 +3,9 @@
 //! replicates the keys, so every node authenticates the admin key; after `kill -9` of the
 //! leader the survivors elect a new one and keep answering, reads and writes.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

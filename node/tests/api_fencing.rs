@@ -11,6 +11,9 @@
 //!   workstation slower than the lease (the debug-only `SHOAL_TEST_TEARDOWN_DELAY_MS` seam)
 //!   still stops its other workstation within lease + 4 s margin of its last possible ack.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -8,6 +8,9 @@
 //! cgroup or directory left. Needs root (to mount the tmpfs): skipped with a message
 //! otherwise, and a failure when CI=true.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::Write as _;

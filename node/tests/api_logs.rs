@@ -1,6 +1,9 @@
 //! Workstation logs through the API of a real agent: SSE follow, resume with `Last-Event-ID`,
 //! and the exact 5 MiB bound with exact `dropped`.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

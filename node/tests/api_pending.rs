@@ -10,6 +10,9 @@
 //! the way it does in a cluster: a server+worker node is filled but for 100 millicores, a
 //! worker-only node hosts a workstation of 500 millicores, and that worker is killed.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

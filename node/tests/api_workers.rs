@@ -4,6 +4,9 @@
 //! and executes the runs a server places on it; after a leader change it follows the new
 //! leader.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

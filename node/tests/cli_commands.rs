@@ -2,6 +2,9 @@
 //! `--json` form: tokens, keys, audit, workstations (create, ls, show, resize, rm), exec, ps,
 //! kill, logs, run (exit codes follow the program), status, nodes.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod cli_support;
 
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! `<data-dir>/admin.token`, Ctrl-C leaves no process behind, a restart with the same data dir
 //! brings the same cluster back, and a `kill -9` of `shoal dev` still takes its nodes down.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod cli_support;
 
 use std::time::Duration;

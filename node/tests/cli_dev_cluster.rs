@@ -2,6 +2,9 @@
 //! `shoal dev` mints; every node answers the API and lists all three; a restart with the same
 //! data dir brings the same three-node cluster back without a new join.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod cli_support;
 
 use std::time::Duration;
@@ -32,6 +35,14 @@ fn three_node_dev_cluster_forms_and_comes_back_after_a_restart() -> anyhow::Resu
     info!("--- shoal dev --nodes 3");
     let mut cluster = DevCluster::start(3, Duration::from_secs(90))?;
     let key = cluster.admin_key.clone();
+    // Regression: the "is up" line came while the third node was still a learner, and a
+    // leader killed then left two voters without a quorum. When it is printed, all three vote.
+    let status = cluster.status_at_up.clone().unwrap_or_default();
+    assert_eq!(
+        status["servers"].as_array().map(Vec::len),
+        Some(3),
+        "voters when the \"is up\" line was printed: {status}"
+    );
     let mut ids = Vec::new();
     for idx in 0..3u16 {
         let addr = format!("http://127.0.0.1:{}", cluster.ports.0 + idx);

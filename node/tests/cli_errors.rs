@@ -1,6 +1,9 @@
 //! Error paths of the client commands: one line on stderr, the documented exit code, never a
 //! panic or a backtrace; usage errors are clap's (exit 2) before any request is sent.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod cli_support;
 
 use std::net::TcpListener;

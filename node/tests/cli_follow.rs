@@ -2,6 +2,9 @@
 //! process writes numbered lines: the follower reconnects by itself with `Last-Event-ID` and
 //! its output is exactly the process's output, no line lost or repeated.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod cli_support;
 
 use std::io::{BufRead, BufReader};

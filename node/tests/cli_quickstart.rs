@@ -3,6 +3,9 @@
 //! run a snippet, look at the pool. Every command is run as a user types it, with
 //! `SHOAL_ADDR` and `SHOAL_TOKEN` set as the quickstart says.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod cli_support;
 
 use std::io::{BufRead, BufReader};

@@ -5,6 +5,10 @@
 //!
 //! Run: `cargo bench -p shoal-raft --bench heartbeat_intake`
 
+// Measurement code run by hand: a panic is the failure report (the workspace denies
+// unwrap/expect in the crates' code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::Arc;

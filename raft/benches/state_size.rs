@@ -4,12 +4,15 @@
 //!
 //! Run: `cargo bench -p shoal-raft --bench state_size`
 
+// Measurement code run by hand: a panic is the failure report (the workspace denies
+// unwrap/expect in the crates' code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
 use shoal_raft::apply::apply;
-use shoal_raft::codec;
-use shoal_raft::state::ClusterData;
+use shoal_raft::state_format;
 use shoal_raft::Action;
 use shoal_raft::ClusterState;
 use shoal_raft::Command;
@@ -51,7 +54,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     let watch = Stopwatch::start();
-    let framed = codec::encode_checked(&*state)?;
+    let framed = state_format::encode_checked(&state)?;
     let build = watch.secs();
     println!(
         "snapshot build (encode + crc32): {:.3} s, {:.1} MiB",
@@ -73,7 +76,7 @@ fn main() -> anyhow::Result<()> {
     println!("snapshot persist (redb insert + fsync commit): {persist:.3} s");
 
     let watch = Stopwatch::start();
-    let restored = ClusterState::from_data(codec::decode_checked::<ClusterData>(&framed)?);
+    let restored = ClusterState::from_data(state_format::decode_checked(&framed)?);
     let restore = watch.secs();
     println!("snapshot restore (crc32 + decode + index rebuild): {restore:.3} s");
     anyhow::ensure!(restored == state, "restored state differs");

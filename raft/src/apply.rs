@@ -54,7 +54,24 @@ pub const HEARTBEAT_GRACE_MS_MIN: u64 = 1_000;
 pub const HEARTBEAT_GRACE_MS_MAX: u64 = 3_600_000;
 
 /// Applies one command to the state and answers it. Appends to the audit log.
+///
+/// Debug builds check [`ClusterState::check_invariants`] after every command (reservation
+/// sums, no over-commit, workstation maximums, indexes equal to a rebuild): a command that
+/// breaks one panics where it happened instead of surfacing later as a wrong placement. It
+/// costs O(nodes + workstations + keys + tokens) per command, so release builds skip it.
 pub fn apply(state: &mut ClusterState, command: &Command) -> CommandResponse {
+    let response = apply_unchecked(state, command);
+    debug_assert!(
+        state.check_invariants().is_ok(),
+        "{} broke a cluster state invariant: {:?}",
+        command.action.name(),
+        state.check_invariants()
+    );
+    response
+}
+
+/// [`apply`] without the debug invariant check.
+fn apply_unchecked(state: &mut ClusterState, command: &Command) -> CommandResponse {
     let at_ms = command.at_ms;
     let actor = command.actor.as_str();
     match &command.action {
@@ -292,7 +309,24 @@ fn apply_one(state: &mut ClusterState, at_ms: u64, action: &Action) -> (String, 
             reserve,
         } => (
             format!("node/{node}"),
-            update_node_info(state, *node, api_addr, capacity, reserve),
+            update_node_info(state, *node, api_addr, capacity, reserve, None),
+        ),
+        Action::UpdateNodeCapacity {
+            node,
+            api_addr,
+            capacity,
+            reserve,
+            workstations_max,
+        } => (
+            format!("node/{node}"),
+            update_node_info(
+                state,
+                *node,
+                api_addr,
+                capacity,
+                reserve,
+                Some(*workstations_max),
+            ),
         ),
         Action::DrainNode { node } => (format!("node/{node}"), drain_node(state, at_ms, *node)),
         Action::DrainStep {
@@ -669,6 +703,8 @@ fn register_node(
         removing: false,
         registered_ms: at_ms,
         state_changed_ms: at_ms,
+        // The node states it with its capacity once it runs (`UpdateNodeCapacity`).
+        workstations_max: None,
     };
     state
         .index
@@ -692,12 +728,19 @@ fn update_node_info(
     api_addr: &Option<String>,
     capacity: &Resources,
     reserve: &Resources,
+    workstations_max: Option<u32>,
 ) -> CommandResponse {
     if api_addr
         .as_ref()
         .is_some_and(|addr| addr.len() > limits::ADDR_BYTES_MAX)
     {
         return Err(Refusal::invalid("api_addr", "too long"));
+    }
+    if workstations_max.is_some_and(|max| !(1..=limits::NODE_WORKSTATIONS_MAX).contains(&max)) {
+        return Err(Refusal::invalid(
+            "workstations_max",
+            format!("must be 1 to {}", limits::NODE_WORKSTATIONS_MAX),
+        ));
     }
     let Some(node) = state.nodes.get(&node_id) else {
         return Err(Refusal::not_found("node", node_id));
@@ -711,10 +754,19 @@ fn update_node_info(
             node.reserved
         )));
     }
+    let hosted = state.hosted_count(node_id);
+    if let Some(max) = workstations_max.filter(|max| hosted > u64::from(*max)) {
+        return Err(Refusal::conflict(format!(
+            "node {node_id} hosts {hosted} workstations, more than the new maximum of {max}"
+        )));
+    }
     state.update_node(node_id, |node| {
         node.api_addr = api_addr.clone();
         node.capacity = *capacity;
         node.reserve = *reserve;
+        if workstations_max.is_some() {
+            node.workstations_max = workstations_max;
+        }
     });
     // A joined node commits its capacity here (it registers with none): more room.
     place_pending(state, &PlacementHints::default());
@@ -1518,4 +1570,41 @@ fn raise_log_floor(
     }
     ws.log_offset_floor = ws.log_offset_floor.max(floor);
     Ok(Outcome::Done)
+}
+
+#[cfg(test)]
+mod invariant_check_tests {
+    use super::*;
+    use crate::model::NodeState;
+    use crate::state::test_support::cluster_of;
+    use crate::state::test_support::TestNode;
+
+    /// Debug builds check the state's invariants after every command: a state whose node
+    /// claims a reservation no workstation accounts for makes the next command panic.
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "audit.record broke a cluster state invariant")]
+    fn a_command_leaving_a_broken_invariant_panics_in_debug_builds() {
+        let mut state = cluster_of(&[TestNode {
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            reserved: Resources::new(100, 0),
+            state: NodeState::Ready,
+            worker: true,
+            workstations_max: None,
+        }]);
+        let _ = apply(
+            &mut state,
+            &Command::new(
+                1,
+                "t",
+                Action::RecordAudit {
+                    tenant: None,
+                    action: "process.kill".to_string(),
+                    resource: "ws-1/p-1".to_string(),
+                    outcome: "ok".to_string(),
+                },
+            ),
+        );
+    }
 }

@@ -68,15 +68,20 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 /// Encodes a value and prefixes it with the CRC32 of the encoding (4 bytes, little endian),
 /// the format of everything we store on disk and of snapshot data.
 pub fn encode_checked<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let body = encode(value)?;
+    frame_checked(encode(value)?)
+}
+
+/// Prefixes encoded bytes with their CRC32: the frame of [`encode_checked`], for a body
+/// encoded by other means (a versioned format, see `crate::state_format`).
+pub fn frame_checked(body: Vec<u8>) -> Result<Vec<u8>, CodecError> {
     let mut framed = Vec::with_capacity(body.len() + 4);
     framed.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
     framed.extend_from_slice(&body);
     Ok(framed)
 }
 
-/// Verifies the CRC32 prefix written by [`encode_checked`] and decodes the value.
-pub fn decode_checked<T: DeserializeOwned>(framed: &[u8]) -> Result<T, CodecError> {
+/// Verifies the CRC32 prefix written by [`encode_checked`] and returns the body.
+pub fn verify_checked(framed: &[u8]) -> Result<&[u8], CodecError> {
     let Some((header, body)) = framed.split_first_chunk::<4>() else {
         return Err(CodecError::Truncated {
             len_bytes: framed.len(),
@@ -87,7 +92,12 @@ pub fn decode_checked<T: DeserializeOwned>(framed: &[u8]) -> Result<T, CodecErro
     if stored != computed {
         return Err(CodecError::Checksum { stored, computed });
     }
-    decode(body)
+    Ok(body)
+}
+
+/// Verifies the CRC32 prefix written by [`encode_checked`] and decodes the value.
+pub fn decode_checked<T: DeserializeOwned>(framed: &[u8]) -> Result<T, CodecError> {
+    decode(verify_checked(framed)?)
 }
 
 #[cfg(test)]

@@ -53,6 +53,8 @@ pub mod limits {
     pub const NODES_PER_COMMAND_MAX: usize = 100_000;
     /// Bytes of an address, endpoint or public key string.
     pub const ADDR_BYTES_MAX: usize = 256;
+    /// The largest workstation maximum a node may state for itself (`UpdateNodeCapacity`).
+    pub const NODE_WORKSTATIONS_MAX: u32 = 1_000_000;
 }
 
 /// The byte gap left in a workstation's log offsets at each re-placement: the new node starts
@@ -173,7 +175,10 @@ pub enum Action {
     },
     /// A node states its own capacity, reserve and API address (a joined node knows them only
     /// once it runs; the join packet does not carry them). Refused if the new allocatable
-    /// capacity would not hold the reservations already placed on the node.
+    /// capacity would not hold the reservations already placed on the node. Leaves the node's
+    /// workstation maximum as it is: nodes send [`Action::UpdateNodeCapacity`], which also
+    /// carries it; this variant stays so that log entries written before it still decode
+    /// and apply.
     UpdateNodeInfo {
         /// The node.
         node: NodeId,
@@ -345,6 +350,25 @@ pub enum Action {
         /// TERM (with the node's grace) or KILL.
         signal: StopSignal,
     },
+    /// What [`Action::UpdateNodeInfo`] states, plus the most workstations the node hosts
+    /// (its `workstations_per_node_max`): the node's committed capacity in both resources and
+    /// count, what a node sends about itself at every start. Refused if the new allocatable
+    /// capacity would not hold the reservations already placed on the node, or if the node
+    /// already hosts more workstations than the new maximum; the maximum is 1 to
+    /// [`limits::NODE_WORKSTATIONS_MAX`]. (Appended last: earlier variants keep their
+    /// encoding.)
+    UpdateNodeCapacity {
+        /// The node.
+        node: NodeId,
+        /// Where it serves the HTTP API.
+        api_addr: Option<String>,
+        /// Host capacity.
+        capacity: Resources,
+        /// Node's own reserve.
+        reserve: Resources,
+        /// The most workstations placement puts on the node.
+        workstations_max: u32,
+    },
 }
 
 impl Action {
@@ -355,7 +379,7 @@ impl Action {
             Action::UpdateSettings { .. } => "cluster.settings",
             Action::RegisterNode(_) => "node.register",
             Action::MarkNodeReady { .. } => "node.ready",
-            Action::UpdateNodeInfo { .. } => "node.update",
+            Action::UpdateNodeInfo { .. } | Action::UpdateNodeCapacity { .. } => "node.update",
             Action::DrainNode { .. } => "node.drain",
             Action::DrainStep { .. } => "node.drain_step",
             Action::RemoveNode { .. } => "node.remove",

@@ -7,13 +7,16 @@
 //!   [`drain`] (the next step of a draining node), [`failure_detector`] / [`soft_state`]
 //!   (heartbeats), [`lease`] (node-side fencing), [`journal`] (the bounded window of recently
 //!   applied commands a leader sends worker mirrors as deltas);
-//! - storage: [`store`] (redb log store and state machine, checksummed), [`codec`];
+//! - storage: [`store`] (redb log store and state machine, checksummed), [`codec`],
+//!   [`state_format`] (the versioned encoding of the cluster state);
 //! - drivers: [`RaftNode`] (wraps `openraft::Raft`), [`network`] (the transport seam),
 //!   [`testing`] (an in-memory transport for tests).
 
 // openraft's own error types (StorageError, RaftError) are ~224 bytes; they are the trait
 // signatures we implement, so boxing them locally would only add conversions.
 #![allow(clippy::result_large_err)]
+// The control plane needs no unsafe code (ARCHITECTURE.md invariant).
+#![forbid(unsafe_code)]
 
 pub mod apply;
 pub mod clock;
@@ -30,6 +33,7 @@ mod raft_node;
 pub mod scheduler;
 pub mod soft_state;
 pub mod state;
+pub mod state_format;
 pub mod store;
 pub mod testing;
 pub mod types;

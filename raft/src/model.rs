@@ -221,6 +221,17 @@ pub struct NodeRecord {
     pub registered_ms: u64,
     /// When its state last changed (command time).
     pub state_changed_ms: u64,
+    /// The most workstations the node hosts (its `workstations_per_node_max`), committed by
+    /// the node itself with its capacity ([`crate::command::Action::UpdateNodeCapacity`]).
+    /// Part of its capacity: placement never puts a workstation on a node that hosts this
+    /// many. `None` until the node states it (between its registration and its first info
+    /// update, or for a node that only sent the older `UpdateNodeInfo`): no count bound then.
+    ///
+    /// Added after the first release of the snapshot format, last in the record: bincode is
+    /// positional, so a snapshot written before it does not decode as the current
+    /// [`crate::state::ClusterData`]; [`crate::state::ClusterState::decode`] and the snapshot
+    /// store read such a snapshot through the previous layout and give every node `None`.
+    pub workstations_max: Option<u32>,
 }
 
 impl NodeRecord {

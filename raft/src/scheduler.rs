@@ -3,18 +3,23 @@
 //! requests, or requests on both sides of a leader change, are serialised by the log and can
 //! never over-commit a node.
 //!
-//! The policy: among ready worker nodes whose free capacity (allocatable − placed
-//! reservations) fits the reservation, look at the [`CANDIDATES_MAX`] nodes with the largest
+//! The fit predicate ([`takes`]): a ready worker node takes a workstation when its free
+//! capacity (allocatable − placed reservations) holds the reservation and it hosts fewer
+//! workstations than the maximum it committed (`workstations_max`). The policy: among the
+//! nodes that take it, look at the [`CANDIDATES_MAX`] nodes with the largest
 //! free fraction, and pick the one with the fewest workstations of the same tenant (spread),
 //! then the most live headroom (from the leader's soft state, carried as hints), then the
 //! largest free fraction, then the lowest id. Cost per placement is O(candidates · log nodes)
 //! rather than O(nodes), which is what makes 37,500 placements/s possible on 5,000 hosts.
+//! (Nodes at their workstation maximum stay in the free-fraction index and are skipped by the
+//! walk: with many such nodes a placement walks past them, O(nodes) at worst.)
 
 use std::cmp::Reverse;
 
 use crate::command::PlacementHints;
 use crate::command::Refusal;
 use crate::model::NodeId;
+use crate::model::NodeRecord;
 use crate::model::NodeState;
 use crate::model::Resources;
 use crate::state::ClusterState;
@@ -22,9 +27,24 @@ use crate::state::ClusterState;
 /// How many fitting nodes (most free first) the spread and headroom preferences choose among.
 pub const CANDIDATES_MAX: usize = 16;
 
+/// The fit predicate, shared by [`choose_node`], [`pending_reason`] and the drain plan: the
+/// node is in the placeable set (a ready worker; the callers walk that index), its free
+/// capacity holds `reservation`, and it hosts fewer workstations than its maximum.
+pub fn takes(state: &ClusterState, node: &NodeRecord, reservation: &Resources) -> bool {
+    node.free().fits(reservation) && !at_workstation_max(state, node)
+}
+
+/// True when a node hosts as many workstations as its committed maximum (never for a node
+/// that has not stated one).
+pub fn at_workstation_max(state: &ClusterState, node: &NodeRecord) -> bool {
+    node.workstations_max
+        .is_some_and(|max| state.hosted_count(node.id) >= u64::from(max))
+}
+
 /// Chooses a node for a reservation, or says why none can take it:
 /// [`Refusal::Unsatisfiable`] when no worker node could ever hold it (its allocatable is too
-/// small), [`Refusal::NoCapacity`] when one could but none has room now.
+/// small), [`Refusal::NoCapacity`] when one could but none has room now (no free capacity,
+/// or every node with room hosts its maximum number of workstations).
 pub fn choose_node(
     state: &ClusterState,
     tenant: &str,
@@ -42,7 +62,7 @@ pub fn choose_node(
         let Some(node) = state.nodes.get(node_id) else {
             continue;
         };
-        if !node.free().fits(reservation) {
+        if !takes(state, node, reservation) {
             continue;
         }
         n_fitting += 1;
@@ -125,7 +145,8 @@ pub fn resize_fits(
 pub const PENDING_REASON_NODES_MAX: usize = 4;
 
 /// Why a workstation is not running on a node: what [`pending_reason`] finds, with the same
-/// predicate [`choose_node`] places by (a ready worker whose free capacity fits), so that the
+/// predicate [`choose_node`] places by ([`takes`]: a ready worker whose free capacity fits and
+/// that hosts fewer workstations than its maximum), so that the
 /// reason the API shows cannot disagree with placement.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PendingReason {
@@ -156,6 +177,15 @@ pub enum PendingReason {
         /// [`PENDING_REASON_NODES_MAX`], lowest ids first).
         not_ready: Vec<(NodeId, NodeState)>,
     },
+    /// Some ready workers have the reservation free, and each of them hosts its maximum
+    /// number of workstations (its committed `workstations_max`).
+    AtWorkstationMax {
+        /// Its reservation.
+        requested: Resources,
+        /// Those nodes with their maximum (at most [`PENDING_REASON_NODES_MAX`], most free
+        /// first).
+        full: Vec<(NodeId, u32)>,
+    },
     /// Ready workers exist, and none has the reservation free.
     NoRoom {
         /// Its reservation.
@@ -175,6 +205,7 @@ impl PendingReason {
             self,
             PendingReason::NeverFits { .. }
                 | PendingReason::NoReadyWorker { .. }
+                | PendingReason::AtWorkstationMax { .. }
                 | PendingReason::NoRoom { .. }
         )
     }
@@ -182,7 +213,8 @@ impl PendingReason {
 
 /// Why a workstation with `reservation` placed on `node` (or on none, `None`) is not running:
 /// placed and not reported yet, or why no node takes it now. Pure; the same fit predicate
-/// and candidate set as [`choose_node`] (ready worker nodes, free capacity), so a reason that
+/// ([`takes`]) and candidate set as [`choose_node`] (ready worker nodes, free capacity, the
+/// workstation maximum), so a reason that
 /// [`PendingReason::fits_nowhere`] is exactly a reservation `choose_node` refuses.
 pub fn pending_reason(
     state: &ClusterState,
@@ -192,16 +224,28 @@ pub fn pending_reason(
     if let Some(node) = node {
         return PendingReason::Placed { node };
     }
-    // Walk the same index `choose_node` walks, most free first: the first node that fits is
-    // the one with the most room.
+    // Walk the same index `choose_node` walks, most free first, with the same predicate: the
+    // first node that takes it is the one with the most room. Nodes that have the room but
+    // host their maximum are remembered: when no node takes it, they are the reason.
+    let mut full = Vec::new();
     for (_, node_id) in &state.index.placeable {
-        if state
-            .nodes
-            .get(node_id)
-            .is_some_and(|record| record.free().fits(reservation))
-        {
+        let Some(record) = state.nodes.get(node_id) else {
+            continue;
+        };
+        if takes(state, record, reservation) {
             return PendingReason::RoomOn { node: *node_id };
         }
+        if record.free().fits(reservation) && full.len() < PENDING_REASON_NODES_MAX {
+            if let Some(max) = record.workstations_max {
+                full.push((*node_id, max));
+            }
+        }
+    }
+    if !full.is_empty() {
+        return PendingReason::AtWorkstationMax {
+            requested: *reservation,
+            full,
+        };
     }
     if let Refusal::Unsatisfiable {
         requested,
@@ -327,6 +371,19 @@ impl std::fmt::Display for PendingReason {
                 }
                 Ok(())
             }
+            PendingReason::AtWorkstationMax { requested, full } => {
+                let names: Vec<String> = full
+                    .iter()
+                    .map(|(id, max)| format!("node-{id}: {max}"))
+                    .collect();
+                write!(
+                    f,
+                    "every ready worker node with {} free hosts its maximum number of \
+                     workstations ({})",
+                    resources_text(requested),
+                    names.join(", ")
+                )
+            }
             PendingReason::NoRoom {
                 requested,
                 closest,
@@ -362,6 +419,7 @@ mod tests {
             reserved,
             state: NodeState::Ready,
             worker: true,
+            workstations_max: None,
         }
     }
 
@@ -499,6 +557,7 @@ mod tests {
                     ),
                     state,
                     worker,
+                    workstations_max: None,
                 },
             )
     }
@@ -528,7 +587,7 @@ mod tests {
                     .nodes
                     .values()
                     .filter(|node| node.roles.worker && node.state == NodeState::Ready)
-                    .all(|node| !node.free().fits(&reservation)));
+                    .all(|node| !takes(&state, node, &reservation)));
             }
             match &reason {
                 PendingReason::RoomOn { node } => {
@@ -550,6 +609,14 @@ mod tests {
                         .values()
                         .filter(|node| node.roles.worker && node.state != NodeState::Left)
                         .all(|node| !node.allocatable().fits(&reservation)));
+                }
+                PendingReason::AtWorkstationMax { full, .. } => {
+                    prop_assert!(!full.is_empty() && full.len() <= PENDING_REASON_NODES_MAX);
+                    for (id, max) in full {
+                        prop_assert!(is_ready_worker(id));
+                        prop_assert!(state.nodes[id].free().fits(&reservation));
+                        prop_assert!(state.hosted_count(*id) >= u64::from(*max));
+                    }
                 }
                 PendingReason::Placed { .. } => prop_assert!(false, "not placed"),
             }

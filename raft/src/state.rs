@@ -160,22 +160,37 @@ fn placeable_key(node: &NodeRecord) -> Option<(Reverse<u64>, NodeId)> {
         .then(|| (Reverse(free_ppm(node)), node.id))
 }
 
-impl ClusterState {
-    /// An empty, uninitialised state.
-    pub fn new() -> Self {
-        Self::default()
+impl Index {
+    /// The indexes of `data`.
+    fn build(data: &ClusterData) -> Self {
+        let mut index = Index::placement_of(data);
+        for node in data.nodes.values() {
+            index
+                .node_by_wg_key
+                .insert(node.wg_public_key.clone(), node.id);
+        }
+        for key in data.api_keys.values() {
+            index
+                .api_key_by_hash
+                .insert(key.secret_sha256.clone(), key.id);
+        }
+        for token in data.tokens.values() {
+            index
+                .token_by_hash
+                .insert(token.secret_sha256.clone(), token.id);
+        }
+        index
     }
 
-    /// Wraps decoded data and builds the indexes.
-    pub fn from_data(data: ClusterData) -> Self {
+    /// Only the placement indexes of `data` (placeable nodes, per-tenant and per-node
+    /// counts), the lookups left empty: what [`ClusterState::check_invariants`] compares,
+    /// in O(nodes + workstations).
+    fn placement_of(data: &ClusterData) -> Self {
         let mut index = Index::default();
         for node in data.nodes.values() {
             if let Some(key) = placeable_key(node) {
                 index.placeable.insert(key);
             }
-            index
-                .node_by_wg_key
-                .insert(node.wg_public_key.clone(), node.id);
         }
         for ws in data.workstations.values() {
             *index
@@ -196,19 +211,21 @@ impl ClusterState {
                     .insert(ws.id);
             }
         }
-        for key in data.api_keys.values() {
-            index
-                .api_key_by_hash
-                .insert(key.secret_sha256.clone(), key.id);
-        }
-        for token in data.tokens.values() {
-            index
-                .token_by_hash
-                .insert(token.secret_sha256.clone(), token.id);
-        }
+        index
+    }
+}
+
+impl ClusterState {
+    /// An empty, uninitialised state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Wraps decoded data and builds the indexes.
+    pub fn from_data(data: ClusterData) -> Self {
         Self {
+            index: Index::build(&data),
             data,
-            index,
             journal: crate::journal::Journal::default(),
         }
     }
@@ -219,14 +236,16 @@ impl ClusterState {
         &self.journal
     }
 
-    /// Encodes the durable data (the snapshot format).
+    /// Encodes the durable data (the snapshot format, versioned: see
+    /// [`crate::state_format`]).
     pub fn encode(&self) -> Result<Vec<u8>, crate::codec::CodecError> {
-        crate::codec::encode(&self.data)
+        crate::state_format::encode(&self.data)
     }
 
-    /// Decodes what [`ClusterState::encode`] produced and rebuilds the indexes.
+    /// Decodes what [`ClusterState::encode`] produced (or an earlier release wrote) and
+    /// rebuilds the indexes.
     pub fn decode(bytes: &[u8]) -> Result<Self, crate::codec::CodecError> {
-        Ok(Self::from_data(crate::codec::decode(bytes)?))
+        Ok(Self::from_data(crate::state_format::decode(bytes)?))
     }
 
     /// True once `InitCluster` was applied.
@@ -279,6 +298,15 @@ impl ClusterState {
             .filter_map(|id| self.data.workstations.get(id))
     }
 
+    /// How many workstations are placed on a node (what it hosts, for its
+    /// [`NodeRecord::workstations_max`]).
+    pub fn hosted_count(&self, node: NodeId) -> u64 {
+        self.index
+            .node_workstations
+            .get(&node)
+            .map_or(0, |set| set.len() as u64)
+    }
+
     /// How many workstations `tenant` has, placed or pending.
     pub fn tenant_workstation_count(&self, tenant: &str) -> u32 {
         self.index
@@ -308,13 +336,15 @@ impl ClusterState {
 
     /// Checks the derived indexes and reservation sums against the data (tests and debug
     /// assertions): every node's `reserved` is the sum of its placements and never exceeds its
-    /// allocatable capacity.
+    /// allocatable capacity, and no node hosts more workstations than its maximum.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut sums: BTreeMap<NodeId, Resources> = BTreeMap::new();
+        let mut counts: BTreeMap<NodeId, u64> = BTreeMap::new();
         for ws in self.data.workstations.values() {
             if let Some(node) = ws.node {
                 let sum = sums.entry(node).or_default();
                 *sum = sum.saturating_add(&ws.spec.reservation);
+                *counts.entry(node).or_default() += 1;
                 if !self.data.nodes.contains_key(&node) {
                     return Err(format!("{} placed on unknown node {node}", ws.id));
                 }
@@ -336,12 +366,24 @@ impl ClusterState {
                     node.allocatable()
                 ));
             }
+            let hosted = counts.get(&node.id).copied().unwrap_or(0);
+            if let Some(max) = node.workstations_max {
+                if hosted > u64::from(max) {
+                    return Err(format!(
+                        "node {} hosts {hosted} workstations, more than its maximum of {max}",
+                        node.id
+                    ));
+                }
+            }
         }
-        let rebuilt = ClusterState::from_data(self.data.clone());
-        if rebuilt.index.placeable != self.index.placeable
-            || rebuilt.index.tenant_nodes != self.index.tenant_nodes
-            || rebuilt.index.node_workstations != self.index.node_workstations
-            || rebuilt.index.tenant_workstations != self.index.tenant_workstations
+        // Rebuilt from a borrow, not a clone of the data, and only the placement indexes:
+        // this runs after every apply in debug builds, where the audit log alone is up to
+        // 50,000 entries and the key table 10,000.
+        let rebuilt = Index::placement_of(&self.data);
+        if rebuilt.placeable != self.index.placeable
+            || rebuilt.tenant_nodes != self.index.tenant_nodes
+            || rebuilt.node_workstations != self.index.node_workstations
+            || rebuilt.tenant_workstations != self.index.tenant_workstations
         {
             return Err("derived index differs from a rebuild".to_string());
         }
@@ -448,6 +490,7 @@ pub(crate) mod test_support {
         pub(crate) reserved: Resources,
         pub(crate) state: NodeState,
         pub(crate) worker: bool,
+        pub(crate) workstations_max: Option<u32>,
     }
 
     /// A ready server+worker node with nothing reserved.
@@ -458,6 +501,7 @@ pub(crate) mod test_support {
             reserved: Resources::default(),
             state: NodeState::Ready,
             worker: true,
+            workstations_max: None,
         }
     }
 
@@ -491,6 +535,7 @@ pub(crate) mod test_support {
                     removing: false,
                     registered_ms: 0,
                     state_changed_ms: 0,
+                    workstations_max: node.workstations_max,
                 },
             );
         }

@@ -1,6 +1,9 @@
 //! An in-process 3-node cluster over the test transport with real openraft and real redb on
 //! disk: election, failover, restart from disk, catch-up by snapshot, membership changes.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

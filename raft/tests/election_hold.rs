@@ -4,6 +4,9 @@
 //! before the leader's connections to them were re-established, deposing a healthy leader.
 //! In-process 3-node clusters with real openraft and redb; every wait is bounded.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

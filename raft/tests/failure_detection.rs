@@ -2,6 +2,9 @@
 //! then a real single-node Raft whose leader task commits a silent node down and re-places its
 //! workstations with the next generation.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::Arc;

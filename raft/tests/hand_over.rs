@@ -3,6 +3,9 @@
 //! up-to-date voter, the cluster keeps every committed write and accepts new ones, and the
 //! old leader follows the new one. Nothing here is timed: each wait has a bound.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use anyhow::ensure;

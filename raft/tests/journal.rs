@@ -3,6 +3,9 @@
 //! at the index it names (what a worker mirror does with a delta), and after a restart it
 //! serves only what was applied since, never a window with a hole.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use anyhow::{ensure, Context};

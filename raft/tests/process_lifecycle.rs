@@ -4,6 +4,9 @@
 //! Data-driven cases on the pure `apply`, then property tests over random command logs with
 //! node losses, drains, removals, pending workstations and stops.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,9 @@
 //! The state machine: data-driven cases (one `check` per command family) and a determinism
 //! property test (two replicas, one through a snapshot round-trip, reach byte-identical state).
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;

@@ -1,5 +1,8 @@
 //! openraft's storage conformance suite against the redb store, each test on a fresh data dir.
 
+// Test code: a panic is the failure report (the workspace denies unwrap/expect elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use openraft::testing::StoreBuilder;
 use openraft::testing::Suite;
 use shoal_raft::store;

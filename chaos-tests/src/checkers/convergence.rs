@@ -288,6 +288,8 @@ mod tests {
                 memory_allocatable_bytes: 1 << 30,
                 cpu_reserved_millis: 2000,
                 memory_reserved_bytes: 0,
+                workstations_hosted: 0,
+                workstations_max: None,
             }],
         );
         full.desired_equals_actual = comparison.differences.is_empty();

@@ -6,7 +6,9 @@
 //! The fit rule mirrors the scheduler's (`raft/src/scheduler.rs` `choose_node` over the
 //! `placeable` index, `raft/src/state.rs` `placeable_key`): a node can take a workstation when
 //! it is `ready`, has the worker role, and its free capacity (allocatable minus reserved, the
-//! `capacity` and `reserved` of `GET /v1/nodes`) holds the reservation in both CPU and memory.
+//! `capacity` and `reserved` of `GET /v1/nodes`) holds the reservation in both CPU and memory,
+//! and it hosts fewer workstations (`n_workstations`) than the maximum it committed
+//! (`workstations_max`; a node that does not show one has no count bound, as in the scheduler).
 //! Tenant counts only order the candidates there, they exclude none, so they do not appear
 //! here. Nothing more lenient: a pending workstation that would fit on such a node is a
 //! difference (the scheduler left it pending although it had room: a placement bug).
@@ -30,6 +32,13 @@ pub struct NodeRoom {
     pub cpu_reserved_millis: u64,
     /// Memory reserved by the workstations placed on it.
     pub memory_reserved_bytes: u64,
+    /// How many workstations are placed on it (the API's `n_workstations`).
+    #[serde(default)]
+    pub workstations_hosted: u64,
+    /// The most workstations it hosts, as it committed it (the API's `workstations_max`);
+    /// `None` when the API does not show one: no count bound.
+    #[serde(default)]
+    pub workstations_max: Option<u64>,
 }
 
 impl NodeRoom {
@@ -51,6 +60,13 @@ impl NodeRoom {
             && self.worker
             && cpu_millis <= self.cpu_free_millis()
             && memory_bytes <= self.memory_free_bytes()
+            && !self.at_workstation_max()
+    }
+
+    /// Whether it hosts as many workstations as its maximum.
+    pub fn at_workstation_max(&self) -> bool {
+        self.workstations_max
+            .is_some_and(|max| self.workstations_hosted >= max)
     }
 }
 
@@ -143,10 +159,16 @@ fn most_free(nodes: &[NodeRoom]) -> String {
         .max_by_key(|n| (n.cpu_free_millis(), n.memory_free_bytes()))
         .map_or("no ready worker node".to_string(), |n| {
             format!(
-                "most free: {} with {} m cpu, {} bytes",
+                "most free: {} with {} m cpu, {} bytes{}",
                 n.id,
                 n.cpu_free_millis(),
-                n.memory_free_bytes()
+                n.memory_free_bytes(),
+                match n.workstations_max {
+                    Some(max) if n.at_workstation_max() => {
+                        format!(", hosting its maximum of {max} workstations")
+                    }
+                    _ => String::new(),
+                }
             )
         })
 }
@@ -167,6 +189,8 @@ mod tests {
             cpu_reserved_millis: cpu.1,
             memory_allocatable_bytes: mem.0,
             memory_reserved_bytes: mem.1,
+            workstations_hosted: 0,
+            workstations_max: None,
         }
     }
     fn ws(key: &str, state: &str, node: Option<&str>, cpu: u64, mem: u64) -> WorkstationStatus {
@@ -265,6 +289,31 @@ mod tests {
         assert!(comparison.pending_fits_nowhere.is_empty());
     }
 
+    /// The scheduler refuses a node that hosts its workstation maximum, whatever its free
+    /// capacity: a workstation pending because every roomy node is full by count is right.
+    #[test]
+    fn a_node_hosting_its_workstation_maximum_has_no_room() {
+        let full = NodeRoom {
+            workstations_hosted: 3,
+            workstations_max: Some(3),
+            ..node("node-1", "ready", true, (2000, 0), (1 << 30, 0))
+        };
+        let comparison = compare(
+            &[ws("a", "pending", None, 100, MIB)],
+            std::slice::from_ref(&full),
+        );
+        assert!(comparison.differences.is_empty(), "{comparison:?}");
+        assert!(
+            comparison.pending_fits_nowhere[0].contains("hosting its maximum of 3 workstations"),
+            "{comparison:?}"
+        );
+        let below = NodeRoom {
+            workstations_hosted: 2,
+            ..full
+        };
+        assert_eq!(room_for(100, MIB, &[below]), Room::On("node-1".into()));
+    }
+
     fn any_node() -> impl Strategy<Value = NodeRoom> {
         (
             prop_oneof![
@@ -279,21 +328,27 @@ mod tests {
             0u64..3000,
             0u64..(1 << 30),
             0u64..(1 << 30),
+            (0u64..4, prop::option::of(1u64..4)),
         )
-            .prop_map(|(state, worker, cpu_a, cpu_r, mem_a, mem_r)| NodeRoom {
-                id: String::new(),
-                state: state.into(),
-                worker,
-                cpu_allocatable_millis: cpu_a,
-                cpu_reserved_millis: cpu_r,
-                memory_allocatable_bytes: mem_a,
-                memory_reserved_bytes: mem_r,
-            })
+            .prop_map(
+                |(state, worker, cpu_a, cpu_r, mem_a, mem_r, (hosted, max))| NodeRoom {
+                    id: String::new(),
+                    state: state.into(),
+                    worker,
+                    cpu_allocatable_millis: cpu_a,
+                    cpu_reserved_millis: cpu_r,
+                    memory_allocatable_bytes: mem_a,
+                    memory_reserved_bytes: mem_r,
+                    workstations_hosted: hosted,
+                    workstations_max: max,
+                },
+            )
     }
 
     proptest! {
         /// "Fits nowhere" is exactly: placing it on any ready worker node would push that
-        /// node's reservations past its allocatable capacity; and a node named as having room
+        /// node's reservations past its allocatable capacity or its workstations past its
+        /// maximum; and a node named as having room
         /// is one the scheduler may place it on without over-committing.
         #[test]
         fn fits_nowhere_means_every_ready_worker_would_be_over_committed(
@@ -308,6 +363,7 @@ mod tests {
             let over_committed = |n: &NodeRoom| {
                 n.cpu_reserved_millis.saturating_add(cpu) > n.cpu_allocatable_millis
                     || n.memory_reserved_bytes.saturating_add(mem) > n.memory_allocatable_bytes
+                    || n.workstations_max.is_some_and(|max| n.workstations_hosted + 1 > max)
             };
             match room_for(cpu, mem, &nodes) {
                 Room::Nowhere => {

@@ -1,5 +1,5 @@
 //! The invariant checkers, one module each, each stated in one sentence at its top. Each reads a
-//! finished [`History`](crate::history::History) and returns a [`Verdict`]; none does I/O.
+//! finished [`History`] and returns a [`Verdict`]; none does I/O.
 //!
 //! A checker that found nothing to check fails: a run that produced no evidence for an
 //! invariant has not shown that the invariant holds.

@@ -521,7 +521,7 @@ pub struct Sandbox {
 /// What to run in a sandbox.
 #[derive(Clone, Debug, Default)]
 pub struct ProgramSpec {
-    /// argv; argv[0] is looked up in [`SANDBOX_PATH`] unless it contains a '/'.
+    /// argv; `argv[0]` is looked up in [`SANDBOX_PATH`] unless it contains a '/'.
     pub argv: Vec<String>,
     /// Extra environment (on top of PATH, HOME, TMPDIR, LANG).
     pub env: Vec<(String, String)>,

@@ -443,12 +443,14 @@ impl ClusterNode {
         self.tasks.push(tokio::spawn(heartbeat_loop(agent, period)));
     }
 
-    /// Commits this node's capacity, reserve and API address (after a join, and at every start
-    /// so that a changed `--api` or host is seen), retrying until a leader takes it.
+    /// Commits this node's capacity, reserve, workstation maximum and API address (after a
+    /// join, and at every start so that a changed `--api`, host or limit is seen), retrying
+    /// until a leader takes it. The maximum is part of the node's committed capacity: the
+    /// scheduler places no workstation on a node that hosts that many.
     pub fn start_info_update(&mut self, config: &AgentConfig, usage: &Usage) {
         let raft = self.raft.clone();
         let transport = self.mesh.transport();
-        let action = Action::UpdateNodeInfo {
+        let action = Action::UpdateNodeCapacity {
             node: self.member.raft_id,
             api_addr: Some(config.api.to_string()),
             capacity: Resources::new(usage.capacity_cpu_millis, usage.capacity_memory_bytes),
@@ -456,6 +458,9 @@ impl ClusterNode {
                 config.node_reserve_cpu_millis,
                 config.node_reserve_memory_bytes,
             ),
+            // `resolve` bounds it to 1..=NODE_WORKSTATIONS_MAX, so it fits a u32.
+            workstations_max: u32::try_from(config.workstations_per_node_max)
+                .unwrap_or(shoal_raft::command::limits::NODE_WORKSTATIONS_MAX),
         };
         self.tasks.push(tokio::spawn(async move {
             for attempt in 1..=INFO_UPDATE_ATTEMPTS_MAX {

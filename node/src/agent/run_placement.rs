@@ -167,6 +167,7 @@ pub(crate) mod tests {
             removing: false,
             registered_ms: 0,
             state_changed_ms: 0,
+            workstations_max: None,
         }
     }
 

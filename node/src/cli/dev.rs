@@ -49,6 +49,15 @@ pub const STOP_GRACE_MS: u64 = 10_000;
 const LOG_TAIL_BYTES: u64 = 4096;
 /// How long a join token minted by `shoal dev` lives.
 const JOIN_TOKEN_TTL_MS: u64 = 10 * 60 * 1000;
+/// The voter target of a `shoal dev` cluster: the agent's default `voter_target` (dev passes
+/// no configuration). Servers beyond it stay learners.
+const VOTER_TARGET: usize = 3;
+
+/// How many voters a dev cluster of `n_nodes` (each a server) has once formed: every server
+/// up to the voter target.
+fn voters_wanted(n_nodes: usize) -> usize {
+    n_nodes.min(VOTER_TARGET)
+}
 
 /// `shoal dev [--nodes N] [--data-dir DIR] [--api ADDR]`.
 #[derive(Debug, clap::Args)]
@@ -444,6 +453,61 @@ fn wait_ready(
     )))
 }
 
+/// Waits until `/v1/cluster` (asked of `admin`'s node) names a leader and lists `wanted`
+/// voters, a node exits, a stop is requested, or `timeout` passes. A node that answers
+/// `/readyz` may still be a learner: until the leader promotes it, a cluster of three has two
+/// voters, and losing its leader then leaves it without a quorum.
+fn wait_voters(
+    nodes: &mut [NodeProcess],
+    admin: &ApiClient,
+    wanted: usize,
+    timeout: Duration,
+) -> CliResult<bool> {
+    let mut progress = Progress::new("forming the cluster:");
+    let attempts = (timeout.as_millis() / u128::from(POLL_INTERVAL_MS)).max(1);
+    let mut listed = 0;
+    for _ in 0..attempts {
+        if stop_requested() {
+            return Ok(false);
+        }
+        for node in nodes.iter_mut() {
+            if let Some(status) = node.poll_exit() {
+                progress.finish();
+                report_node_failure(
+                    &node.plan,
+                    &format!("exited while the cluster formed ({status})"),
+                );
+                return Err(CliError::Other(format!(
+                    "node-{} exited while the cluster formed ({status}); its log is {}",
+                    node.plan.idx,
+                    node.plan.log_path.display()
+                )));
+            }
+        }
+        // A failed request is one more attempt: the leader may be changing.
+        if let Ok(cluster) = admin.get("/v1/cluster") {
+            let has_leader = cluster
+                .get("leader")
+                .is_some_and(|leader| leader.is_string());
+            listed = cluster
+                .get("servers")
+                .and_then(serde_json::Value::as_array)
+                .map_or(0, Vec::len);
+            if has_leader && listed >= wanted {
+                progress.finish();
+                return Ok(true);
+            }
+        }
+        progress.tick(&format!("{listed}/{wanted} voters"));
+        std::thread::sleep(Duration::from_millis(POLL_INTERVAL_MS));
+    }
+    progress.finish();
+    Err(CliError::Other(format!(
+        "the cluster listed {listed} of {wanted} voters after {}; see each node's agent.log",
+        humantime::format_duration(timeout),
+    )))
+}
+
 /// Reads the remembered layout, if any.
 fn read_layout(path: &Path) -> CliResult<Option<DevLayout>> {
     match std::fs::read(path) {
@@ -558,6 +622,11 @@ fn start_and_supervise(
         plan.layout.joined = plan.layout.nodes;
         write_layout(layout_path, &plan.layout)?;
     }
+    // "Up" means the voter target is reached, not only that every node answers: a joined
+    // node is a learner until the leader promotes it.
+    if !wait_voters(nodes, &admin, voters_wanted(n_nodes), ready_timeout)? {
+        return Ok(exit_code::OK);
+    }
     print_banner(plan, &admin, &admin_key);
 
     // Supervise until asked to stop.
@@ -663,6 +732,14 @@ mod tests {
 
     fn addr(text: &str) -> SocketAddr {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn every_server_up_to_the_voter_target_must_be_a_voter() {
+        assert_eq!(voters_wanted(1), 1);
+        assert_eq!(voters_wanted(2), 2);
+        assert_eq!(voters_wanted(3), 3);
+        assert_eq!(voters_wanted(5), 3);
     }
 
     #[test]

@@ -179,6 +179,8 @@ pub struct DevCluster {
     pub admin_key: String,
     /// Every stdout line `shoal dev` printed.
     pub banner: Vec<String>,
+    /// `shoal status --json` (`/v1/cluster`) asked right when the "is up" line was read.
+    pub status_at_up: Option<serde_json::Value>,
     /// Lines of stdout still to come.
     lines: Option<Receiver<String>>,
     /// The API and WireGuard base ports.
@@ -240,6 +242,7 @@ impl DevCluster {
             addr: format!("http://127.0.0.1:{}", ports.0),
             admin_key: String::new(),
             banner: Vec::new(),
+            status_at_up: None,
             lines: Some(receiver),
             ports,
             nodes,
@@ -268,6 +271,14 @@ impl DevCluster {
                     )
                 }
             };
+            if line.contains(" is up with ") {
+                // Ask the cluster about its voters the moment it says it is up, before the
+                // rest of the banner: a test can then check that "up" meant formed.
+                self.status_at_up = std::fs::read_to_string(self.data_dir.join("admin.token"))
+                    .ok()
+                    .and_then(|key| shoal_ok(&self.addr, key.trim(), &["status", "--json"]).ok())
+                    .and_then(|text| serde_json::from_str(&text).ok());
+            }
             self.banner.push(line.clone());
             if line.starts_with("Press Ctrl-C") {
                 break;

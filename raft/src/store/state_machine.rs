@@ -24,8 +24,8 @@ use crate::apply::apply;
 use crate::codec;
 use crate::command::CommandResponse;
 use crate::command::Outcome;
-use crate::state::ClusterData;
 use crate::state::ClusterState;
+use crate::state_format;
 use crate::types::Entry;
 use crate::types::LogId;
 use crate::types::SnapshotMeta;
@@ -33,7 +33,8 @@ use crate::types::StorageError;
 use crate::types::StoredMembership;
 use crate::types::TypeConfig;
 
-/// A snapshot as stored on disk: its metadata and its data (`crc32 ‖ bincode(ClusterData)`,
+/// A snapshot as stored on disk: its metadata and its data (`crc32 ‖ version ‖
+/// bincode(ClusterData)`, see [`crate::state_format`];
 /// the same bytes that are sent to a lagging follower).
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct StoredSnapshot {
@@ -46,9 +47,9 @@ pub struct StoredSnapshot {
 impl StoredSnapshot {
     /// Verifies the data checksum and decodes the state.
     pub fn decode_state(&self) -> Result<ClusterState, codec::CodecError> {
-        Ok(ClusterState::from_data(
-            codec::decode_checked::<ClusterData>(&self.data)?,
-        ))
+        Ok(ClusterState::from_data(state_format::decode_checked(
+            &self.data,
+        )?))
     }
 }
 
@@ -177,7 +178,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // one encode (tens of ms for 100,000 workstations, see the `state_size` benchmark).
         let (data, last_applied, last_membership) = {
             let applied = self.shared.applied.read();
-            let data = codec::encode_checked(&applied.state.data).map_err(io_write)?;
+            let data = state_format::encode_checked(&applied.state.data).map_err(io_write)?;
             (data, applied.last_applied, applied.last_membership.clone())
         };
         let snapshot_id = match last_applied {
