@@ -123,6 +123,10 @@ pub struct NodeInfo {
     pub last_heartbeat_unix_ms: Option<u64>,
     /// Number of workstations placed on the node.
     pub n_workstations: u64,
+    /// The most workstations the node hosts (its committed `workstations_per_node_max`; the
+    /// scheduler places no more there); absent while the node has not stated one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workstations_max: Option<u32>,
     /// The isolation the node applies to user code, as its sandbox probe found it:
     /// `runs: <level>; workstations: <level>`, each `full` or `partial: <missing layers>`.
     pub isolation: String,

@@ -9,7 +9,7 @@
 //! | Raft `AppendEntries`, `InstallSnapshot` | a server whose claimed id is its own id; a sender this node's state does not know yet (a node behind on the log must still hear a newer leader) |
 //! | Raft vote request | the same |
 //! | Raft `ElectNow` (`TimeoutNow`) | a voter of this node's current membership, never an unknown sender |
-//! | node-scoped writes: `UpdateNodeInfo`, `MarkNodeReady`, `DrainStep` (a node leaving moves its own workstations) | the node they are about |
+//! | node-scoped writes: `UpdateNodeInfo`, `UpdateNodeCapacity`, `MarkNodeReady`, `DrainStep` (a node leaving moves its own workstations) | the node they are about |
 //! | `RaiseLogFloor` | the node its workstation is placed on |
 //! | leader-only writes: `InitCluster`, `MarkNodesDown`, `PlaceBatch`, `UpdateSettings` | nobody (the leader proposes them itself, never through a peer) |
 //! | every other write (made for an API caller, or an admission) | any node the state knows |
@@ -110,7 +110,9 @@ pub fn authorize_write(
         }
     };
     match action {
-        Action::UpdateNodeInfo { node, .. } => about_itself(*node, "state capacity"),
+        Action::UpdateNodeInfo { node, .. } | Action::UpdateNodeCapacity { node, .. } => {
+            about_itself(*node, "state capacity")
+        }
         Action::MarkNodeReady { node, .. } => about_itself(*node, "report ready"),
         Action::RaiseLogFloor { workstation, .. } => match placed_on(*workstation) {
             Some(node) => about_itself(node, "raise the log floor"),
@@ -295,7 +297,9 @@ mod tests {
             outcome: "x".to_string(),
         };
         let node = worker(4);
-        let cases: Vec<(Action, Option<&KeyView>, Result<Option<&str>, ()>)> = vec![
+        // (the write, the key it carries, the actor recorded or a refusal)
+        type Case<'a> = (Action, Option<&'a KeyView>, Result<Option<&'a str>, ()>);
+        let cases: Vec<Case> = vec![
             (mint.clone(), None, Err(())),
             (mint.clone(), Some(&alpha), Err(())),
             (mint, Some(&admin), Ok(Some("shoal_admin"))),
@@ -375,6 +379,13 @@ mod tests {
             capacity: Resources::new(1, 1),
             reserve: Resources::new(0, 0),
         };
+        let capacity = |node| Action::UpdateNodeCapacity {
+            node,
+            api_addr: None,
+            capacity: Resources::new(1, 1),
+            reserve: Resources::new(0, 0),
+            workstations_max: 1,
+        };
         let ready = |node| Action::MarkNodeReady {
             node,
             hints: PlacementHints::default(),
@@ -407,6 +418,8 @@ mod tests {
         let cases: Vec<(Option<SenderView>, Action, bool)> = vec![
             (Some(rogue), info(4), true),
             (Some(rogue), info(1), false),
+            (Some(rogue), capacity(4), true),
+            (Some(rogue), capacity(1), false),
             (Some(rogue), ready(4), true),
             (Some(rogue), ready(2), false),
             (Some(rogue), floor(1), true),

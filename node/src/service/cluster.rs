@@ -22,7 +22,7 @@ fn this_node(agent: &Agent) -> NodeInfo {
     // State, reservations and placements are Raft's (a drained node shows `draining` here
     // too); capacity and usage are this node's live view.
     let own_id = agent.raft.id();
-    let (state, reserved, n_workstations) = agent.raft.read(|state| {
+    let (state, reserved, n_workstations, workstations_max) = agent.raft.read(|state| {
         let record = state.nodes.get(&own_id);
         (
             record.map_or(NodeState::Ready, |node| node_state(node.state)),
@@ -30,6 +30,7 @@ fn this_node(agent: &Agent) -> NodeInfo {
                 (node.reserved.cpu_millis, node.reserved.memory_bytes)
             }),
             state.workstations_on(own_id).count() as u64,
+            record.and_then(|node| node.workstations_max),
         )
     });
     let (cpu_reserved, mem_reserved) = reserved;
@@ -66,6 +67,7 @@ fn this_node(agent: &Agent) -> NodeInfo {
         },
         last_heartbeat_unix_ms: (last > 0).then_some(last),
         n_workstations,
+        workstations_max,
         isolation: format!(
             "runs: {}; workstations: {}",
             agent.run_context.host.isolation().label(),
@@ -126,6 +128,7 @@ pub async fn nodes(agent: &Agent) -> Vec<NodeInfo> {
                 used: live_usage.get(&node.id).copied().unwrap_or_default(),
                 last_heartbeat_unix_ms: None,
                 n_workstations: state.workstations_on(node.id).count() as u64,
+                workstations_max: node.workstations_max,
                 isolation: String::new(),
             })
             .collect()

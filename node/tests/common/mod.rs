@@ -546,9 +546,29 @@ pub async fn start_three_nodes_with_env(
     wait: Duration,
     envs: &[(&str, &str)],
 ) -> anyhow::Result<ThreeNodes> {
+    start_three_nodes_configured(root, heartbeat_grace_ms, "", wait, envs).await
+}
+
+/// [`start_three_nodes`] with extra agent options (`toml`) in every node's config file.
+pub async fn start_three_nodes_with_config(
+    root: &Path,
+    heartbeat_grace_ms: u64,
+    toml: &str,
+    wait: Duration,
+) -> anyhow::Result<ThreeNodes> {
+    start_three_nodes_configured(root, heartbeat_grace_ms, toml, wait, &[]).await
+}
+
+async fn start_three_nodes_configured(
+    root: &Path,
+    heartbeat_grace_ms: u64,
+    toml: &str,
+    wait: Duration,
+    envs: &[(&str, &str)],
+) -> anyhow::Result<ThreeNodes> {
     let config = write_config(
         root,
-        format!("heartbeat_interval_ms = 200\nheartbeat_grace_ms = {heartbeat_grace_ms}\n"),
+        format!("heartbeat_interval_ms = 200\nheartbeat_grace_ms = {heartbeat_grace_ms}\n{toml}"),
     )?;
     let node0 = Agent::start_with_env(
         &root.join("node-0"),
