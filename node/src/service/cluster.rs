@@ -206,35 +206,43 @@ pub async fn show_node(agent: &Agent, id: &str) -> Result<NodeInfo, ServiceError
 
 /// Drains a node (admin): it takes no new placements, and the leader's drain loop moves its
 /// workstations to other nodes one by one (`agent::drain`). Answers 200 with the node, now
-/// `draining`; its `n_workstations` goes to 0 as they move.
+/// `draining`; its `n_workstations` goes to 0 as they move. Unknown nodes (404) and the only
+/// ready worker (409) are refused by the state machine.
 pub async fn drain_node(
     agent: &Agent,
     caller: &Caller,
     id: &str,
 ) -> Result<NodeInfo, ServiceError> {
-    caller.require_admin()?;
-    // Unknown nodes (404) and the only ready worker (409) are refused by the state machine.
-    let node = raft_node_id(id)?;
-    agent
-        .propose_for(caller, shoal_raft::Action::DrainNode { node })
-        .await?;
-    node_answer(agent, id).await
+    change_node(agent, caller, id, |node| shoal_raft::Action::DrainNode {
+        node,
+    })
+    .await
 }
 
 /// Removes a node (admin): `left` at once if it hosts nothing, otherwise it drains first (the
-/// leader's drain loop) and becomes `left` when empty. The last server of a cluster cannot be
-/// removed (409).
+/// leader's drain loop) and becomes `left` when empty. Unknown nodes (404) and the last
+/// server of a cluster (409) are refused by the state machine.
 pub async fn remove_node(
     agent: &Agent,
     caller: &Caller,
     id: &str,
 ) -> Result<NodeInfo, ServiceError> {
+    change_node(agent, caller, id, |node| shoal_raft::Action::RemoveNode {
+        node,
+    })
+    .await
+}
+
+/// An admin's change to node `id`: commits `action(node)` and answers the node as it is then.
+async fn change_node(
+    agent: &Agent,
+    caller: &Caller,
+    id: &str,
+    action: impl FnOnce(u64) -> shoal_raft::Action,
+) -> Result<NodeInfo, ServiceError> {
     caller.require_admin()?;
-    // Unknown nodes (404) and the last server (409) are refused by the state machine.
     let node = raft_node_id(id)?;
-    agent
-        .propose_for(caller, shoal_raft::Action::RemoveNode { node })
-        .await?;
+    agent.propose_for(caller, action(node)).await?;
     node_answer(agent, id).await
 }
 

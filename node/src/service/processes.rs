@@ -351,6 +351,22 @@ async fn kill_here(
     }
 }
 
+/// Sends `signal_text` to process `proc_id` of `ws` on the node hosting it.
+async fn signal_on_host(
+    agent: &Agent,
+    caller: &Caller,
+    ws: &WorkstationRecord,
+    proc_id: u64,
+    signal_text: &str,
+) -> Result<(), ServiceError> {
+    let op = HostOp::Signal {
+        ws: ws.id.clone(),
+        proc: proc_id,
+        signal: signal_text.to_string(),
+    };
+    on_host(agent, caller, op).await.map(|_| ())
+}
+
 /// Signals process `proc_text` of workstation `ws_id` (`signal_text` defaults to TERM; TERM
 /// and KILL stop it for good).
 pub async fn signal(
@@ -377,17 +393,7 @@ pub async fn signal(
         return stop(agent, caller, &ws, proc_id, signal, signal_text).await;
     }
     let resource = format!("{}/p-{proc_id}", ws.id);
-    let result = on_host(
-        agent,
-        caller,
-        HostOp::Signal {
-            ws: ws.id.clone(),
-            proc: proc_id,
-            signal: signal_text.to_string(),
-        },
-    )
-    .await
-    .map(|_| ());
+    let result = signal_on_host(agent, caller, &ws, proc_id, signal_text).await;
     let outcome = match &result {
         Ok(()) => "ok",
         Err(err) => err.code(),
@@ -446,17 +452,7 @@ async fn stop(
     let delivered = if unplaced(agent, ws) {
         Ok(())
     } else {
-        on_host(
-            agent,
-            caller,
-            HostOp::Signal {
-                ws: ws.id.clone(),
-                proc: proc_id,
-                signal: signal_text.to_string(),
-            },
-        )
-        .await
-        .map(|_| ())
+        signal_on_host(agent, caller, ws, proc_id, signal_text).await
     };
     if let Err(err) = delivered {
         tracing::warn!(workstation = %ws.id, proc = proc_id, error = %err,

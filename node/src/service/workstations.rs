@@ -282,13 +282,7 @@ pub async fn create(
             },
         )
         .await
-        .map_err(|err| match err {
-            ServiceError::Unavailable { message, .. } => ServiceError::Unavailable {
-                message,
-                retry_after_secs: 5,
-            },
-            other => other,
-        })?;
+        .map_err(retry_when_room)?;
     let shoal_raft::Outcome::WorkstationPlaced(placed) = outcome else {
         return Err(ServiceError::Internal(format!(
             "unexpected answer {outcome:?}"
@@ -426,13 +420,7 @@ pub async fn resize(
             },
         )
         .await
-        .map_err(|err| match err {
-            ServiceError::Unavailable { message, .. } => ServiceError::Unavailable {
-                message,
-                retry_after_secs: 5,
-            },
-            other => other,
-        })?;
+        .map_err(retry_when_room)?;
     // Raft checked the room and holds the new size (the answer reads it from there); the
     // hosting record follows as a cache. A local disk error must not turn a committed resize
     // into a failure answer.
@@ -489,4 +477,19 @@ pub async fn delete(agent: &Agent, caller: &Caller, id: &str) -> Result<(), Serv
     placement::reconcile(agent).await;
     tracing::info!(workstation = %ws.id, "workstation deleted");
     Ok(())
+}
+
+/// How long a client is told to wait when no node has room right now: room appears when a
+/// workstation is deleted or shrunk, or a node joins or comes back.
+const NO_ROOM_RETRY_AFTER_SECS: u64 = 5;
+
+/// A 503 of a placement (no room now) with the [`NO_ROOM_RETRY_AFTER_SECS`] hint.
+fn retry_when_room(err: ServiceError) -> ServiceError {
+    match err {
+        ServiceError::Unavailable { message, .. } => ServiceError::Unavailable {
+            message,
+            retry_after_secs: NO_ROOM_RETRY_AFTER_SECS,
+        },
+        other => other,
+    }
 }
