@@ -141,6 +141,20 @@ async fn one_node_reports_leading_and_after_its_kill_one_survivor_does_at_a_high
     .await
     .context("a survivor (the worker too) did not count the leader change")?;
 
+    info!("--- after the heartbeat grace the new leader counts the killed node down");
+    let down = "shoal_nodes{state=\"down\"}";
+    assert_eq!(
+        value(&scrape(&apis[new_leader]).await?, down),
+        Some(0.0),
+        "no node is down yet"
+    );
+    eventually(CLUSTER_WAIT, || async {
+        let text = scrape(&apis[new_leader]).await?;
+        Ok((value(&text, down) == Some(1.0)).then_some(()))
+    })
+    .await
+    .context("the killed leader was never counted down")?;
+
     info!("--- kill the new leader too: the lone server is not acknowledged and loses its lease");
     cluster.agents[new_leader].kill9();
     let lone = (0..3)
@@ -197,6 +211,34 @@ async fn a_workstation_a_run_and_a_request_move_their_series() -> anyhow::Result
         value(&after, commits).unwrap_or(0.0) > commits_before,
         "the create's proposal is counted: {after}"
     );
+
+    info!("--- its reservation is in the pool; a process runs and its output is counted");
+    let reserved = "shoal_pool_cpu_millis{kind=\"reserved\"}";
+    assert_eq!(
+        value(&after, reserved).unwrap_or(0.0) - value(&before, reserved).unwrap_or(0.0),
+        100.0,
+        "{after}"
+    );
+    let processes_running = "shoal_processes{state=\"running\"}";
+    let written = "shoal_log_bytes_written";
+    assert_eq!(value(&after, processes_running), Some(0.0), "{after}");
+    assert_eq!(value(&after, written), Some(0.0), "{after}");
+    let started = api
+        .post(
+            &format!("/v1/workstations/{id}/processes"),
+            &json!({"argv": ["sh", "-c", "echo hello-metrics; exec sleep 600"]}),
+        )
+        .await?;
+    assert_eq!(started.status, 201, "{}", started.text);
+    eventually(CLUSTER_WAIT, || async {
+        let text = scrape(&api).await?;
+        let running = value(&text, processes_running) == Some(1.0);
+        // "hello-metrics\n" is 14 bytes.
+        let logged = value(&text, written).unwrap_or(0.0) >= 14.0;
+        Ok((running && logged).then_some(()))
+    })
+    .await
+    .context("the process or its output was not counted")?;
 
     info!("--- a run: one more ok verdict and one more run duration");
     let run = api.post("/v1/runs", &json!({"argv": ["true"]})).await?;
