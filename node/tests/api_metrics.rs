@@ -219,6 +219,13 @@ async fn a_workstation_a_run_and_a_request_move_their_series() -> anyhow::Result
         100.0,
         "{after}"
     );
+    let reserved_memory = "shoal_pool_memory_bytes{kind=\"reserved\"}";
+    assert_eq!(
+        value(&after, reserved_memory).unwrap_or(0.0)
+            - value(&before, reserved_memory).unwrap_or(0.0),
+        f64::from(64u32 << 20),
+        "{after}"
+    );
     let processes_running = "shoal_processes{state=\"running\"}";
     let written = "shoal_log_bytes_written";
     assert_eq!(value(&after, processes_running), Some(0.0), "{after}");
@@ -239,6 +246,24 @@ async fn a_workstation_a_run_and_a_request_move_their_series() -> anyhow::Result
     })
     .await
     .context("the process or its output was not counted")?;
+
+    info!("--- 6 MB of output through the 5 MiB buffer: the overwritten bytes are counted dropped");
+    let dropped = "shoal_log_bytes_dropped";
+    assert_eq!(value(&scrape(&api).await?, dropped), Some(0.0));
+    let flood = api
+        .post(
+            &format!("/v1/workstations/{id}/processes"),
+            &json!({"argv": ["sh", "-c", "head -c 6000000 /dev/zero | tr '\\0' a"], "restart": "never"}),
+        )
+        .await?;
+    assert_eq!(flood.status, 201, "{}", flood.text);
+    eventually(CLUSTER_WAIT, || async {
+        let text = scrape(&api).await?;
+        // 6,000,000 bytes and more through a ring of 5,242,880.
+        Ok((value(&text, dropped).unwrap_or(0.0) >= 757_120.0).then_some(()))
+    })
+    .await
+    .context("the overwritten log bytes were not counted dropped")?;
 
     info!("--- a run: one more ok verdict and one more run duration");
     let run = api.post("/v1/runs", &json!({"argv": ["true"]})).await?;

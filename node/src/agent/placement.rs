@@ -639,7 +639,16 @@ fn process_state_of(text: &str) -> ProcessState {
 
 /// This node's workstations and their processes, with the processes' observed states.
 async fn hosted_processes(agent: &Agent, ws: &WorkstationRecord) -> Vec<Process> {
-    let statuses = agent.host.processes(&ws.id).await.unwrap_or_default();
+    // A view of the workstation is still worth answering when its actor does not: its
+    // processes are shown without an observed state, and the reason is logged.
+    let statuses = match agent.host.processes(&ws.id).await {
+        Ok(statuses) => statuses,
+        Err(err) => {
+            tracing::warn!(workstation = %ws.id, error = %err,
+                "the workstation's actor did not report its processes");
+            Vec::new()
+        }
+    };
     ws.processes
         .values()
         .map(|spec| {
