@@ -318,6 +318,25 @@ async fn a_tenant_cannot_see_or_touch_another_tenants_workstations_processes_run
         .await?;
     assert_eq!(proc.status, 201, "{}", proc.text);
 
+    info!("--- a tenant sees the pool totals, never the nodes' addresses and capacities");
+    let cluster = bob.get("/v1/cluster").await?;
+    assert_eq!(cluster.status, 200, "{}", cluster.text);
+    assert!(cluster.body["pool"]["cpu_millis"]["capacity"].as_u64() > Some(0));
+    for path in [
+        "/v1/nodes".to_string(),
+        format!("/v1/nodes/{}", agent.node_id),
+    ] {
+        let answer = bob.get(&path).await?;
+        assert_eq!(answer.status, 403, "{path}: {}", answer.text);
+        assert_eq!(answer.error_code(), "forbidden");
+        assert!(
+            !answer.text.contains("127.0.0.1"),
+            "{path}: {}",
+            answer.text
+        );
+    }
+    assert_eq!(admin.get("/v1/nodes").await?.status, 200);
+
     info!("--- bob sees nothing of it and can touch nothing");
     let list = bob.get("/v1/workstations").await?;
     assert_eq!(list.body, json!([]));

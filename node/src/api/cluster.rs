@@ -24,26 +24,29 @@ pub async fn cluster(
     Ok(HttpResponse::Ok().json(service::cluster::cluster(&agent).await))
 }
 
-/// The nodes with role, state, addresses, capacity, reserved, used and last heartbeat.
+/// The nodes with role, state, addresses, capacity, reserved, used and last heartbeat (admin;
+/// a tenant sees the pool totals in `/v1/cluster`).
 #[utoipa::path(get, path = "/v1/nodes",
-    responses((status = 200, body = Vec<NodeInfo>)), security(("bearer" = [])), tag = "cluster")]
+    responses((status = 200, body = Vec<NodeInfo>), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])), tag = "cluster")]
 pub async fn list_nodes(
-    _caller: Caller,
+    Admin(caller): Admin,
     agent: web::Data<Agent>,
 ) -> Result<HttpResponse, ServiceError> {
-    Ok(HttpResponse::Ok().json(service::cluster::list_nodes(&agent).await))
+    Ok(HttpResponse::Ok().json(service::cluster::list_nodes(&agent, &caller).await?))
 }
 
-/// One node.
+/// One node (admin).
 #[utoipa::path(get, path = "/v1/nodes/{id}",
-    responses((status = 200, body = NodeInfo), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = NodeInfo), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody)),
     security(("bearer" = [])), tag = "cluster")]
 pub async fn show_node(
-    _caller: Caller,
+    Admin(caller): Admin,
     agent: web::Data<Agent>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ServiceError> {
-    Ok(HttpResponse::Ok().json(service::cluster::show_node(&agent, &id).await?))
+    Ok(HttpResponse::Ok().json(service::cluster::show_node(&agent, &caller, &id).await?))
 }
 
 /// Drains a node (admin): it takes no new placements, and the leader's drain loop moves its

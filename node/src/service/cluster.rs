@@ -191,12 +191,16 @@ pub async fn cluster(agent: &Agent) -> ClusterInfo {
 }
 
 /// The nodes with role, state, addresses, capacity, reserved, used and last heartbeat.
-pub async fn list_nodes(agent: &Agent) -> Vec<NodeInfo> {
-    nodes(agent).await
+pub async fn list_nodes(agent: &Agent, caller: &Caller) -> Result<Vec<NodeInfo>, ServiceError> {
+    // Node addresses, endpoints and per-node capacities are the operator's; a tenant sees the
+    // pool totals in `cluster`.
+    caller.require_admin()?;
+    Ok(nodes(agent).await)
 }
 
 /// One node.
-pub async fn show_node(agent: &Agent, id: &str) -> Result<NodeInfo, ServiceError> {
+pub async fn show_node(agent: &Agent, caller: &Caller, id: &str) -> Result<NodeInfo, ServiceError> {
+    caller.require_admin()?;
     nodes(agent)
         .await
         .into_iter()
