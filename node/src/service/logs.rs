@@ -53,20 +53,91 @@ pub async fn page(
     }
 }
 
-/// A follow of a workstation's log, wherever it is hosted.
-pub enum FollowStream {
+/// Where a follow's chunks come from.
+pub enum FollowSource {
     /// The workstation is hosted here.
     Local(LocalFollower),
     /// Relayed from the hosting node.
     Relayed(RelayedStream),
 }
 
+/// A follow of a workstation's log, wherever it is hosted, that ends as soon as this node
+/// applies the revocation of the caller's key (SPEC, Trust: a revoked key's open streams
+/// close within 1 s; a relayed stream ends on the hosting node when this side drops it).
+pub struct FollowStream {
+    source: FollowSource,
+    /// Fires once the caller's key is revoked. A separate watcher task decides it, so that
+    /// reading the source (a relayed frame may be half read) is never cancelled for anything
+    /// but the end of the stream.
+    revoked: tokio::sync::oneshot::Receiver<()>,
+    /// Set once the stream ended: a oneshot must not be polled again after it completed.
+    ended: bool,
+}
+
+impl FollowStream {
+    fn new(agent: &Agent, caller: &Caller, source: FollowSource) -> FollowStream {
+        let (revoke, revoked) = tokio::sync::oneshot::channel();
+        tokio::spawn(watch_revocation(
+            agent.raft.clone(),
+            caller.key_id.parse().ok(),
+            revoke,
+        ));
+        FollowStream {
+            source,
+            revoked,
+            ended: false,
+        }
+    }
+}
+
+/// Sends on `revoke` once key `key_id` is revoked or gone in `state` (checked at every applied
+/// change); ends early when the stream it watches for is dropped.
+async fn watch_revocation(
+    state: crate::agent::state_view::StateView,
+    key_id: Option<shoal_raft::model::ApiKeyId>,
+    mut revoke: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut applied = state.subscribe_applied();
+    loop {
+        let revoked = key_id.is_none_or(|key_id| {
+            state.read(|state| state.api_keys.get(&key_id).is_none_or(|key| key.revoked))
+        });
+        if revoked {
+            let _ = revoke.send(());
+            return;
+        }
+        tokio::select! {
+            changed = applied.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = revoke.closed() => return,
+        }
+    }
+}
+
 impl ChunkSource for FollowStream {
     async fn next_chunk(&mut self) -> Option<Option<Bytes>> {
-        match self {
-            FollowStream::Local(local) => local.next_chunk().await,
-            FollowStream::Relayed(relayed) => relayed.next_chunk().await,
+        if self.ended {
+            return None;
         }
+        let FollowStream {
+            source, revoked, ..
+        } = self;
+        let next = async {
+            match source {
+                FollowSource::Local(local) => local.next_chunk().await,
+                FollowSource::Relayed(relayed) => relayed.next_chunk().await,
+            }
+        };
+        let chunk = tokio::select! {
+            chunk = next => chunk,
+            // Revoked (or the watcher ended with the node): the stream ends here.
+            _ = revoked => None,
+        };
+        self.ended = chunk.is_none();
+        chunk
     }
 }
 
@@ -80,8 +151,10 @@ pub async fn follow(
 ) -> Result<FollowStream, ServiceError> {
     visible(agent, caller, ws_id)?;
     match whereabouts(agent, ws_id) {
-        Whereabouts::Here => Ok(FollowStream::Local(
-            follow_here(agent, caller, ws_id, from, proc).await?,
+        Whereabouts::Here => Ok(FollowStream::new(
+            agent,
+            caller,
+            FollowSource::Local(follow_here(agent, caller, ws_id, from, proc).await?),
         )),
         Whereabouts::Pending => Err(no_host_error(agent, ws_id)),
         Whereabouts::Node(ip) => {
@@ -108,10 +181,14 @@ pub async fn follow(
                 Err(err) => Err(unreachable(err.to_string())),
             };
             opened?;
-            Ok(FollowStream::Relayed(RelayedStream {
-                stream,
-                _sender: sender,
-            }))
+            Ok(FollowStream::new(
+                agent,
+                caller,
+                FollowSource::Relayed(RelayedStream {
+                    stream,
+                    _sender: sender,
+                }),
+            ))
         }
     }
 }
