@@ -12,7 +12,7 @@
 //! | node-scoped writes: `UpdateNodeInfo`, `UpdateNodeCapacity`, `MarkNodeReady`, `DrainStep` (a node leaving moves its own workstations) | the node they are about |
 //! | `RaiseLogFloor` | the node its workstation is placed on |
 //! | leader-only writes: `InitCluster`, `MarkNodesDown`, `PlaceBatch`, `UpdateSettings` | nobody (the leader proposes them itself, never through a peer) |
-//! | every other write (made for an API caller, or an admission) | any node the state knows |
+//! | every other write (made for an API caller, or an admission) | any node the state knows; see [`caller_requirement`] for the key it must carry |
 //!
 //! A write made for an API caller carries the caller's key (`mesh_rpc::ForwardRequest`): the
 //! leader authenticates it against the committed key hashes and checks what
@@ -146,14 +146,26 @@ pub enum CallerRequirement {
     Tenant(Option<String>),
 }
 
-/// What `action`, forwarded by `sender`, asks of the API key it is made for. `tenant_of`
-/// answers whose a workstation is in the applied state.
+/// What `action`, forwarded by `sender`, asks of the API key it is made for. `workstation_of`
+/// answers whose a workstation is and which node it is placed on, in the applied state.
 pub fn caller_requirement(
     sender: Option<&SenderView>,
     action: &Action,
-    tenant_of: impl Fn(WorkstationId) -> Option<String>,
+    workstation_of: impl Fn(WorkstationId) -> Option<(String, Option<NodeId>)>,
 ) -> CallerRequirement {
+    let tenant_of = |ws| workstation_of(ws).map(|(tenant, _)| tenant);
     match action {
+        // The node hosting a workstation starts, stops and undoes its processes for the callers
+        // other nodes relay to it (they do not relay their keys); it runs them anyway.
+        Action::AddProcess { workstation, .. }
+        | Action::RemoveProcess { workstation, .. }
+        | Action::StopProcess { workstation, .. }
+            if sender.is_some_and(|sender| {
+                workstation_of(*workstation).and_then(|(_, node)| node) == Some(sender.id)
+            }) =>
+        {
+            CallerRequirement::None
+        }
         Action::CreateWorkstation { request, .. } => {
             CallerRequirement::Tenant(Some(request.tenant.clone()))
         }
@@ -282,11 +294,18 @@ mod tests {
         let delete = |ws| Action::DeleteWorkstation {
             id: WorkstationId(ws),
         };
-        // ws-1 is alpha's, ws-2 beta's, ws-3 does not exist.
-        let tenant_of = |ws: WorkstationId| match ws.0 {
-            1 => Some("alpha".to_string()),
-            2 => Some("beta".to_string()),
+        // ws-1 is alpha's on node 1, ws-2 beta's on node 4 (the sender), ws-3 does not exist.
+        let workstation_of = |ws: WorkstationId| match ws.0 {
+            1 => Some(("alpha".to_string(), Some(1))),
+            2 => Some(("beta".to_string(), Some(4))),
             _ => None,
+        };
+        let add = |ws| Action::AddProcess {
+            workstation: WorkstationId(ws),
+            argv: vec!["true".to_string()],
+            env: Default::default(),
+            cwd: None,
+            restart: shoal_raft::model::RestartPolicy::Never,
         };
         let drain_self = Action::DrainNode { node: 4 };
         let drain_other = Action::DrainNode { node: 1 };
@@ -312,9 +331,13 @@ mod tests {
             (drain_other.clone(), None, Err(())),
             (drain_other, Some(&alpha), Err(())),
             (refused_audit, None, Ok(None)),
+            // The host of ws-2 changes its processes without a key; not those of ws-1.
+            (add(2), None, Ok(None)),
+            (add(1), None, Err(())),
+            (add(1), Some(&alpha), Ok(Some("shoal_alpha"))),
         ];
         for (action, key, expected) in cases {
-            let requirement = caller_requirement(Some(&node), &action, tenant_of);
+            let requirement = caller_requirement(Some(&node), &action, workstation_of);
             let verdict = authorize_caller(&requirement, key);
             assert_eq!(
                 verdict

@@ -410,7 +410,12 @@ impl NodeRpcHandler {
             Err(why) => return shoal_raft::RpcHandle::encode_reply(&RaftRpcReply::BadRequest(why)),
         };
         let sender = Self::sender_view(raft, from);
-        let voters = raft.status().voters;
+        // Only ElectNow needs the voters; replication (every heartbeat) does not pay for them.
+        let voters = if rpc.kind() == shoal_raft::network::RaftRpcKind::ElectNow {
+            raft.status().voters
+        } else {
+            std::collections::BTreeSet::new()
+        };
         if let Err(refusal) = crate::mesh_authz::authorize_raft(
             sender.as_ref(),
             rpc.kind(),
@@ -454,7 +459,7 @@ impl NodeRpcHandler {
                     state
                         .workstations
                         .get(&ws)
-                        .map(|placed| placed.tenant.clone())
+                        .map(|placed| (placed.tenant.clone(), placed.node))
                 });
             let key = credential.as_deref().and_then(|credential| {
                 state

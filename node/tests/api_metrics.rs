@@ -282,9 +282,16 @@ async fn a_workstation_a_run_and_a_request_move_their_series() -> anyhow::Result
     assert_eq!(value(&after, show_route), Some(2.0), "{after}");
 
     info!("--- a path no route matches is counted under one fixed label");
+    let errors_4xx = "shoal_http_requests_total{class=\"4xx\"}";
+    let errors_before = value(&scrape(&api).await?, errors_4xx).unwrap_or(0.0);
     let missing = api.get("/v1/no/such/thing").await?;
     assert_eq!(missing.status, 404);
     let after = scrape(&api).await?;
+    assert_eq!(
+        value(&after, errors_4xx),
+        Some(errors_before + 1.0),
+        "one more 4xx answer: {after}"
+    );
     assert_eq!(
         value(
             &after,

@@ -117,8 +117,11 @@ impl Agent {
         caller: &crate::service::Caller,
         action: shoal_raft::Action,
     ) -> Result<shoal_raft::Outcome, crate::service::ServiceError> {
-        self.propose_with(&caller.prefix, action, Some(&caller.secret.0))
-            .await
+        // A caller relayed from another node has no key here (keys are never relayed): the
+        // write then goes as this node's own, which the leader allows only for what a node
+        // may do itself (e.g. change the processes of a workstation it hosts).
+        let credential = Some(caller.secret.0.as_str()).filter(|key| !key.is_empty());
+        self.propose_with(&caller.prefix, action, credential).await
     }
 
     /// Proposes `action` made by this node itself (`actor`: its name for the audit log).

@@ -637,25 +637,43 @@ fn process_state_of(text: &str) -> ProcessState {
     }
 }
 
-/// This node's workstations and their processes, with the processes' observed states.
-async fn hosted_processes(agent: &Agent, ws: &WorkstationRecord) -> Vec<Process> {
-    // A view of the workstation is still worth answering when its actor does not: its
-    // processes are shown without an observed state, and the reason is logged.
-    let statuses = match agent.host.processes(&ws.id).await {
-        Ok(statuses) => statuses,
-        Err(err) => {
-            tracing::warn!(workstation = %ws.id, error = %err,
-                "the workstation's actor did not report its processes");
-            Vec::new()
-        }
-    };
-    ws.processes
+/// The processes of workstation `ws`, hosted here, with what its actor observes. An actor
+/// that does not answer is an error, not an empty list. A stop this node carried out is in
+/// its hosting record at once (`kill_here`), before its applied state (a worker's mirror lags
+/// by up to a sync) has the committed `StopProcess`: such a process is shown stopped.
+pub async fn hosted_processes(
+    agent: &Agent,
+    ws: &WorkstationRecord,
+) -> Result<Vec<Process>, crate::service::ServiceError> {
+    let statuses = agent.host.processes(&ws.id).await?;
+    let stopped_here: Vec<u64> = agent.store.read(|model| {
+        model
+            .workstations
+            .get(&ws.id)
+            .map_or_else(Vec::new, |hosted| {
+                hosted
+                    .processes
+                    .values()
+                    .filter(|spec| spec.killed)
+                    .map(|spec| spec.id)
+                    .collect()
+            })
+    });
+    Ok(ws
+        .processes
         .values()
         .map(|spec| {
             let status = statuses.iter().find(|status| status.id.0 == spec.id);
-            super::host::process_json(&ws.id, spec, status)
+            if spec.killed || !stopped_here.contains(&spec.id) {
+                return super::host::process_json(&ws.id, spec, status);
+            }
+            let stopped = ProcessSpec {
+                killed: true,
+                ..spec.clone()
+            };
+            super::host::process_json(&ws.id, &stopped, status)
         })
-        .collect()
+        .collect())
 }
 
 /// What this node observes about every workstation it hosts, for its heartbeat: state (a
@@ -681,7 +699,20 @@ pub async fn observe_hosted(agent: &Agent) -> Vec<WorkstationUsage> {
         let (state, log_offset_next) = agent.host.state(&ws.id).await;
         let running = state == WorkstationState::Running;
         let (state, processes) = if running {
-            (state, hosted_processes(agent, ws).await)
+            match hosted_processes(agent, ws).await {
+                Ok(processes) => (state, processes),
+                Err(err) => {
+                    // The heartbeat still names the processes, without an observed state.
+                    debug!(workstation = %ws.id, error = %err,
+                        "the actor did not report its processes for the heartbeat");
+                    let unobserved = ws
+                        .processes
+                        .values()
+                        .map(|spec| super::host::process_json(&ws.id, spec, None))
+                        .collect();
+                    (state, unobserved)
+                }
+            }
         } else {
             // Hosted but without an actor: fenced (or not resumed yet).
             (WorkstationState::Stopped, Vec::new())
@@ -838,7 +869,13 @@ pub async fn local_view(agent: &Agent, ws: &WorkstationRecord) -> Workstation {
     let (state, next) = agent.host.state(&ws.id).await;
     let mut view = ws.view(state, agent.host.isolation(), next);
     if state == WorkstationState::Running {
-        view.processes = hosted_processes(agent, ws).await;
+        // A view of the workstation is still worth answering when its actor does not: its
+        // processes are then left out, and the reason is logged.
+        match hosted_processes(agent, ws).await {
+            Ok(processes) => view.processes = processes,
+            Err(err) => tracing::warn!(workstation = %ws.id, error = %err,
+                "the workstation's actor did not report its processes"),
+        }
     }
     view.used =
         agent

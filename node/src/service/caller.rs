@@ -22,15 +22,16 @@ pub struct Caller {
     pub tenant: String,
     /// Whether it is an admin key.
     pub admin: bool,
-    /// The key itself: a relay and a forwarded write carry it so that the node receiving
-    /// them (the hosting node, the leader) authenticates the caller again by its hash instead
-    /// of trusting the node that sent them. Never logged.
+    /// The key itself, on the node that authenticated the request only: a write forwarded to
+    /// the leader carries it so that the leader authenticates the caller by its hash instead of
+    /// trusting the forwarding node. Never relayed to the node hosting a workstation (a worker
+    /// must not collect its callers' keys, an admin's included) and never logged.
+    #[serde(skip)]
     pub secret: KeySecret,
 }
 
 /// An API key's text. Its `Debug` shows nothing of it.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct KeySecret(pub String);
 
 impl std::fmt::Debug for KeySecret {
@@ -79,18 +80,24 @@ pub fn authenticate(agent: &Agent, key: &str) -> Result<Caller, ServiceError> {
         .ok_or_else(|| ServiceError::Unauthorized("invalid or revoked API key".to_string()))
 }
 
-/// The caller a relayed request names, authenticated again on this node by its key (the
-/// node that relayed it is not trusted to have done so): the key must still exist, unrevoked,
-/// with the same id, tenant and role. A relay cannot widen what its caller may do, nor act for
-/// a caller whose key it does not hold.
+/// The caller a relayed request names, checked against this node's applied state: the key
+/// must still exist, unrevoked, with the same tenant and role. A relay cannot widen what its
+/// caller may do, and a key revoked meanwhile is refused here too. (A relay carries the
+/// caller's key id, not its key: the hosting node cannot tell a relayed caller from one a
+/// lying member names, but it serves only what that tenant may see of a workstation it hosts
+/// anyway.)
 pub fn recheck(agent: &Agent, caller: &Caller) -> Result<(), ServiceError> {
-    let again = authenticate(agent, &caller.secret.0)?;
-    if again.key_id == caller.key_id && again.tenant == caller.tenant && again.admin == caller.admin
-    {
-        Ok(())
-    } else {
-        Err(ServiceError::Unauthorized(
-            "the relayed caller does not match its key".to_string(),
-        ))
+    let refused = || ServiceError::Unauthorized("invalid or revoked API key".to_string());
+    let key_id: shoal_raft::model::ApiKeyId = caller.key_id.parse().map_err(|_| refused())?;
+    let current = agent.raft.read(|state| {
+        state
+            .api_keys
+            .get(&key_id)
+            .filter(|record| !record.revoked)
+            .map(|record| (record.tenant.to_string(), record.admin))
+    });
+    match current {
+        Some((tenant, admin)) if tenant == caller.tenant && admin == caller.admin => Ok(()),
+        _ => Err(refused()),
     }
 }

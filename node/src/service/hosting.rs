@@ -272,6 +272,29 @@ pub fn no_host_error(agent: &Agent, ws_id: &str) -> ServiceError {
 mod tests {
     use super::*;
 
+    /// A relay names its caller but never carries the caller's key: the node hosting a
+    /// workstation (possibly a worker-only node) must not collect its callers' keys.
+    #[test]
+    fn a_relayed_request_does_not_carry_the_callers_key() {
+        let caller = Caller {
+            key_id: "key-1".to_string(),
+            prefix: "shoal_admin".to_string(),
+            tenant: "admin".to_string(),
+            admin: true,
+            secret: super::super::caller::KeySecret("shoal_the_secret_key".to_string()),
+        };
+        let relayed = Relayed::Host {
+            caller,
+            op: HostOp::Processes {
+                ws: "ws-1".to_string(),
+            },
+        };
+        let json =
+            String::from_utf8(serde_json::to_vec(&relayed).unwrap_or_default()).unwrap_or_default();
+        assert!(json.contains("key-1"), "{json}");
+        assert!(!json.contains("shoal_the_secret_key"), "{json}");
+    }
+
     /// Every error kind crosses the mesh with its kind, message and retry hint, so the caller's
     /// node answers exactly what the hosting node decided.
     #[test]

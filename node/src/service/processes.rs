@@ -255,44 +255,12 @@ pub async fn list(
     }
 }
 
-/// The processes of workstation `ws`, hosted here, with what its actor observes. An actor
-/// that does not answer is an error, not an empty list.
+/// The processes of workstation `ws`, hosted here ([`placement::hosted_processes`]).
 pub async fn hosted_processes(
     agent: &Agent,
     ws: &WorkstationRecord,
 ) -> Result<Vec<Process>, ServiceError> {
-    let statuses = agent.host.processes(&ws.id).await?;
-    // A stop this node carried out is in its hosting record at once (`kill_here`), before its
-    // applied state (a worker's mirror lags by up to a sync) has the committed `StopProcess`.
-    let stopped_here: Vec<u64> = agent.store.read(|model| {
-        model
-            .workstations
-            .get(&ws.id)
-            .map(|hosted| {
-                hosted
-                    .processes
-                    .values()
-                    .filter(|spec| spec.killed)
-                    .map(|spec| spec.id)
-                    .collect()
-            })
-            .unwrap_or_default()
-    });
-    Ok(ws
-        .processes
-        .values()
-        .map(|spec| {
-            let status = statuses.iter().find(|status| status.id.0 == spec.id);
-            if stopped_here.contains(&spec.id) && !spec.killed {
-                let spec = ProcessSpec {
-                    killed: true,
-                    ..spec.clone()
-                };
-                return process_json(&ws.id, &spec, status);
-            }
-            process_json(&ws.id, spec, status)
-        })
-        .collect())
+    placement::hosted_processes(agent, ws).await
 }
 
 /// What [`super::hosting::serve_here`] runs for [`HostOp::Signal`]: signals process `proc_id`
